@@ -1,0 +1,23 @@
+# Dreamer 4 on LIBERO - the whole study as one DAG.
+#   snakemake --profile slurm                               # paper scale on a Slurm cluster
+#   snakemake --configfile config/demo.yaml --cores 2       # CPU demo on synthetic data (make demo)
+# This file only loads and validates the config, includes one rule file per stage and defines `all`.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/preprocess.smk"
+
+
+rule all:
+    input:
+        PREPROCESS_OUTPUTS,
+    default_target: True

@@ -1,0 +1,83 @@
+# Stage 1: (synthetic data) -> preprocess -> splits.
+# Shards live in results/preprocess/shards/, which is NOT a declared output: a failed or killed
+# run keeps its finished shards and the rerun resumes (snakemake_slurm.md §4).
+SPLIT_FILES = [f"{PRE}/splits/{s}.json" for s in ("train", "val", "test_ood")]
+PROBE_FILES = [
+    f"{PRE}/splits/probe/seed{s}/{k}.json"
+    for s in config["probe"]["seeds"]
+    for k in ("probe_train", "probe_eval_train", "probe_eval_test")
+]
+PREPROCESS_OUTPUTS = [f"{PRE}/manifest.json", f"{PRE}/splits/summary.json", *SPLIT_FILES, *PROBE_FILES]
+
+
+rule make_synthetic:
+    output:
+        f"{LIBERO_ROOT}/_synthetic_ground_truth.json",
+    log:
+        "logs/make_synthetic/make_synthetic.log",
+    benchmark:
+        "benchmarks/make_synthetic/make_synthetic.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        root=LIBERO_ROOT,
+        tasks=lambda wc: (
+            "demo" if config["synthetic"]["task_set"] == "demo" else config["synthetic"]["n_tasks"]
+        ),
+        s=config["synthetic"],
+    shell:
+        "{PYTHON} workflow_scripts/make_synthetic.py --root {params.root} --tasks {params.tasks}"
+        " --per-suite {params.s[per_suite]} --demos {params.s[n_demos]}"
+        " --len-min {params.s[len_min]} --len-max {params.s[len_max]} --seed {params.s[seed]}"
+        " > {log} 2>&1"
+
+
+rule preprocess:
+    input:
+        [f"{LIBERO_ROOT}/_synthetic_ground_truth.json"] if config["synthetic"]["enabled"] else [],
+    output:
+        manifest=f"{PRE}/manifest.json",
+    log:
+        "logs/preprocess/preprocess.log",
+    benchmark:
+        "benchmarks/preprocess/preprocess.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: config["data"]["workers"]
+    resources:
+        mem_mb=lambda wc, threads: 2000 + 1500 * threads,
+        runtime=240,
+    params:
+        d=config["data"],
+        resize=lambda wc: (
+            f"--resize {config['data']['resize']}" if config["data"]["resize"] else ""
+        ),
+        convert=lambda wc: "--convert-dtype" if config["data"]["convert_dtype"] else "",
+    shell:
+        "{PYTHON} workflow_scripts/preprocess.py --libero-root {params.d[libero_root]} --out {PRE}"
+        " --workers {threads} --on-bad-demo {params.d[on_bad_demo]}"
+        " --min-demo-len {params.d[min_demo_len]} {params.resize} {params.convert} > {log} 2>&1"
+
+
+rule splits:
+    input:
+        manifest=f"{PRE}/manifest.json",
+    output:
+        summary=f"{PRE}/splits/summary.json",
+        splits=SPLIT_FILES,
+        probe=PROBE_FILES,
+    log:
+        "logs/splits/splits.log",
+    benchmark:
+        "benchmarks/splits/splits.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        split=json_arg(config["split"]),
+        probe=json_arg(config["probe"]),
+    shell:
+        "{PYTHON} workflow_scripts/make_splits.py --manifest {input.manifest} --out {PRE}/splits"
+        " --split {params.split} --probe {params.probe} > {log} 2>&1"

@@ -1,0 +1,3 @@
+"""Dreamer 4 on LIBERO: data, models, training, evaluation and reporting."""
+
+__version__ = "0.1.0"

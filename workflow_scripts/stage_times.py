@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""Print the wall time of every stage from Snakemake's benchmark files, and where the outputs are."""
+
+import argparse
+import csv
+from pathlib import Path
+
+STAGES = {  # rule -> stage, in DAG order
+    "make_synthetic": "data", "preprocess": "data", "splits": "data",
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--benchmarks", default="benchmarks")
+    ap.add_argument("--results", default="results")
+    a = ap.parse_args()
+    per_stage: dict[str, float] = {}
+    print("time per rule (s):")
+    for tsv in sorted(Path(a.benchmarks).rglob("*.tsv")):
+        rule = tsv.parent.name
+        with open(tsv) as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        secs = sum(float(r["s"]) for r in rows)
+        stage = STAGES.get(rule, rule)
+        per_stage[stage] = per_stage.get(stage, 0.0) + secs
+        print(f"  {rule:24s} {secs:8.1f}")
+    print("time per stage (s):")
+    for stage, secs in per_stage.items():
+        print(f"  {stage:24s} {secs:8.1f}")
+    print(f"  {'total':24s} {sum(per_stage.values()):8.1f}")
+    res = Path(a.results)
+    print("outputs:")
+    print(f"  shards:       {res}/preprocess/shards/<suite>/<task>/  (frames.npy, actions.npy, episodes.json)")
+    print(f"  manifest:     {res}/preprocess/manifest.json")
+    print(f"  splits:       {res}/preprocess/splits/{{train,val,test_ood}}.json")
+    print(f"  probe lists:  {res}/preprocess/splits/probe/seed<s>/probe_{{train,eval_train,eval_test}}.json")
+
+
+if __name__ == "__main__":
+    main()
