@@ -7,7 +7,8 @@ PROBE_FILES = [
     for s in config["probe"]["seeds"]
     for k in ("probe_train", "probe_eval_train", "probe_eval_test")
 ]
-PREPROCESS_OUTPUTS = [f"{PRE}/manifest.json", f"{PRE}/splits/summary.json", *SPLIT_FILES, *PROBE_FILES]
+SANITY_OUTPUTS = [f"{PRE}/sanity/frame_diff_probe.json", f"{PRE}/sanity/frame_diff_probe.png", f"{PRE}/sanity/sample_frames.png"]
+PREPROCESS_OUTPUTS = [f"{PRE}/manifest.json", f"{PRE}/splits/summary.json", *SPLIT_FILES, *PROBE_FILES, *SANITY_OUTPUTS]
 
 
 rule make_synthetic:
@@ -81,3 +82,30 @@ rule splits:
     shell:
         "{PYTHON} workflow_scripts/make_splits.py --manifest {input.manifest} --out {PRE}/splits"
         " --split {params.split} --probe {params.probe} > {log} 2>&1"
+
+
+rule data_sanity:
+    input:
+        manifest=f"{PRE}/manifest.json",
+        probe=PROBE_FILES,
+    output:
+        json=f"{PRE}/sanity/frame_diff_probe.json",
+        png=report(f"{PRE}/sanity/frame_diff_probe.png", category="Data"),
+        frames=report(f"{PRE}/sanity/sample_frames.png", category="Data"),
+    log:
+        "logs/data_sanity/data_sanity.log",
+    benchmark:
+        "benchmarks/data_sanity/data_sanity.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        probe_dir=f"{PRE}/splits/probe/seed{config['probe']['seeds'][0]}",
+        seed=config["probe"]["seeds"][0],
+        res=config["data"]["model_resolution"],
+    shell:
+        "{PYTHON} workflow_scripts/data_sanity.py --manifest {input.manifest} --probe-dir {params.probe_dir}"
+        " --resolution {params.res} --seed {params.seed} --out-json {output.json} --out-png {output.png}"
+        " --frames-png {output.frames} > {log} 2>&1"

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 STAGES = {  # rule -> stage, in DAG order
-    "make_synthetic": "data", "preprocess": "data", "splits": "data",
+    "make_synthetic": "data", "preprocess": "data", "splits": "data", "data_sanity": "data",
 }
 
 

@@ -1,0 +1,196 @@
+"""LIBERO root -> training shards + manifest (libero_data.md §5, §3.2).
+
+One task file = one shard folder (see `shards.py`). Files are processed in parallel, each
+in its own process; a finished shard whose input (size, sha256) and options are unchanged is
+skipped on a rerun, so a killed run resumes where it stopped and an identical rerun writes
+byte-identical shards and manifest. Input checksums are cached by (size, mtime) in
+`<out>/.cache/`, outside every declared output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..fileio import atomic_dir, dumps_json, read_json, sha256_bytes, sha256_file, write_json
+from .libero import READER_VERSION, LiberoFormatError, TaskFile, TaskFileReader, discover_task_files
+from .shards import SHARD_FORMAT, NpyStreamWriter
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "d4l-preprocess-manifest-v1"
+SHARD_DIRNAME = "shards"
+
+
+def _options(on_bad_demo: str, min_demo_len: int, convert_dtype: bool, resize: int | None) -> dict:
+    return {"on_bad_demo": on_bad_demo, "min_demo_len": int(min_demo_len),
+            "convert_dtype": bool(convert_dtype), "resize": resize}
+
+
+class ChecksumCache:
+    """sha256 of input files, keyed by path and reused while (size, mtime_ns) are unchanged."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict = read_json(path) if path.exists() else {}
+
+    def lookup(self, file: Path) -> tuple[int, str | None, int]:
+        st = file.stat()
+        hit = self.data.get(str(file.resolve()))
+        if hit and hit["size"] == st.st_size and hit["mtime_ns"] == st.st_mtime_ns:
+            return st.st_size, hit["sha256"], st.st_mtime_ns
+        return st.st_size, None, st.st_mtime_ns
+
+    def store(self, file: Path, size: int, mtime_ns: int, digest: str) -> None:
+        self.data[str(file.resolve())] = {"size": size, "mtime_ns": mtime_ns, "sha256": digest}
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+
+def _demo_stats(rec) -> dict:
+    first = np.ascontiguousarray(rec.frames[0])
+    a = rec.actions
+    return {"name": rec.name, "T": int(rec.T), "first_frame_sha256": sha256_bytes(first.tobytes()),
+            "action_sum": [float(x) for x in a.sum(axis=0)],
+            "action_min": [float(x) for x in a.min(axis=0)],
+            "action_max": [float(x) for x in a.max(axis=0)]}
+
+
+def process_file(task: TaskFile, shard_root: Path, options: dict, size: int, sha256: str | None) -> dict:
+    """Write one task's shard folder (or reuse a finished one); return its manifest entry."""
+    if sha256 is None:
+        sha256 = sha256_file(task.path)
+    final = shard_root / task.task_id
+    entry_path = final / "entry.json"
+    if entry_path.exists():
+        try:
+            old = read_json(entry_path)
+            if (old.get("size"), old.get("sha256"), old.get("options"), old.get("reader_version")) == (
+                    size, sha256, options, READER_VERSION):
+                old["_reused"] = True
+                return old
+        except (OSError, ValueError):
+            pass  # unreadable entry: rebuild the shard
+    with atomic_dir(final) as tmp:
+        frames_w = NpyStreamWriter(tmp / "frames.npy", np.uint8, (128, 128, 3))
+        actions_w = NpyStreamWriter(tmp / "actions.npy", np.float64, (7,))
+        episodes, demos = [], []
+        with TaskFileReader(task, on_bad_demo=options["on_bad_demo"], min_len=options["min_demo_len"],
+                            convert_dtype=options["convert_dtype"], resize=options["resize"]) as reader:
+            for rec in reader.demos():
+                episodes.append({"name": rec.name, "index": rec.index, "start": frames_w.n, "T": int(rec.T)})
+                demos.append(_demo_stats(rec))
+                frames_w.write(rec.frames)
+                actions_w.write(np.asarray(rec.actions, dtype=np.float64))
+            report = reader.report.to_manifest()
+        frames_w.close()
+        actions_w.close()
+        if report.get("skipped_file"):  # under `skip` a file-level problem discards what was read
+            (tmp / "frames.npy").unlink()
+            (tmp / "actions.npy").unlink()
+            episodes, demos = [], []
+            report["demos_kept"], report["frames"] = [], 0
+        else:
+            (tmp / "episodes.json").write_text(dumps_json(
+                {"format": SHARD_FORMAT, "task_id": task.task_id, "episodes": episodes}))
+        entry = {**report, "size": size, "sha256": sha256, "options": options,
+                 "reader_version": READER_VERSION, "demos": demos}
+        (tmp / "entry.json").write_text(dumps_json(entry))
+    entry["_reused"] = False
+    return entry
+
+
+def _clean_stale(shard_root: Path) -> None:
+    """Remove temp folders left by a killed run (names start with '.' and end with '.tmp')."""
+    if not shard_root.exists():
+        return
+    for p in [*shard_root.rglob(".*.tmp"), *shard_root.rglob(".*.old")]:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int = 1,
+               on_bad_demo: str = "error", min_demo_len: int = 2, convert_dtype: bool = False,
+               resize: int | None = None, progress: bool = True) -> dict:
+    """Run the whole stage; return the manifest (also written to `<out_dir>/manifest.json`).
+
+    Raises LiberoFormatError (message names file, demo, key, expected vs found) on bad input
+    under `on_bad_demo: error`, and when nothing usable is left under `skip`.
+    """
+    root = Path(libero_root)
+    out = Path(out_dir)
+    if not root.is_dir():
+        raise LiberoFormatError(f"{root}: LIBERO root folder does not exist (set data.libero_root)")
+    tasks, warnings = discover_task_files(root)
+    if not tasks:
+        raise LiberoFormatError(f"{root}: no LIBERO task files (*.hdf5 / *.h5 inside suite folders) found")
+    shard_root = out / SHARD_DIRNAME
+    _clean_stale(shard_root)
+    options = _options(on_bad_demo, min_demo_len, convert_dtype, resize)
+    cache = ChecksumCache(out / ".cache" / "input_sha256.json")
+    known = {t.task_id: cache.lookup(t.path) for t in tasks}
+
+    entries: dict[str, dict] = {}
+    bar = tqdm(total=len(tasks), desc="preprocess", unit="file", disable=not progress, dynamic_ncols=True)
+    try:
+        if workers <= 1:
+            for t in tasks:
+                entries[t.task_id] = process_file(t, shard_root, options, known[t.task_id][0], known[t.task_id][1])
+                bar.set_postfix(frames=sum(e["frames"] for e in entries.values()))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+                futs = {pool.submit(process_file, t, shard_root, options, known[t.task_id][0], known[t.task_id][1]): t
+                        for t in tasks}
+                for fut in as_completed(futs):
+                    entries[futs[fut].task_id] = fut.result()
+                    bar.set_postfix(frames=sum(e["frames"] for e in entries.values()))
+                    bar.update()
+    finally:
+        bar.close()
+        for t in tasks:  # remember checksums even when a later file failed
+            if t.task_id in entries:
+                size, _, mtime = known[t.task_id]
+                cache.store(t.path, size, mtime, entries[t.task_id]["sha256"])
+        cache.save()
+
+    files = []
+    for t in tasks:
+        e = dict(entries[t.task_id])
+        e.pop("_reused", None)
+        files.append(e)
+    kept = sum(len(f["demos_kept"]) for f in files)
+    if kept == 0:
+        raise LiberoFormatError(f"{root}: no usable demo left after validation "
+                                f"({sum(len(f['demos_skipped']) for f in files)} demos and "
+                                f"{sum(bool(f.get('skipped_file')) for f in files)} files skipped; see the warnings)")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "reader_version": READER_VERSION,
+        "libero_root": str(libero_root),
+        "shard_root": SHARD_DIRNAME,
+        "options": options,
+        "discovery_warnings": warnings,
+        "files": files,
+        "totals": {
+            "files": len(files),
+            "files_skipped": sum(bool(f.get("skipped_file")) for f in files),
+            "tasks": sum(bool(f["demos_kept"]) for f in files),
+            "demos_kept": kept,
+            "demos_skipped": sum(len(f["demos_skipped"]) for f in files),
+            "frames": sum(f["frames"] for f in files),
+            "action_range_violations": sum(f.get("action_range_violations", 0) for f in files),
+        },
+    }
+    write_json(out / "manifest.json", manifest)
+    reused = sum(bool(entries[t.task_id].get("_reused")) for t in tasks)
+    log.info("preprocess: %d files (%d reused), %d demos kept, %d frames", len(files), reused, kept,
+             manifest["totals"]["frames"])
+    return manifest

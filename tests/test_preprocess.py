@@ -1,0 +1,122 @@
+"""Preprocessing stage: shards, manifest, resumability, byte-identical reruns, CLI errors."""
+
+import filecmp
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dreamer4_libero.data.preprocess import preprocess
+from dreamer4_libero.data.shards import ShardStore
+from dreamer4_libero.fileio import read_json, sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "workflow_scripts" / "preprocess.py"
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under folder (except the checksum cache), relative path -> bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and ".cache" not in p.parts}
+
+
+def test_manifest_matches_ground_truth(preprocessed, synthetic_root):
+    m = read_json(preprocessed / "manifest.json")
+    gt = read_json(synthetic_root / "_synthetic_ground_truth.json")
+    assert m["totals"]["files"] == 12 and m["totals"]["demos_kept"] == 144 and m["totals"]["demos_skipped"] == 0
+    store = ShardStore(preprocessed / "manifest.json")
+    assert len(store.episodes) == 144
+    for f in m["files"]:
+        assert f["sha256"] == sha256_file(synthetic_root / f["rel_path"])
+        assert f["size"] == (synthetic_root / f["rel_path"]).stat().st_size
+        assert f["image_convention"] == "opengl" and not f["convention_assumed"]
+        assert f["demos_kept"] == [f"demo_{k}" for k in range(12)]  # numeric, not lexical, order
+        for d in f["demos"]:
+            frames, actions = store.episode(f"{f['task_id']}/{d['name']}")
+            assert frames.shape == (d["T"], 128, 128, 3) and actions.shape == (d["T"], 7)
+            assert d["first_frame_sha256"] == _gt_first_hash(gt, f["task_id"], d["name"])
+            np.testing.assert_allclose(d["action_sum"], actions.sum(0))  # raw, unshifted actions
+            assert d["action_min"] == actions.min(0).tolist()
+
+
+def _gt_first_hash(gt: dict, task_id: str, demo: str) -> str:
+    """The generator's record of the upright first frame (format owned by synthetic.py)."""
+    task = gt["tasks"][task_id] if isinstance(gt.get("tasks"), dict) else None
+    if task is None:
+        raise AssertionError(f"ground truth has no task {task_id}: keys {list(gt)[:5]}")
+    demos = task["demos"]
+    entry = demos[demo] if isinstance(demos, dict) else demos[int(demo[5:])]
+    return entry["first_frame_sha256"]
+
+
+def test_rerun_reuses_and_is_byte_identical(tmp_path, synthetic_root):
+    out = tmp_path / "a"
+    preprocess(synthetic_root, out, workers=1, min_demo_len=32, progress=False)
+    first = _tree(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("frames.npy")}
+    preprocess(synthetic_root, out, workers=2, min_demo_len=32, progress=False)
+    assert _tree(out) == first
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("frames.npy")} == mtimes  # reused, not rewritten
+
+
+def test_killed_midway_then_rerun_is_byte_identical(tmp_path, synthetic_root):
+    ref = tmp_path / "ref"
+    preprocess(synthetic_root, ref, workers=1, min_demo_len=32, progress=False)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(SCRIPT), "--libero-root", str(synthetic_root), "--out", str(out),
+           "--workers", "1", "--min-demo-len", "32", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("shards/*/*/entry.json"))) < 4:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(out.glob("shards/*/*/entry.json")))
+    assert 4 <= done < 12, f"kill landed after {done} of 12 shards"
+    assert not (out / "manifest.json").exists()  # nothing looks complete
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert _tree(out) == _tree(ref)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_cli_bad_input_exits_nonzero_naming_file(tmp_path):
+    from conftest import write_libero_file
+
+    root = tmp_path / "root"
+    frames = np.zeros((40, 128, 128, 3), np.uint8)
+    acts = np.zeros((40, 7))
+    acts[5, 2] = np.nan
+    write_libero_file(root / "libero_goal" / "turn_on_the_stove_demo.hdf5", [(frames, acts)])
+    res = subprocess.run([sys.executable, str(SCRIPT), "--libero-root", str(root), "--out", str(tmp_path / "o"),
+                          "--no-progress"], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "turn_on_the_stove_demo.hdf5" in res.stderr and "demo_0" in res.stderr and "actions" in res.stderr
+    assert not (tmp_path / "o" / "manifest.json").exists()
+    # the same under skip: nothing usable is left, which is an error too
+    res = subprocess.run([sys.executable, str(SCRIPT), "--libero-root", str(root), "--out", str(tmp_path / "o"),
+                          "--no-progress", "--on-bad-demo", "skip"], capture_output=True, text=True)
+    assert res.returncode != 0 and "no usable demo" in res.stderr
+
+
+def test_skip_policy_records_reasons(tmp_path):
+    from conftest import write_libero_file
+
+    root = tmp_path / "root"
+    good = (np.zeros((40, 128, 128, 3), np.uint8), np.zeros((40, 7)))
+    bad_acts = np.zeros((40, 7))
+    bad_acts[0, 0] = np.inf
+    short = (np.zeros((10, 128, 128, 3), np.uint8), np.zeros((10, 7)))
+    write_libero_file(root / "libero_10" / "a_demo.hdf5", [good, (good[0], bad_acts), short])
+    m = preprocess(root, tmp_path / "o", on_bad_demo="skip", min_demo_len=32, progress=False)
+    f = m["files"][0]
+    assert f["demos_kept"] == ["demo_0"]
+    reasons = {d["demo"]: d["reason"] for d in f["demos_skipped"]}
+    assert set(reasons) == {"demo_1", "demo_2"}
+    assert m["totals"]["demos_skipped"] == 2
