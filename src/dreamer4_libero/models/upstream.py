@@ -1,0 +1,181 @@
+"""Upstream (nicklashansen/dreamer4) state-dict layout and checkpoints written elsewhere (§7, §8).
+
+Our module tree uses the upstream key names, so conversion is only about wrappers: torch.compile
+adds `_orig_mod.`, DDP adds `module.` (§7.4). A foreign checkpoint's architecture is read from
+its state dict (widths, depth, time layers, patch geometry); only parameter-free settings come
+from an explicit config, then the checkpoint's `args`, then the train_tokenizer defaults (§6.1),
+except scale_pos_embeds whose fallback is True (§1.7). The report says where each value came from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import OrderedDict
+from dataclasses import fields
+
+import torch
+
+from .blocks import has_time
+from .tokenizer import Tokenizer, TokenizerConfig
+
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def strip_prefixes(sd: dict, prefixes=WRAPPER_PREFIXES) -> OrderedDict:
+    """Remove leading wrapper prefixes (repeatedly, any order: `module._orig_mod.x` -> `x`)."""
+    out = OrderedDict()
+    for k, v in sd.items():
+        while True:
+            p = next((p for p in prefixes if k.startswith(p)), None)
+            if p is None:
+                break
+            k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def add_prefix(sd: dict, prefix: str = "_orig_mod.") -> OrderedDict:
+    return OrderedDict((prefix + k, v) for k, v in sd.items())
+
+
+def to_upstream_state_dict(model_or_sd, compiled: bool = False) -> OrderedDict:
+    """State dict in the upstream layout (fp32 CPU copies); compiled=True adds `_orig_mod.`."""
+    sd = model_or_sd.state_dict() if isinstance(model_or_sd, torch.nn.Module) else model_or_sd
+    sd = OrderedDict((k, v.detach().to("cpu", torch.float32).clone()) for k, v in strip_prefixes(sd).items())
+    return add_prefix(sd) if compiled else sd
+
+
+def upstream_tokenizer_args(cfg: TokenizerConfig) -> dict:
+    """The architecture part of train_tokenizer.py's `args` (same names as our config)."""
+    return cfg.to_dict()
+
+
+def upstream_tokenizer_checkpoint(model: Tokenizer, step: int = 0, epoch: int = 0, args: dict | None = None,
+                                  compiled: bool = False) -> dict:
+    """A checkpoint dict as train_tokenizer.py writes it (§8): weights only, empty optimizer state."""
+    args = dict(upstream_tokenizer_args(model.cfg) if args is None else args)
+    return {"step": step, "epoch": epoch, "model": to_upstream_state_dict(model, compiled),
+            "opt": {"state": {}, "param_groups": []}, "scaler": {}, "args": args,
+            "scale_pos_embeds": args.get("scale_pos_embeds", model.cfg.scale_pos_embeds)}
+
+
+def save_upstream_tokenizer_checkpoint(path, model: Tokenizer, **kw) -> None:
+    torch.save(upstream_tokenizer_checkpoint(model, **kw), str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _layer_info(sd: dict, prefix: str) -> tuple[int, set[int]]:
+    """(depth, indices of layers with time attention) of `prefix`transformer.layers.{i}.*"""
+    pat = re.compile(re.escape(prefix) + r"transformer\.layers\.(\d+)\.(\w+)")
+    idx, time = set(), set()
+    for k in sd:
+        m = pat.match(k)
+        if m:
+            idx.add(int(m.group(1)))
+            if m.group(2) == "time":
+                time.add(int(m.group(1)))
+    if not idx:
+        raise ValueError(f"no {prefix}transformer.layers.* keys in the state dict")
+    return max(idx) + 1, time
+
+
+def _time_every(depth: int, time_layers: set[int]) -> int:
+    for te in range(1, depth + 2):
+        if {i for i in range(depth) if has_time(i, te)} == time_layers:
+            return te
+    raise ValueError(f"time-attention layers {sorted(time_layers)} of depth {depth} match no time_every")
+
+
+def tokenizer_config_from_state_dict(sd: dict, args: dict | None = None, explicit: dict | None = None):
+    """Build a TokenizerConfig for a (possibly foreign) tokenizer state dict.
+
+    Shape-derived: d_model, n_latents, d_bottleneck, mlp_ratio, depth, time_every, and the patch
+    geometry (C*patch^2 = patch dim, (H/patch)*(W/patch) = patch count; the image values are taken
+    from explicit/args/defaults when consistent, else re-derived for square images).
+    Parameter-free (n_heads, dropout, mae_p_min/max, scale_pos_embeds): explicit (non-None) >
+    args > defaults (§6.1; scale_pos_embeds -> True).
+    Returns (cfg, report) with report = {"source": {field: origin}, "fallbacks": [..], "notes": [..]}.
+    """
+    sd = strip_prefixes(sd)
+    args, explicit = dict(args or {}), {k: v for k, v in (explicit or {}).items() if v is not None}
+    defaults = TokenizerConfig()
+    source, fallbacks, notes = {}, [], []
+
+    def setting(name, default=None):
+        if name in explicit:
+            source[name] = "explicit"
+            return explicit[name]
+        if name in args and args[name] is not None:
+            source[name] = "args"
+            return args[name]
+        value = getattr(defaults, name) if default is None else default
+        source[name] = "default"
+        fallbacks.append(f"{name}={value!r} (not in explicit config or checkpoint args: default)")
+        return value
+
+    D, Dp = sd["encoder.patch_proj.weight"].shape
+    n_lat = sd["encoder.latents"].shape[0]
+    d_b = sd["encoder.bottleneck_proj.weight"].shape[0]
+    n_p = sd["decoder.patch_queries"].shape[0]
+    h2 = sd["encoder.transformer.layers.0.mlp.fc_in.weight"].shape[0]
+    depth, t_enc = _layer_info(sd, "encoder.")
+    depth_dec, t_dec = _layer_info(sd, "decoder.")
+    if (depth, t_enc) != (depth_dec, t_dec):
+        raise ValueError(f"encoder (depth {depth}, time {sorted(t_enc)}) and decoder (depth {depth_dec}, "
+                         f"time {sorted(t_dec)}) differ; one TokenizerConfig cannot describe them")
+    ratio = h2 / 2 / D
+    if int(D * ratio) != h2 // 2:                                             # float round-off
+        ratio = math.nextafter(ratio, math.inf)
+    shaped = {"d_model": int(D), "n_latents": int(n_lat), "d_bottleneck": int(d_b), "mlp_ratio": ratio,
+              "depth": depth, "time_every": _time_every(depth, t_enc)}
+    for name, value in shaped.items():
+        source[name] = "state_dict"
+        if name in explicit and explicit[name] != value:
+            notes.append(f"explicit {name}={explicit[name]!r} ignored: state dict says {value!r}")
+        elif name in args and args[name] is not None and args[name] != value:
+            notes.append(f"args {name}={args[name]!r} ignored: state dict says {value!r}")
+
+    geo = {n: setting(n) for n in ("H", "W", "C", "patch")}
+    if geo["C"] * geo["patch"] ** 2 != Dp or (geo["H"] // geo["patch"]) * (geo["W"] // geo["patch"]) != n_p:
+        C = geo["C"] if Dp % geo["C"] == 0 and math.isqrt(Dp // geo["C"]) ** 2 == Dp // geo["C"] else 3
+        p, side = math.isqrt(Dp // C), math.isqrt(n_p)
+        if C * p * p != Dp or side * side != n_p:
+            raise ValueError(f"cannot derive image geometry from patch dim {Dp} and patch count {n_p}")
+        notes.append(f"image geometry {geo} inconsistent with patch dim {Dp} / count {n_p}: "
+                     f"using C={C}, patch={p}, H=W={side * p}")
+        geo = {"H": side * p, "W": side * p, "C": C, "patch": p}
+        for n in geo:
+            source[n] = "state_dict"
+    free = {n: setting(n) for n in ("n_heads", "dropout", "mae_p_min", "mae_p_max")}
+    free["scale_pos_embeds"] = bool(setting("scale_pos_embeds", default=True))
+    if D % free["n_heads"]:
+        raise ValueError(f"n_heads {free['n_heads']} does not divide d_model {D}")
+    cfg = TokenizerConfig(**shaped, **geo, **free)
+    assert {f.name for f in fields(cfg)} == set(source)
+    return cfg, {"source": source, "fallbacks": fallbacks, "notes": notes}
+
+
+def load_tokenizer_checkpoint(path_or_dict, explicit: dict | None = None, map_location="cpu"):
+    """Tokenizer (eval mode) from an upstream or own checkpoint file/dict, or a bare state dict.
+
+    Returns (model, report); report as tokenizer_config_from_state_dict plus "step" and "path".
+    """
+    if isinstance(path_or_dict, (str, os.PathLike)):
+        ckpt = torch.load(str(path_or_dict), map_location=map_location, weights_only=True)
+    else:
+        ckpt = path_or_dict
+    key = next((k for k in ("model", "tokenizer", "state_dict") if isinstance(ckpt.get(k), dict)), None)
+    sd = ckpt[key] if key else ckpt
+    args = dict(ckpt.get("args") or {}) if key else {}
+    if "scale_pos_embeds" not in args and key and "scale_pos_embeds" in ckpt:
+        args["scale_pos_embeds"] = ckpt["scale_pos_embeds"]                  # top-level duplicate
+    sd = strip_prefixes(sd)
+    cfg, report = tokenizer_config_from_state_dict(sd, args, explicit)
+    model = Tokenizer(cfg)
+    model.load_state_dict(sd, strict=True)
+    report.update(step=ckpt.get("step") if key else None,
+                  path=str(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None)
+    return model.eval(), report
