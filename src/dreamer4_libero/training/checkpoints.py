@@ -1,0 +1,403 @@
+"""Training checkpoints: atomic step files, newest-valid resolution, RNG capture and a directory lock.
+
+Layout of a checkpoint dir (dreamer4_model.md §8, snakemake_slurm.md §4)::
+
+    <ckpt_dir>/step_0000500.pt     one file per saved update count (the last ``keep_last`` are kept)
+    <ckpt_dir>/.lock               fcntl.flock target, holds the owner's pid/host/job id as JSON
+    <ckpt_dir>/metrics.jsonl       (metrics.py) append-only training log, kept across attempts
+    <ckpt_dir>/attempts.jsonl      (engine.py) one start line and one end line per attempt
+    <ckpt_dir>/config.json         (engine.py) resolved config of the finished run
+
+There is no ``latest`` symlink: the newest checkpoint is found by scanning the step files, and a
+newest file that does not load (truncated, corrupt, wrong content) is skipped with a warning in
+favour of the previous one. Every file is written to a temp file in the same dir, fsynced, renamed
+with ``os.replace`` and the dir fsynced, so a kill at any moment leaves either the old or the new
+file. Every file loads with ``torch.load(weights_only=True)``: it contains only tensors, Python
+numbers/str/bool/None and plain lists/tuples/dicts (RNG states in those forms, see ``rng_state``).
+
+Checkpoint dict (upstream keys first): ``step`` (int, number of completed optimizer updates),
+``epoch`` (int, always 0: the engine has no epochs), ``<model_key>`` (``model`` or ``dynamics``;
+plain state_dict, never DDP-``module.`` or ``_orig_mod.`` prefixed), ``opt`` (AdamW state_dict),
+``scaler`` (GradScaler state_dict, ``{}`` without fp16 AMP), ``args`` (plain dict), and
+``scale_pos_embeds`` (bool, only when ``args`` has that key); ours: ``rng`` (rank 0's RNG state),
+``rng_by_rank`` (list, one state per rank, only for world_size > 1), ``data`` (``{"next_step",
+"grad_accum"}``: the next micro-batch index of the data stream), ``world_size``, ``config``
+(resolved config dict), ``metrics_tail`` (last metric records), ``format``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import math
+import os
+import random
+import re
+import socket
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+FORMAT = "dreamer4_libero.checkpoint/1"
+STEP_RE = re.compile(r"^step_(\d{7,})\.pt$")
+LOCK_NAME = ".lock"
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint file was skipped (unreadable, truncated or invalid)."""
+
+
+class CheckpointLockError(RuntimeError):
+    """Another live process holds the checkpoint dir."""
+
+
+# --------------------------------------------------------------------------------------------
+# paths and scanning
+
+
+def step_path(ckpt_dir: str | os.PathLike, step: int) -> Path:
+    return Path(ckpt_dir) / f"step_{int(step):07d}.pt"
+
+
+def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """All ``step_*.pt`` files of the dir as (step, path), oldest first (temp files are ignored)."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    out = []
+    for p in d.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_file():
+            out.append((int(m.group(1)), p))
+    out.sort(key=lambda sp: sp[0])
+    return out
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    """Path of the highest-step file (not checked for validity; see ``load_latest_valid``)."""
+    cks = list_checkpoints(ckpt_dir)
+    return cks[-1][1] if cks else None
+
+
+# --------------------------------------------------------------------------------------------
+# atomic save / load
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temp file in the same dir, fsync, ``os.replace``, fsync the dir."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual umask-based mode
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def prune_checkpoints(ckpt_dir: str | os.PathLike, keep_last: int | None, protect: Iterable[Path] = ()) -> list[Path]:
+    """Delete all but the ``keep_last`` highest-step files (None or <= 0: keep all)."""
+    if not keep_last or keep_last <= 0:
+        return []
+    protect = {Path(p).resolve() for p in protect}
+    removed = []
+    for _, p in list_checkpoints(ckpt_dir)[:-keep_last]:
+        if p.resolve() in protect:
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    if removed:
+        _fsync_dir(Path(ckpt_dir))
+    return removed
+
+
+def save_checkpoint(ckpt_dir: str | os.PathLike, state: dict, keep_last: int | None = None) -> Path:
+    """Write ``state`` (must hold an int ``step``) to ``step_{step:07d}.pt`` and prune old files."""
+    step = state["step"]
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise TypeError(f"checkpoint step must be a Python int, got {type(step).__name__}")
+    path = atomic_torch_save(state, step_path(ckpt_dir, step))
+    prune_checkpoints(ckpt_dir, keep_last, protect=[path])
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load one checkpoint with ``weights_only=True``."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _validate(ckpt: Any, path: Path, model_key: str | None) -> None:
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"not a dict but {type(ckpt).__name__}")
+    step = ckpt.get("step")
+    if not isinstance(step, int):
+        raise ValueError("no integer 'step'")
+    m = STEP_RE.match(path.name)
+    if m and int(m.group(1)) != step:
+        raise ValueError(f"file name says step {int(m.group(1))} but the file holds step {step}")
+    if model_key is not None and not isinstance(ckpt.get(model_key), dict):
+        raise ValueError(f"no state dict under key {model_key!r} (keys: {sorted(ckpt)})")
+
+
+def load_latest_valid(ckpt_dir: str | os.PathLike, model_key: str | None = None,
+                      map_location: Any = "cpu", log=None) -> tuple[Path | None, dict | None]:
+    """Newest checkpoint that loads and validates, newest first; each skipped file gives a warning.
+
+    Returns (None, None) when the dir has no loadable checkpoint (fresh start).
+    """
+    for step, path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            ckpt = load_checkpoint(path, map_location=map_location)
+            _validate(ckpt, path, model_key)
+        except Exception as e:  # truncated zip, bad pickle, wrong content ...
+            msg = f"skipping unreadable checkpoint {path} ({type(e).__name__}: {e}); trying the previous one"
+            warnings.warn(msg, CheckpointWarning, stacklevel=2)
+            if log is not None:
+                log(msg)
+            continue
+        return path, ckpt
+    return None, None
+
+
+# --------------------------------------------------------------------------------------------
+# RNG states in weights_only-safe forms
+
+
+def rng_state(device: torch.device | None = None) -> dict:
+    """torch CPU (+ CUDA of ``device``), python ``random`` and numpy global RNG states."""
+    np_state = np.random.get_state(legacy=False)  # {'bit_generator','state':{'key','pos'},'has_gauss','gauss'}
+    numpy_state = {
+        "bit_generator": str(np_state["bit_generator"]),
+        "state": {"key": [int(v) for v in np_state["state"]["key"]], "pos": int(np_state["state"]["pos"])},
+        "has_gauss": int(np_state["has_gauss"]),
+        "gauss": float(np_state["gauss"]),
+    }
+    cuda = None
+    if device is not None and torch.device(device).type == "cuda":
+        cuda = torch.cuda.get_rng_state(torch.device(device))
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate(), "numpy": numpy_state}
+
+
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], torch.device(device))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": np.asarray(n["state"]["key"], dtype=np.uint32), "pos": int(n["state"]["pos"])},
+                         "has_gauss": int(n["has_gauss"]), "gauss": float(n["gauss"])})
+
+
+def seed_everything(seed: int, device: torch.device | None = None) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# plain (weights_only-safe) containers
+
+
+def to_plain(obj: Any, _path: str = "") -> Any:
+    """Recursively convert to types ``torch.load(weights_only=True)`` accepts.
+
+    Paths -> str, numpy scalars -> int/float/bool, numpy arrays -> tensors, tuples/sets -> lists
+    (sets sorted), dict keys -> str. Raises TypeError for anything else (functions, objects).
+    """
+    if obj is None or type(obj) in (bool, int, float, str):
+        return obj
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, int):  # IntEnum & co.
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, str):  # str subclasses such as torch.__version__ (TorchVersion) are refused by weights_only
+        return str(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, torch.device):
+        return str(obj)
+    if isinstance(obj, torch.dtype):
+        return str(obj).replace("torch.", "")
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v, f"{_path}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v, f"{_path}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, (set, frozenset)):
+        return sorted(to_plain(v, _path) for v in obj)
+    raise TypeError(f"cannot store {type(obj).__name__} at {_path or '<root>'} in a weights_only checkpoint")
+
+
+def to_json_plain(obj: Any) -> Any:
+    """Like ``to_plain`` but JSON-ready (tensors -> lists, non-finite floats -> None)."""
+    obj = to_plain(obj)
+
+    def conv(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, torch.Tensor):
+            return o.tolist()
+        if isinstance(o, dict):
+            return {k: conv(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [conv(v) for v in o]
+        return o
+
+    return conv(obj)
+
+
+def unwrap_state_dict(sd: dict) -> dict:
+    """Strip DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes (dreamer4_model.md §7.4)."""
+    out = {}
+    for k, v in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for pre in ("module.", "_orig_mod."):
+                if k.startswith(pre):
+                    k, changed = k[len(pre):], True
+        out[k] = v
+    return out
+
+
+def build_checkpoint(*, step: int, model_key: str, model_state: dict, opt_state: dict, scaler_state: dict,
+                     args: dict, rng: dict, rng_by_rank: list | None, data: dict, world_size: int,
+                     config: dict, metrics_tail: list | None = None) -> dict:
+    """Assemble the checkpoint dict (upstream key layout plus ours, see the module docstring)."""
+    args = to_plain(args or {})
+    ck = {
+        "step": int(step),
+        "epoch": 0,
+        model_key: unwrap_state_dict(model_state),
+        "opt": opt_state,
+        "scaler": dict(scaler_state or {}),
+        "args": args,
+    }
+    if "scale_pos_embeds" in args:
+        ck["scale_pos_embeds"] = bool(args["scale_pos_embeds"])
+    ck.update({
+        "rng": rng,
+        "data": {k: int(v) for k, v in data.items()},
+        "world_size": int(world_size),
+        "config": to_plain(config),
+        "format": FORMAT,
+    })
+    if rng_by_rank is not None:
+        ck["rng_by_rank"] = rng_by_rank
+    if metrics_tail is not None:
+        ck["metrics_tail"] = to_plain(metrics_tail)
+    return ck
+
+
+# --------------------------------------------------------------------------------------------
+# directory lock
+
+
+class CheckpointLock:
+    """Non-blocking ``fcntl.flock`` on ``<ckpt_dir>/.lock``, held until ``release`` or process death.
+
+    The lock file records the holder (pid, host, Slurm job id, start time) so that a second trainer
+    can say who holds it. A process killed by SIGKILL or a time limit loses the lock with its file
+    descriptors, so a retry is never blocked by a stale lock (the file's content is then just old).
+    """
+
+    def __init__(self, ckpt_dir: str | os.PathLike):
+        self.path = Path(ckpt_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> "CheckpointLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise CheckpointLockError(self._held_message()) from None
+            raise
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def _held_message(self) -> str:
+        holder = ""
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+            parts = [f"pid {info['pid']}" if info.get("pid") else "",
+                     f"on {info['host']}" if info.get("host") else "",
+                     f"(Slurm job {info['slurm_job_id']})" if info.get("slurm_job_id") else "",
+                     f"since {info['since']}" if info.get("since") else ""]
+            holder = " ".join(p for p in parts if p)
+        except Exception:
+            pass
+        who = f"by {holder}" if holder else "by another process (holder not recorded)"
+        return (f"checkpoint dir {self.path.parent} is locked {who}: another trainer is using it. "
+                f"Stop that trainer or use another --ckpt-dir.")
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> "CheckpointLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

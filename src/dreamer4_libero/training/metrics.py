@@ -1,0 +1,194 @@
+"""Training metrics: an append-only ``metrics.jsonl`` in the checkpoint dir, exported at the end.
+
+The live log sits in the checkpoint dir (not a declared output, so Snakemake's retry never deletes
+it; snakemake_slurm.md §4). One JSON object per line, always with an integer ``step`` (number of
+completed updates). On resume from step N, lines with step > N (written by the killed attempt
+after its last checkpoint) and unparsable lines (a line cut by a kill) are dropped, so the file
+never holds a step twice. At the end the engine copies it to the declared output dir and draws one
+loss-curve PNG per metric group (the part of the key before the first ``/``), log-y when every
+value of the group is positive. All writes of final files are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..fileio import atomic_path
+
+METRICS_NAME = "metrics.jsonl"
+# bookkeeping keys that are not curves
+NON_CURVE_KEYS = {"step", "time", "elapsed_s", "epoch", "attempt"}
+
+
+def _clean(v: Any) -> Any:
+    if hasattr(v, "item") and callable(v.item):  # torch / numpy scalars
+        v = v.item()
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (str, type(None))):
+        return v
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return f if math.isfinite(f) else None
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Records of a metrics.jsonl file; unparsable lines (a line cut by a kill) are skipped."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    with open(p) as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                out.append(rec)
+    return out
+
+
+def _dump_lines(records: Iterable[dict]) -> str:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+
+
+class MetricsLog:
+    """Append-only JSONL log; ``enabled=False`` (ranks > 0) makes every method a no-op."""
+
+    def __init__(self, ckpt_dir: str | os.PathLike, enabled: bool = True, name: str = METRICS_NAME):
+        self.path = Path(ckpt_dir) / name
+        self.enabled = enabled
+        self._fh = None
+        self._tail: list[dict] = []
+
+    def truncate_after(self, step: int) -> int:
+        """Keep only well-formed lines with step <= ``step`` (atomic rewrite); returns lines dropped."""
+        if not self.enabled:
+            return 0
+        self.close()
+        if not self.path.exists():
+            return 0
+        with open(self.path) as fh:
+            n_lines = sum(1 for line in fh if line.strip())
+        keep = [r for r in read_metrics(self.path) if r["step"] <= step]
+        dropped = n_lines - len(keep)
+        if dropped:
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(_dump_lines(keep))
+        self._tail = keep[-100:]
+        return dropped
+
+    def append(self, record: dict) -> dict:
+        """Append one record (values made JSON-safe: scalars -> float/int, non-finite -> null)."""
+        rec = {str(k): _clean(v) for k, v in record.items()}
+        if not isinstance(rec.get("step"), int):
+            raise ValueError("metric records need an integer 'step'")
+        if not self.enabled:
+            return rec
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a")
+        self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
+        self._fh.flush()
+        self._tail.append(rec)
+        del self._tail[:-100]
+        return rec
+
+    def sync(self) -> None:
+        """fsync the file (called at every checkpoint so the log is as durable as the weights)."""
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def tail(self, n: int = 20) -> list[dict]:
+        return list(self._tail[-n:]) if n > 0 else []
+
+    def records(self) -> list[dict]:
+        if self._fh is not None:
+            self._fh.flush()
+        return read_metrics(self.path)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def export_metrics(records: list[dict], dest: str | os.PathLike) -> Path:
+    """Atomically write records (sorted by step, one per step: the last one wins) to ``dest``."""
+    by_step: dict[int, dict] = {}
+    for r in records:
+        by_step[r["step"]] = r
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        tmp.write_text(_dump_lines(by_step[s] for s in sorted(by_step)))
+    return dest
+
+
+def metric_groups(records: list[dict]) -> dict[str, list[str]]:
+    """Numeric curve keys grouped by the part before the first '/' (a key without '/' is its own group)."""
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        for k, v in r.items():
+            if k in NON_CURVE_KEYS or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            g = k.split("/", 1)[0]
+            if k not in groups.setdefault(g, []):
+                groups[g].append(k)
+    return {g: sorted(ks) for g, ks in sorted(groups.items())}
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "metric"
+
+
+def plot_metrics(records: list[dict], out_dir: str | os.PathLike, prefix: str = "curve_",
+                 title: str = "") -> list[Path]:
+    """One PNG per metric group, ``<out_dir>/<prefix><group>.png``; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    paths = []
+    for group, keys in metric_groups(records).items():
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        all_pos = True
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in records
+                   if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            all_pos &= min(ys) > 0
+            ax.plot(xs, ys, label=k, lw=1.2, marker="." if len(xs) < 30 else None)
+        if all_pos:
+            ax.set_yscale("log")
+        ax.set_xlabel("update step")
+        ax.set_ylabel(group + (" (log)" if all_pos else ""))
+        ax.set_title(f"{title} {group}".strip())
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+        path = out_dir / f"{prefix}{_safe_name(group)}.png"
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths
