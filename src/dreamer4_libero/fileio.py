@@ -61,15 +61,20 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temp folder; on success it replaces ``final`` as a whole."""
+def atomic_dir(final: str | os.PathLike, fsync_files: bool = True) -> Iterator[Path]:
+    """Yield a fresh temp folder; on success it replaces ``final`` as a whole.
+
+    ``fsync_files=False`` skips flushing the files to disk before the rename (the rename itself
+    stays atomic, so a killed process never leaves a complete-looking folder); callers that do
+    this must verify the contents when they reuse the folder (see data/preprocess.py).
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
-        for f in tmp.iterdir():
+        for f in tmp.iterdir() if fsync_files else ():
             if f.is_file():
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())

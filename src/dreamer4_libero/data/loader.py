@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..fileio import read_json
@@ -27,21 +28,26 @@ from .shards import ShardStore
 LIBERO_ACTION_DIM = 7
 
 
-def area_downsample(frames: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (..., H, W, 3) -> float32 (..., size, size, 3) in [0, 1] by block averaging."""
+def _area_chw(frames: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float32 tensor (N, 3, size, size) in [0, 1], N = prod(leading dims)."""
     h, w = frames.shape[-3], frames.shape[-2]
     if h % size or w % size:
         raise ValueError(f"cannot area-downsample {h}x{w} to {size}x{size} (not an integer factor)")
-    x = np.asarray(frames, dtype=np.float32)
-    fh, fw = h // size, w // size
-    if fh > 1 or fw > 1:
-        x = x.reshape(*x.shape[:-3], size, fh, size, fw, 3).mean(axis=(-4, -2))
-    return x * np.float32(1.0 / 255.0)
+    x = torch.from_numpy(np.require(frames, requirements=["C", "W"]).reshape(-1, h, w, 3)).permute(0, 3, 1, 2).float()
+    if h != size or w != size:
+        x = F.avg_pool2d(x, kernel_size=(h // size, w // size))  # block mean = area resampling
+    return x.mul_(1.0 / 255.0)
+
+
+def area_downsample(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (..., H, W, 3) -> float32 (..., size, size, 3) in [0, 1] by block averaging."""
+    x = _area_chw(frames, size).permute(0, 2, 3, 1)
+    return np.ascontiguousarray(x.numpy()).reshape(*frames.shape[:-3], size, size, 3)
 
 
 def model_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """Upright uint8 (T,128,128,3) -> the model's input float32 (T,3,size,size) in [0,1]."""
-    return np.ascontiguousarray(np.moveaxis(area_downsample(frames, size), -1, -3))
+    return _area_chw(frames, size).numpy().reshape(*frames.shape[:-3], 3, size, size)
 
 
 def window_actions(raw: np.ndarray, start: int, seq_len: int, action_dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +72,13 @@ class WindowDataset(Dataset):
     """Map-style dataset whose item `step` is the whole per-rank batch of that training step."""
 
     def __init__(self, manifest: str | os.PathLike, episodes: list[str] | str | os.PathLike, *, seq_len: int,
-                 batch_size: int, resolution: int, seed: int = 0, rank: int = 0, action_dim: int = 16):
+                 batch_size: int, resolution: int, seed: int = 0, rank: int = 0, action_dim: int = 16,
+                 cache_mb: float = 1024):
         self.store = ShardStore(manifest)
+        # Downsampled whole episodes, kept while they fit in cache_mb (per process). Area resampling
+        # acts on each frame alone, so a cached episode slice equals downsampling the window itself.
+        self._cache: dict[str, np.ndarray] = {}
+        self._cache_left = cache_mb * 2**20 if resolution < 128 else 0
         eps = episode_list(episodes) if isinstance(episodes, (str, Path)) else list(episodes)
         self.seq_len, self.batch_size, self.resolution = seq_len, batch_size, resolution
         self.seed, self.rank, self.action_dim = seed, rank, action_dim
@@ -90,7 +101,14 @@ class WindowDataset(Dataset):
         frames, raw = self.store.episode(episode_id)
         L = self.seq_len
         act, mask = window_actions(raw, start, L, self.action_dim)
-        return {"frames": model_frames(frames[start:start + L], self.resolution), "actions": act, "act_mask": mask}
+        cached = self._cache.get(episode_id)
+        if cached is None and self._cache_left > 0:
+            cached = model_frames(frames, self.resolution)
+            if cached.nbytes <= self._cache_left:
+                self._cache[episode_id] = cached
+                self._cache_left -= cached.nbytes
+        x = cached[start:start + L] if cached is not None else model_frames(frames[start:start + L], self.resolution)
+        return {"frames": np.array(x), "actions": act, "act_mask": mask}
 
     def starts_for_step(self, step: int) -> list[tuple[str, int]]:
         rng = np.random.default_rng([self.seed, step, self.rank])

@@ -54,9 +54,16 @@ class NpyStreamWriter:
         body = text + b" " * pad + b"\n"
         self._fh.seek(0)
         self._fh.write(prefix + len(body).to_bytes(2, "little") + body)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
         self._fh.close()
+
+
+def npy_data_ok(path: str | os.PathLike) -> bool:
+    """True if a .npy file is as long as its header says (guards reuse after a crash)."""
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return os.path.getsize(path) == arr.offset + arr.nbytes
 
 
 def npy_shape(path: str | os.PathLike) -> tuple[int, ...]:
