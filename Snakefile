@@ -15,9 +15,12 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/preprocess.smk"
+include: "rules/tokenizer.smk"
 
 
 rule all:
     input:
         PREPROCESS_OUTPUTS,
+        f"{TOK_OUT}/checkpoint.json",
+        f"{TOK_EVAL}/psnr.json",
     default_target: True

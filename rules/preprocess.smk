@@ -13,7 +13,7 @@ PREPROCESS_OUTPUTS = [f"{PRE}/manifest.json", f"{PRE}/splits/summary.json", *SPL
 
 rule make_synthetic:
     output:
-        f"{LIBERO_ROOT}/_synthetic_ground_truth.json",
+        gt=f"{LIBERO_ROOT}/_synthetic_ground_truth.json",
     log:
         "logs/make_synthetic/make_synthetic.log",
     benchmark:
@@ -21,13 +21,13 @@ rule make_synthetic:
     conda:
         "../envs/pipeline.yaml"
     params:
-        root=LIBERO_ROOT,
+        root=parent_of("gt"),
         tasks=lambda wc: (
             "demo" if config["synthetic"]["task_set"] == "demo" else config["synthetic"]["n_tasks"]
         ),
         s=config["synthetic"],
     shell:
-        "{PYTHON} workflow_scripts/make_synthetic.py --root {params.root} --tasks {params.tasks}"
+        "python workflow_scripts/make_synthetic.py --root {params.root} --tasks {params.tasks}"
         " --per-suite {params.s[per_suite]} --demos {params.s[n_demos]}"
         " --len-min {params.s[len_min]} --len-max {params.s[len_max]} --seed {params.s[seed]}"
         " > {log} 2>&1"
@@ -54,8 +54,9 @@ rule preprocess:
             f"--resize {config['data']['resize']}" if config["data"]["resize"] else ""
         ),
         convert=lambda wc: "--convert-dtype" if config["data"]["convert_dtype"] else "",
+        out=parent_of("manifest"),
     shell:
-        "{PYTHON} workflow_scripts/preprocess.py --libero-root {params.d[libero_root]} --out {PRE}"
+        "python workflow_scripts/preprocess.py --libero-root {params.d[libero_root]} --out {params.out}"
         " --workers {threads} --on-bad-demo {params.d[on_bad_demo]}"
         " --min-demo-len {params.d[min_demo_len]} {params.resize} {params.convert} > {log} 2>&1"
 
@@ -79,8 +80,9 @@ rule splits:
     params:
         split=json_arg(config["split"]),
         probe=json_arg(config["probe"]),
+        out=parent_of("summary"),
     shell:
-        "{PYTHON} workflow_scripts/make_splits.py --manifest {input.manifest} --out {PRE}/splits"
+        "python workflow_scripts/make_splits.py --manifest {input.manifest} --out {params.out}"
         " --split {params.split} --probe {params.probe} > {log} 2>&1"
 
 
@@ -102,10 +104,10 @@ rule data_sanity:
         mem_mb=8000,
         runtime=60,
     params:
-        probe_dir=f"{PRE}/splits/probe/seed{config['probe']['seeds'][0]}",
+        probe_dir=lambda wc, input: os.path.dirname(input.probe[0]),
         seed=config["probe"]["seeds"][0],
         res=config["data"]["model_resolution"],
     shell:
-        "{PYTHON} workflow_scripts/data_sanity.py --manifest {input.manifest} --probe-dir {params.probe_dir}"
+        "python workflow_scripts/data_sanity.py --manifest {input.manifest} --probe-dir {params.probe_dir}"
         " --resolution {params.res} --seed {params.seed} --out-json {output.json} --out-png {output.png}"
         " --frames-png {output.frames} > {log} 2>&1"

@@ -6,7 +6,6 @@ import torch
 
 from dreamer4_libero.data.loader import WindowDataset, area_downsample, make_loader, window_actions
 from dreamer4_libero.data.preprocess import preprocess
-from dreamer4_libero.data.splits import build_and_write
 
 from conftest import write_libero_file
 
@@ -96,3 +95,14 @@ def test_stream_is_deterministic_and_resumable(preprocessed, test_cfg):
     other_rank = WindowDataset(preprocessed / "manifest.json", split, rank=1, **kw)
     assert a.starts_for_step(0) != other_rank.starts_for_step(0)
     assert a.starts_for_step(0) != a.starts_for_step(1)
+
+
+def test_loader_does_not_touch_the_global_torch_rng(preprocessed, test_cfg):
+    """A DataLoader draws its base seed from the global RNG unless it has its own generator; that
+    draw would shift MAE masks / dropout of a resumed run against an uninterrupted one."""
+    ds = WindowDataset(preprocessed / "manifest.json", preprocessed / "splits" / "train.json", seq_len=8,
+                       batch_size=2, resolution=test_cfg["data"]["model_resolution"], seed=0)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    next(iter(make_loader(ds, 5, 10)))
+    assert torch.equal(torch.get_rng_state(), before)

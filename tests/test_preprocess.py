@@ -1,8 +1,5 @@
 """Preprocessing stage: shards, manifest, resumability, byte-identical reruns, CLI errors."""
 
-import filecmp
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from dreamer4_libero.data.preprocess import preprocess
 from dreamer4_libero.data.shards import ShardStore

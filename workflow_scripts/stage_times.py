@@ -7,6 +7,7 @@ from pathlib import Path
 
 STAGES = {  # rule -> stage, in DAG order
     "make_synthetic": "data", "preprocess": "data", "splits": "data", "data_sanity": "data",
+    "train_tokenizer": "tokenizer", "tokenizer_eval": "evaluation",
 }
 
 

@@ -126,6 +126,12 @@ class WindowDataset(Dataset):
 
 
 def make_loader(dataset: WindowDataset, start_step: int, max_steps: int, num_workers: int = 0) -> DataLoader:
-    """Batches for steps start_step .. max_steps-1, in order; a resumed run passes its next step."""
+    """Batches for steps start_step .. max_steps-1, in order; a resumed run passes its next step.
+
+    The loader gets its own generator: by default creating a DataLoader iterator draws a base seed
+    from the *global* torch RNG, which would shift the training RNG stream (MAE masks, dropout)
+    of a resumed run against an uninterrupted one.
+    """
     return DataLoader(dataset, batch_size=None, sampler=range(start_step, max_steps), num_workers=num_workers,
-                      persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers > 0 else None)
+                      persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers > 0 else None,
+                      generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,117 @@
+"""Tokenizer reconstruction PSNR (evaluation.md §3) and the episode lists it scores.
+
+Eval mode, MAE off, every frame of each episode encoded causally in non-overlapping chunks of the
+run's training seq_len and decoded; per-frame PSNR with data range 1 at the model resolution
+(ground truth = upright frames area-downsampled exactly as the loader does). Also:
+`tok_psnr_masked_train_style` (masked patches only, with the run's training mask schedule; what
+upstream's training log prints) and a per-episode mean-frame baseline on the same frames.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from ..data.loader import model_frames
+from ..data.shards import ShardStore, parse_episode_id
+
+PSNR_CAP = 100.0
+
+
+def psnr(mse: float) -> float:
+    """10 log10(1 / max(mse, 1e-10)); the floor caps PSNR at 100 dB (never +inf)."""
+    return 10.0 * math.log10(1.0 / max(float(mse), 1e-10))
+
+
+def rollout_episode_list(episodes: list[str], store: ShardStore, eps_per_task: int = 4, min_len: int = 32) -> list[str]:
+    """evaluation.md §2: tasks sorted; per task the first `eps_per_task` demos in numeric order with T >= min_len."""
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for e in episodes:
+        t, k = parse_episode_id(e)
+        if store.episodes[e].T >= min_len:
+            by_task[t].append(k)
+    return [f"{t}/demo_{k}" for t in sorted(by_task) for k in sorted(by_task[t])[:eps_per_task]]
+
+
+@torch.no_grad()
+def reconstruct(model, frames: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(T,3,H,W) in [0,1] -> reconstruction (T,3,H,W) in [0,1], causal chunks of `chunk` frames."""
+    out = []
+    for s in range(0, frames.shape[0], chunk):
+        x = frames[s:s + chunk].unsqueeze(0)
+        out.append(model.decode(model.encode(x, mae=False)).clamp(0, 1)[0])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def masked_patch_sq_error(model, frames: torch.Tensor, chunk: int, generator: torch.Generator) -> tuple[float, int]:
+    """Sum of squared errors over masked patch features and their count, masks drawn with the
+    run's training schedule (encoder MAE forced on) from a seeded generator."""
+    sse, n = 0.0, 0
+    for s in range(0, frames.shape[0], chunk):
+        x = frames[s:s + chunk].unsqueeze(0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            out = model(x, mae=True)
+        m = out["mae_mask"].expand_as(out["target_patches"])
+        d = (out["recon_patches"].clamp(0, 1) - out["target_patches"]) ** 2
+        sse += float(d[m].sum())
+        n += int(m.sum())
+    return sse, n
+
+
+def evaluate_tokenizer(model, store: ShardStore, sets: dict[str, list[str]], *, resolution: int, chunk: int,
+                       seed: int = 0, progress=None) -> dict:
+    """Per set: tok_psnr_frame_mean (headline), tok_psnr_pooled, per-suite means, masked train-style
+    PSNR, and the per-episode mean-frame baseline on the same frames."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    res = {}
+    for name, eps in sets.items():
+        frame_psnr, frame_mse, base_psnr, base_mse = [], [], [], []
+        suite_psnr: dict[str, list[float]] = defaultdict(list)
+        sse_m, n_m = 0.0, 0
+        for e in eps:
+            raw, _ = store.episode(e)
+            x = torch.from_numpy(model_frames(raw, resolution))  # (T,3,r,r)
+            rec = reconstruct(model, x, chunk)
+            mse = ((rec - x) ** 2).flatten(1).mean(1).double().numpy()
+            bmse = ((x.mean(0, keepdim=True) - x) ** 2).flatten(1).mean(1).double().numpy()
+            frame_mse += mse.tolist()
+            base_mse += bmse.tolist()
+            p = [psnr(v) for v in mse]
+            frame_psnr += p
+            base_psnr += [psnr(v) for v in bmse]
+            suite_psnr[e.split("/", 1)[0]] += p
+            s, n = masked_patch_sq_error(model, x, chunk, gen)
+            sse_m, n_m = sse_m + s, n_m + n
+            if progress is not None:
+                progress.update()
+        res[name] = {
+            "n_episodes": len(eps), "n_frames": len(frame_psnr),
+            "tok_psnr_frame_mean": float(np.mean(frame_psnr)),
+            "tok_psnr_pooled": psnr(np.mean(frame_mse)),
+            "tok_psnr_per_suite": {k: float(np.mean(v)) for k, v in sorted(suite_psnr.items())},
+            "tok_psnr_masked_train_style": psnr(sse_m / n_m) if n_m else None,
+            "n_capped_frames": int(sum(v >= PSNR_CAP for v in frame_psnr)),
+            "mean_frame_baseline_psnr_frame_mean": float(np.mean(base_psnr)),
+            "mean_frame_baseline_psnr_pooled": psnr(np.mean(base_mse)),
+            "mse": float(np.mean(frame_mse)),
+        }
+        res[name]["gain_over_mean_frame_db"] = res[name]["tok_psnr_frame_mean"] - res[name]["mean_frame_baseline_psnr_frame_mean"]
+    return res
+
+
+def strip_frames(model, store: ShardStore, episode: str, resolution: int, chunk: int, n: int = 8):
+    """(originals, reconstructions) as uint8 (n, r, r, 3) for a picture."""
+    raw, _ = store.episode(episode)
+    x = torch.from_numpy(model_frames(raw, resolution))
+    rec = reconstruct(model, x, chunk)
+    idx = np.linspace(0, len(x) - 1, n).astype(int)
+    to8 = lambda t: (t[idx].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # noqa: E731
+    return to8(x), to8(rec)
+
+

@@ -1,0 +1,82 @@
+"""The tokenizer trainer: a task for the shared engine (dreamer4_model.md §2.5, §6.1, §10).
+
+Loss = masked-patch MSE + lpips_weight * LPIPS(alex, v0.1) on composite frames, MAE masking with
+p ~ U[mae_p_min, mae_p_max] per frame; AdamW, constant lr, no grad clipping (upstream). Windows
+of `seq_len` frames never cross an episode, come from `train.json` only, at the model resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Iterator
+
+import torch
+
+from ..data.loader import WindowDataset, make_loader
+from ..models.tokenizer import Tokenizer, TokenizerConfig
+from ..models.upstream import upstream_tokenizer_args
+from ..objectives.mae import tokenizer_loss
+
+
+def tokenizer_model_config(tok_cfg: dict, resolution: int) -> TokenizerConfig:
+    """TokenizerConfig from the config's `tokenizer` section at the model resolution."""
+    names = {f.name for f in fields(TokenizerConfig)}
+    kw = {k: v for k, v in tok_cfg["model"].items() if k in names}
+    return TokenizerConfig(H=resolution, W=resolution, mae_p_min=tok_cfg["mae_p_min"], mae_p_max=tok_cfg["mae_p_max"],
+                           **kw)
+
+
+class TokenizerTask:
+    """Engine task: data from the shards, MAE + LPIPS loss."""
+
+    def __init__(self, tok_cfg: dict, *, manifest: str, train_split: str, resolution: int, lpips_cache: str | None = None):
+        self.tok_cfg, self.resolution = tok_cfg, resolution
+        self.model_cfg = tokenizer_model_config(tok_cfg, resolution)
+        self.dataset = WindowDataset(manifest, train_split, seq_len=tok_cfg["seq_len"],
+                                     batch_size=tok_cfg["batch_size"], resolution=resolution, seed=tok_cfg["seed"])
+        self.lpips = None
+        self.lpips_cache = lpips_cache
+        self.lpips_info: dict[str, Any] = {"weight": float(tok_cfg["lpips_weight"]), "network": "alex",
+                                           "version": "0.1", "resolution": resolution}
+        if tok_cfg["lpips_weight"] > 0:
+            from ..models.lpips import LPIPS
+
+            self.lpips = LPIPS.from_cache(lpips_cache)
+            self.lpips_info.update(self.lpips.describe())
+        else:
+            self.lpips_info.update(network=None, weights_sha256=None, note="lpips_weight 0: no LPIPS term")
+
+    # -- engine protocol --------------------------------------------------------------------
+    def setup(self, ctx) -> None:
+        if self.lpips is not None:
+            self.lpips.to(ctx.device)
+
+    def config(self) -> dict:
+        return {"tokenizer": self.tok_cfg, "model": self.model_cfg.to_dict(), "resolution": self.resolution,
+                "lpips": self.lpips_info, "n_train_windows": self.dataset.n_windows}
+
+    def upstream_args(self) -> dict:
+        """`args` as upstream's train_tokenizer.py records them, plus what LPIPS ran with."""
+        t = self.tok_cfg
+        return {**upstream_tokenizer_args(self.model_cfg), "seq_len": t["seq_len"], "batch_size": t["batch_size"],
+                "lr": t["lr"], "weight_decay": t["weight_decay"], "max_steps": t["max_steps"],
+                "save_every": t["save_every"], "seed": t["seed"], "lpips_weight": float(t["lpips_weight"]),
+                "lpips_frac": float(t["lpips_frac"]), "lpips_net": self.lpips_info["network"],
+                "lpips_weights_sha256": self.lpips_info.get("weights_sha256"), "lpips_resolution": self.resolution}
+
+    def build_model(self) -> torch.nn.Module:
+        return Tokenizer(self.model_cfg)
+
+    def batches(self, start_step: int, rank: int, world_size: int) -> Iterator[dict]:
+        self.dataset.rank = rank
+        loader = make_loader(self.dataset, start_step, self.tok_cfg["max_steps"], self.tok_cfg["num_workers"])
+        for batch in loader:
+            yield {"frames": batch["frames"]}  # (B,L,3,r,r) in [0,1]
+
+    def loss(self, model, batch, step):
+        frames = batch["frames"]
+        out = model(frames)  # train mode: MAE masking on
+        loss, m = tokenizer_loss(out["recon"], frames, out["mae_mask"], lpips_fn=self.lpips,
+                                 lpips_weight=self.tok_cfg["lpips_weight"], lpips_frac=self.tok_cfg["lpips_frac"],
+                                 keep_prob=out["keep_prob"])
+        return loss, {f"train/{k}": float(v) for k, v in m.items() if k != "loss"}

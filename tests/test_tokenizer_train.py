@@ -1,0 +1,84 @@
+"""The tokenizer trainer end to end on the engine: resume after SIGKILL, checkpoint contents,
+and the demo tokenizer's quality on held-out synthetic episodes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamer4_libero.config import demo_config
+from dreamer4_libero.fileio import read_json
+from dreamer4_libero.models.upstream import load_tokenizer_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "workflow_scripts" / "train_tokenizer.py"
+
+
+def _tiny_cfg(**over) -> dict:
+    t = demo_config()["tokenizer"]
+    t.update(model={**t["model"], "d_model": 32, "depth": 1, "n_latents": 4, "d_bottleneck": 8},
+             seq_len=4, batch_size=2, max_steps=12, save_every=2, log_every=2, deterministic=True, num_workers=0,
+             keep_last=0)
+    t.update(over)
+    return t
+
+
+def _cmd(pre: Path, t: dict, ckpt: Path, out: Path) -> list[str]:
+    return [sys.executable, str(SCRIPT), "--tokenizer", json.dumps(t), "--manifest", str(pre / "manifest.json"),
+            "--train-split", str(pre / "splits" / "train.json"), "--resolution", "32", "--ckpt-dir", str(ckpt),
+            "--out-dir", str(out), "--progress", "false"]
+
+
+def _final_state(ckpt_dir: Path, step: int) -> dict:
+    return torch.load(ckpt_dir / f"step_{step:07d}.pt", weights_only=True)
+
+
+def test_sigkill_resume_is_bitwise_identical(preprocessed, tmp_path):
+    t = _tiny_cfg()
+    ref = subprocess.run(_cmd(preprocessed, t, tmp_path / "ref_ck", tmp_path / "ref_out"), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    k = int(np.random.default_rng(11).choice([4, 6, 8]))  # the step whose checkpoint triggers the kill
+    ck = tmp_path / "ck"
+    p = subprocess.Popen(_cmd(preprocessed, t, ck, tmp_path / "out"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ck / f"step_{k:07d}.pt").exists() and p.poll() is None:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (ck / "step_0000012.pt").exists(), "the run finished before it could be killed"
+    res = subprocess.run(_cmd(preprocessed, t, ck, tmp_path / "out"), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "RESUMED" in res.stdout + res.stderr
+    a, b = _final_state(tmp_path / "ref_ck", 12), _final_state(ck, 12)
+    assert a["step"] == b["step"] == 12
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_checkpoint_records_lpips_and_config(preprocessed, tmp_path):
+    t = _tiny_cfg(max_steps=2, save_every=1)
+    res = subprocess.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out"), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ck = read_json(tmp_path / "out" / "checkpoint.json")
+    state = torch.load(ck["path"], weights_only=True)  # every checkpoint loads with weights_only
+    args = state["args"]
+    assert state["step"] == 2 and set(state) >= {"step", "epoch", "model", "opt", "scaler", "args", "scale_pos_embeds"}
+    assert args["lpips_weight"] == 0.2 and args["lpips_net"] == "alex" and args["lpips_resolution"] == 32
+    assert len(args["lpips_weights_sha256"]) == 64
+    assert args["d_model"] == 32 and args["H"] == 32 and args["seq_len"] == 4
+    cfg = read_json(Path(ck["path"]).parent / "config.json")
+    assert cfg["task"]["lpips"]["weight"] == 0.2 and (tmp_path / "out" / "config.json").exists()
+    model, report = load_tokenizer_checkpoint(ck["path"])  # strict load of our own checkpoint
+    assert model.cfg.d_model == 32 and report["step"] == 2
+    # lpips_weight 0 stays possible and is recorded
+    t0 = _tiny_cfg(max_steps=1, save_every=1, lpips_weight=0.0)
+    res = subprocess.run(_cmd(preprocessed, t0, tmp_path / "ck0", tmp_path / "out0"), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    s0 = torch.load(read_json(tmp_path / "out0" / "checkpoint.json")["path"], weights_only=True)
+    assert s0["args"]["lpips_weight"] == 0.0 and s0["args"]["lpips_net"] is None

@@ -1,0 +1,77 @@
+"""The Snakemake workflow: config layering and schema validation, the DAG, profiles."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dreamer4_libero.config import ConfigError, demo_config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
+
+
+def _dry(tmp_path, *args, configfiles=("config/demo.yaml",)):
+    cmd = [SNAKEMAKE, "-n", "--cores", "1", "--directory", str(REPO), "--snakefile", str(REPO / "Snakefile")]
+    for c in configfiles:
+        cmd += ["--configfile", str(REPO / c)]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, cwd=tmp_path, env=env)
+
+
+def test_demo_dag_dry_run(tmp_path):
+    r = _dry(tmp_path, "--forceall")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    for rule in ("make_synthetic", "preprocess", "splits", "data_sanity", "train_tokenizer", "tokenizer_eval"):
+        assert f"rule {rule}:" in out or f"{rule} " in out, rule
+
+
+@pytest.mark.parametrize("layer,needle", [
+    ({"data": {"bogus_key": 1}}, "bogus_key"),
+    ({"data": {"workers": "many"}}, "data.workers"),
+    ({"split": {"ood_fraction": 1.5}}, "split.ood_fraction"),
+    ({"tokenizer": {"model": {"depth": "eight"}}}, "tokenizer.model.depth"),
+])
+def test_schema_errors_name_the_key(tmp_path, layer, needle):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(layer))
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config([REPO / "config" / "demo.yaml", bad])
+    r = _dry(tmp_path, configfiles=("config/demo.yaml", bad))  # Snakemake's own validation
+    assert r.returncode != 0
+    assert needle.split(".")[-1] in (r.stdout + r.stderr)
+
+
+def test_layering_and_defaults():
+    base, demo = load_config(), demo_config()
+    assert base["split"]["ood_fraction"] == 0.2 and demo["split"]["ood_fraction"] == 0.25
+    assert demo["data"]["min_demo_len"] == base["data"]["min_demo_len"] == 32  # inherited from config.yaml
+    assert base["tokenizer"]["seq_len"] == 16 and base["tokenizer"]["mae_p_max"] == 0.75
+    assert base["tokenizer"]["max_steps"] == 85000 and base["tokenizer"]["save_every"] == 5000
+    assert base["tokenizer"]["gpus"] == 4 and base["tokenizer"]["lpips_weight"] == 0.2
+    assert demo["tokenizer"]["lpips_weight"] == 0.2
+    t = demo_config(test=True)
+    assert (t["synthetic"]["len_min"], t["synthetic"]["len_max"]) == (40, 64)
+
+
+def test_every_schema_key_has_default_and_description():
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+
+    def walk(node, path):
+        for k, sub in node.get("properties", {}).items():
+            assert "default" in sub, f"{path}{k}: no default"
+            assert sub.get("description"), f"{path}{k}: no description"
+            walk(sub, f"{path}{k}.")
+    walk(schema, "")
+
+
+def test_default_profile_sets_no_resources():
+    """A workflow profile's default-resources would replace a site slurm profile's (account, partition)."""
+    prof = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    assert "default-resources" not in prof and "set-resources" not in prof
+    assert not (REPO / "slurm").exists()  # would shadow the site's `--profile slurm`

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Train the causal video tokenizer (rule `train_tokenizer`); run with python or torchrun.
+
+Resumes from the newest valid checkpoint in --ckpt-dir; exits 75 after saving when the attempt's
+--time-limit-min (minus the config's deadline margin) is reached, 0 when max_steps are done.
+"""
+
+import argparse
+import json
+
+from dreamer4_libero.cli import run_main
+from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, train
+from dreamer4_libero.training.tokenizer_task import TokenizerTask
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tokenizer", required=True, help="JSON of the config's `tokenizer` section")
+    ap.add_argument("--manifest", required=True)
+    ap.add_argument("--train-split", required=True)
+    ap.add_argument("--resolution", type=int, required=True)
+    ap.add_argument("--lpips-cache", default=None)
+    add_engine_args(ap)
+    a = ap.parse_args()
+    t = json.loads(a.tokenizer)
+    task = TokenizerTask(t, manifest=a.manifest, train_split=a.train_split, resolution=a.resolution,
+                         lpips_cache=a.lpips_cache)
+    cfg = engine_config_from_args(
+        a, run_name=t["run_name"], max_steps=t["max_steps"], lr=t["lr"], weight_decay=t["weight_decay"],
+        grad_clip=None, save_every=t["save_every"], keep_last=t["keep_last"], log_every=t["log_every"],
+        seed=t["seed"], amp=t["amp"], deterministic=t["deterministic"], deadline_margin_s=t["deadline_margin_s"],
+        model_key="model", extra_args=task.upstream_args(), progress=True)
+    return train(task, cfg)
+
+
+if __name__ == "__main__":
+    run_main(main, "train_tokenizer")
