@@ -3,6 +3,7 @@
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 STAGES = {  # rule -> stage, in DAG order
@@ -36,6 +37,22 @@ def main() -> None:
     print(f"  manifest:     {res}/preprocess/manifest.json")
     print(f"  splits:       {res}/preprocess/splits/{{train,val,test_ood}}.json")
     print(f"  probe lists:  {res}/preprocess/splits/probe/seed<s>/probe_{{train,eval_train,eval_test}}.json")
+    print(f"  data sanity:  {res}/preprocess/sanity/  (frame_diff_probe.json/.png, sample_frames.png)")
+    sanity = res / "preprocess" / "sanity" / "frame_diff_probe.json"
+    if sanity.exists():
+        s = json.loads(sanity.read_text())
+        for mode in ("idm", "policy"):
+            e = s[mode]["eval"]["probe_eval_test"]
+            print(f"    frame_diff {mode:6s} R2 on held-out tasks: uniform {e['r2_uniform']:+.3f}, "
+                  f"dims 0-5 {e['r2_mean_dims_0_5']:+.3f}")
+    for run in sorted((res / "train").glob("*/checkpoint.json")):
+        print(f"  training run: {run.parent}/  (checkpoint.json, config.json, metrics.jsonl, curve_*.png)")
+    for ev in sorted((res / "tokenizer_eval").glob("*/psnr.json")):
+        r = json.loads(ev.read_text())
+        print(f"  tokenizer eval: {ev.parent}/  (psnr.json, reconstructions.png)")
+        for name, v in r["sets"].items():
+            print(f"    {name}: PSNR {v['tok_psnr_frame_mean']:.2f} dB (mean-frame baseline "
+                  f"{v['mean_frame_baseline_psnr_frame_mean']:.2f} dB)")
 
 
 if __name__ == "__main__":
