@@ -35,7 +35,6 @@ import os
 import random
 import re
 import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -43,6 +42,8 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
+
+from ..fileio import atomic_path, fsync_dir
 
 FORMAT = "dreamer4_libero.checkpoint/1"
 STEP_RE = re.compile(r"^step_(\d{7,})\.pt$")
@@ -89,42 +90,11 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
 # atomic save / load
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    m = os.umask(0o022)
-    os.umask(m)
-    return m
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temp file in the same dir, fsync, ``os.replace``, fsync the dir."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual umask-based mode
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def prune_checkpoints(ckpt_dir: str | os.PathLike, keep_last: int | None, protect: Iterable[Path] = ()) -> list[Path]:
@@ -142,7 +112,7 @@ def prune_checkpoints(ckpt_dir: str | os.PathLike, keep_last: int | None, protec
         except FileNotFoundError:
             pass
     if removed:
-        _fsync_dir(Path(ckpt_dir))
+        fsync_dir(Path(ckpt_dir))
     return removed
 
 
