@@ -108,7 +108,7 @@ class WindowDataset(Dataset):
                 self._cache[episode_id] = cached
                 self._cache_left -= cached.nbytes
         x = cached[start:start + L] if cached is not None else model_frames(frames[start:start + L], self.resolution)
-        return {"frames": np.array(x), "actions": act, "act_mask": mask}
+        return {"frames": x, "actions": act, "act_mask": mask}  # a view; __getitem__ stacks (copies) it
 
     def starts_for_step(self, step: int) -> list[tuple[str, int]]:
         rng = np.random.default_rng([self.seed, step, self.rank])
