@@ -16,6 +16,7 @@ validate(config, "config/schema.yaml")
 include: "rules/common.smk"
 include: "rules/preprocess.smk"
 include: "rules/tokenizer.smk"
+include: "rules/dynamics.smk"
 
 
 rule all:
@@ -23,4 +24,5 @@ rule all:
         PREPROCESS_OUTPUTS,
         f"{TOK_OUT}/checkpoint.json",
         f"{TOK_EVAL}/psnr.json",
+        DYN_OUTPUTS,
     default_target: True

@@ -60,3 +60,19 @@ def write_libero_file(path: Path, demos: list[tuple[np.ndarray, np.ndarray]], co
             stored = frames[:, ::-1] if convention == "opengl" else frames
             d.create_dataset("obs/agentview_rgb", data=np.ascontiguousarray(stored))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_ckpt(tmp_path_factory) -> Path:
+    """An upstream-format tokenizer checkpoint (random weights, 32x32, 4 latents x 8) for dynamics tests."""
+    import torch
+
+    from dreamer4_libero.models.tokenizer import Tokenizer, TokenizerConfig
+    from dreamer4_libero.models.upstream import save_upstream_tokenizer_checkpoint
+
+    torch.manual_seed(0)
+    tok = Tokenizer(TokenizerConfig(H=32, W=32, patch=8, d_model=32, n_heads=2, depth=1, n_latents=4,
+                                    d_bottleneck=8, dropout=0.0))
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.pt"
+    save_upstream_tokenizer_checkpoint(path, tok)
+    return path

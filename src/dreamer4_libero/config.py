@@ -84,3 +84,40 @@ def demo_config(test: bool = False) -> dict:
     if test:
         files.append(REPO_ROOT / "config" / "test.yaml")
     return load_config(files)
+
+
+def dynamics_variants(cfg: dict, schema: dict | None = None) -> dict[str, dict]:
+    """name -> resolved run config (`dynamics.defaults` deep-merged with the variant's entry).
+
+    Each merged run is validated against the schema of `dynamics.defaults` (unknown keys and wrong
+    types are errors naming `dynamics.variants.<name>.<key>`). Adds `name`, `init_paths`
+    ({tokenizer, dynamics} or None) and `runnable` / `not_run_reason` (a DMControl init whose paths
+    are unset cannot run).
+    """
+    schema = schema or load_schema()
+    sub = schema["properties"]["dynamics"]["properties"]["defaults"]
+    dyn = cfg.get("dynamics", {})
+    base = dyn.get("defaults", {})
+    out = {}
+    for name, entry in (dyn.get("variants") or {}).items():
+        run = deep_merge(base, entry or {})
+        _fill_defaults(sub, run)
+        errors = sorted(jsonschema.Draft202012Validator(sub).iter_errors(run), key=lambda e: list(e.absolute_path))
+        if errors:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(
+                f"config key 'dynamics.variants.{name}.{'.'.join(str(p) for p in e.absolute_path)}': {e.message}"
+                for e in errors))
+        run["name"] = name
+        init = run["init_from"]
+        reason = None
+        if init == "dmcontrol":
+            paths = dict(cfg.get("dmcontrol_init") or {})
+            if not paths.get("dynamics"):
+                reason = ("no DMControl checkpoint configured (dmcontrol_init.dynamics is null): "
+                          "this DMControl-initialised variant is not run")
+            init = {"tokenizer": paths.get("tokenizer"), "dynamics": paths.get("dynamics")}
+        run["init_paths"] = init
+        run["runnable"] = run["enabled"] and reason is None
+        run["not_run_reason"] = reason if run["enabled"] else "disabled in the config (enabled: false)"
+        out[name] = run
+    return out

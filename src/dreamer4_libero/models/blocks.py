@@ -57,13 +57,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
 
-    def forward(self, x, mask=None, is_causal=False):
+    def project(self, x):
+        """(N,L,D) -> q, k, v each (N,H,L,hd)."""
         N, L, D = x.shape
-        q, k, v = (t.view(N, L, self.n_heads, D // self.n_heads).transpose(1, 2)    # (N,H,L,hd)
-                   for t in self.qkv(x).chunk(3, dim=-1))
+        return tuple(t.view(N, L, self.n_heads, D // self.n_heads).transpose(1, 2)
+                     for t in self.qkv(x).chunk(3, dim=-1))
+
+    def attend(self, q, k, v, mask=None, is_causal=False):
+        """q (N,H,Lq,hd), k/v (N,H,Lk,hd) -> (N,Lq,D) after the output projection."""
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(N, L, D))
+        N, _, Lq, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(N, Lq, -1))
+
+    def forward(self, x, mask=None, is_causal=False):
+        return self.attend(*self.project(x), mask=mask, is_causal=is_causal)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,11 +95,16 @@ def _wm_agent_isolated_mask(q, k):   # agent <-> agent only; non-agent <-> non-a
     return (q == AGENT) == (k == AGENT)
 
 
+def _agent_reads_mask(q, k):  # ours (the paper's intent): agent reads its whole frame; nobody reads it
+    return (q == AGENT) | (k != AGENT)
+
+
 SPACE_MASKS: dict[str, Callable] = {
     "encoder": _encoder_mask,
     "decoder": _decoder_mask,
     "wm_agent": _wm_agent_mask,
     "wm_agent_isolated": _wm_agent_isolated_mask,
+    "agent_reads": _agent_reads_mask,
 }
 
 
@@ -134,6 +147,18 @@ class TimeAttention(nn.Module):
         h = self.attn(h, is_causal=True).view(B, n, T, D).transpose(1, 2)     # (B,T,n,D)
         return h if n == S else torch.cat([h, x[:, :, n:]], dim=2)
 
+    def forward_cached(self, x, past: tuple | None):
+        """One new frame x (B,1,S,D) attending to cached keys/values of earlier frames.
+
+        past: (k, v) each (B*S,H,t,hd) or None. Returns (out (B,1,S,D), (k_new, v_new)) where
+        k_new/v_new are this frame's own keys/values (B*S,H,1,hd). All slots (dynamics only).
+        """
+        assert self.n_slots is None, "the KV cache is for time attention on all slots"
+        B, _, S, D = x.shape
+        q, k, v = self.attn.project(x.reshape(B * S, 1, D))
+        kk, vv = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        return self.attn.attend(q, kk, vv).view(B, 1, S, D), (k, v)
+
 
 class Layer(nn.Module):
     """Pre-norm block: x += space(norm1 x); [x += time(norm2 x)]; x += mlp(norm3 x) (§1.6)."""
@@ -156,6 +181,15 @@ class Layer(nn.Module):
         if self.has_time:
             x = x + self.drop(self.time(self.norm2(x)))
         return x + self.mlp(self.norm3(x))
+
+    def forward_cached(self, x, space_mask, past):
+        """Like forward for one new frame (B,1,S,D) given this layer's cached time keys/values."""
+        x = x + self.drop(self.space(self.norm1(x), space_mask))
+        kv = None
+        if self.has_time:
+            h, kv = self.time.forward_cached(self.norm2(x), past)
+            x = x + self.drop(h)
+        return x + self.mlp(self.norm3(x)), kv
 
 
 def has_time(i: int, time_every: int) -> bool:
@@ -185,6 +219,19 @@ class Transformer(nn.Module):
             x = layer(x, self.space_mask)
         return x
 
+    def forward_cached(self, x, cache: list | None):
+        """One new frame (B,1,S,D) after the frames whose per-layer time keys/values are in `cache`.
+
+        cache: list (one entry per layer: (k, v) of the earlier frames, or None for layers without
+        time attention / no earlier frame) or None. Returns (out (B,1,S,D), this frame's (k, v) per layer).
+        """
+        cache = cache or [None] * len(self.layers)
+        new = []
+        for layer, past in zip(self.layers, cache):
+            x, kv = layer.forward_cached(x, self.space_mask, past)
+            new.append(kv)
+        return x, new
+
 
 # ---------------------------------------------------------------------------------------------
 # Sinusoidal positions (§1.7): added once to the input tokens; frame index restarts at 0 per call.
@@ -198,10 +245,15 @@ def sinusoid_table(n: int, d: int, device=None) -> torch.Tensor:
     return torch.where(even, torch.sin(angle), torch.cos(angle))
 
 
-def add_positions(x: torch.Tensor, scale: bool) -> torch.Tensor:
-    """x (B,T,S,D) + Table(T,D)[t] + Table(S,D)[s], times 1/sqrt(D) if `scale` (scale_pos_embeds)."""
+def add_positions(x: torch.Tensor, scale: bool, t0: int = 0) -> torch.Tensor:
+    """x (B,T,S,D) + Table[t0 + t] + Table(S,D)[s], times 1/sqrt(D) if `scale` (scale_pos_embeds).
+
+    t0 is the window-relative index of x's first frame (0 for a whole window; the KV-cached
+    sampler passes the index of the frame it adds).
+    """
     _, T, S, D = x.shape
-    pos = sinusoid_table(T, D, x.device)[:, None, :] + sinusoid_table(S, D, x.device)[None, :, :]   # (T,S,D)
+    pos = (sinusoid_table(t0 + T, D, x.device)[t0:, None, :]
+           + sinusoid_table(S, D, x.device)[None, :, :])                                  # (T,S,D)
     if scale:
         pos = pos * (1.0 / math.sqrt(D))
     return x + pos.to(x.dtype)

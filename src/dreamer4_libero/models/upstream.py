@@ -179,3 +179,110 @@ def load_tokenizer_checkpoint(path_or_dict, explicit: dict | None = None, map_lo
     report.update(step=ckpt.get("step") if key else None,
                   path=str(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None)
     return model.eval(), report
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamics (§3, §7.2, §8 "Loading checkpoints written elsewhere")
+
+# train_dynamics.py defaults for the settings without parameters (§6.2) -- never interactive.py's
+# inference fallbacks (n_agent 0, time_every 4), which would drop the agent token the probe reads.
+DYNAMICS_TRAIN_DEFAULTS = {"n_heads": 4, "k_max": 8, "space_mode": "wm_agent_isolated", "n_agent": 1,
+                           "dropout": 0.0, "n_spatial": 8}
+_ARG_ALIASES = {"space_mode": ("space_mode", "agent_space_mode")}
+
+
+def dynamics_config_from_state_dict(sd: dict, args: dict | None = None, explicit: dict | None = None):
+    """DynamicsConfig for a (possibly foreign) dynamics state dict.
+
+    From shapes: d_model, d_spatial, depth, time_every (which layers have time.* keys), n_register,
+    action width, mlp_ratio, and k_max is checked against signal_embed / step_embed.
+    Parameter-free (n_heads, k_max, space_mode, n_agent, dropout, n_spatial): explicit (non-None) >
+    args > train_dynamics defaults; scale_pos_embeds: explicit > args > True (§1.7).
+    n_spatial has no parameter: pass it explicitly from the tokenizer (n_latents / packing_factor).
+    Returns (cfg, report) like tokenizer_config_from_state_dict.
+    """
+    from .dynamics import DynamicsConfig
+
+    sd = strip_prefixes(sd)
+    args, explicit = dict(args or {}), {k: v for k, v in (explicit or {}).items() if v is not None}
+    source, fallbacks, notes = {}, [], []
+
+    def setting(name, default):
+        if name in explicit:
+            source[name] = "explicit"
+            return explicit[name]
+        for a in _ARG_ALIASES.get(name, (name,)):
+            if args.get(a) is not None:
+                source[name] = f"args[{a!r}]"
+                return args[a]
+        source[name] = "default"
+        fallbacks.append(f"{name}={default!r} (not in the run's config nor the checkpoint's args: "
+                         f"train_dynamics default)")
+        return default
+
+    D, d_sp = sd["spatial_proj.weight"].shape
+    h2 = sd["transformer.layers.0.mlp.fc_in.weight"].shape[0]
+    depth, t_layers = _layer_info(sd, "")
+    ratio = h2 / 2 / D
+    if int(D * ratio) != h2 // 2:
+        ratio = math.nextafter(ratio, math.inf)
+    shaped = {"d_model": int(D), "d_spatial": int(d_sp), "depth": depth, "time_every": _time_every(depth, t_layers),
+              "n_register": int(sd["register_tokens"].shape[0]),
+              "action_dim": int(sd["action_encoder.fc1.weight"].shape[1]), "mlp_ratio": ratio}
+    for name, value in shaped.items():
+        source[name] = "state_dict"
+        for origin, d in (("explicit", explicit), ("args", args)):
+            if d.get(name) is not None and d[name] != value:
+                notes.append(f"{origin} {name}={d[name]!r} ignored: state dict says {value!r}")
+    free = {n: setting(n, DYNAMICS_TRAIN_DEFAULTS[n]) for n in ("n_heads", "k_max", "space_mode", "n_agent",
+                                                                 "dropout", "n_spatial")}
+    free["scale_pos_embeds"] = bool(setting("scale_pos_embeds", True))
+    n_sig, n_step = sd["signal_embed.weight"].shape[0], sd["step_embed.weight"].shape[0]
+    if n_sig != free["k_max"] + 1 or n_step != int(math.log2(free["k_max"])) + 1:
+        raise ValueError(f"k_max={free['k_max']} ({source['k_max']}) does not match the state dict: "
+                         f"signal_embed has {n_sig} rows (k_max+1), step_embed {n_step} (log2 k_max + 1)")
+    cfg = DynamicsConfig(**shaped, **free)
+    return cfg, {"source": source, "fallbacks": fallbacks, "notes": notes}
+
+
+def read_checkpoint(path_or_dict, keys=("dynamics", "model", "state_dict"), map_location="cpu"):
+    """(state dict without wrapper prefixes, args, raw checkpoint) from a file or dict; clear errors."""
+    if isinstance(path_or_dict, (str, os.PathLike)):
+        if not os.path.exists(path_or_dict):
+            raise FileNotFoundError(f"checkpoint not found: {path_or_dict}")
+        ckpt = torch.load(str(path_or_dict), map_location=map_location, weights_only=True)
+    else:
+        ckpt = path_or_dict
+    key = next((k for k in keys if isinstance(ckpt.get(k), dict)), None)
+    sd = ckpt[key] if key else ckpt
+    args = dict(ckpt.get("args") or {}) if key else {}
+    if "scale_pos_embeds" not in args and key and "scale_pos_embeds" in ckpt:
+        args["scale_pos_embeds"] = ckpt["scale_pos_embeds"]
+    return strip_prefixes(sd), args, ckpt
+
+
+def load_dynamics_checkpoint(path_or_dict, explicit: dict | None = None, map_location="cpu", strict: bool = True):
+    """Dynamics (eval mode) from an upstream or own checkpoint (file/dict) or a bare state dict.
+
+    Returns (model, report); report as dynamics_config_from_state_dict plus "step", "path",
+    "missing", "unexpected" (strict=False only) and "n_params".
+    """
+    from .dynamics import Dynamics
+
+    sd, args, ckpt = read_checkpoint(path_or_dict, map_location=map_location)
+    cfg, report = dynamics_config_from_state_dict(sd, args, explicit)
+    model = Dynamics(cfg)
+    res = model.load_state_dict(sd, strict=strict)
+    report.update(step=ckpt.get("step"), n_params=sum(p.numel() for p in model.parameters()),
+                  missing=list(getattr(res, "missing_keys", [])), unexpected=list(getattr(res, "unexpected_keys", [])),
+                  path=str(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None)
+    return model.eval(), report
+
+
+def upstream_dynamics_checkpoint(model, step: int = 0, args: dict | None = None, compiled: bool = False) -> dict:
+    """A checkpoint dict as train_dynamics.py writes it (§8): weights, empty optimizer state."""
+    args = dict(args if args is not None else {
+        "d_model_dyn": model.cfg.d_model, "dyn_depth": model.cfg.depth, **model.cfg.to_dict()})
+    return {"step": step, "epoch": 0, "dynamics": to_upstream_state_dict(model, compiled),
+            "opt": {"state": {}, "param_groups": []}, "scaler": {}, "args": args,
+            "scale_pos_embeds": args.get("scale_pos_embeds", model.cfg.scale_pos_embeds)}

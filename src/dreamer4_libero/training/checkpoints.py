@@ -278,7 +278,7 @@ def unwrap_state_dict(sd: dict) -> dict:
 
 def build_checkpoint(*, step: int, model_key: str, model_state: dict, opt_state: dict, scaler_state: dict,
                      args: dict, rng: dict, rng_by_rank: list | None, data: dict, world_size: int,
-                     config: dict, metrics_tail: list | None = None) -> dict:
+                     config: dict, metrics_tail: list | None = None, extra_states: dict | None = None) -> dict:
     """Assemble the checkpoint dict (upstream key layout plus ours, see the module docstring)."""
     args = to_plain(args or {})
     ck = {
@@ -289,6 +289,8 @@ def build_checkpoint(*, step: int, model_key: str, model_state: dict, opt_state:
         "scaler": dict(scaler_state or {}),
         "args": args,
     }
+    for key, state in (extra_states or {}).items():  # e.g. a separate aux head: its own top-level key
+        ck[key] = unwrap_state_dict(state)
     if "scale_pos_embeds" in args:
         ck["scale_pos_embeds"] = bool(args["scale_pos_embeds"])
     ck.update({

@@ -171,6 +171,10 @@ class Task(Protocol):
     * ``on_checkpoint(step, model)`` — every rank, after a checkpoint of ``step`` was written.
     * ``final_outputs(model, out_dir) -> dict | None`` — rank 0 only, after training finished and
       the process group is gone; the returned dict goes into ``checkpoint.json`` under ``extra``.
+    * ``checkpoint_states(model) -> {key: state_dict}`` and ``load_checkpoint_states(model, ck)`` —
+      when the trained module holds more than the checkpoint's main model (e.g. the dynamics and a
+      separate aux head): the dict must contain ``cfg.model_key``; other keys become top-level
+      checkpoint entries.
     """
 
     def build_model(self) -> nn.Module: ...
@@ -366,7 +370,10 @@ class _Run:
         step, data_next = 0, 0
         if ck is not None:
             upstream = "format" not in ck
-            self.raw_model.load_state_dict(ck[cfg.model_key], strict=True)
+            if hasattr(task, "load_checkpoint_states"):
+                task.load_checkpoint_states(self.raw_model, ck)
+            else:
+                self.raw_model.load_state_dict(ck[cfg.model_key], strict=True)
             step = int(ck["step"]) + (1 if upstream else 0)  # upstream saves the index of the last update
             if step > cfg.max_steps:
                 raise ValueError(f"checkpoint {path} has step {step} > max_steps {cfg.max_steps}; "
@@ -460,8 +467,10 @@ class _Run:
         path = None
         if self.is_main:
             t = time.monotonic()
+            states = (self.task.checkpoint_states(self.raw_model) if hasattr(self.task, "checkpoint_states")
+                      else {cfg.model_key: self.raw_model.state_dict()})
             ck = build_checkpoint(
-                step=self.step, model_key=cfg.model_key, model_state=self.raw_model.state_dict(),
+                step=self.step, model_key=cfg.model_key, model_state=states.pop(cfg.model_key), extra_states=states,
                 opt_state=self.opt.state_dict(), scaler_state=self.scaler.state_dict() if self.use_scaler else {},
                 args=cfg.extra_args, rng=state, rng_by_rank=by_rank,
                 data={"next_step": self.data_next, "grad_accum": cfg.grad_accum}, world_size=self.world,

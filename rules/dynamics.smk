@@ -1,0 +1,88 @@
+# Stage 3: one rule trains every dynamics variant (wildcard = the variant's run name). Variants are
+# config (config.yaml `dynamics.variants`), not code. A variant that cannot run (a DMControl init
+# without a configured checkpoint, or enabled: false) gets a not_run.json that says why instead.
+from dreamer4_libero.config import dynamics_variants
+
+DYN = dynamics_variants(config)
+DYN_RUN = [n for n, r in DYN.items() if r["runnable"]]
+DYN_NOT_RUN = [n for n, r in DYN.items() if not r["runnable"]]
+
+
+def _dyn(wc):
+    return DYN[wc.variant]
+
+
+def _dyn_inputs(wc):
+    ins = {"manifest": f"{PRE}/manifest.json", "train": f"{PRE}/splits/train.json"}
+    if not (DYN[wc.variant]["init_paths"] or {}).get("tokenizer"):
+        ins["tokenizer"] = f"{TOK_OUT}/checkpoint.json"  # the study tokenizer, frozen
+    return ins
+
+
+def _tok_arg(wc, input):
+    return f"--tokenizer-checkpoint-json {input.tokenizer}" if "tokenizer" in input.keys() else ""
+
+
+def _dyn_ckpt_dir(wc):
+    return f"{config['paths']['ckpt_root']}/{wc.variant}"
+
+
+rule train_dynamics:
+    input:
+        unpack(_dyn_inputs),
+    output:
+        checkpoint="results/train/{variant}/checkpoint.json",
+        metrics="results/train/{variant}/metrics.jsonl",
+        config="results/train/{variant}/config.json",
+    wildcard_constraints:
+        variant="|".join(DYN_RUN) or "__none__",
+    log:
+        "logs/train_dynamics/{variant}.log",
+    benchmark:
+        "benchmarks/train_dynamics/{variant}.tsv"
+    retries: max([DYN[n]["retries"] for n in DYN_RUN] or [0])
+    conda:
+        "../envs/pipeline.yaml"
+    threads: lambda wc: _dyn(wc)["cpus_per_task"]
+    resources:
+        gpu=lambda wc: _dyn(wc)["gpus"],
+        cpus_per_task=lambda wc: _dyn(wc)["cpus_per_task"],
+        mem_mb=lambda wc, attempt: _dyn(wc)["mem_mb"] * attempt,
+        runtime=lambda wc, attempt: _dyn(wc)["runtime_min"] * attempt,
+    params:
+        launcher=launcher,
+        ckpt_dir=_dyn_ckpt_dir,
+        run=lambda wc: json_arg(_dyn(wc)),
+        tok=_tok_arg,
+        out=parent_of("checkpoint"),
+    shell:
+        "{params.launcher} workflow_scripts/train_dynamics.py --variant {params.run}"
+        " --manifest {input.manifest} --train-split {input.train} {params.tok}"
+        " --ckpt-dir {params.ckpt_dir} --out-dir {params.out} --time-limit-min {resources.runtime}"
+        " > {log} 2>&1"
+
+
+rule dynamics_not_run:
+    output:
+        "results/train/{variant}/not_run.json",
+    wildcard_constraints:
+        variant="|".join(DYN_NOT_RUN) or "__none__",
+    log:
+        "logs/dynamics_not_run/{variant}.log",
+    benchmark:
+        "benchmarks/dynamics_not_run/{variant}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        gpu=0,
+        mem_mb=500,
+        runtime=5,
+    params:
+        info=lambda wc: json_arg({"variant": wc.variant, "status": "not_run", "reason": DYN[wc.variant]["not_run_reason"]}),
+    shell:
+        "python workflow_scripts/write_status.py --json {params.info} --out {output} > {log} 2>&1"
+
+
+DYN_OUTPUTS = [f"results/train/{n}/checkpoint.json" for n in DYN_RUN] + [
+    f"results/train/{n}/not_run.json" for n in DYN_NOT_RUN
+]

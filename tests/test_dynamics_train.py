@@ -1,0 +1,155 @@
+"""The dynamics trainer on the shared engine: resume after SIGKILL and after deadline stops
+(bitwise), clean exit with 1 and 2 processes (bootstrap on), checkpoint layout, init_from."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dreamer4_libero.config import demo_config, dynamics_variants
+from dreamer4_libero.fileio import read_json
+from dreamer4_libero.models.dynamics import Dynamics, DynamicsConfig
+from dreamer4_libero.models.upstream import add_prefix, load_dynamics_checkpoint, upstream_dynamics_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "workflow_scripts" / "train_dynamics.py"
+
+
+def _run_cfg(name="dynamics_aux_phase6_leakfree", **over) -> dict:
+    run = dynamics_variants(demo_config(test=True))[name]
+    run.update(model={**run["model"], "d_model": 32, "depth": 1, "n_heads": 2}, seq_len=8, batch_size=4,
+               bootstrap_start=3, max_steps=10, save_every=2, log_every=1, deterministic=True, num_workers=0,
+               keep_last=0)
+    run.update(over)
+    return run
+
+
+def _cmd(pre: Path, tok: Path, run: dict, ckpt: Path, out: Path, *extra) -> list[str]:
+    tok_json = ckpt.parent / f"{ckpt.name}_tok.json"
+    tok_json.write_text(json.dumps({"path": str(tok)}))
+    return [sys.executable, str(SCRIPT), "--variant", json.dumps(run), "--manifest", str(pre / "manifest.json"),
+            "--train-split", str(pre / "splits" / "train.json"), "--tokenizer-checkpoint-json", str(tok_json),
+            "--ckpt-dir", str(ckpt), "--out-dir", str(out), "--progress", "false", *extra]
+
+
+def _state(ckpt_dir: Path, step: int) -> dict:
+    return torch.load(ckpt_dir / f"step_{step:07d}.pt", weights_only=True)
+
+
+def _same(a: dict, b: dict):
+    for key in ("dynamics", "aux_head"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+
+
+@pytest.fixture(scope="module")
+def reference(preprocessed, tiny_tokenizer_ckpt, tmp_path_factory):
+    d = tmp_path_factory.mktemp("dynref")
+    res = subprocess.run(_cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(), d / "ck", d / "out"),
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return d
+
+
+def test_reference_outputs_and_checkpoint_layout(reference):
+    out = reference / "out"
+    ck = read_json(out / "checkpoint.json")
+    state = torch.load(ck["path"], weights_only=True)
+    assert state["step"] == 10 and set(state) >= {"step", "epoch", "dynamics", "opt", "scaler", "args", "aux_head"}
+    assert not any(k.startswith("aux") for k in state["dynamics"])     # the evaluated weights are aux-free
+    model, rep = load_dynamics_checkpoint(ck["path"])                  # strict load, upstream keys
+    assert model.cfg.d_model == 32 and model.cfg.n_agent == 1 and rep["step"] == 10
+    aux = torch.load(ck["extra"]["aux_head"], weights_only=True)
+    assert aux["aux_input"] == "action_free" and set(aux["aux_head"]) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    args = state["args"]
+    assert args["aux_weight"] == 0.05 and args["bootstrap_start"] == 3 and len(args["tokenizer_sha256"]) == 64
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    by_step = {r["step"]: r for r in metrics if "step" in r}
+    assert by_step[2]["train/loss_self"] == 0 and by_step[10]["train/loss_self"] > 0   # bootstrap from step 3
+    assert all("train/aux_mse" in by_step[s] for s in by_step)
+    conf = read_json(out / "config.json")
+    assert conf["task"]["variant"]["name"] == "dynamics_aux_phase6_leakfree" and conf["final_step"] == 10
+
+
+def test_sigkill_resume_is_bitwise_identical(reference, preprocessed, tiny_tokenizer_ckpt, tmp_path):
+    k = int(np.random.default_rng(3).choice([2, 4, 6]))
+    ck = tmp_path / "ck"
+    cmd = _cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(), ck, tmp_path / "out")
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ck / f"step_{k:07d}.pt").exists() and p.poll() is None:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (ck / "step_0000010.pt").exists(), "finished before the kill"
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0 and "RESUMED" in res.stdout + res.stderr, res.stderr[-3000:]
+    _same(_state(reference / "ck", 10), _state(ck, 10))
+
+
+def test_deadline_stops_resume_bitwise(reference, preprocessed, tiny_tokenizer_ckpt, tmp_path):
+    ck = tmp_path / "ck"
+    cmd = _cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(max_steps=6), ck, tmp_path / "out",
+               "--time-limit-min", "1e-6", "--deadline-margin-s", "0")
+    codes = []
+    for _ in range(10):
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        codes.append(res.returncode)
+        if res.returncode == 0:
+            break
+        assert res.returncode == 75 and "deadline reached, saved step" in res.stdout + res.stderr, res.stderr[-2000:]
+    assert codes[-1] == 0 and codes.count(75) >= 2
+    ref = subprocess.run(_cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(max_steps=6), tmp_path / "ref",
+                              tmp_path / "ref_out"), capture_output=True, text=True)
+    assert ref.returncode == 0
+    _same(_state(tmp_path / "ref", 6), _state(ck, 6))
+
+
+def test_two_process_torchrun_exits_cleanly_with_bootstrap(preprocessed, tiny_tokenizer_ckpt, tmp_path):
+    ck = tmp_path / "ck"
+    cmd = _cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(max_steps=6, deterministic=False), ck, tmp_path / "out")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] + cmd[1:]
+    t0 = time.time()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert time.time() - t0 < 120
+    state = torch.load(ck / "step_0000006.pt", weights_only=True)
+    assert state["step"] == 6 and state["world_size"] == 2
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in metrics if r.get("step") == 6][0]["train/loss_self"] > 0
+
+
+def test_init_from_upstream_checkpoint_is_weights_only(preprocessed, tiny_tokenizer_ckpt, tmp_path):
+    torch.manual_seed(0)
+    src = Dynamics(DynamicsConfig(d_model=32, depth=1, n_heads=2, n_spatial=2, d_spatial=16))
+    for p in src.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    ck = upstream_dynamics_checkpoint(src, step=39999, args={"n_heads": 2})   # no n_agent / time_every args
+    ck["dynamics"] = add_prefix(ck["dynamics"])
+    torch.save(ck, tmp_path / "dmc_dynamics.pt")
+    run = _run_cfg("dynamics_dmcontrol_pretrained", max_steps=2, bootstrap_start=0,
+                   init_paths={"tokenizer": None, "dynamics": str(tmp_path / "dmc_dynamics.pt")})
+    run["model"].update(n_heads=None)
+    res = subprocess.run(_cmd(preprocessed, tiny_tokenizer_ckpt, run, tmp_path / "ck", tmp_path / "out"),
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "fallback: n_agent=1" in res.stdout
+    conf = read_json(tmp_path / "out" / "config.json")
+    assert conf["task"]["init"]["init_from"]["dynamics"].endswith("dmc_dynamics.pt")
+    assert conf["task"]["variant"]["bootstrap_start"] == 0 and conf["history"][0]["start_step"] == 0
+    first = torch.load(tmp_path / "ck" / "step_0000000.pt", weights_only=True) if (tmp_path / "ck" / "step_0000000.pt").exists() else None
+    final = torch.load(tmp_path / "ck" / "step_0000002.pt", weights_only=True)
+    assert final["step"] == 2 and "aux_head" not in final
+    moved = sum(not torch.equal(final["dynamics"][k], v) for k, v in src.state_dict().items())
+    assert moved > 0 and first is None
+    missing = dict(run, init_paths={"tokenizer": None, "dynamics": str(tmp_path / "nope.pt")})
+    res = subprocess.run(_cmd(preprocessed, tiny_tokenizer_ckpt, missing, tmp_path / "ck2", tmp_path / "out2"),
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "checkpoint not found" in res.stderr + res.stdout

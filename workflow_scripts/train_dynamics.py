@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Train one dynamics (world-model) variant (rule `train_dynamics`); run with python or torchrun.
+
+The variant is the resolved run config (config `dynamics.defaults` + `dynamics.variants.<name>`).
+Resumes from the newest valid checkpoint in --ckpt-dir; exits 75 after saving when the attempt's
+--time-limit-min (minus the variant's deadline margin) is reached, 0 when max_steps are done.
+"""
+
+import argparse
+import json
+
+from dreamer4_libero.cli import run_main
+from dreamer4_libero.fileio import read_json
+from dreamer4_libero.training.dynamics_task import DynamicsTask
+from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, train
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--variant", required=True, help="JSON of the resolved variant config")
+    ap.add_argument("--manifest", required=True)
+    ap.add_argument("--train-split", required=True)
+    ap.add_argument("--tokenizer-checkpoint-json", help="the tokenizer stage's checkpoint.json (study tokenizer)")
+    add_engine_args(ap)
+    a = ap.parse_args()
+    run = json.loads(a.variant)
+    tok = read_json(a.tokenizer_checkpoint_json)["path"] if a.tokenizer_checkpoint_json else None
+    task = DynamicsTask(run, manifest=a.manifest, train_split=a.train_split, tokenizer_ckpt=tok)
+    for line in task.dyn_report.get("fallbacks", []):
+        print(f"[train_dynamics] fallback: {line}", flush=True)
+    for line in task.dyn_report.get("notes", []):
+        print(f"[train_dynamics] note: {line}", flush=True)
+    cfg = engine_config_from_args(
+        a, run_name=run["name"], max_steps=run["max_steps"], lr=run["lr"], weight_decay=run["weight_decay"],
+        grad_clip=run["grad_clip"], save_every=run["save_every"], keep_last=run["keep_last"],
+        log_every=run["log_every"], seed=run["seed"], amp=run["amp"], deterministic=run["deterministic"],
+        deadline_margin_s=run["deadline_margin_s"], model_key="dynamics", extra_args=task.upstream_args(),
+        progress=True)
+    return train(task, cfg)
+
+
+if __name__ == "__main__":
+    run_main(main, "train_dynamics")
