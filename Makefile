@@ -31,6 +31,7 @@ test: setup
 bench: setup
 	$(PY) bench/bench_data.py --out bench/results/data.json
 	$(PY) bench/bench_tokenizer.py --out bench/results/tokenizer.json
+	$(PY) bench/bench_dynamics.py --out bench/results/dynamics.json
 
 lint: setup
 	snakemake --lint --configfile config/demo.yaml

@@ -9,6 +9,7 @@ from pathlib import Path
 STAGES = {  # rule -> stage, in DAG order
     "make_synthetic": "data", "preprocess": "data", "splits": "data", "data_sanity": "data",
     "train_tokenizer": "tokenizer", "tokenizer_eval": "evaluation",
+    "train_dynamics": "dynamics", "dynamics_not_run": "dynamics",
 }
 
 
@@ -47,6 +48,16 @@ def main() -> None:
                   f"dims 0-5 {e['r2_mean_dims_0_5']:+.3f}")
     for run in sorted((res / "train").glob("*/checkpoint.json")):
         print(f"  training run: {run.parent}/  (checkpoint.json, config.json, metrics.jsonl, curve_*.png)")
+        ck = json.loads(run.read_text())
+        lines = (run.parent / "metrics.jsonl").read_text().splitlines() if (run.parent / "metrics.jsonl").exists() else []
+        last = json.loads(lines[-1]) if lines else {}
+        if "train/flow_mse" in last:
+            aux = f", aux mse {last['train/aux_mse']:.4f}" if "train/aux_mse" in last else ""
+            stand = f"  [stand-in for {ck['extra']['stand_in_for']}]" if ck.get("extra", {}).get("stand_in_for") else ""
+            print(f"    step {ck['step']}: flow mse {last['train/flow_mse']:.5f}, bootstrap mse "
+                  f"{last['train/bootstrap_mse']:.5f}{aux}{stand}")
+    for nr in sorted((res / "train").glob("*/not_run.json")):
+        print(f"  NOT RUN: {nr.parent.name}: {json.loads(nr.read_text())['reason']}")
     for ev in sorted((res / "tokenizer_eval").glob("*/psnr.json")):
         r = json.loads(ev.read_text())
         print(f"  tokenizer eval: {ev.parent}/  (psnr.json, reconstructions.png)")

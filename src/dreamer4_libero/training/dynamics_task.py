@@ -125,6 +125,7 @@ class DynamicsTask:
                 "tokenizer_sha256": self.tok_sha, "scale_pos_embeds": c.scale_pos_embeds, "d_model_dyn": c.d_model,
                 "dyn_depth": c.depth, "n_heads": c.n_heads, "dropout": c.dropout, "mlp_ratio": c.mlp_ratio,
                 "time_every": c.time_every, "packing_factor": self.packing, "n_register": c.n_register,
+                "n_spatial": c.n_spatial,  # ours: upstream derives it from the tokenizer at load time
                 "n_agent": c.n_agent, "space_mode": c.space_mode, "k_max": c.k_max,
                 "bootstrap_start": r["bootstrap_start"], "self_fraction": r["self_fraction"],
                 "use_actions": r["use_actions"], "lr": r["lr"], "weight_decay": r["weight_decay"],
