@@ -373,3 +373,16 @@ def test_engine_args():
             c.model_key) == ("c", 9, 12.5, 7, None, True, "dynamics")
     with pytest.raises(TypeError):
         engine_config_from_args(a, bogus=1)
+
+
+def test_param_groups_lr_multipliers_longest_prefix_wins():
+    from dreamer4_libero.training.engine import param_groups
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    groups = param_groups(m, 1e-3, {"1": 3.0, "1.bias": 0.5})
+    by_mult = {g["lr_mult"]: g for g in groups}
+    assert set(by_mult) == {0.5, 1.0, 3.0}
+    assert by_mult[1.0]["lr"] == 1e-3 and by_mult[3.0]["lr"] == pytest.approx(3e-3)
+    assert [p.shape for p in by_mult[0.5]["params"]] == [torch.Size([2])]      # 1.bias
+    assert len(by_mult[3.0]["params"]) == 1 and len(by_mult[1.0]["params"]) == 2
+    assert len(param_groups(m, 1e-3, {})) == 1

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from dreamer4_libero.config import demo_config
@@ -82,3 +83,26 @@ def test_checkpoint_records_lpips_and_config(preprocessed, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     s0 = torch.load(read_json(tmp_path / "out0" / "checkpoint.json")["path"], weights_only=True)
     assert s0["args"]["lpips_weight"] == 0.0 and s0["args"]["lpips_net"] is None
+
+
+def test_init_scale_and_lr_mult_are_applied_and_recorded(preprocessed, tmp_path):
+    from dreamer4_libero.training.tokenizer_task import TokenizerTask
+
+    t = _tiny_cfg(max_steps=1, save_every=1, lr_mult={"decoder": 3.0}, init_scale={"encoder.patch_proj.weight": 8.0})
+    task = TokenizerTask(t, manifest=preprocessed / "manifest.json", train_split=preprocessed / "splits" / "train.json",
+                         resolution=32)
+    plain_task = TokenizerTask({**t, "init_scale": {}}, manifest=preprocessed / "manifest.json",
+                               train_split=preprocessed / "splits" / "train.json", resolution=32)
+    torch.manual_seed(0)
+    scaled = task.build_model().encoder.patch_proj.weight
+    torch.manual_seed(0)
+    plain = plain_task.build_model()
+    assert torch.allclose(scaled, 8.0 * plain.encoder.patch_proj.weight)
+    with pytest.raises(KeyError, match="init_scale"):
+        TokenizerTask({**t, "init_scale": {"nope": 2.0}}, manifest=preprocessed / "manifest.json",
+                      train_split=preprocessed / "splits" / "train.json", resolution=32).build_model()
+    res = subprocess.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out"), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    state = torch.load(tmp_path / "ck" / "step_0000001.pt", weights_only=True)
+    assert sorted(g["lr"] for g in state["opt"]["param_groups"]) == pytest.approx([t["lr"], 3 * t["lr"]])
+    assert state["args"]["lr_mult"] == {"decoder": 3.0} and state["args"]["init_scale"]["encoder.patch_proj.weight"] == 8.0

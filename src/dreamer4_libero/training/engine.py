@@ -98,6 +98,7 @@ class EngineConfig:
     static_graph: bool = False
     metrics_tail: int = 20  # last metric records stored in each checkpoint
     tf32: bool = True  # CUDA TF32 matmuls (ignored in deterministic mode)
+    lr_mult: dict = field(default_factory=dict)  # parameter-name prefix -> lr multiplier (longest prefix wins)
 
     def __post_init__(self) -> None:
         self.ckpt_dir = os.fspath(self.ckpt_dir)
@@ -202,6 +203,18 @@ def process_start_time() -> float:
     except Exception:
         pass
     return _T_IMPORT
+
+
+def param_groups(model: nn.Module, lr: float, lr_mult: dict | None) -> list[dict]:
+    """AdamW parameter groups: one per distinct multiplier of `lr_mult` (name prefix -> factor,
+    longest matching prefix wins; unmatched parameters get 1.0). Without multipliers: one group."""
+    lr_mult = lr_mult or {}
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        hits = [k for k in lr_mult if name.startswith(k)]
+        m = float(lr_mult[max(hits, key=len)]) if hits else 1.0
+        groups.setdefault(m, []).append(p)
+    return [{"params": ps, "lr": lr * m, "lr_mult": m} for m, ps in sorted(groups.items())]
 
 
 def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -404,14 +417,15 @@ class _Run:
         else:
             self.wrapped = self.model
 
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                     weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.lr, cfg.lr_mult), lr=cfg.lr, betas=cfg.betas,
+                                     eps=cfg.eps, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
         if ck is not None:
             if ck.get("opt"):
                 self.opt.load_state_dict(ck["opt"])
                 for g in self.opt.param_groups:  # the run's config wins (constant lr, no schedule)
-                    g.update(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+                    g.update(lr=cfg.lr * g.get("lr_mult", 1.0), betas=cfg.betas, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay)
             if self.use_scaler and ck.get("scaler"):
                 self.scaler.load_state_dict(ck["scaler"])
             self._restore_rng(ck)
@@ -578,7 +592,7 @@ class _Run:
                     t_log, s_log = now, self.step
                     rec = {"step": self.step, "loss": loss, **metrics,
                            **{k: _float(v) for k, v in (extra or {}).items()},
-                           "lr": self.opt.param_groups[0]["lr"], "steps_per_s": sps,
+                           "lr": self.cfg.lr, "steps_per_s": sps,
                            "elapsed_s": time.time() - self.start_time, "time": time.time()}
                     self.metrics.append(rec)
                     if self.pbar is None or not sys.stderr.isatty():
