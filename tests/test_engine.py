@@ -386,3 +386,14 @@ def test_param_groups_lr_multipliers_longest_prefix_wins():
     assert [p.shape for p in by_mult[0.5]["params"]] == [torch.Size([2])]      # 1.bias
     assert len(by_mult[3.0]["params"]) == 1 and len(by_mult[1.0]["params"]) == 2
     assert len(param_groups(m, 1e-3, {})) == 1
+
+
+def test_cosine_schedule_factor_and_validation():
+    from dreamer4_libero.training.engine import lr_factor
+
+    assert lr_factor("constant", 7, 10) == 1.0
+    assert lr_factor("cosine", 0, 10) == 1.0 and lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    vals = [lr_factor("cosine", s, 10) for s in range(10)]
+    assert all(a > b for a, b in zip(vals, vals[1:])) and vals[-1] > 0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        EngineConfig(lr_schedule="linear")

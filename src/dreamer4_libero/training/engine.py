@@ -99,12 +99,15 @@ class EngineConfig:
     metrics_tail: int = 20  # last metric records stored in each checkpoint
     tf32: bool = True  # CUDA TF32 matmuls (ignored in deterministic mode)
     lr_mult: dict = field(default_factory=dict)  # parameter-name prefix -> lr multiplier (longest prefix wins)
+    lr_schedule: str = "constant"  # constant (upstream) | cosine (from lr at update 1 to 0 at max_steps)
 
     def __post_init__(self) -> None:
         self.ckpt_dir = os.fspath(self.ckpt_dir)
         if self.out_dir is not None:
             self.out_dir = os.fspath(self.out_dir)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be constant|cosine, got {self.lr_schedule!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp must be auto|bf16|fp16|off, got {self.amp!r}")
         for name in ("max_steps",):
@@ -203,6 +206,13 @@ def process_start_time() -> float:
     except Exception:
         pass
     return _T_IMPORT
+
+
+def lr_factor(schedule: str, step: int, max_steps: int) -> float:
+    """lr multiplier of the update that takes `step` completed updates to step + 1."""
+    if schedule == "constant" or max_steps <= 1:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * step / max_steps))
 
 
 def param_groups(model: nn.Module, lr: float, lr_mult: dict | None) -> list[dict]:
@@ -556,6 +566,10 @@ class _Run:
                 self.scaler.unscale_(self.opt)
             gn = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
             msum["grad_norm"] = float(gn)
+        f = lr_factor(cfg.lr_schedule, self.step, cfg.max_steps)
+        for g in self.opt.param_groups:  # a pure function of the update index: resume-safe
+            g["lr"] = cfg.lr * g.get("lr_mult", 1.0) * f
+        msum["lr_factor"] = f
         if self.use_scaler:
             self.scaler.step(self.opt)
             self.scaler.update()

@@ -59,7 +59,7 @@ class TokenizerTask:
         """`args` as upstream's train_tokenizer.py records them, plus what LPIPS ran with."""
         t = self.tok_cfg
         return {**upstream_tokenizer_args(self.model_cfg), "seq_len": t["seq_len"], "batch_size": t["batch_size"],
-                "lr": t["lr"], "lr_mult": dict(t["lr_mult"]), "init_scale": dict(t["init_scale"]), "weight_decay": t["weight_decay"], "max_steps": t["max_steps"],
+                "lr": t["lr"], "lr_mult": dict(t["lr_mult"]), "lr_schedule": t["lr_schedule"], "init_scale": dict(t["init_scale"]), "weight_decay": t["weight_decay"], "max_steps": t["max_steps"],
                 "save_every": t["save_every"], "seed": t["seed"], "lpips_weight": float(t["lpips_weight"]),
                 "lpips_frac": float(t["lpips_frac"]), "lpips_net": self.lpips_info["network"],
                 "lpips_weights_sha256": self.lpips_info.get("weights_sha256"), "lpips_resolution": self.resolution}
