@@ -76,3 +76,21 @@ def tiny_tokenizer_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tok") / "tokenizer.pt"
     save_upstream_tokenizer_checkpoint(path, tok)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_preprocessed(tmp_path_factory) -> Path:
+    """The demo's own synthetic dataset (config/demo.yaml sizes), preprocessed with splits."""
+    from dreamer4_libero.data.preprocess import preprocess
+    from dreamer4_libero.data.splits import build_and_write
+    from dreamer4_libero.data.synthetic import demo_task_ids, generate
+
+    cfg = demo_config()
+    s = cfg["synthetic"]
+    root = tmp_path_factory.mktemp("demo_libero")
+    generate(root, demo_task_ids(per_suite=s["per_suite"]), n_demos=s["n_demos"],
+             len_range=(s["len_min"], s["len_max"]), seed=s["seed"], progress=False)
+    out = tmp_path_factory.mktemp("demo_pre")
+    preprocess(root, out, workers=2, min_demo_len=cfg["data"]["min_demo_len"], progress=False)
+    build_and_write(out / "manifest.json", out / "splits", split_cfg=cfg["split"], probe_cfg=cfg["probe"])
+    return out
