@@ -60,6 +60,9 @@ def rollout(dyn: Dynamics, context: torch.Tensor, actions: torch.Tensor | None, 
     act = (lambda a, b: None) if actions is None else (lambda a, b: actions[:, a:b])
     msk = (lambda a, b: None) if act_mask is None else (lambda a, b: act_mask[:, a:b])
     cache, lo = None, 0                                          # cache holds frames lo .. len(frames)-1
+    ctx_step = torch.full((B, 1), cfg.emax, dtype=torch.long, device=context.device)   # clean-context labels
+    ctx_sig = torch.full((B, 1), cfg.k_max - 1, dtype=torch.long, device=context.device)
+    new_step = torch.full((B, 1), e, dtype=torch.long, device=context.device)
     for _ in range(horizon):
         t = len(frames)
         z = torch.randn(B, 1, N, D, device=context.device, generator=generator).to(context.dtype)
@@ -68,18 +71,14 @@ def rollout(dyn: Dynamics, context: torch.Tensor, actions: torch.Tensor | None, 
             if cache is None or start != lo:                     # (re)prime: positions restart at `start`
                 cache, lo = KVCache(), start
                 for i in range(start, t):
-                    ctx_step = torch.full((B, 1), cfg.emax, dtype=torch.long, device=z.device)
-                    ctx_sig = torch.full((B, 1), cfg.k_max - 1, dtype=torch.long, device=z.device)
                     _, kv = dyn.forward_step(i - start, cache, act(i, i + 1), ctx_step, ctx_sig, frames[i],
                                              act_mask=msk(i, i + 1))
                     cache.append(kv)
             for i in range(K):
-                step = torch.full((B, 1), e, dtype=torch.long, device=z.device)
                 sig = torch.full((B, 1), sigs[i], dtype=torch.long, device=z.device)
-                (x1_hat, _), _ = dyn.forward_step(t - start, cache, act(t, t + 1), step, sig, z, act_mask=msk(t, t + 1))
+                (x1_hat, _), _ = dyn.forward_step(t - start, cache, act(t, t + 1), new_step, sig, z,
+                                                  act_mask=msk(t, t + 1))
                 z = _euler(z, x1_hat, taus[i], K)
-            ctx_step = torch.full((B, 1), cfg.emax, dtype=torch.long, device=z.device)
-            ctx_sig = torch.full((B, 1), cfg.k_max - 1, dtype=torch.long, device=z.device)
             _, kv = dyn.forward_step(t - start, cache, act(t, t + 1), ctx_step, ctx_sig, z, act_mask=msk(t, t + 1))
             cache.append(kv)
         else:

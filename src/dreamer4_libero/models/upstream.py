@@ -163,20 +163,12 @@ def load_tokenizer_checkpoint(path_or_dict, explicit: dict | None = None, map_lo
 
     Returns (model, report); report as tokenizer_config_from_state_dict plus "step" and "path".
     """
-    if isinstance(path_or_dict, (str, os.PathLike)):
-        ckpt = torch.load(str(path_or_dict), map_location=map_location, weights_only=True)
-    else:
-        ckpt = path_or_dict
-    key = next((k for k in ("model", "tokenizer", "state_dict") if isinstance(ckpt.get(k), dict)), None)
-    sd = ckpt[key] if key else ckpt
-    args = dict(ckpt.get("args") or {}) if key else {}
-    if "scale_pos_embeds" not in args and key and "scale_pos_embeds" in ckpt:
-        args["scale_pos_embeds"] = ckpt["scale_pos_embeds"]                  # top-level duplicate
-    sd = strip_prefixes(sd)
+    sd, args, ckpt = read_checkpoint(path_or_dict, keys=("model", "tokenizer", "state_dict"),
+                                     map_location=map_location)
     cfg, report = tokenizer_config_from_state_dict(sd, args, explicit)
     model = Tokenizer(cfg)
     model.load_state_dict(sd, strict=True)
-    report.update(step=ckpt.get("step") if key else None,
+    report.update(step=ckpt.get("step"),
                   path=str(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None)
     return model.eval(), report
 
@@ -254,11 +246,12 @@ def read_checkpoint(path_or_dict, keys=("dynamics", "model", "state_dict"), map_
     else:
         ckpt = path_or_dict
     key = next((k for k in keys if isinstance(ckpt.get(k), dict)), None)
-    sd = ckpt[key] if key else ckpt
-    args = dict(ckpt.get("args") or {}) if key else {}
-    if "scale_pos_embeds" not in args and key and "scale_pos_embeds" in ckpt:
-        args["scale_pos_embeds"] = ckpt["scale_pos_embeds"]
-    return strip_prefixes(sd), args, ckpt
+    if key is None:                                                            # a bare state dict
+        return strip_prefixes(ckpt), {}, ckpt
+    args = dict(ckpt.get("args") or {})
+    if "scale_pos_embeds" not in args and "scale_pos_embeds" in ckpt:
+        args["scale_pos_embeds"] = ckpt["scale_pos_embeds"]                  # top-level duplicate
+    return strip_prefixes(ckpt[key]), args, ckpt
 
 
 def load_dynamics_checkpoint(path_or_dict, explicit: dict | None = None, map_location="cpu", strict: bool = True):
