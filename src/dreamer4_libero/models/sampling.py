@@ -46,11 +46,14 @@ def _euler(z, x1_hat, tau, K):
 @torch.no_grad()
 def rollout(dyn: Dynamics, context: torch.Tensor, actions: torch.Tensor | None, act_mask: torch.Tensor | None,
             horizon: int, *, schedule: str = "shortcut", d: float = 0.25, window: int | None = None,
-            use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+            use_cache: bool = True, generator: torch.Generator | None = None,
+            noise: torch.Tensor | None = None) -> torch.Tensor:
     """Generate `horizon` frames after `context` (B,C,N,D) packed latents.
 
     actions/act_mask: (B, C + horizon, A) aligned with frames (token t = action producing frame t),
-    or None. window: the most frames one call sees (default: all). Returns (B, C + horizon, N, D).
+    or None. window: the most frames one call sees (default: all). noise: optional (B, horizon, N, D)
+    initial noise of the generated frames (then `generator` is unused); without it one draw per
+    generated frame comes from `generator`. Returns (B, C + horizon, N, D).
     """
     cfg = dyn.cfg
     B, C, N, D = context.shape
@@ -63,9 +66,14 @@ def rollout(dyn: Dynamics, context: torch.Tensor, actions: torch.Tensor | None, 
     ctx_step = torch.full((B, 1), cfg.emax, dtype=torch.long, device=context.device)   # clean-context labels
     ctx_sig = torch.full((B, 1), cfg.k_max - 1, dtype=torch.long, device=context.device)
     new_step = torch.full((B, 1), e, dtype=torch.long, device=context.device)
-    for _ in range(horizon):
+    if noise is not None and tuple(noise.shape) != (B, horizon, N, D):
+        raise ValueError(f"noise must have shape {(B, horizon, N, D)}, got {tuple(noise.shape)}")
+    for u in range(horizon):
         t = len(frames)
-        z = torch.randn(B, 1, N, D, device=context.device, generator=generator).to(context.dtype)
+        if noise is None:
+            z = torch.randn(B, 1, N, D, device=context.device, generator=generator).to(context.dtype)
+        else:
+            z = noise[:, u:u + 1].to(context.device, context.dtype)
         start = max(0, t + 1 - window)                           # first frame of this call's window
         if use_cache:
             if cache is None or start != lo:                     # (re)prime: positions restart at `start`
