@@ -1,4 +1,8 @@
-"""Plots written next to results (matplotlib, Agg backend; no torch here)."""
+"""Plots written next to results (matplotlib, Agg backend; no torch here).
+
+PNGs are written atomically and byte-stably (no "Software" metadata chunk); the rollout GIF is
+written with PIL (a matplotlib dependency).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from ..fileio import atomic_path  # noqa: E402
 
 def _save(fig, path: str | Path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
 
@@ -50,4 +54,94 @@ def frame_grid(rows: dict[str, np.ndarray], path: str | Path, title: str) -> Non
                 ax.imshow(frames[c])
         axes[r][0].set_title(lab, fontsize=7, loc="left")
     fig.suptitle(title, fontsize=9, y=1.0)
+    _save(fig, path)
+
+
+CONTEXT_RGB = (230, 120, 20)     # bar over context frames
+PREDICTED_RGB = (40, 150, 60)    # bar over predicted frames
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames (..., 3, H, W) in [0, 1] -> uint8 (..., H, W, 3) for pictures only (metrics never quantise)."""
+    x = np.clip(np.asarray(frames, dtype=np.float64), 0.0, 1.0)
+    return np.moveaxis((x * 255.0).round().astype(np.uint8), -3, -1)
+
+
+def _strip_canvas(gt: np.ndarray, pred: np.ndarray, context: int, gap: int = 2, bar: int = 3) -> np.ndarray:
+    """One canvas: a colour bar (context / predicted), the GT row and the predicted row, frames side by side."""
+    T, H, W, _ = gt.shape
+    canvas = np.full((bar + gap + 2 * H + gap, T * (W + gap) - gap, 3), 255, np.uint8)
+    for t in range(T):
+        x0 = t * (W + gap)
+        canvas[:bar, x0:x0 + W] = CONTEXT_RGB if t < context else PREDICTED_RGB
+        canvas[bar + gap:bar + gap + H, x0:x0 + W] = gt[t]
+        canvas[bar + 2 * gap + H:bar + 2 * gap + 2 * H, x0:x0 + W] = pred[t]
+    return canvas
+
+
+def rollout_strips(strips: list[dict], path: str | Path, title: str, context: int = 8) -> None:
+    """Per window: ground truth (top) vs rollout (bottom), uint8 frames (T, H, W, 3) under "gt" / "pred",
+    labelled by "label"; the first `context` columns (orange bar) are the context frames (decoded)."""
+    if not strips:
+        raise ValueError("rollout_strips: nothing to draw")
+    canvases = [_strip_canvas(s["gt"], s["pred"], context) for s in strips]
+    h, w = canvases[0].shape[:2]
+    width = min(24.0, max(8.0, w / 60))
+    fig, axes = plt.subplots(len(canvases), 1, figsize=(width, len(canvases) * (width * h / w + 0.3) + 0.3),
+                             squeeze=False, layout="constrained")
+    for ax, c, s in zip(axes[:, 0], canvases, strips):
+        ax.imshow(c, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f"{s['label']}   top: ground truth, bottom: rollout; orange = {context} context frames, "
+                     f"green = predicted", fontsize=7, loc="left")
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
+def rollout_gif(clips: list[dict], path: str | Path, context: int = 8, min_side: int = 128,
+                duration_ms: int = 200) -> None:
+    """Animated GIF: per time step, every clip's ground truth | rollout side by side (clips stacked
+    vertically) under a header bar (orange while the frame is context, green once predicted) that
+    names the frame. clips: [{"gt": uint8 (T,H,W,3), "pred": uint8 (T,H,W,3)}]."""
+    from PIL import Image, ImageDraw
+
+    if not clips:
+        raise ValueError("rollout_gif: nothing to draw")
+    T, H, W, _ = clips[0]["gt"].shape
+    s = max(1, -(-min_side // H))
+    gap, bar = 2 * s, 14
+    images = []
+    for t in range(T):
+        rows = []
+        for c in clips:
+            g = np.kron(c["gt"][t], np.ones((s, s, 1), np.uint8))
+            p = np.kron(c["pred"][t], np.ones((s, s, 1), np.uint8))
+            rows.append(np.concatenate([g, np.full((H * s, gap, 3), 255, np.uint8), p], axis=1))
+            rows.append(np.full((gap, rows[-1].shape[1], 3), 255, np.uint8))
+        body = np.concatenate(rows[:-1], axis=0)
+        top = np.empty((bar, body.shape[1], 3), np.uint8)
+        top[:] = CONTEXT_RGB if t < context else PREDICTED_RGB
+        img = Image.fromarray(np.concatenate([top, body], axis=0))
+        label = f"GT | rollout  t={t} " + ("context" if t < context else f"pred {t - context + 1}")
+        ImageDraw.Draw(img).text((2, 1), label, fill=(255, 255, 255))
+        images.append(img)
+    with atomic_path(path, suffix=".gif") as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+
+
+def per_step_psnr(curves: dict[str, dict[str, list[float]]], path: str | Path, title: str) -> None:
+    """PSNR per predicted step, one panel per set, one line per row ({set: {row: [values]}})."""
+    styles = {"model": ("C0", "-"), "action_shuffled": ("C3", "--"), "null_actions": ("C4", ":"),
+              "copy_last_context": ("0.4", "-."), "tokenizer_ceiling": ("C2", "-")}
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 3.4), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], curves.items()):
+        for row, vals in rows.items():
+            color, ls = styles.get(row, (None, "-"))
+            ax.plot(np.arange(1, len(vals) + 1), vals, color=color, ls=ls, marker=".", ms=3, label=row)
+        ax.set_xlabel("predicted step k")
+        ax.set_ylabel("PSNR (dB, mean over windows)")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     _save(fig, path)
