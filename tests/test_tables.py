@@ -48,7 +48,8 @@ VARIANTS = [
      "init_from": None},
 ]
 RUN_VARIANTS = [v["name"] for v in VARIANTS if v["runnable"]]
-NOT_RUN_REASON = "no DMControl checkpoint configured (dmcontrol_init.dynamics is null): this DMControl-initialised variant is not run"
+NOT_RUN_REASON = ("no DMControl checkpoint configured (dmcontrol_init.dynamics is null): "
+                  "this DMControl-initialised variant is not run")
 BASE_FEATS = ("lagged_actions", "time_only", "const_control")
 # (probe_mode, H) combinations written: policy at every H, idm at H = 1
 MODES = [("policy", 1), ("policy", 2), ("idm", 1)]
@@ -459,7 +460,8 @@ def test_mean_std_and_pooled_ci(results, built):
     rows = list(csv.DictReader(io.StringIO((built / "table1_probe.csv").read_text().split("\n\n")[0])))
     r = [x for x in rows if x["variant"] == "dynamics_aux_phase6" and x["feature"] == "wm_spatial"][0]
     assert [float(r[f"heldout_r2_seed{s}"]) for s in SEEDS] == pytest.approx(vals, abs=1e-6)
-    assert float(r["ci_task_lo"]) == pytest.approx(lo, abs=1e-6) and float(r["ci_task_hi"]) == pytest.approx(hi, abs=1e-6)
+    assert float(r["ci_task_lo"]) == pytest.approx(lo, abs=1e-6)
+    assert float(r["ci_task_hi"]) == pytest.approx(hi, abs=1e-6)
     # seen-task column = mean of probe_eval_train values
     seen = [inp.probe[("dynamics_aux_phase6", "wm_spatial", "past_actions", "policy", 1, s)]["scorings"]["all_valid"]
             [T.TRAIN]["probe"]["r2_uniform"] for s in SEEDS]
@@ -528,7 +530,8 @@ def test_controls_table(results, built):
     inp = load(results)
     diffs, reps = [], []
     for s in SEEDS:
-        a = inp.probe[("dynamics_phase3", "wm_spatial", "video_only", "policy", 2, s)]["scorings"]["common_Hmax"][T.TEST]
+        a = inp.probe[("dynamics_phase3", "wm_spatial", "video_only", "policy", 2, s)]["scorings"]["common_Hmax"]
+        a = a[T.TEST]
         b = inp.probe[(T.BASELINES, "lagged_actions", "none", "policy", 2, s)]["scorings"]["common_Hmax"][T.TEST]
         diffs.append(a["probe"]["r2_uniform"] - b["probe"]["r2_uniform"])
         reps.append(bootstrap.paired_r2_diff(a["stats"], "probe", b["stats"], "probe", "task", s, T.TEST, B))

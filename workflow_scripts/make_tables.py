@@ -18,7 +18,8 @@ def main() -> None:
                     help="JSON: {variants: [{name, label, runnable, not_run_reason, stand_in_for, aux_weight, "
                          "aux_input, space_mode, init_from}, ...] in config order, H_list, seeds, bootstrap_B, "
                          "tokenizer_run}")
-    ap.add_argument("--probe-summaries", nargs="*", default=[], help="results/probe/<variant>/summary.json (+ baselines)")
+    ap.add_argument("--probe-summaries", nargs="*", default=[],
+                    help="results/probe/<variant>/summary.json (+ baselines)")
     ap.add_argument("--rollout", nargs="*", default=[], help="results/rollout/<variant>/rollout.json")
     ap.add_argument("--tokenizer-eval", nargs="*", default=[], help="results/tokenizer_eval/<run>/psnr.json")
     ap.add_argument("--train-dirs", nargs="*", default=[], help="results/train/<run> folders")

@@ -39,7 +39,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..evaluation import bootstrap
-from ..fileio import atomic_path, read_json, sha256_file
+from ..fileio import atomic_path, sha256_file
 from ..training.metrics import read_metrics
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,8 @@ def _check_probe_record(rec: Any, path: Path) -> None:
                          f"probe record (scorings.{scoring}.{s}.stats)")
                 if not (len(st["episodes"]) == len(st["tasks"]) == len(st["n"]) == len(st["sum_y"])
                         == len(st["sum_y2"])):
-                    raise TablesError(f"{path}: malformed probe record: scorings.{scoring}.{s}.stats lists differ in length")
+                    raise TablesError(f"{path}: malformed probe record: scorings.{scoring}.{s}.stats lists "
+                                      "differ in length")
     if not isinstance(rec["flags"], dict):
         raise TablesError(f"{path}: malformed probe record: 'flags' must be an object")
 
@@ -272,7 +273,8 @@ def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: It
             rp = sp.parent / ent["path"]
             rec = _load_json(rp, "probe record")
             if ent.get("sha256") and sha256_file(rp) != ent["sha256"]:
-                raise TablesError(f"{rp}: sha256 differs from the one listed in {sp} (record changed after the summary)")
+                raise TablesError(f"{rp}: sha256 differs from the one listed in {sp} "
+                                  "(record changed after the summary)")
             _check_probe_record(rec, rp)
             for k in ("feature", "extraction", "probe_mode", "H", "seed"):
                 if k in ent and ent[k] != rec[k]:
@@ -304,7 +306,8 @@ def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: It
             for rname, row in s["rows"].items():
                 for k in ("psnr_frame_mean", "psnr_pooled"):
                     if not isinstance(row, dict) or (row.get(k) is not None and not _is_num(row.get(k))):
-                        raise TablesError(f"{rp}: malformed rollout record: sets.{sname}.rows.{rname}.{k} is not a number")
+                        raise TablesError(f"{rp}: malformed rollout record: sets.{sname}.rows.{rname}.{k} "
+                                          "is not a number")
         if rec["variant"] in rolls:
             raise TablesError(f"{rp}: a second rollout record for variant {rec['variant']!r}")
         track(rp)
@@ -828,7 +831,8 @@ def build_table1(inp: Inputs, pv: ProbeView) -> Table:
                f"policy mode, past_actions extraction, all_valid frames, mean of {len(seeds)} probe seeds. "
                "± std is the spread over probe seeds (ddof = 1): probe/sampling variance, not training variance "
                "(one world-model training run per variant); it is not the uncertainty of a held-out-task number. "
-               f"95% CI = task-level cluster bootstrap (ci_task), {len(seeds)} × B = {len(seeds)} × {inp.B} replicates "
+               f"95% CI = task-level cluster bootstrap (ci_task), {len(seeds)} × B = {len(seeds)} × {inp.B} "
+               "replicates "
                "pooled over seeds. Held-out-task R² depends on how many tasks are held out (biased low with few "
                "tasks, and so is the bootstrap). Seen-task R² on probe-eval-train (episodes the world model "
                "was trained on, unseen by the probe). Params = tokenizer + dynamics, aux head excluded. "
@@ -1200,23 +1204,26 @@ def _mark(result: bool | None, na: str = "n/a") -> tuple:
     return ("text", "✓" if result else "✗") if result is not None else ("text", na)
 
 
+def _smooth_bar(inp: Inputs, name: str) -> dict:
+    run = inp.train.get(name)
+    sm = loss_smoothness(run.metrics) if run and run.has_metrics else None
+    return {"run": name, "bar": "smooth loss curve (heuristic)",
+            "threshold": "no NaN/Inf; EMA end < EMA at 5%; EMA ≤ 1.5 × running min",
+            "value": sm["value"] if sm else None, "result": sm["result"] if sm else None, "missing": sm is None}
+
+
 def quality_bars(inp: Inputs) -> list[dict]:
-    """Every bar of §4 as {run, bar, threshold, value, result (True/False/None), variant}."""
+    """Every bar of §4 as {run, bar, threshold, value, result (True/False/None: n/a), missing} or {run, not_run}."""
     out = []
     tok_run = inp.config.get("tokenizer_run")
     tok = _study_tokenizer(inp)
-    ref_name, ref = _reference_rollout(inp)
     if tok_run or tok:
         name = tok_run or (tok or {}).get("run")
         v = _tok_psnr(tok)
         out.append({"run": name, "bar": "tokenizer PSNR (tok_psnr_frame_mean, test_ood rollout list)",
-                    "threshold": f"≥ {TOK_PSNR_BAR:.0f} dB", "value": None if v is None else f"{v:.2f} dB",
+                    "threshold": f"≥ {TOK_PSNR_BAR:.0f} dB", "value": f"{v:.2f} dB" if _finite(v) else None,
                     "result": None if not _finite(v) else bool(v >= TOK_PSNR_BAR), "missing": not _finite(v)})
-        run = inp.train.get(name)
-        sm = loss_smoothness(run.metrics) if run and run.has_metrics else None
-        out.append({"run": name, "bar": "smooth loss curve (heuristic)", "threshold": "no NaN/Inf; EMA end < EMA at 5%; "
-                    "EMA ≤ 1.5 × running min", "value": sm["value"] if sm else None,
-                    "result": sm["result"] if sm else None, "missing": sm is None})
+        out.append(_smooth_bar(inp, name))
     for v in inp.variants:
         name = v["name"]
         reason = inp.not_run_reason(name)
@@ -1235,12 +1242,8 @@ def quality_bars(inp: Inputs) -> list[dict]:
                     "threshold": f"> {clm:.2f} dB" if _finite(clm) else "> copy-last",
                     "value": f"{fm:.2f} dB" if _finite(fm) else None,
                     "result": bool(fm > clm) if both else None, "missing": not both})
+        out.append(_smooth_bar(inp, name))
         run = inp.train.get(name)
-        sm = loss_smoothness(run.metrics) if run and run.has_metrics else None
-        out.append({"run": name, "bar": "smooth loss curve (heuristic)",
-                    "threshold": "no NaN/Inf; EMA end < EMA at 5%; EMA ≤ 1.5 × running min",
-                    "value": sm["value"] if sm else None, "result": sm["result"] if sm else None,
-                    "missing": sm is None})
         if float(v.get("aux_weight") or 0.0) > 0:
             am = aux_mse_drop(run.metrics) if run and run.has_metrics else None
             out.append({"run": name, "bar": "aux head MSE drops", "threshold": "last 10% ≤ 0.8 × first 5%",
@@ -1291,7 +1294,7 @@ def save_png(fig, path: str | os.PathLike) -> None:
     """Deterministic PNG: fixed dpi, no Software tag (no version string in the file)."""
     plt = _plt()
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
 
@@ -1393,7 +1396,7 @@ def plot_h_curves(inp: Inputs, pv: ProbeView, path: Path) -> None:
         ax.axhline(0, color="k", lw=0.6)
     else:
         _no_data(ax, "probe records")
-    ax.set_xlabel("H (target a_{t+H-1})")
+    ax.set_xlabel(r"H (target $a_{t+H-1}$)")
     ax.set_ylabel("held-out-task R² (common_Hmax frames)")
     ax.set_title("H-curves: policy mode, past_actions")
     ax.grid(alpha=0.3)

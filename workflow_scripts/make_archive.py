@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Model-card archive (rule `archive`, evaluation.md §5): one folder per trained run + the study README.
+
+Writes results/archive/<run>/ (upstream-format weights, aux_head.pt, config.json, metrics.json,
+curves, rollout strips, README.md model card with sha256 file list) for the tokenizer and every
+dynamics variant that was run, and results/archive/README.md with the tables and plots.
+"""
+
+import argparse
+import json
+
+from dreamer4_libero.cli import run_main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tables-config", required=True, help="the same JSON as make_tables.py")
+    ap.add_argument("--probe-summaries", nargs="*", default=[],
+                    help="results/probe/<variant>/summary.json (+ baselines)")
+    ap.add_argument("--rollout", nargs="*", default=[], help="results/rollout/<variant>/rollout.json")
+    ap.add_argument("--tokenizer-eval", nargs="*", default=[], help="results/tokenizer_eval/<run>/psnr.json")
+    ap.add_argument("--train-dirs", nargs="*", default=[], help="results/train/<run> folders")
+    ap.add_argument("--tables-dir", default=None, help="results/tables (tables.md and plots/ are copied)")
+    ap.add_argument("--rollout-dirs", nargs="*", default=[],
+                    help="results/rollout/<variant> folders; their *.png / *.gif strips are copied when present")
+    ap.add_argument("--splits-dir", default=None, help="results/preprocess/splits (split files + sha256)")
+    ap.add_argument("--manifest", default=None, help="results/preprocess/manifest.json (frame counts; optional)")
+    ap.add_argument("--out-dir", required=True, help="e.g. results/archive")
+    ap.add_argument("--no-verify", action="store_true", help="skip the strict reload of each written checkpoint")
+    a = ap.parse_args()
+    try:
+        cfg = json.loads(a.tables_config)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--tables-config is not valid JSON: {exc}") from None
+
+    from dreamer4_libero.reporting.archive import make_archive
+
+    paths = make_archive(cfg, a.out_dir, probe_summaries=a.probe_summaries, rollout=a.rollout,
+                         tokenizer_eval=a.tokenizer_eval, train_dirs=a.train_dirs, tables_dir=a.tables_dir,
+                         rollout_dirs=a.rollout_dirs, splits_dir=a.splits_dir, manifest=a.manifest,
+                         verify=not a.no_verify)
+    for p in paths:
+        print(p)
+
+
+if __name__ == "__main__":
+    run_main(main, "archive")
