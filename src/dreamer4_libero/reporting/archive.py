@@ -19,6 +19,7 @@ the same code as the tables (`reporting.tables`), so a card never disagrees with
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -343,7 +344,9 @@ def build_run_archive(run: str, out_dir: str | os.PathLike, inp: T.Inputs, table
             fn = load_tokenizer_checkpoint if kind == "tokenizer" else load_dynamics_checkpoint
             fn(str(tmp / weights))                               # strict load: the card's instructions work
         (tmp / "config.json").write_text(dumps_json(up["args"]))
-        (tmp / "metrics.json").write_text(dumps_json(_run_records(inp, run)))
+        # compact (probe records carry per-episode statistics; indented JSON would be several times larger)
+        (tmp / "metrics.json").write_text(json.dumps(_run_records(inp, run), sort_keys=True, separators=(",", ":"))
+                                          + "\n")
         if train.has_metrics:
             plot_metrics(train.metrics, tmp, prefix="curve_", title=run)
             _plot_aux(train.metrics, tmp / "curve_aux_mse.png", f"{run} aux head MSE")

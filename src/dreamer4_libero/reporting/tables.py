@@ -27,6 +27,7 @@ those of `bootstrap.r2_replicates` / `bootstrap.paired_r2_diff` (tested), at a f
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -157,14 +158,20 @@ def display_path(path: str | os.PathLike, root: str | os.PathLike | None = None)
         return p.as_posix()
 
 
-def _load_json(path: Path, what: str) -> Any:
+def _load_json_hashed(path: Path, what: str) -> tuple[Any, str]:
+    """(parsed JSON, sha256 of the bytes read): one read per file (probe records are large)."""
     if not path.exists():
         raise TablesError(f"{path}: {what} not found")
+    data = path.read_bytes()
     try:
-        with open(path) as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TablesError(f"{path}: malformed {what}: not valid JSON ({exc})") from None
+    return obj, hashlib.sha256(data).hexdigest()
+
+
+def _load_json(path: Path, what: str) -> Any:
+    return _load_json_hashed(path, what)[0]
 
 
 def _dig(obj: Any, keys: Sequence[str]) -> Any:
@@ -256,8 +263,8 @@ def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: It
     names = {v["name"] for v in cfg["variants"]}
     files: dict[str, str] = {}
 
-    def track(p: Path) -> None:
-        files[display_path(p, root)] = sha256_file(p)
+    def track(p: Path, digest: str | None = None) -> None:
+        files[display_path(p, root)] = digest or sha256_file(p)
 
     probe: dict[tuple, dict] = {}
     probe_paths: dict[tuple, str] = {}
@@ -271,8 +278,8 @@ def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: It
             if not isinstance(ent, dict) or "path" not in ent:
                 raise TablesError(f"{sp}: malformed probe summary: records[{i}] has no 'path'")
             rp = sp.parent / ent["path"]
-            rec = _load_json(rp, "probe record")
-            if ent.get("sha256") and sha256_file(rp) != ent["sha256"]:
+            rec, digest = _load_json_hashed(rp, "probe record")
+            if ent.get("sha256") and digest != ent["sha256"]:
                 raise TablesError(f"{rp}: sha256 differs from the one listed in {sp} "
                                   "(record changed after the summary)")
             _check_probe_record(rec, rp)
@@ -284,7 +291,7 @@ def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: It
             key = (rec["variant"], rec["feature"], rec["extraction"], rec["probe_mode"], rec["H"], rec["seed"])
             if key in probe:
                 raise TablesError(f"{rp}: duplicate probe record for {key} (also {probe_paths[key]})")
-            track(rp)
+            track(rp, digest)
             if rec["variant"] != BASELINES and rec["variant"] not in names:
                 log.warning("%s: variant %s is not in the tables config; ignored", rp, rec["variant"])
                 continue
