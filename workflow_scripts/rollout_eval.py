@@ -10,12 +10,8 @@ the §3 tokenizer block of that tokenizer ("tokenizer_eval").
 import argparse
 import json
 import os
-import platform
-import subprocess
 from pathlib import Path
 
-import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from dreamer4_libero.cli import run_main
@@ -26,9 +22,9 @@ from dreamer4_libero.evaluation.rollout import (NOISE_RULE, NULL_ACTION, PROTOCO
 from dreamer4_libero.evaluation.tokenizer_psnr import evaluate_tokenizer
 from dreamer4_libero.fileio import read_json, sha256_file, write_json
 from dreamer4_libero.models.sampling import tau_schedule
-from dreamer4_libero.models.upstream import load_dynamics_checkpoint, load_tokenizer_checkpoint, read_checkpoint
+from dreamer4_libero.models.upstream import load_tokenizer_checkpoint, read_checkpoint
 from dreamer4_libero.reporting.plots import per_step_psnr, rollout_gif, rollout_strips, to_uint8
-from dreamer4_libero.training.dynamics_task import load_frozen_tokenizer
+from dreamer4_libero.evaluation.loading import load_run, versions
 
 EVAL_REQUIRED = ("eps_per_task", "context", "horizon", "euler_steps", "rollout_seed", "bootstrap_B",
                  "max_val_windows", "n_strips")
@@ -61,56 +57,6 @@ def parse_eval(text: str) -> dict:
     return ev
 
 
-def need(mapping: dict, key: str, where: str):
-    if key not in mapping or mapping[key] is None:
-        raise ValueError(f"{where}: missing key {key!r}")
-    return mapping[key]
-
-
-def versions() -> dict:
-    try:
-        code = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        code = "unknown"
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "code": code}
-
-
-def load_models(ck_json: str, resolution: int, device: str):
-    """(checkpoint.json, engine args, tokenizer path, tokenizer, dynamics, packing, load report)."""
-    if not os.path.exists(ck_json):
-        raise FileNotFoundError(f"checkpoint json not found: {ck_json}")
-    ck = read_json(ck_json)
-    path = need(ck, "path", ck_json)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{ck_json}: checkpoint {path} not found")
-    _, args, raw = read_checkpoint(path)
-    if not isinstance(raw.get("dynamics"), dict):
-        raise ValueError(f"{path}: no 'dynamics' state dict (keys: {sorted(raw)})")
-    tok_path = need(args, "tokenizer_ckpt", f"{path} ['args']")
-    packing = int(need(args, "packing_factor", f"{path} ['args']"))
-    if not os.path.exists(tok_path):
-        raise FileNotFoundError(f"{path} ['args']['tokenizer_ckpt']: tokenizer checkpoint {tok_path} not found")
-    tok_sha = sha256_file(tok_path)
-    if args.get("tokenizer_sha256") and args["tokenizer_sha256"] != tok_sha:
-        raise ValueError(f"{path} ['args']['tokenizer_sha256'] = {args['tokenizer_sha256']} but {tok_path} now "
-                         f"hashes to {tok_sha}: the tokenizer changed since this model was trained")
-    tok, _ = load_frozen_tokenizer(tok_path)
-    if tok.cfg.H != resolution or tok.cfg.W != resolution:
-        raise ValueError(f"--resolution {resolution} but the tokenizer {tok_path} takes {tok.cfg.H}x{tok.cfg.W} frames")
-    if tok.cfg.n_latents % packing:
-        raise ValueError(f"{path} ['args']['packing_factor'] = {packing} does not divide n_latents {tok.cfg.n_latents}")
-    dyn, report = load_dynamics_checkpoint(raw, explicit={"n_spatial": tok.cfg.n_latents // packing})
-    aux = [n for n, _ in dyn.named_parameters() if "aux" in n]
-    if aux:
-        raise ValueError(f"{path}: aux parameters in the evaluated world model: {aux[:5]}")
-    if dyn.cfg.d_spatial != tok.cfg.d_bottleneck * packing:
-        raise ValueError(f"{path}: dynamics expects packed latents of width {dyn.cfg.d_spatial}, the tokenizer "
-                         f"gives {tok.cfg.d_bottleneck} x packing {packing}")
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    return ck, args, tok_path, tok_sha, tok.to(dev), dyn.to(dev), packing, report
-
-
 def tokenizer_block(tok_path: str, store, sets: dict, resolution: int, seed: int, bar) -> dict:
     """§3 for the variant's own tokenizer (its training seq_len as chunk; upstream's 8 if unrecorded).
     Runs on the CPU, as the tokenizer_eval rule does."""
@@ -141,7 +87,10 @@ def main() -> None:
     for p in (a.manifest, a.test_ood, a.val):
         if not os.path.exists(p):
             raise FileNotFoundError(f"input file not found: {p}")
-    ck, args, tok_path, tok_sha, tok, dyn, packing, report = load_models(a.checkpoint_json, a.resolution, ev["device"])
+    tok, dyn, info = load_run(a.checkpoint_json, a.resolution, ev["device"])
+    ck = read_json(a.checkpoint_json)
+    args, tok_path, tok_sha = info["args"], info["tokenizer_path"], info["tokenizer_sha256"]
+    packing, report = info["packing_factor"], info["load_report"]
     variant = ck.get("run_name") or args.get("variant") or Path(a.checkpoint_json).parent.name
     d = 1.0 / ev["euler_steps"]
     tau_schedule(dyn.cfg.k_max, "shortcut", d)            # 1/d must be a power of two dividing k_max

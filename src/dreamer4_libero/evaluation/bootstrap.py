@@ -13,6 +13,7 @@ never by Python's salted hash, so every draw is reproducible across processes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Sequence
 
@@ -50,12 +51,22 @@ def task_counts(tasks: Sequence[str], B: int, rng: np.random.Generator) -> np.nd
 
 
 def resample_counts(level: str, tasks: Sequence[str], B: int, seed: int, set_name: str) -> np.ndarray:
-    """Count matrix for `level` = "episode" (ci) or "task" (ci_task), seeded as the module says."""
+    """Count matrix for `level` = "episode" (ci) or "task" (ci_task), seeded as the module says (cached; read-only)."""
+    return _resample_counts(level, tuple(tasks), int(B), int(seed), str(set_name))
+
+
+@functools.lru_cache(maxsize=256)
+def _resample_counts(level: str, tasks: tuple, B: int, seed: int, set_name: str) -> np.ndarray:
     if level == "episode":
-        return episode_counts(len(tasks), B, rng_for(seed, "boot", set_name))
+        return _readonly(episode_counts(len(tasks), B, rng_for(seed, "boot", set_name)))
     if level == "task":
-        return task_counts(tasks, B, rng_for(seed, "boot_task", set_name))
+        return _readonly(task_counts(tasks, B, rng_for(seed, "boot_task", set_name)))
     raise ValueError(f"bootstrap level must be 'episode' or 'task', got {level!r}")
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
 
 
 def r2_from_stats(counts: np.ndarray, n: np.ndarray, sum_y: np.ndarray, sum_y2: np.ndarray,

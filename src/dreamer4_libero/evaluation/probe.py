@@ -33,6 +33,7 @@ __all__ = [
     "r2_scores",
     "grouped_folds",
     "select_alpha",
+    "select_alpha_many",
     "LinearProbe",
     "run_probe",
     "train_mean_r2",
@@ -101,6 +102,20 @@ class PCA:
         return (X - self.mean) @ self.components.T
 
 
+def _top_components_gram(Xc: np.ndarray, k: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Top-k right singular vectors of a wide centred X (n < d) from the n×n Gram matrix (several
+    times faster than an SVD of X). Returns (None, None) when X has rank < k (the SVD path then
+    supplies an orthonormal completion)."""
+    w, U = np.linalg.eigh(Xc @ Xc.T)
+    order = np.argsort(w)[::-1][:k]
+    w = np.maximum(w[order], 0.0)
+    s = np.sqrt(w)
+    if s.size < k or s[-1] <= 1e-6 * max(float(s[0]), 1e-300):
+        return None, None
+    Vt = (U[:, order].T @ Xc) / s[:, None]
+    return Vt, s
+
+
 def fit_pca(X: Any, n_components: int) -> PCA:
     """Fit a deterministic PCA with ``n_components`` on unscaled X (centred only).
 
@@ -121,14 +136,16 @@ def fit_pca(X: Any, n_components: int) -> PCA:
         raise ValueError("cannot fit PCA on zero rows")
     mean = X.mean(axis=0)
     Xc = X - mean
-    if n > d:
-        R = np.linalg.qr(Xc, mode="r")
-        _, s, Vt = np.linalg.svd(R, full_matrices=False)
-    else:
-        _, s, Vt = np.linalg.svd(Xc, full_matrices=False)
-    k = min(n_components, Vt.shape[0])
-    Vt = Vt[:k].copy()
-    s = s[:k].copy()
+    k = min(n_components, n, d)
+    Vt, s = _top_components_gram(Xc, k) if n < d else (None, None)
+    if Vt is None:
+        if n > d:
+            R = np.linalg.qr(Xc, mode="r")
+            _, s, Vt = np.linalg.svd(R, full_matrices=False)
+        else:
+            _, s, Vt = np.linalg.svd(Xc, full_matrices=False)
+        Vt = Vt[:k].copy()
+        s = s[:k].copy()
     pivot = np.argmax(np.abs(Vt), axis=1)
     signs = np.sign(Vt[np.arange(k), pivot])
     signs[signs == 0] = 1.0
@@ -431,43 +448,59 @@ def select_alpha(
     ``mean_r2`` (per α), ``fold_r2`` (per fold, per α), ``best_r2`` and the fold info
     (``n_splits``, ``n_groups``, ``note`` — set when n_splits had to be reduced).
     """
+    return select_alpha_many(X, [Y], groups, seed, alphas=alphas, n_splits=n_splits)[0]
+
+
+def select_alpha_many(
+    X: Any,
+    Ys: Sequence[Any],
+    groups: Any,
+    seed: int,
+    alphas: Sequence[float] = ALPHA_GRID,
+    n_splits: int = 5,
+) -> list[tuple[float, dict[str, Any], bool]]:
+    """`select_alpha` for several targets of the same X (e.g. the labels and their shuffle): one SVD per fold."""
     X = _as_2d_float64(X, "X")
-    Y = _as_2d_float64(Y, "Y")
+    Ys = [_as_2d_float64(Y, "Y") for Y in Ys]
     alphas_arr = np.asarray(list(alphas), dtype=np.float64)
     if alphas_arr.size == 0:
         raise ValueError("empty α grid")
-    if X.shape[0] != Y.shape[0] or X.shape[0] != np.asarray(groups).shape[0]:
+    if any(X.shape[0] != Y.shape[0] for Y in Ys) or X.shape[0] != np.asarray(groups).shape[0]:
         raise ValueError("X, Y and groups must have the same number of rows")
     folds, info = grouped_folds(groups, seed, n_splits)
-    y_mean, y_std = _y_stats(Y)
-    Ys = (Y - y_mean) / y_std
-    fold_scores = np.full((len(folds), alphas_arr.size), np.nan)
+    stats = [_y_stats(Y) for Y in Ys]
+    Ystack = np.concatenate([(Y - m) / s for Y, (m, s) in zip(Ys, stats)], axis=1)
+    widths = np.cumsum([0] + [Y.shape[1] for Y in Ys])
+    fold_scores = np.full((len(Ys), len(folds), alphas_arr.size), np.nan)
     for f, (tr, te) in enumerate(folds):
-        solver = _RidgeSVD(X[tr], Ys[tr])
-        preds = solver.predict_path(X[te], alphas_arr) * y_std + y_mean
-        fold_scores[f] = _uniform_r2_path(Y[te], preds)
-    valid_folds = np.isfinite(fold_scores).all(axis=1)
-    if valid_folds.any():
-        mean_scores = fold_scores[valid_folds].mean(axis=0)
-    else:
-        mean_scores = np.full(alphas_arr.size, np.nan)
-    idx = _pick_alpha(alphas_arr, mean_scores)
-    alpha = float(alphas_arr[idx])
-    on_edge = bool(alpha == alphas_arr.min() or alpha == alphas_arr.max())
-    curve = {
-        "alphas": [float(a) for a in alphas_arr],
-        "mean_r2": [float(v) for v in mean_scores],
-        "fold_r2": [[float(v) for v in row] for row in fold_scores],
-        "best_r2": float(mean_scores[idx]),
-        "n_valid_folds": int(valid_folds.sum()),
-        "tie_rtol": CV_TIE_RTOL,
-        **info,
-    }
-    if not valid_folds.any():
-        curve["note"] = ((curve["note"] + "; ") if curve["note"] else "") + (
-            "no fold had a non-constant target: α defaulted to the largest grid value"
-        )
-    return alpha, curve, on_edge
+        path = _RidgeSVD(X[tr], Ystack[tr]).predict_path(X[te], alphas_arr)
+        for j, (Y, (m, s)) in enumerate(zip(Ys, stats)):
+            fold_scores[j, f] = _uniform_r2_path(Y[te], path[:, :, widths[j]:widths[j + 1]] * s + m)
+    out = []
+    for j in range(len(Ys)):
+        valid_folds = np.isfinite(fold_scores[j]).all(axis=1)
+        if valid_folds.any():
+            mean_scores = fold_scores[j][valid_folds].mean(axis=0)
+        else:
+            mean_scores = np.full(alphas_arr.size, np.nan)
+        idx = _pick_alpha(alphas_arr, mean_scores)
+        alpha = float(alphas_arr[idx])
+        on_edge = bool(alpha == alphas_arr.min() or alpha == alphas_arr.max())
+        curve = {
+            "alphas": [float(a) for a in alphas_arr],
+            "mean_r2": [float(v) for v in mean_scores],
+            "fold_r2": [[float(v) for v in row] for row in fold_scores[j]],
+            "best_r2": float(mean_scores[idx]),
+            "n_valid_folds": int(valid_folds.sum()),
+            "tie_rtol": CV_TIE_RTOL,
+            **info,
+        }
+        if not valid_folds.any():
+            curve["note"] = ((curve["note"] + "; ") if curve["note"] else "") + (
+                "no fold had a non-constant target: α defaulted to the largest grid value"
+            )
+        out.append((alpha, curve, on_edge))
+    return out
 
 
 # --------------------------------------------------------------------------------------
