@@ -614,8 +614,6 @@ def test_relative_variation_without_pca(study):
     assert any("relative variation" in x for x in rec["degeneracy"]["reasons"])
 
 
-@pytest.mark.xfail(strict=True, reason="probe_record passes the PCA-transformed (centred) X as X_raw to degeneracy(); "
-                   "§1.9 says relative variation uses raw X, so any PCA'd feature set gets relative_variation ~1")
 def test_relative_variation_uses_raw_x_with_pca(study):
     lists = study["lists"].lists[0]
     tb, raws = _relvar_table(study["store"], lists, 1e5)
@@ -645,6 +643,11 @@ def test_cross_record_flags_idm_below_policy():
     assert "idm R² +0.250 < policy R² +0.300" in recs[1]["flag_reasons"]["LEAK?"]
     assert recs[0]["flag_reasons"]["LEAK?"] == recs[1]["flag_reasons"]["LEAK?"]
     assert not any(r["flags"]["LEAK?"] for r in recs[2:])         # within the margin / different seed
+    # two no-signal numbers differ by noise: no flag when policy mode itself is NO-SIGNAL
+    quiet = [_fake("d", "policy", 1, -0.05, (-0.1, 0.0)), _fake("d", "idm", 1, -0.08, (-0.1, 0.0))]
+    quiet[0]["flags"]["NO-SIGNAL"] = True
+    cross_record_flags(quiet)
+    assert not any(r["flags"]["LEAK?"] for r in quiet)
 
 
 def test_cross_record_flags_H2_above_H1_ci():

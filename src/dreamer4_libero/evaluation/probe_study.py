@@ -249,7 +249,7 @@ def probe_record(table: FeatureTable, raws: dict[str, np.ndarray], lists: dict[s
             block["stats"] = stats
             rec["scorings"][scoring][set_name] = block
     in_sample = r2_scores(tr.Y, predict(tr.X, fits["task"]["ridge"]))["r2_uniform"]
-    rec["degeneracy"] = degeneracy(Xp, Xs, tr.t, np.stack([tr.t, tr.pos], 1), in_sample_r2=in_sample,
+    rec["degeneracy"] = degeneracy(tr.X, Xs, tr.t, np.stack([tr.t, tr.pos], 1), in_sample_r2=in_sample,
                                    cv_r2=fits["task"]["curve"]["best_r2"])
     return rec
 
@@ -284,13 +284,15 @@ def _add_leak(rec: dict, why: str) -> None:
 
 
 def cross_record_flags(records: list[dict]) -> None:
-    """LEAK? from comparisons across records of the same features: idm < policy − 0.02; R²(H=2) above H=1's CI."""
+    """LEAK? from comparisons across records of the same features: idm < policy − 0.02 (where the policy-mode
+    record is not NO-SIGNAL); R²(H=2) above the upper end of H=1's episode-level CI."""
     idx = {(r["feature"], r["extraction"], r["probe_mode"], r["H"], r["seed"]): r for r in records}
     for (feat, ext, mode, H, seed), r in idx.items():
         if mode == "idm" and (feat, ext, "policy", H, seed) in idx:
             pol = idx[(feat, ext, "policy", H, seed)]
             a, b = headline(r), headline(pol)
-            if a is not None and b is not None and a < b - IDM_POLICY_MARGIN:
+            # only where policy mode has a signal: two no-signal numbers differ by noise alone
+            if a is not None and b is not None and not pol["flags"]["NO-SIGNAL"] and a < b - IDM_POLICY_MARGIN:
                 why = f"idm R² {a:+.3f} < policy R² {b:+.3f} − {IDM_POLICY_MARGIN} (H={H}, seed {seed})"
                 _add_leak(r, why)
                 _add_leak(pol, why)
