@@ -17,6 +17,8 @@ include: "rules/common.smk"
 include: "rules/preprocess.smk"
 include: "rules/tokenizer.smk"
 include: "rules/dynamics.smk"
+include: "rules/evaluation.smk"
+include: "rules/tables.smk"
 
 
 rule all:
@@ -25,4 +27,7 @@ rule all:
         f"{TOK_OUT}/checkpoint.json",
         f"{TOK_EVAL}/psnr.json",
         DYN_OUTPUTS,
+        EVAL_OUTPUTS,
+        TABLE_FILES,
+        "results/archive/README.md",
     default_target: True

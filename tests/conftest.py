@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -78,19 +82,42 @@ def tiny_tokenizer_ckpt(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def demo_preprocessed(tmp_path_factory) -> Path:
-    """The demo's own synthetic dataset (config/demo.yaml sizes), preprocessed with splits."""
-    from dreamer4_libero.data.preprocess import preprocess
-    from dreamer4_libero.data.splits import build_and_write
-    from dreamer4_libero.data.synthetic import demo_task_ids, generate
+def _repo_copy(dest: Path) -> Path:
+    """The working tree (tracked and untracked, not ignored files) copied to `dest`: a clean checkout."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = REPO / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    return dest
 
-    cfg = demo_config()
-    s = cfg["synthetic"]
-    root = tmp_path_factory.mktemp("demo_libero")
-    generate(root, demo_task_ids(per_suite=s["per_suite"]), n_demos=s["n_demos"],
-             len_range=(s["len_min"], s["len_max"]), seed=s["seed"], progress=False)
-    out = tmp_path_factory.mktemp("demo_pre")
-    preprocess(root, out, workers=2, min_demo_len=cfg["data"]["min_demo_len"], progress=False)
-    build_and_write(out / "manifest.json", out / "splits", split_cfg=cfg["split"], probe_cfg=cfg["probe"])
-    return out
+
+def snakemake_cmd(*args) -> list[str]:
+    exe = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
+    return [exe, *args]
+
+
+def venv_env() -> dict:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def demo_study(tmp_path_factory) -> Path:
+    """The whole demo DAG (`make demo`'s snakemake command) run once per test session in a copy of the repo.
+
+    Every test that needs trained demo models, evaluation records, tables or the archive reads this run.
+    """
+    work = _repo_copy(tmp_path_factory.mktemp("demo_study"))
+    log = work / "demo_snakemake.log"
+    with open(log, "w") as fh:
+        r = subprocess.run(snakemake_cmd("--profile", "profiles/local", "--cores", "2", "--configfile",
+                                         "config/demo.yaml"), cwd=work, env=venv_env(), stdout=fh,
+                           stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        tail = log.read_text()[-4000:]
+        logs = sorted((work / "logs").rglob("*.log"))
+        last = logs[-1].read_text()[-3000:] if logs else ""
+        raise AssertionError(f"demo DAG failed (exit {r.returncode}):\n{tail}\n--- newest rule log ---\n{last}")
+    return work

@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, required=True, help="model resolution (data.model_resolution)")
     ap.add_argument("--eval", required=True, help="JSON: " + ", ".join(EVAL_REQUIRED) + " [, "
                     + ", ".join(EVAL_OPTIONAL) + "]")
+    ap.add_argument("--study-tokenizer-checkpoint-json", default=None,
+                    help="the study tokenizer's checkpoint.json (its sha256 is used as --study-tokenizer-sha256)")
     ap.add_argument("--study-tokenizer-sha256", default=None,
                     help="sha256 of the study tokenizer; a variant with another tokenizer also gets its §3 block")
     ap.add_argument("--out-dir", required=True, help="results/rollout/<variant>")
@@ -115,6 +117,8 @@ def main() -> None:
                                          "max_windows": cap})
         sets[name] = {"split": os.path.abspath(split), "split_sha256": sha256_file(split), "windows": wins,
                       "windows_file": str(path), "windows_sha256": sha}
+    if a.study_tokenizer_checkpoint_json:
+        a.study_tokenizer_sha256 = read_json(a.study_tokenizer_checkpoint_json)["sha256"]
     run_tok = bool(a.study_tokenizer_sha256) and a.study_tokenizer_sha256 != tok_sha
     tok_sets = {f"{n}_rollout_list" if n == "test_ood" else n: list(dict.fromkeys(w["episode"] for w in s["windows"]))
                 for n, s in sets.items()}

@@ -10,7 +10,10 @@ STAGES = {  # rule -> stage, in DAG order
     "make_synthetic": "data", "preprocess": "data", "splits": "data", "data_sanity": "data",
     "train_tokenizer": "tokenizer", "tokenizer_eval": "evaluation",
     "train_dynamics": "dynamics", "dynamics_not_run": "dynamics",
+    "probe": "evaluation", "probe_baselines": "evaluation", "rollout_eval": "evaluation",
+    "tables": "tables and archive", "archive": "tables and archive",
 }
+ORDER = ["data", "tokenizer", "dynamics", "evaluation", "tables and archive"]
 
 
 def main() -> None:
@@ -29,7 +32,7 @@ def main() -> None:
         per_stage[stage] = per_stage.get(stage, 0.0) + secs
         print(f"  {rule:24s} {secs:8.1f}")
     print("time per stage (s):")
-    for stage, secs in per_stage.items():
+    for stage, secs in sorted(per_stage.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else 99):
         print(f"  {stage:24s} {secs:8.1f}")
     print(f"  {'total':24s} {sum(per_stage.values()):8.1f}")
     res = Path(a.results)
@@ -64,6 +67,27 @@ def main() -> None:
         for name, v in r["sets"].items():
             print(f"    {name}: PSNR {v['tok_psnr_frame_mean']:.2f} dB (mean-frame baseline "
                   f"{v['mean_frame_baseline_psnr_frame_mean']:.2f} dB)")
+    for summ in sorted((res / "probe").glob("*/summary.json")):
+        s = json.loads(summ.read_text())
+        print(f"  probe: {summ.parent}/  ({s['n_records']} records)")
+        for r in s["records"]:
+            if (r["H"], r["seed"], r["probe_mode"]) == (1, 0, "policy") and r["extraction"] in ("past_actions", "none"):
+                rec = json.loads((summ.parent / r["path"]).read_text())
+                v = rec["scorings"]["all_valid"]["probe_eval_test"]
+                flags = " ".join(r["flags"])
+                print(f"    {r['feature']:15s} held-out R2 (seed 0, policy, H=1) {v['probe']['r2_uniform']:+.3f} "
+                      f"[train_mean {v['train_mean']['r2_uniform']:+.3f}] {flags}")
+    for roll in sorted((res / "rollout").glob("*/rollout.json")):
+        b = json.loads(roll.read_text())["sets"]["test_ood"]
+        rows = b["rows"]
+        print(f"  rollout: {roll.parent}/  test_ood PSNR {rows['model']['psnr_frame_mean']:.2f} dB (pooled "
+              f"{rows['model']['psnr_pooled']:.2f}; copy-last {rows['copy_last_context']['psnr_frame_mean']:.2f}, "
+              f"ceiling {rows['tokenizer_ceiling']['psnr_frame_mean']:.2f}, shuffled actions "
+              f"{rows['action_shuffled']['psnr_frame_mean']:.2f})")
+    if (res / "tables" / "tables.md").exists():
+        print(f"  tables:       {res}/tables/  (tables.md; *.md, *.csv, *.tex; plots/)")
+    if (res / "archive" / "README.md").exists():
+        print(f"  model cards:  {res}/archive/<run>/  (README.md, weights, config.json, metrics.json)")
 
 
 if __name__ == "__main__":

@@ -120,4 +120,17 @@ def dynamics_variants(cfg: dict, schema: dict | None = None) -> dict[str, dict]:
         run["runnable"] = run["enabled"] and reason is None
         run["not_run_reason"] = reason if run["enabled"] else "disabled in the config (enabled: false)"
         out[name] = run
-    return out
+    return {n: out[n] for n in _variant_order(list(out))}
+
+
+def _variant_order(names: list[str]) -> list[str]:
+    """config.yaml's order of variants first (tables list rows in it), then variants added by overrides.
+
+    Snakemake's config merge puts an override file's keys first, so the merged order is not the
+    study's order."""
+    try:
+        with open(REPO_ROOT / "config.yaml") as fh:
+            base = list(((yaml.safe_load(fh) or {}).get("dynamics") or {}).get("variants") or {})
+    except OSError:
+        base = []
+    return [n for n in base if n in names] + [n for n in names if n not in base]

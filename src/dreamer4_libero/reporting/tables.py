@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -1120,7 +1121,14 @@ def build_degeneracy(inp: Inputs) -> Table:
         recs = [inp.probe.get((variant, feat, ext, "policy", 1, s)) for s in inp.seeds]
         recs = [r for r in recs if r is not None]
         vals = {k: _mean([_dig(r, ("degeneracy", k)) for r in recs]) for k in DEGEN_KEYS}
-        reasons = sorted({str(x) for r in recs for x in (_dig(r, ("degeneracy", "reasons")) or [])})
+        # the same criterion fires in several seeds with slightly different numbers: list each once (first seed's text)
+        seen, reasons = set(), []
+        for r in recs:
+            for x in _dig(r, ("degeneracy", "reasons")) or []:
+                key = re.sub(r"[-+]?\d[\d.e+-]*", "#", str(x))
+                if key not in seen:
+                    seen.add(key)
+                    reasons.append(f"{x} (seed {r['seed']})" if len(recs) > 1 else str(x))
         cells = [("text", model), ("text", feat), ("text", ext)]
         for k in DEGEN_KEYS:
             cells.append(("r2", vals[k]) if k in ("in_sample_r2", "cv_r2") else ("num", vals[k]))

@@ -1,0 +1,116 @@
+# Stage 4: evaluation. One `probe` job and one `rollout_eval` job per trained variant, one
+# `probe_baselines` job for the feature sets that need no world model (evaluation.md §1-§2).
+# The tokenizer's own PSNR is rules/tokenizer.smk `tokenizer_eval` (§3).
+PROBE_EVAL = config["probe_eval"]
+ROLL_EVAL = config["rollout_eval"]
+PROBE_DIRS = [f"{PRE}/splits/probe/seed{s}" for s in config["probe"]["seeds"]]
+
+
+def _ckpt_json(wc):
+    return f"results/train/{wc.variant}/checkpoint.json"
+
+
+rule probe:
+    input:
+        checkpoint=_ckpt_json,
+        manifest=f"{PRE}/manifest.json",
+        probe=PROBE_FILES,
+    output:
+        summary="results/probe/{variant}/summary.json",
+    wildcard_constraints:
+        variant="|".join(DYN_RUN) or "__none__",
+    log:
+        "logs/probe/{variant}.log",
+    benchmark:
+        "benchmarks/probe/{variant}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: PROBE_EVAL["cpus_per_task"]
+    resources:
+        gpu=PROBE_EVAL["gpus"],
+        cpus_per_task=PROBE_EVAL["cpus_per_task"],
+        mem_mb=PROBE_EVAL["mem_mb"],
+        runtime=PROBE_EVAL["runtime_min"],
+    params:
+        ev=json_arg(PROBE_EVAL),
+        root=f"{PRE}/splits/probe",
+        seeds=" ".join(str(s) for s in config["probe"]["seeds"]),
+        res=config["data"]["model_resolution"],
+        out=parent_of("summary"),
+    shell:
+        "python workflow_scripts/probe.py --checkpoint-json {input.checkpoint} --manifest {input.manifest}"
+        " --probe-root {params.root} --seeds {params.seeds} --resolution {params.res} --eval {params.ev}"
+        " --out-dir {params.out} > {log} 2>&1"
+
+
+rule probe_baselines:
+    input:
+        tokenizer=f"{TOK_OUT}/checkpoint.json",
+        manifest=f"{PRE}/manifest.json",
+        probe=PROBE_FILES,
+    output:
+        summary="results/probe/baselines/summary.json",
+    log:
+        "logs/probe_baselines/baselines.log",
+    benchmark:
+        "benchmarks/probe_baselines/baselines.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: PROBE_EVAL["cpus_per_task"]
+    resources:
+        gpu=0,
+        cpus_per_task=PROBE_EVAL["cpus_per_task"],
+        mem_mb=PROBE_EVAL["mem_mb"],
+        runtime=PROBE_EVAL["runtime_min"],
+    params:
+        ev=json_arg(PROBE_EVAL),
+        root=f"{PRE}/splits/probe",
+        seeds=" ".join(str(s) for s in config["probe"]["seeds"]),
+        res=config["data"]["model_resolution"],
+        window=config["dynamics"]["defaults"]["seq_len"],
+        out=parent_of("summary"),
+    shell:
+        "python workflow_scripts/probe.py --baselines --tokenizer-checkpoint-json {input.tokenizer}"
+        " --manifest {input.manifest} --probe-root {params.root} --seeds {params.seeds} --resolution {params.res}"
+        " --window {params.window} --eval {params.ev} --out-dir {params.out} > {log} 2>&1"
+
+
+rule rollout_eval:
+    input:
+        checkpoint=_ckpt_json,
+        tokenizer=f"{TOK_OUT}/checkpoint.json",
+        manifest=f"{PRE}/manifest.json",
+        test_ood=f"{PRE}/splits/test_ood.json",
+        val=f"{PRE}/splits/val.json",
+    output:
+        json="results/rollout/{variant}/rollout.json",
+        strips=report("results/rollout/{variant}/strips.png", category="Rollouts"),
+        gif="results/rollout/{variant}/rollout.gif",
+        curve=report("results/rollout/{variant}/per_step_psnr.png", category="Rollouts"),
+    wildcard_constraints:
+        variant="|".join(DYN_RUN) or "__none__",
+    log:
+        "logs/rollout_eval/{variant}.log",
+    benchmark:
+        "benchmarks/rollout_eval/{variant}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        gpu=ROLL_EVAL["gpus"],
+        mem_mb=ROLL_EVAL["mem_mb"],
+        runtime=ROLL_EVAL["runtime_min"],
+    params:
+        ev=json_arg({k: v for k, v in ROLL_EVAL.items() if k not in ("gpus", "mem_mb", "runtime_min")}),
+        res=config["data"]["model_resolution"],
+        out=parent_of("json"),
+    shell:
+        "python workflow_scripts/rollout_eval.py --checkpoint-json {input.checkpoint} --manifest {input.manifest}"
+        " --test-ood {input.test_ood} --val {input.val} --resolution {params.res} --eval {params.ev}"
+        " --study-tokenizer-checkpoint-json {input.tokenizer} --progress false --out-dir {params.out} > {log} 2>&1"
+
+
+EVAL_OUTPUTS = (
+    [f"results/probe/{n}/summary.json" for n in DYN_RUN]
+    + ["results/probe/baselines/summary.json"]
+    + [f"results/rollout/{n}/rollout.json" for n in DYN_RUN]
+)

@@ -1,0 +1,106 @@
+# Stage 5: the paper's tables (Markdown, CSV, LaTeX) and plots from the result files only, then the
+# model-card archive. `snakemake --forcerun tables --until tables` rebuilds just the tables.
+from dreamer4_libero.reporting.tables import PLOT_NAMES, TABLE_KEYS
+
+TABLE_OUT = "results/tables"
+TABLE_FILES = [f"{TABLE_OUT}/{k}.{ext}" for k in TABLE_KEYS for ext in ("md", "csv", "tex")]
+PLOT_FILES = [f"{TABLE_OUT}/plots/{p}.png" for p in PLOT_NAMES]
+TRAIN_RUNS = [TOK_RUN] + list(DYN)
+
+
+def _train_files(wc):
+    files = [f"{TOK_OUT}/checkpoint.json", f"{TOK_OUT}/metrics.jsonl"]
+    for n in DYN:
+        files += (
+            [f"results/train/{n}/checkpoint.json", f"results/train/{n}/metrics.jsonl"]
+            if n in DYN_RUN
+            else [f"results/train/{n}/not_run.json"]
+        )
+    return files
+
+
+TABLES_CONFIG = {
+    "variants": [
+        {
+            "name": n,
+            "label": r["label"],
+            "runnable": r["runnable"],
+            "not_run_reason": r["not_run_reason"],
+            "stand_in_for": r["stand_in_for"],
+            "aux_weight": r["aux_weight"],
+            "aux_input": r["aux_input"],
+            "space_mode": r["model"]["space_mode"],
+            "init_from": r["init_from"],
+        }
+        for n, r in DYN.items()
+    ],
+    "H_list": config["probe_eval"]["H_list"],
+    "seeds": config["probe"]["seeds"],
+    "bootstrap_B": config["probe_eval"]["bootstrap_B"],
+    "tokenizer_run": TOK_RUN,
+}
+_EVAL_INPUTS = {
+    "probe": [f"results/probe/{n}/summary.json" for n in DYN_RUN] + ["results/probe/baselines/summary.json"],
+    "rollout": [f"results/rollout/{n}/rollout.json" for n in DYN_RUN],
+    "tok": f"{TOK_EVAL}/psnr.json",
+    "train": _train_files,
+}
+
+
+rule tables:
+    input:
+        **_EVAL_INPUTS,
+    output:
+        md=report(f"{TABLE_OUT}/tables.md", category="Tables"),
+        tables=TABLE_FILES,
+        plots=[report(p, category="Plots") for p in PLOT_FILES],
+    log:
+        "logs/tables/tables.log",
+    benchmark:
+        "benchmarks/tables/tables.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        gpu=0,
+        mem_mb=8000,
+        runtime=30,
+    params:
+        cfg=json_arg(TABLES_CONFIG),
+        train_dirs=" ".join(f"results/train/{r}" for r in TRAIN_RUNS),
+        out=TABLE_OUT,
+    shell:
+        "python workflow_scripts/make_tables.py --tables-config {params.cfg} --probe-summaries {input.probe}"
+        " --rollout {input.rollout} --tokenizer-eval {input.tok} --train-dirs {params.train_dirs}"
+        " --out-dir {params.out} > {log} 2>&1"
+
+
+rule archive:
+    input:
+        **_EVAL_INPUTS,
+        tables=f"{TABLE_OUT}/tables.md",
+        splits=f"{PRE}/splits/summary.json",
+        manifest=f"{PRE}/manifest.json",
+    output:
+        index="results/archive/README.md",
+        cards=[f"results/archive/{r}/README.md" for r in [TOK_RUN] + DYN_RUN],
+    log:
+        "logs/archive/archive.log",
+    benchmark:
+        "benchmarks/archive/archive.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        gpu=0,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        cfg=json_arg(TABLES_CONFIG),
+        train_dirs=" ".join(f"results/train/{r}" for r in TRAIN_RUNS),
+        rollout_dirs=" ".join(f"results/rollout/{n}" for n in DYN_RUN),
+        splits=parent_of("splits"),
+        tables=TABLE_OUT,
+    shell:
+        "python workflow_scripts/make_archive.py --tables-config {params.cfg} --probe-summaries {input.probe}"
+        " --rollout {input.rollout} --tokenizer-eval {input.tok} --train-dirs {params.train_dirs}"
+        " --tables-dir {params.tables} --rollout-dirs {params.rollout_dirs} --splits-dir {params.splits}"
+        " --manifest {input.manifest} --out-dir results/archive > {log} 2>&1"
