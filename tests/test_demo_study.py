@@ -89,11 +89,16 @@ def test_rollout_references(demo_study):
             n = block["n_windows"]
             assert all(len(w) == 24 for w in rows["copy_last_context"]["per_window_mse"]) and len(
                 rows["copy_last_context"]["per_window_mse"]) == n
-            tasks = [w["task"] for w in block["windows"]] if "windows" in block else None
-            pairs = block["shuffle_pairs"]
-            if tasks is not None:
-                assert all(tasks[a] != tasks[b] for a, b in pairs)
+            pairs = block["shuffle_pairs"]                      # [window id, partner id], id = <episode>@<start>
+            assert len(pairs) == n and len({a for a, _ in pairs}) == n
+            task = lambda wid: wid.rsplit("/demo_", 1)[0]  # noqa: E731
+            assert all(task(a) != task(b) for a, b in pairs)
+            assert sorted(b for _, b in pairs) == sorted(a for a, _ in pairs)   # a permutation of the windows
             assert rows["model"]["psnr_pooled"] <= rows["model"]["psnr_frame_mean"] + 1e-9
+            assert rows["copy_last_context"]["n_frames"] == rows["model"]["n_frames"] == 24 * n
+            wins = json.loads((demo_study / "results" / "rollout" / v / f"windows_{name}.json").read_text())
+            assert [w["id"] for w in wins["windows"]] == [a for a, _ in pairs] or \
+                sorted(w["id"] for w in wins["windows"]) == sorted(a for a, _ in pairs)
 
 
 def test_tokenizer_quality_on_demo_data(demo_study):
@@ -114,9 +119,14 @@ def test_tables_only_rerun_plans_one_job_and_is_byte_identical(demo_study):
                          cwd=demo_study, env=venv_env(), capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr[-2000:]
     out = dry.stdout + dry.stderr
-    table = out[out.index("Job stats:"):].split("\n")
-    jobs = {ln.split()[0]: int(ln.split()[1]) for ln in table[3:] if len(ln.split()) == 2 and ln.split()[1].isdigit()}
-    assert jobs == {"tables": 1, "total": 1} or jobs == {"tables": 1}, jobs
+    lines = out[out.index("Job stats:"):].split("\n")[3:]
+    jobs = {}
+    for ln in lines:
+        if not ln.strip():
+            break
+        name, count = ln.split()
+        jobs[name] = int(count)
+    assert jobs == {"tables": 1, "total": 1}, jobs
     shutil.rmtree(tables)
     r = subprocess.run(snakemake_cmd("--profile", "profiles/local", "--configfile", "config/demo.yaml",
                                      "--forcerun", "tables", "--until", "tables"),
