@@ -7,19 +7,14 @@ dynamics variant that was run, and results/archive/README.md with the tables and
 """
 
 import argparse
-import json
 
 from dreamer4_libero.cli import run_main
+from dreamer4_libero.reporting.tables import add_result_args, parse_tables_config
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--tables-config", required=True, help="the same JSON as make_tables.py")
-    ap.add_argument("--probe-summaries", nargs="*", default=[],
-                    help="results/probe/<variant>/summary.json (+ baselines)")
-    ap.add_argument("--rollout", nargs="*", default=[], help="results/rollout/<variant>/rollout.json")
-    ap.add_argument("--tokenizer-eval", nargs="*", default=[], help="results/tokenizer_eval/<run>/psnr.json")
-    ap.add_argument("--train-dirs", nargs="*", default=[], help="results/train/<run> folders")
+    add_result_args(ap)
     ap.add_argument("--tables-dir", default=None, help="results/tables (tables.md and plots/ are copied)")
     ap.add_argument("--rollout-dirs", nargs="*", default=[],
                     help="results/rollout/<variant> folders; their *.png / *.gif strips are copied when present")
@@ -28,10 +23,7 @@ def main() -> None:
     ap.add_argument("--out-dir", required=True, help="e.g. results/archive")
     ap.add_argument("--no-verify", action="store_true", help="skip the strict reload of each written checkpoint")
     a = ap.parse_args()
-    try:
-        cfg = json.loads(a.tables_config)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--tables-config is not valid JSON: {exc}") from None
+    cfg = parse_tables_config(a.tables_config)
 
     from dreamer4_libero.reporting.archive import make_archive
 

@@ -7,29 +7,18 @@ plots/*.png under --out-dir, byte-identical on a rerun. A malformed input exits 
 """
 
 import argparse
-import json
 
 from dreamer4_libero.cli import run_main
+from dreamer4_libero.reporting.tables import add_result_args, parse_tables_config
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--tables-config", required=True,
-                    help="JSON: {variants: [{name, label, runnable, not_run_reason, stand_in_for, aux_weight, "
-                         "aux_input, space_mode, init_from}, ...] in config order, H_list, seeds, bootstrap_B, "
-                         "tokenizer_run}")
-    ap.add_argument("--probe-summaries", nargs="*", default=[],
-                    help="results/probe/<variant>/summary.json (+ baselines)")
-    ap.add_argument("--rollout", nargs="*", default=[], help="results/rollout/<variant>/rollout.json")
-    ap.add_argument("--tokenizer-eval", nargs="*", default=[], help="results/tokenizer_eval/<run>/psnr.json")
-    ap.add_argument("--train-dirs", nargs="*", default=[], help="results/train/<run> folders")
+    add_result_args(ap)
     ap.add_argument("--out-dir", required=True, help="e.g. results/tables")
     ap.add_argument("--no-plots", action="store_true", help="tables only")
     a = ap.parse_args()
-    try:
-        cfg = json.loads(a.tables_config)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--tables-config is not valid JSON: {exc}") from None
+    cfg = parse_tables_config(a.tables_config)
 
     from dreamer4_libero.reporting.tables import make_tables
 

@@ -230,6 +230,37 @@ def _check_probe_record(rec: Any, path: Path) -> None:
         raise TablesError(f"{path}: malformed probe record: 'flags' must be an object")
 
 
+def _load_sets_record(path: Path, what: str, name_key: str) -> dict:
+    """A rollout or tokenizer record: an object with `name_key` and a `sets` object, else TablesError."""
+    rec = _load_json(path, what)
+    if not isinstance(rec, dict):
+        raise TablesError(f"{path}: malformed {what}: top level is not an object")
+    _require(rec, (name_key, "sets"), path, what)
+    if not isinstance(rec["sets"], dict):
+        raise TablesError(f"{path}: malformed {what}: 'sets' must be an object")
+    return rec
+
+
+def add_result_args(ap) -> None:
+    """The result-file arguments shared by make_tables.py and make_archive.py."""
+    ap.add_argument("--tables-config", required=True,
+                    help="JSON: {variants: [{name, label, runnable, not_run_reason, stand_in_for, aux_weight, "
+                         "aux_input, space_mode, init_from}, ...] in config order, H_list, seeds, bootstrap_B, "
+                         "tokenizer_run}")
+    ap.add_argument("--probe-summaries", nargs="*", default=[],
+                    help="results/probe/<variant>/summary.json (+ baselines)")
+    ap.add_argument("--rollout", nargs="*", default=[], help="results/rollout/<variant>/rollout.json")
+    ap.add_argument("--tokenizer-eval", nargs="*", default=[], help="results/tokenizer_eval/<run>/psnr.json")
+    ap.add_argument("--train-dirs", nargs="*", default=[], help="results/train/<run> folders")
+
+
+def parse_tables_config(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--tables-config is not valid JSON: {exc}") from None
+
+
 def normalise_config(cfg: dict) -> dict:
     """Check and fill the tables config (`--tables-config`)."""
     if not isinstance(cfg, dict):
@@ -302,12 +333,7 @@ def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: It
     rolls: dict[str, dict] = {}
     for rp in rollout:
         rp = Path(rp)
-        rec = _load_json(rp, "rollout record")
-        if not isinstance(rec, dict):
-            raise TablesError(f"{rp}: malformed rollout record: top level is not an object")
-        _require(rec, ("variant", "sets"), rp, "rollout record")
-        if not isinstance(rec["sets"], dict):
-            raise TablesError(f"{rp}: malformed rollout record: 'sets' must be an object")
+        rec = _load_sets_record(rp, "rollout record", "variant")
         for sname, s in rec["sets"].items():
             if not isinstance(s, dict) or not isinstance(s.get("rows"), dict):
                 raise TablesError(f"{rp}: malformed rollout record: sets.{sname}.rows must be an object")
@@ -324,12 +350,7 @@ def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: It
     toks: dict[str, dict] = {}
     for tp in tokenizer_eval:
         tp = Path(tp)
-        rec = _load_json(tp, "tokenizer record")
-        if not isinstance(rec, dict):
-            raise TablesError(f"{tp}: malformed tokenizer record: top level is not an object")
-        _require(rec, ("run", "sets"), tp, "tokenizer record")
-        if not isinstance(rec["sets"], dict):
-            raise TablesError(f"{tp}: malformed tokenizer record: 'sets' must be an object")
+        rec = _load_sets_record(tp, "tokenizer record", "run")
         track(tp)
         toks[rec["run"]] = rec
 
