@@ -156,7 +156,7 @@ def test_deadline_stop_and_resume(reference, tmp_path, capsys):
     assert load(step_path(d, stopped))["step"] == stopped
     # the retry (time limit grows per attempt) finishes identically to an uninterrupted run
     task2 = ToyTask()
-    assert train(task2, cfg(d, time_limit_min=10.0, deadline_margin_s=1.0)) == EXIT_OK
+    assert train(task2, cfg(d, time_limit_min=10.0, deadline_margin_s=1.0, start_time=time.time())) == EXIT_OK
     assert task2.seen[0][0] == stopped
     assert_same_state(load(step_path(d, N)), load(step_path(reference, N)))
     assert metric_steps(d) == list(range(1, N + 1))

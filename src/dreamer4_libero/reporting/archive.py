@@ -135,8 +135,10 @@ def _subset(table: T.Table, variant: str | None, keep_refs: bool = False) -> T.T
     """The rows of one run (and, with keep_refs, the reference rows); notes about absent rows dropped."""
     rows = [r for r in table.rows if r.variant == variant or (keep_refs and r.variant is None)]
     text = " ".join(str(c[1]) for r in rows for c in r.cells if c and c[0] == "text")
+    labels = {str(r.cells[0][1]) for r in rows if r.cells and r.cells[0][0] == "text"}
     notes = [n for n in table.notes if not (n.startswith(T.DAGGER) and T.DAGGER not in text)
-             and not (n.startswith("‡") and "‡" not in text)]
+             and not (n.startswith("‡") and "‡" not in text)
+             and not (n.startswith("Row “") and n[len("Row “"):].split("”", 1)[0] not in labels)]
     return replace(table, rows=rows, notes=notes)
 
 
