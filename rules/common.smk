@@ -20,12 +20,6 @@ def parent_of(name):
     )
 
 
-def run_ckpt_dir(section):
-    """<ckpt_root>/<run>[-<fresh_tag>]: a new tag means a fresh run; the same tag resumes."""
-    tag = section.get("fresh_tag") or ""
-    return f"{config['paths']['ckpt_root']}/{section['run_name']}" + (f"-{tag}" if tag else "")
-
-
 def launcher(wildcards, resources):
     """torchrun for multi-GPU jobs, plain python otherwise (snakemake_slurm.md §3)."""
     n = int(resources.gpu or 0)

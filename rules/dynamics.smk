@@ -23,10 +23,6 @@ def _tok_arg(wc, input):
     return f"--tokenizer-checkpoint-json {input.tokenizer}" if "tokenizer" in input.keys() else ""
 
 
-def _dyn_ckpt_dir(wc):
-    return f"{config['paths']['ckpt_root']}/{wc.variant}"
-
-
 rule train_dynamics:
     input:
         unpack(_dyn_inputs),
@@ -51,14 +47,14 @@ rule train_dynamics:
         runtime=lambda wc, attempt: _dyn(wc)["runtime_min"] * attempt,
     params:
         launcher=launcher,
-        ckpt_dir=_dyn_ckpt_dir,
+        ckpt_root=config["paths"]["ckpt_root"],
         run=lambda wc: json_arg(_dyn(wc)),
         tok=_tok_arg,
         out=parent_of("checkpoint"),
     shell:
         "{params.launcher} workflow_scripts/train_dynamics.py --variant {params.run}"
         " --manifest {input.manifest} --train-split {input.train} {params.tok}"
-        " --ckpt-dir {params.ckpt_dir} --out-dir {params.out} --time-limit-min {resources.runtime}"
+        " --ckpt-root {params.ckpt_root} --out-dir {params.out} --time-limit-min {resources.runtime}"
         " > {log} 2>&1"
 
 

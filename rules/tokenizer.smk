@@ -1,5 +1,5 @@
 # Stage 2: train the causal video tokenizer, then score its reconstructions.
-# Checkpoints live in <ckpt_root>/<run>[-<fresh_tag>]/ (params, NOT outputs): a failed or timed-out
+# Checkpoints live in <ckpt_root>/<run>/<run identity hash>/ (params, NOT outputs; training/identity.py): a failed or timed-out
 # attempt keeps them, and Snakemake's retry (with a longer runtime) resumes (snakemake_slurm.md §4).
 TOK = config["tokenizer"]
 TOK_RUN = TOK["run_name"]
@@ -30,7 +30,7 @@ rule train_tokenizer:
         runtime=lambda wc, attempt: TOK["runtime_min"] * attempt,
     params:
         launcher=launcher,
-        ckpt_dir=run_ckpt_dir(TOK),
+        ckpt_root=config["paths"]["ckpt_root"],
         tok=json_arg(TOK),
         res=config["data"]["model_resolution"],
         lpips=lpips_cache_arg,
@@ -38,7 +38,7 @@ rule train_tokenizer:
     shell:
         "{params.launcher} workflow_scripts/train_tokenizer.py --tokenizer {params.tok}"
         " --manifest {input.manifest} --train-split {input.train} --resolution {params.res} {params.lpips}"
-        " --ckpt-dir {params.ckpt_dir} --out-dir {params.out} --time-limit-min {resources.runtime}"
+        " --ckpt-root {params.ckpt_root} --out-dir {params.out} --time-limit-min {resources.runtime}"
         " > {log} 2>&1"
 
 

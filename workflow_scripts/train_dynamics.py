@@ -13,6 +13,7 @@ from dreamer4_libero.cli import run_main
 from dreamer4_libero.fileio import read_json
 from dreamer4_libero.training.dynamics_task import DynamicsTask
 from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, train
+from dreamer4_libero.training.identity import resolve_run_dir
 
 
 def main() -> int:
@@ -36,6 +37,9 @@ def main() -> int:
         log_every=run["log_every"], seed=run["seed"], amp=run["amp"], deterministic=run["deterministic"],
         deadline_margin_s=run["deadline_margin_s"], model_key="dynamics", extra_args=task.upstream_args(),
         progress=True)
+    if a.ckpt_root:
+        cfg.ckpt_dir = str(resolve_run_dir(a.ckpt_root, run, task.identity_inputs()))
+        print(f"[{cfg.run_name}] checkpoints: {cfg.ckpt_dir} (run identity)", flush=True)
     return train(task, cfg)
 
 

@@ -10,6 +10,7 @@ import json
 
 from dreamer4_libero.cli import run_main
 from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, train
+from dreamer4_libero.training.identity import resolve_run_dir
 from dreamer4_libero.training.tokenizer_task import TokenizerTask
 
 
@@ -31,6 +32,9 @@ def main() -> int:
         seed=t["seed"], amp=t["amp"], deterministic=t["deterministic"], deadline_margin_s=t["deadline_margin_s"],
         model_key="model", extra_args=task.upstream_args(), progress=True, lr_mult=dict(t["lr_mult"]),
         lr_schedule=t["lr_schedule"])
+    if a.ckpt_root:
+        cfg.ckpt_dir = str(resolve_run_dir(a.ckpt_root, t, task.identity_inputs()))
+        print(f"[{cfg.run_name}] checkpoints: {cfg.ckpt_dir} (run identity)", flush=True)
     return train(task, cfg)
 
 

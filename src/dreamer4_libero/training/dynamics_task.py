@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
+from .identity import training_data_fingerprint
 from ..data.loader import WindowDataset, make_loader
 from ..fileio import atomic_path, sha256_file
 from ..models.dynamics import Dynamics, DynamicsConfig, InverseDynamicsHead, pack_latents
@@ -104,6 +105,15 @@ class DynamicsTask:
         # build once on CPU to know the architecture (and report fallbacks) before the engine asks
         self._dyn, self.dyn_report = build_dynamics(self.run, self.tokenizer.cfg)
         self.dyn_cfg: DynamicsConfig = self._dyn.cfg
+
+    def identity_inputs(self) -> dict:
+        """What besides the config decides what this run learns (training/identity.py): its training data, the
+        frozen tokenizer and the init checkpoint."""
+        cks = {"tokenizer": self.tok_sha}
+        if self.dyn_report.get("init_sha256"):
+            cks["init_dynamics"] = self.dyn_report["init_sha256"]
+        return {"data_fingerprint": training_data_fingerprint(self.dataset.store.manifest_path, self.dataset.episode_ids),
+                "checkpoints": cks, "tokenizer_choice": self.tok_origin}
 
     # -- engine protocol --------------------------------------------------------------------
     def setup(self, ctx) -> None:

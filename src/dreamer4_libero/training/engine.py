@@ -816,6 +816,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("training engine")
     g.add_argument("--run-name")
     g.add_argument("--ckpt-dir", help="checkpoint dir (NOT a declared output; kept across retries)")
+    g.add_argument("--ckpt-root", help="instead of --ckpt-dir: <root>/<run>/<identity hash>/ (training/identity.py)")
     g.add_argument("--out-dir", help="declared-output dir: metrics.jsonl, curve_*.png, config.json, checkpoint.json")
     g.add_argument("--max-steps", type=int)
     g.add_argument("--lr", type=float)

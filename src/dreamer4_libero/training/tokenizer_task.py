@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import torch
 
+from .identity import training_data_fingerprint
 from ..data.loader import WindowDataset, make_loader
 from ..models.tokenizer import Tokenizer, TokenizerConfig
 from ..models.upstream import upstream_tokenizer_args
@@ -45,6 +46,11 @@ class TokenizerTask:
             self.lpips_info.update(self.lpips.describe())
         else:
             self.lpips_info.update(network=None, weights_sha256=None, note="lpips_weight 0: no LPIPS term")
+
+    def identity_inputs(self) -> dict:
+        """What besides the config decides what this run learns (training/identity.py)."""
+        return {"data_fingerprint": training_data_fingerprint(self.dataset.store.manifest_path, self.dataset.episode_ids),
+                "checkpoints": {"lpips": self.lpips_info.get("weights_sha256")}, "tokenizer_choice": None}
 
     # -- engine protocol --------------------------------------------------------------------
     def setup(self, ctx) -> None:

@@ -1,0 +1,103 @@
+"""Run identity (training/identity.py): which checkpoint folder a training run resumes from."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dreamer4_libero.config import demo_config
+from dreamer4_libero.data.loader import episode_list
+from dreamer4_libero.training.identity import identity_dir, run_identity, training_data_fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "workflow_scripts" / "train_tokenizer.py"
+
+
+def _ident(section, **kw):
+    args = {"world_size": 1, "data_fingerprint": "d" * 64, "checkpoints": {"tokenizer": "t" * 64},
+            "tokenizer_choice": "study tokenizer"}
+    args.update(kw)
+    return run_identity(section, **args)[0]
+
+
+def test_identity_ignores_volatile_keys_and_tracks_what_is_learned():
+    run = dict(demo_config()["tokenizer"])
+    base = _ident(run)
+    # extended or resubmitted runs resume: steps, checkpoint cadence, logging, resources, workers
+    for k, v in (("max_steps", 99999), ("save_every", 7), ("log_every", 3), ("gpus", 8), ("mem_mb", 123),
+                 ("runtime_min", 5), ("num_workers", 9), ("retries", 5), ("deadline_margin_s", 1)):
+        assert _ident({**run, k: v}) == base, k
+    # a changed model, objective, optimizer, data, tokenizer or tag starts afresh
+    assert _ident({**run, "model": {**run["model"], "d_model": 96}}) != base
+    assert _ident({**run, "lr": 2e-3}) != base
+    assert _ident({**run, "seq_len": 4}) != base
+    assert _ident({**run, "fresh_tag": "again"}) != base
+    assert _ident(run, world_size=2) != base                       # global batch
+    assert _ident(run, data_fingerprint="e" * 64) != base
+    assert _ident(run, checkpoints={"tokenizer": "u" * 64}) != base
+
+
+def test_identity_dir_writes_and_checks_identity_json(tmp_path):
+    h, ident = run_identity({"batch_size": 2, "lr": 1.0}, world_size=1, data_fingerprint="x")
+    d = identity_dir(tmp_path, "run", h, ident)
+    assert d == tmp_path / "run" / h[:16]
+    assert json.loads((d / "identity.json").read_text())["sha256"] == h
+    assert identity_dir(tmp_path, "run", h, ident) == d            # reused
+    (d / "identity.json").write_text(json.dumps({"sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="identity"):
+        identity_dir(tmp_path, "run", h, ident)
+
+
+def test_data_fingerprint_sees_regenerated_data(tmp_path, preprocessed):
+    from dreamer4_libero.data.preprocess import preprocess
+    from dreamer4_libero.data.synthetic import demo_task_ids, generate
+
+    eps = episode_list(preprocessed / "splits" / "train.json")
+    fp = training_data_fingerprint(preprocessed / "manifest.json", eps)
+    assert fp == training_data_fingerprint(preprocessed / "manifest.json", list(reversed(eps)))   # order-free
+    assert fp != training_data_fingerprint(preprocessed / "manifest.json", eps[:-1])
+    # the same names, regenerated with another seed: new data
+    s = demo_config(test=True)["synthetic"]
+    root = tmp_path / "libero"
+    generate(root, demo_task_ids(per_suite=s["per_suite"]), n_demos=s["n_demos"],
+             len_range=(s["len_min"], s["len_max"]), seed=s["seed"] + 1, progress=False)
+    out = tmp_path / "pre"
+    preprocess(root, out, workers=1, min_demo_len=32, progress=False)
+    same_names = [e for e in eps if e in {f"{f['task_id']}/{d['name']}" for f in json.loads(
+        (out / "manifest.json").read_text())["files"] for d in f["demos"]}]
+    assert same_names
+    assert training_data_fingerprint(out / "manifest.json", same_names) != \
+        training_data_fingerprint(preprocessed / "manifest.json", same_names)
+    with pytest.raises(ValueError, match="not in the manifest"):
+        training_data_fingerprint(preprocessed / "manifest.json", ["libero_10/nope/demo_0"])
+
+
+def _train(pre, t, root, out):
+    cmd = [sys.executable, str(SCRIPT), "--tokenizer", json.dumps(t), "--manifest", str(pre / "manifest.json"),
+           "--train-split", str(pre / "splits" / "train.json"), "--resolution", "32", "--ckpt-root", str(root),
+           "--out-dir", str(out), "--progress", "false"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+def test_trainer_resumes_inside_its_identity_folder(preprocessed, tmp_path):
+    t = demo_config()["tokenizer"]
+    t.update(model={**t["model"], "d_model": 32, "depth": 1, "n_latents": 4, "d_bottleneck": 8}, seq_len=2,
+             batch_size=2, max_steps=2, save_every=2, log_every=1, num_workers=0, lpips_weight=0.0)
+    root = tmp_path / "ck"
+    out1 = _train(preprocessed, t, root, tmp_path / "o1")
+    dirs = sorted((root / t["run_name"]).iterdir())
+    assert len(dirs) == 1 and (dirs[0] / "identity.json").exists() and "fresh start" in out1
+    out2 = _train(preprocessed, {**t, "max_steps": 4}, root, tmp_path / "o2")       # extended: resumes
+    assert "RESUMED" in out2 and "at step 2" in out2
+    assert sorted((root / t["run_name"]).iterdir()) == dirs
+    before = sorted(p.name for p in dirs[0].iterdir())
+    out3 = _train(preprocessed, {**t, "max_steps": 4, "fresh_tag": "x"}, root, tmp_path / "o3")  # fresh
+    assert "fresh start" in out3
+    new = [d for d in (root / t["run_name"]).iterdir() if d not in dirs]
+    assert len(new) == 1 and sorted(p.name for p in dirs[0].iterdir()) == before     # old folder untouched
+    attempts = [json.loads(x) for x in (dirs[0] / "attempts.jsonl").read_text().splitlines()]
+    assert [a["start_step"] for a in attempts if a.get("event") == "start"] == [0, 2]
