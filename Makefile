@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench lint dag clean-demo
+.PHONY: setup demo test bench lint dag clean-demo slurm-profile
 
 setup: $(VENV)/.setup-done
 
@@ -33,8 +33,13 @@ bench: setup
 	$(PY) bench/bench_tokenizer.py --out bench/results/tokenizer.json
 	$(PY) bench/bench_dynamics.py --out bench/results/dynamics.json
 
+# Install profiles/slurm as your `slurm` Snakemake profile unless you (or your site) already have one.
+slurm-profile:
+	python3 workflow_scripts/install_slurm_profile.py
+
 lint: setup
 	snakemake --lint --configfile config/demo.yaml
+	snakefmt --check .
 
 dag: setup
 	snakemake --configfile config/demo.yaml --rulegraph | dot -Tpng > docs/rulegraph.png

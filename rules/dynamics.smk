@@ -8,21 +8,6 @@ DYN_RUN = [n for n, r in DYN.items() if r["runnable"]]
 DYN_NOT_RUN = [n for n, r in DYN.items() if not r["runnable"]]
 
 
-def _dyn(wc):
-    return DYN[wc.variant]
-
-
-def _dyn_inputs(wc):
-    ins = {"manifest": f"{PRE}/manifest.json", "train": f"{PRE}/splits/train.json"}
-    if not (DYN[wc.variant]["init_paths"] or {}).get("tokenizer"):
-        ins["tokenizer"] = f"{TOK_OUT}/checkpoint.json"  # the study tokenizer, frozen
-    return ins
-
-
-def _tok_arg(wc, input):
-    return f"--tokenizer-checkpoint-json {input.tokenizer}" if "tokenizer" in input.keys() else ""
-
-
 rule train_dynamics:
     input:
         unpack(_dyn_inputs),
@@ -30,12 +15,12 @@ rule train_dynamics:
         checkpoint="results/train/{variant}/checkpoint.json",
         metrics="results/train/{variant}/metrics.jsonl",
         config="results/train/{variant}/config.json",
-    wildcard_constraints:
-        variant="|".join(DYN_RUN) or "__none__",
     log:
         "logs/train_dynamics/{variant}.log",
     benchmark:
         "benchmarks/train_dynamics/{variant}.tsv"
+    wildcard_constraints:
+        variant="|".join(DYN_RUN) or "__none__",
     retries: max([DYN[n]["retries"] for n in DYN_RUN] or [0])
     conda:
         "../envs/pipeline.yaml"
@@ -61,12 +46,12 @@ rule train_dynamics:
 rule dynamics_not_run:
     output:
         "results/train/{variant}/not_run.json",
-    wildcard_constraints:
-        variant="|".join(DYN_NOT_RUN) or "__none__",
     log:
         "logs/dynamics_not_run/{variant}.log",
     benchmark:
         "benchmarks/dynamics_not_run/{variant}.tsv"
+    wildcard_constraints:
+        variant="|".join(DYN_NOT_RUN) or "__none__",
     conda:
         "../envs/pipeline.yaml"
     resources:
@@ -74,7 +59,13 @@ rule dynamics_not_run:
         mem_mb=500,
         runtime=5,
     params:
-        info=lambda wc: json_arg({"variant": wc.variant, "status": "not_run", "reason": DYN[wc.variant]["not_run_reason"]}),
+        info=lambda wc: json_arg(
+            {
+                "variant": wc.variant,
+                "status": "not_run",
+                "reason": DYN[wc.variant]["not_run_reason"],
+            }
+        ),
     shell:
         "python workflow_scripts/write_status.py --json {params.info} --out {output} > {log} 2>&1"
 

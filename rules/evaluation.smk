@@ -6,10 +6,6 @@ ROLL_EVAL = config["rollout_eval"]
 PROBE_DIRS = [f"{PRE}/splits/probe/seed{s}" for s in config["probe"]["seeds"]]
 
 
-def _ckpt_json(wc):
-    return f"results/train/{wc.variant}/checkpoint.json"
-
-
 rule probe:
     input:
         checkpoint=_ckpt_json,
@@ -17,12 +13,12 @@ rule probe:
         probe=PROBE_FILES,
     output:
         summary="results/probe/{variant}/summary.json",
-    wildcard_constraints:
-        variant="|".join(DYN_RUN) or "__none__",
     log:
         "logs/probe/{variant}.log",
     benchmark:
         "benchmarks/probe/{variant}.tsv"
+    wildcard_constraints:
+        variant="|".join(DYN_RUN) or "__none__",
     conda:
         "../envs/pipeline.yaml"
     threads: PROBE_EVAL["cpus_per_task"]
@@ -33,7 +29,7 @@ rule probe:
         runtime=PROBE_EVAL["runtime_min"],
     params:
         ev=json_arg(PROBE_EVAL),
-        root=f"{PRE}/splits/probe",
+        root=grandparent_of("probe"),
         seeds=" ".join(str(s) for s in config["probe"]["seeds"]),
         res=config["data"]["model_resolution"],
         out=parent_of("summary"),
@@ -64,7 +60,7 @@ rule probe_baselines:
         runtime=PROBE_EVAL["runtime_min"],
     params:
         ev=json_arg(PROBE_EVAL),
-        root=f"{PRE}/splits/probe",
+        root=grandparent_of("probe"),
         seeds=" ".join(str(s) for s in config["probe"]["seeds"]),
         res=config["data"]["model_resolution"],
         window=config["dynamics"]["defaults"]["seq_len"],
@@ -87,12 +83,12 @@ rule rollout_eval:
         strips=report("results/rollout/{variant}/strips.png", category="Rollouts"),
         gif="results/rollout/{variant}/rollout.gif",
         curve=report("results/rollout/{variant}/per_step_psnr.png", category="Rollouts"),
-    wildcard_constraints:
-        variant="|".join(DYN_RUN) or "__none__",
     log:
         "logs/rollout_eval/{variant}.log",
     benchmark:
         "benchmarks/rollout_eval/{variant}.tsv"
+    wildcard_constraints:
+        variant="|".join(DYN_RUN) or "__none__",
     conda:
         "../envs/pipeline.yaml"
     resources:
@@ -100,7 +96,13 @@ rule rollout_eval:
         mem_mb=ROLL_EVAL["mem_mb"],
         runtime=ROLL_EVAL["runtime_min"],
     params:
-        ev=json_arg({k: v for k, v in ROLL_EVAL.items() if k not in ("gpus", "mem_mb", "runtime_min")}),
+        ev=json_arg(
+            {
+                k: v
+                for k, v in ROLL_EVAL.items()
+                if k not in ("gpus", "mem_mb", "runtime_min")
+            }
+        ),
         res=config["data"]["model_resolution"],
         out=parent_of("json"),
     shell:

@@ -7,8 +7,18 @@ PROBE_FILES = [
     for s in config["probe"]["seeds"]
     for k in ("probe_train", "probe_eval_train", "probe_eval_test")
 ]
-SANITY_OUTPUTS = [f"{PRE}/sanity/frame_diff_probe.json", f"{PRE}/sanity/frame_diff_probe.png", f"{PRE}/sanity/sample_frames.png"]
-PREPROCESS_OUTPUTS = [f"{PRE}/manifest.json", f"{PRE}/splits/summary.json", *SPLIT_FILES, *PROBE_FILES, *SANITY_OUTPUTS]
+SANITY_OUTPUTS = [
+    f"{PRE}/sanity/frame_diff_probe.json",
+    f"{PRE}/sanity/frame_diff_probe.png",
+    f"{PRE}/sanity/sample_frames.png",
+]
+PREPROCESS_OUTPUTS = [
+    f"{PRE}/manifest.json",
+    f"{PRE}/splits/summary.json",
+    *SPLIT_FILES,
+    *PROBE_FILES,
+    *SANITY_OUTPUTS,
+]
 
 
 rule make_synthetic:
@@ -23,7 +33,9 @@ rule make_synthetic:
     params:
         root=parent_of("gt"),
         tasks=lambda wc: (
-            "demo" if config["synthetic"]["task_set"] == "demo" else config["synthetic"]["n_tasks"]
+            "demo"
+            if config["synthetic"]["task_set"] == "demo"
+            else config["synthetic"]["n_tasks"]
         ),
         s=config["synthetic"],
     shell:
@@ -35,7 +47,9 @@ rule make_synthetic:
 
 rule preprocess:
     input:
-        [f"{LIBERO_ROOT}/_synthetic_ground_truth.json"] if config["synthetic"]["enabled"] else [],
+        [f"{LIBERO_ROOT}/_synthetic_ground_truth.json"]
+        if config["synthetic"]["enabled"]
+        else [],
     output:
         manifest=f"{PRE}/manifest.json",
     log:

@@ -3,20 +3,11 @@
 from dreamer4_libero.reporting.tables import PLOT_NAMES, TABLE_KEYS
 
 TABLE_OUT = "results/tables"
-TABLE_FILES = [f"{TABLE_OUT}/{k}.{ext}" for k in TABLE_KEYS for ext in ("md", "csv", "tex")]
+TABLE_FILES = [
+    f"{TABLE_OUT}/{k}.{ext}" for k in TABLE_KEYS for ext in ("md", "csv", "tex")
+]
 PLOT_FILES = [f"{TABLE_OUT}/plots/{p}.png" for p in PLOT_NAMES]
 TRAIN_RUNS = [TOK_RUN] + list(DYN)
-
-
-def _train_files(wc):
-    files = [f"{TOK_OUT}/checkpoint.json", f"{TOK_OUT}/metrics.jsonl"]
-    for n in DYN:
-        files += (
-            [f"results/train/{n}/checkpoint.json", f"results/train/{n}/metrics.jsonl"]
-            if n in DYN_RUN
-            else [f"results/train/{n}/not_run.json"]
-        )
-    return files
 
 
 TABLES_CONFIG = {
@@ -40,7 +31,8 @@ TABLES_CONFIG = {
     "tokenizer_run": TOK_RUN,
 }
 _EVAL_INPUTS = {
-    "probe": [f"results/probe/{n}/summary.json" for n in DYN_RUN] + ["results/probe/baselines/summary.json"],
+    "probe": [f"results/probe/{n}/summary.json" for n in DYN_RUN]
+    + ["results/probe/baselines/summary.json"],
     "rollout": [f"results/rollout/{n}/rollout.json" for n in DYN_RUN],
     "tok": f"{TOK_EVAL}/psnr.json",
     "train": _train_files,
@@ -67,7 +59,7 @@ rule tables:
     params:
         cfg=json_arg(TABLES_CONFIG),
         train_dirs=" ".join(f"results/train/{r}" for r in TRAIN_RUNS),
-        out=TABLE_OUT,
+        out=parent_of("md"),
     shell:
         "python workflow_scripts/make_tables.py --tables-config {params.cfg} --probe-summaries {input.probe}"
         " --rollout {input.rollout} --tokenizer-eval {input.tok} --train-dirs {params.train_dirs}"
@@ -98,7 +90,7 @@ rule archive:
         train_dirs=" ".join(f"results/train/{r}" for r in TRAIN_RUNS),
         rollout_dirs=" ".join(f"results/rollout/{n}" for n in DYN_RUN),
         splits=parent_of("splits"),
-        tables=TABLE_OUT,
+        tables=lambda wc, input: os.path.dirname(input.tables),
     shell:
         "python workflow_scripts/make_archive.py --tables-config {params.cfg} --probe-summaries {input.probe}"
         " --rollout {input.rollout} --tokenizer-eval {input.tok} --train-dirs {params.train_dirs}"

@@ -150,3 +150,30 @@ def test_paper_tables_and_archive(demo_study):
         assert (card / "README.md").exists() and (card / "config.json").exists()
         assert (card / "dynamics.pt").exists()
         assert np.isfinite(json.loads((card / "config.json").read_text())["d_model_dyn"])
+
+
+def _planned(root, *args):
+    r = subprocess.run(snakemake_cmd("-n", "--profile", "profiles/local", "--configfile", "config/demo.yaml", *args),
+                       cwd=root, env=venv_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    if "Nothing to be done" in out:
+        return {}
+    jobs = {}
+    for ln in out[out.index("Job stats:"):].split("\n")[3:]:
+        if not ln.strip():
+            break
+        name, count = ln.split()
+        jobs[name] = int(count)
+    jobs.pop("total", None)
+    return jobs
+
+
+@pytest.mark.parametrize("args,expected", [
+    ((), {}),                                                                    # a finished study plans nothing
+    (("-R", "rollout_eval"), {"rollout_eval": len(RUN), "tables": 1, "archive": 1, "all": 1}),
+    (("-R", "probe", "--until", "probe"), {"probe": len(RUN)}),
+    (("-R", "tables"), {"tables": 1, "archive": 1, "all": 1}),
+])
+def test_readme_rerun_commands_plan_the_right_jobs(demo_study, args, expected):
+    assert _planned(demo_study, *args) == expected

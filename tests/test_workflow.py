@@ -75,3 +75,12 @@ def test_default_profile_sets_no_resources():
     prof = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
     assert "default-resources" not in prof and "set-resources" not in prof
     assert not (REPO / "slurm").exists()  # would shadow the site's `--profile slurm`
+
+
+def test_lint_and_snakefmt_are_clean(tmp_path):
+    r = _dry(tmp_path, "--lint")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Congratulations" in out, out[-3000:]
+    fmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent)) or "snakefmt"
+    r = subprocess.run([fmt, "--check", "."], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
