@@ -22,6 +22,7 @@ include: "rules/tables.smk"
 
 
 rule all:
+    default_target: True
     input:
         PREPROCESS_OUTPUTS,
         f"{TOK_OUT}/checkpoint.json",
@@ -30,4 +31,3 @@ rule all:
         EVAL_OUTPUTS,
         TABLE_FILES,
         "results/archive/README.md",
-    default_target: True
