@@ -3,7 +3,6 @@
 # The tokenizer's own PSNR is rules/tokenizer.smk `tokenizer_eval` (§3).
 PROBE_EVAL = config["probe_eval"]
 ROLL_EVAL = config["rollout_eval"]
-PROBE_DIRS = [f"{PRE}/splits/probe/seed{s}" for s in config["probe"]["seeds"]]
 
 
 rule probe:
