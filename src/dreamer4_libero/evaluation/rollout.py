@@ -48,10 +48,9 @@ from ..fileio import sha256_file, write_json
 from ..models.dynamics import pack_latents, unpack_latents
 from ..models.sampling import rollout
 from .bootstrap import mean_replicates, percentile_ci, resample_counts
-from .tokenizer_psnr import PSNR_CAP, psnr, rollout_episode_list
+from .tokenizer_psnr import PSNR_CAP, psnr, psnr_of_mse, rollout_episode_list
 
 PROTOCOL = "eval-protocol-v1"
-MSE_FLOOR = 1e-10
 NULL_ACTION = "zero action, zero mask (as block 0 of every training window)"
 NOISE_RULE = ("initial noise of generated frame u (window frame index) ~ N(0, I) from a CPU torch.Generator "
               "seeded by sha256('<rollout_seed>|<window id>|<u>'); identical for every row and variant")
@@ -207,11 +206,6 @@ def frame_mse(pred: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
     if pred.shape != gt.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} differ in shape")
     return (pred.double() - gt.double()).pow(2).mean(dim=(2, 3, 4)).cpu().numpy()
-
-
-def psnr_of_mse(mse) -> np.ndarray:
-    """Elementwise 10 log10(1 / max(mse, 1e-10)) (cap 100 dB)."""
-    return 10.0 * np.log10(1.0 / np.maximum(np.asarray(mse, dtype=np.float64), MSE_FLOOR))
 
 
 def _episodes(windows: list[dict]) -> tuple[list[str], list[str], np.ndarray]:

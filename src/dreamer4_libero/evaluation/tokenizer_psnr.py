@@ -9,7 +9,6 @@ upstream's training log prints) and a per-episode mean-frame baseline on the sam
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
@@ -21,9 +20,17 @@ from ..data.shards import ShardStore, parse_episode_id
 PSNR_CAP = 100.0
 
 
+MSE_FLOOR = 1e-10
+
+
+def psnr_of_mse(mse) -> np.ndarray:
+    """Elementwise 10 log10(1 / max(mse, 1e-10)); the floor caps PSNR at 100 dB (never +inf)."""
+    return 10.0 * np.log10(1.0 / np.maximum(np.asarray(mse, dtype=np.float64), MSE_FLOOR))
+
+
 def psnr(mse: float) -> float:
-    """10 log10(1 / max(mse, 1e-10)); the floor caps PSNR at 100 dB (never +inf)."""
-    return 10.0 * math.log10(1.0 / max(float(mse), 1e-10))
+    """PSNR (data range 1) of one MSE, capped at 100 dB."""
+    return float(psnr_of_mse(mse))
 
 
 def rollout_episode_list(episodes: list[str], store: ShardStore, eps_per_task: int = 4, min_len: int = 32) -> list[str]:

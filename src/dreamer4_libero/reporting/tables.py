@@ -19,9 +19,8 @@ same bytes.
 
 Uncertainty: CIs pooled over seeds and paired differences use the bootstrap of
 `dreamer4_libero.evaluation.bootstrap` (task-level resamples, `ci_task`, §1.7). A count matrix
-depends only on (level, task list, B, seed, set name), so it is drawn once per such key and
-reused for every row scored on the same episodes (`BootstrapCache`); the replicates are exactly
-those of `bootstrap.r2_replicates` / `bootstrap.paired_r2_diff` (tested), at a fraction of the cost.
+depends only on (level, task list, B, seed, set name); the library draws it once per such key and
+reuses it for every row scored on the same episodes.
 """
 
 from __future__ import annotations
@@ -389,28 +388,17 @@ def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: It
 # ============================================================================ bootstrap (cached)
 
 class BootstrapCache:
-    """`bootstrap.r2_replicates` / `paired_r2_diff` with each count matrix drawn once per key."""
+    """`bootstrap.r2_replicates` / `paired_r2_diff` at this table's B (the library caches each count matrix)."""
 
     def __init__(self, B: int):
         self.B = int(B)
-        self._counts: dict[tuple, np.ndarray] = {}
-
-    def counts(self, level: str, tasks: Sequence[str], seed: int, set_name: str) -> np.ndarray:
-        key = (level, tuple(tasks), int(seed), set_name)
-        if key not in self._counts:
-            self._counts[key] = bootstrap.resample_counts(level, list(tasks), self.B, seed, set_name)
-        return self._counts[key]
 
     def replicates(self, stats: dict, predictor: str, level: str, seed: int, set_name: str) -> np.ndarray:
-        c = self.counts(level, stats["tasks"], seed, set_name)
-        return bootstrap.r2_uniform_from_stats(c, stats["n"], stats["sum_y"], stats["sum_y2"], stats["sse"][predictor])
+        return bootstrap.r2_replicates(stats, predictor, level, seed, set_name, self.B)
 
     def paired(self, stats_a: dict, pred_a: str, stats_b: dict, pred_b: str, level: str, seed: int,
                set_name: str) -> np.ndarray:
-        if list(stats_a["episodes"]) != list(stats_b["episodes"]) or list(stats_a["n"]) != list(stats_b["n"]):
-            raise ValueError("paired bootstrap needs two rows scored on the same episodes and frames")
-        return (self.replicates(stats_a, pred_a, level, seed, set_name)
-                - self.replicates(stats_b, pred_b, level, seed, set_name))
+        return bootstrap.paired_r2_diff(stats_a, pred_a, stats_b, pred_b, level, seed, set_name, self.B)
 
 
 # ============================================================================ aggregation
