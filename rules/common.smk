@@ -21,12 +21,68 @@ def parent_of(name):
     )
 
 
+def retries(n):
+    """A training rule's retries, for the Snakemake that submits the jobs only. Inside a Slurm job the
+    jobstep Snakemake would otherwise honour the rule's retries itself and restart the trainer in the
+    same allocation, with the next attempt's (longer) runtime but the old time limit."""
+    return 0 if workflow.remote_exec else int(n)
+
+
 def launcher(wildcards, resources):
     """torchrun for multi-GPU jobs, plain python otherwise (snakemake_slurm.md §3)."""
     n = int(resources.gpu or 0)
     return (
         f"torchrun --standalone --nnodes=1 --nproc_per_node={n}" if n > 1 else "python"
     )
+
+
+def job_resources(gpu=0, cpus=None, cpus_per_gpu=None, **res):
+    """A rule's Slurm resources: its own (gpu, CPUs, mem_mb, runtime, ...) plus the `slurm` section's
+    partition / account / qos / gpu_model / extra, each only where config.yaml sets it, so a site
+    profile's default-resources stay in force otherwise (snakemake_slurm.md §2-§3).
+
+    `gpu`, `cpus` and `cpus_per_gpu` may be functions of the wildcards (per-variant resources). A GPU
+    job with `cpus_per_gpu` set asks for cpus_per_gpu x GPUs cores as --cpus-per-task (one task per
+    node; the plugin would let any cpus_per_task, e.g. a profile default, win over --cpus-per-gpu).
+    """
+    site = config["slurm"]
+    call = lambda v, wc: v(wc) if callable(v) else v
+    n_gpu = lambda wc: int(call(gpu, wc) or 0)
+    res["gpu"] = gpu
+    if cpus is not None:
+        res["cpus_per_task"] = lambda wc: (
+            n_gpu(wc) * call(cpus_per_gpu, wc)
+            if n_gpu(wc) and call(cpus_per_gpu, wc)
+            else call(cpus, wc)
+        )
+    part = lambda wc: (
+        site["gpu_partition"]
+        if n_gpu(wc) and site["gpu_partition"]
+        else site["partition"]
+    )
+    if callable(gpu):  # per-variant GPUs: decided per job
+        if site["partition"] or site["gpu_partition"]:
+            res["slurm_partition"] = part
+    elif part(None):
+        res["slurm_partition"] = part(None)
+    if site["account"]:
+        res["slurm_account"] = site["account"]
+    if site["qos"]:
+        res["qos"] = site["qos"]
+    if site["gpu_model"] and (
+        callable(gpu) or gpu
+    ):  # only with GPUs: --gpus=<model>:<n>
+        res["gpu_model"] = lambda wc: site["gpu_model"] if n_gpu(wc) else ""
+    if site["extra"]:
+        res["slurm_extra"] = site["extra"]
+    return res
+
+
+def cpu_job(rule_name, mem_mb=None):
+    """job_resources of a CPU-only job, from config `job_resources.<rule_name>`; `mem_mb` is the
+    default used where the config leaves it null."""
+    r = config["job_resources"][rule_name]
+    return job_resources(mem_mb=r["mem_mb"] or mem_mb, runtime=r["runtime_min"])
 
 
 def lpips_cache_arg(wildcards):

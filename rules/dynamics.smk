@@ -8,6 +8,11 @@ DYN_RUN = [n for n, r in DYN.items() if r["runnable"]]
 DYN_NOT_RUN = [n for n, r in DYN.items() if not r["runnable"]]
 
 
+# Writing a variant's not_run.json is not worth a Slurm job.
+localrules:
+    dynamics_not_run,
+
+
 rule train_dynamics:
     input:
         unpack(_dyn_inputs),
@@ -21,15 +26,18 @@ rule train_dynamics:
         "benchmarks/train_dynamics/{variant}.tsv"
     wildcard_constraints:
         variant="|".join(DYN_RUN) or "__none__",
-    retries: max([DYN[n]["retries"] for n in DYN_RUN] or [0])
+    retries: retries(max([DYN[n]["retries"] for n in DYN_RUN] or [0]))
     conda:
         "../envs/pipeline.yaml"
     threads: lambda wc: _dyn(wc)["cpus_per_task"]
     resources:
-        gpu=lambda wc: _dyn(wc)["gpus"],
-        cpus_per_task=lambda wc: _dyn(wc)["cpus_per_task"],
-        mem_mb=lambda wc, attempt: _dyn(wc)["mem_mb"] * attempt,
-        runtime=lambda wc, attempt: _dyn(wc)["runtime_min"] * attempt,
+        **job_resources(
+            gpu=lambda wc: _dyn(wc)["gpus"],
+            cpus=lambda wc: _dyn(wc)["cpus_per_task"],
+            cpus_per_gpu=lambda wc: _dyn(wc)["cpus_per_gpu"],
+            mem_mb=lambda wc, attempt: _dyn(wc)["mem_mb"] * attempt,
+            runtime=lambda wc, attempt: _dyn(wc)["runtime_min"] * attempt,
+        ),
     params:
         launcher=launcher,
         ckpt_root=config["paths"]["ckpt_root"],
@@ -55,9 +63,7 @@ rule dynamics_not_run:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        gpu=0,
-        mem_mb=500,
-        runtime=5,
+        **job_resources(mem_mb=500, runtime=5),
     params:
         info=lambda wc: json_arg(
             {

@@ -22,10 +22,12 @@ rule probe:
         "../envs/pipeline.yaml"
     threads: PROBE_EVAL["cpus_per_task"]
     resources:
-        gpu=PROBE_EVAL["gpus"],
-        cpus_per_task=PROBE_EVAL["cpus_per_task"],
-        mem_mb=PROBE_EVAL["mem_mb"],
-        runtime=PROBE_EVAL["runtime_min"],
+        **job_resources(
+            gpu=PROBE_EVAL["gpus"],
+            cpus=PROBE_EVAL["cpus_per_task"],
+            mem_mb=PROBE_EVAL["mem_mb"],
+            runtime=PROBE_EVAL["runtime_min"],
+        ),
     params:
         ev=json_arg(PROBE_EVAL),
         root=grandparent_of("probe"),
@@ -53,10 +55,11 @@ rule probe_baselines:
         "../envs/pipeline.yaml"
     threads: PROBE_EVAL["cpus_per_task"]
     resources:
-        gpu=0,
-        cpus_per_task=PROBE_EVAL["cpus_per_task"],
-        mem_mb=PROBE_EVAL["mem_mb"],
-        runtime=PROBE_EVAL["runtime_min"],
+        **job_resources(
+            cpus=PROBE_EVAL["cpus_per_task"],
+            mem_mb=PROBE_EVAL["mem_mb"],
+            runtime=PROBE_EVAL["runtime_min"],
+        ),
     params:
         ev=json_arg(PROBE_EVAL),
         root=grandparent_of("probe"),
@@ -91,9 +94,11 @@ rule rollout_eval:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        gpu=ROLL_EVAL["gpus"],
-        mem_mb=ROLL_EVAL["mem_mb"],
-        runtime=ROLL_EVAL["runtime_min"],
+        **job_resources(
+            gpu=ROLL_EVAL["gpus"],
+            mem_mb=ROLL_EVAL["mem_mb"],
+            runtime=ROLL_EVAL["runtime_min"],
+        ),
     params:
         ev=json_arg(
             {

@@ -30,6 +30,8 @@ rule make_synthetic:
         "benchmarks/make_synthetic/make_synthetic.tsv"
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        **cpu_job("make_synthetic"),
     params:
         root=parent_of("gt"),
         tasks=lambda wc: (
@@ -60,8 +62,7 @@ rule preprocess:
         "../envs/pipeline.yaml"
     threads: config["data"]["workers"]
     resources:
-        mem_mb=lambda wc, threads: 2000 + 1500 * threads,
-        runtime=240,
+        **cpu_job("preprocess", mem_mb=2000 + 1500 * config["data"]["workers"]),
     params:
         d=config["data"],
         resize=lambda wc: (
@@ -89,8 +90,7 @@ rule splits:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cpu_job("splits"),
     params:
         split=json_arg(config["split"]),
         probe=json_arg(config["probe"]),
@@ -115,8 +115,7 @@ rule data_sanity:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **cpu_job("data_sanity"),
     params:
         probe_dir=lambda wc, input: os.path.dirname(input.probe[0]),
         seed=config["probe"]["seeds"][0],

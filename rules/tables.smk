@@ -53,9 +53,7 @@ rule tables:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        gpu=0,
-        mem_mb=8000,
-        runtime=30,
+        **cpu_job("tables"),
     params:
         cfg=json_arg(TABLES_CONFIG),
         train_dirs=" ".join(f"results/train/{r}" for r in TRAIN_RUNS),
@@ -82,9 +80,7 @@ rule archive:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        gpu=0,
-        mem_mb=8000,
-        runtime=60,
+        **cpu_job("archive"),
     params:
         cfg=json_arg(TABLES_CONFIG),
         train_dirs=" ".join(f"results/train/{r}" for r in TRAIN_RUNS),

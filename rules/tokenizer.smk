@@ -19,15 +19,18 @@ rule train_tokenizer:
         f"logs/train_tokenizer/{TOK_RUN}.log",
     benchmark:
         f"benchmarks/train_tokenizer/{TOK_RUN}.tsv"
-    retries: TOK["retries"]
+    retries: retries(TOK["retries"])
     conda:
         "../envs/pipeline.yaml"
     threads: TOK["cpus_per_task"]
     resources:
-        gpu=TOK["gpus"],
-        cpus_per_task=TOK["cpus_per_task"],
-        mem_mb=lambda wc, attempt: TOK["mem_mb"] * attempt,
-        runtime=lambda wc, attempt: TOK["runtime_min"] * attempt,
+        **job_resources(
+            gpu=TOK["gpus"],
+            cpus=TOK["cpus_per_task"],
+            cpus_per_gpu=TOK["cpus_per_gpu"],
+            mem_mb=lambda wc, attempt: TOK["mem_mb"] * attempt,
+            runtime=lambda wc, attempt: TOK["runtime_min"] * attempt,
+        ),
     params:
         launcher=launcher,
         ckpt_root=config["paths"]["ckpt_root"],
@@ -58,9 +61,7 @@ rule tokenizer_eval:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        gpu=0,
-        mem_mb=8000,
-        runtime=120,
+        **cpu_job("tokenizer_eval"),
     params:
         ev=json_arg(TOK["eval"]),
         res=config["data"]["model_resolution"],

@@ -126,3 +126,29 @@ def demo_study(tmp_path_factory) -> Path:
         last = logs[-1].read_text()[-3000:] if logs else ""
         raise AssertionError(f"demo DAG failed (exit {r.returncode}):\n{tail}\n--- newest rule log ---\n{last}")
     return work
+
+
+SLURM_SCRIPT = Path(os.environ.get("SLURM_CI_SCRIPT", REPO.parent / "shared" / "ci" / "slurm-single-node.sh"))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node Slurm (../shared/ci/slurm-single-node.sh: 2 CPUs, 2 fake GPUs), up for the session.
+
+    Skipped, with the reason, only where it cannot be started (not root, no script); in CI (CI set)
+    a Slurm that cannot be started fails the tests instead."""
+    why = None
+    if os.geteuid() != 0:
+        why = "starting the single-node Slurm needs root"
+    elif not SLURM_SCRIPT.exists():
+        why = f"{SLURM_SCRIPT} not found (set SLURM_CI_SCRIPT)"
+    else:
+        r = subprocess.run(["bash", str(SLURM_SCRIPT), "up"], capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            why = f"`{SLURM_SCRIPT} up` failed (exit {r.returncode}): {(r.stdout + r.stderr)[-3000:]}"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"Slurm tests must run in CI, but Slurm could not be started: {why}")
+        pytest.skip(why)
+    yield SLURM_SCRIPT
+    subprocess.run(["bash", str(SLURM_SCRIPT), "down"], capture_output=True, text=True, timeout=300)

@@ -1,11 +1,14 @@
 """Run identity (training/identity.py): which checkpoint folder a training run resumes from."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import _repo_copy, snakemake_cmd, venv_env
 
 from dreamer4_libero.config import demo_config
 from dreamer4_libero.data.loader import episode_list
@@ -101,3 +104,105 @@ def test_trainer_resumes_inside_its_identity_folder(preprocessed, tmp_path):
     assert len(new) == 1 and sorted(p.name for p in dirs[0].iterdir()) == before     # old folder untouched
     attempts = [json.loads(x) for x in (dirs[0] / "attempts.jsonl").read_text().splitlines()]
     assert [a["start_step"] for a in attempts if a.get("event") == "start"] == [0, 2]
+
+
+# -- the workflow: which training jobs rerun, and which checkpoint folder each one resumes from -------------
+
+_RUNS = ("dynamics_phase3", "dynamics_aux_phase6")
+_TINY = {
+    "tokenizer": {"gpus": 0, "max_steps": 4, "save_every": 2, "log_every": 1, "runtime_min": 30},
+    "dynamics": {"defaults": {"gpus": 0, "max_steps": 4, "save_every": 2, "log_every": 1, "runtime_min": 30,
+                              "model": {"d_model": 32, "depth": 1, "n_heads": 2}},
+                 "variants": {n: {"enabled": True, "max_steps": 4} for n in _RUNS}},
+}
+
+
+def _snap(folder):
+    """name -> (size, mtime_ns) of every file in one checkpoint folder."""
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+class _Study:
+    """A copy of the repository running the ci_slurm-sized study through profiles/local, one config layer
+    per step on top of config/demo.yaml + config/ci_slurm.yaml."""
+
+    def __init__(self, root):
+        self.work = _repo_copy(root)
+        self.layers = [_TINY]
+        self.targets = [f"results/train/{n}/checkpoint.json" for n in _RUNS]
+
+    def run(self, *extra, dry=False):
+        files = ["config/demo.yaml", "config/ci_slurm.yaml"]
+        for i, layer in enumerate(self.layers):
+            (self.work / f"layer{i}.yaml").write_text(yaml.safe_dump(layer))
+            files.append(f"layer{i}.yaml")
+        cmd = snakemake_cmd(*self.targets, "--profile", "profiles/local", "--cores", "2", *(["-n"] if dry else []),
+                            *extra, "--configfile", *files)
+        r = subprocess.run(cmd, cwd=self.work, env=venv_env(), capture_output=True, text=True)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+        return r.stdout + r.stderr
+
+    def folders(self, run):
+        d = self.work / "checkpoints" / run
+        return sorted(p for p in d.iterdir() if p.is_dir()) if d.exists() else []
+
+    def log(self, run):
+        name = "train_tokenizer" if run.startswith("tokenizer") else "train_dynamics"
+        return (self.work / "logs" / name / f"{run}.log").read_text()
+
+    def current(self, run):
+        return Path(json.loads((self.work / "results" / "train" / run / "checkpoint.json").read_text())["path"]).parent
+
+
+@pytest.mark.slow
+def test_workflow_checkpoint_identity(tmp_path):
+    s = _Study(tmp_path / "repo")
+    tok = "tokenizer_ci"
+    s.run()
+    a0, b0 = s.current(_RUNS[0]), s.current(_RUNS[1])
+    assert all("fresh start at step 0" in s.log(n) for n in _RUNS)
+    assert "Nothing to be done" in s.run(dry=True)
+
+    # an extended run (more max_steps) resumes in its folder; the other run is not touched
+    snap_a = _snap(a0)
+    s.layers.append({"dynamics": {"variants": {_RUNS[1]: {"max_steps": 6}}}})
+    s.run()
+    assert s.current(_RUNS[1]) == b0 and re.search(r"RESUMED from \S+ at step 4", s.log(_RUNS[1]))
+    assert _snap(a0) == snap_a
+
+    # a changed model width starts at step 0 in a new folder; the other run's folder is untouched
+    snap_b = _snap(b0)
+    s.layers.append({"dynamics": {"variants": {_RUNS[0]: {"model": {"d_model": 48}}}}})
+    s.run()
+    a1 = s.current(_RUNS[0])
+    assert a1 != a0 and s.folders(_RUNS[0]) == sorted([a0, a1]) and "fresh start at step 0" in s.log(_RUNS[0])
+    assert _snap(b0) == snap_b and _snap(a0) == snap_a
+
+    # a new fresh_tag for one run: step 0 in a new folder, only that run retrained ...
+    snap_a1 = _snap(a1)
+    s.layers.append({"dynamics": {"variants": {_RUNS[1]: {"fresh_tag": "again"}}}})
+    out = s.run()
+    assert "train_dynamics" in out and out.count("rule train_dynamics:") == 1
+    b1 = s.current(_RUNS[1])
+    assert b1 != b0 and s.folders(_RUNS[1]) == sorted([b0, b1]) and "fresh start at step 0" in s.log(_RUNS[1])
+    assert _snap(a1) == snap_a1 and _snap(b0) == snap_b
+    # ... a forced retry of the tagged run resumes inside its new folder, and then nothing is planned
+    s.run("--forcerun", f"results/train/{_RUNS[1]}/checkpoint.json")
+    assert s.current(_RUNS[1]) == b1 and re.search(r"RESUMED from \S+ at step 6", s.log(_RUNS[1]))
+    assert "Nothing to be done" in s.run(dry=True)
+
+    # a retrained tokenizer (its own fresh_tag): a new tokenizer folder, and both world models start afresh
+    t0 = s.current(tok)
+    s.layers.append({"tokenizer": {"fresh_tag": "again"}})
+    s.run()
+    assert s.current(tok) != t0 and "fresh start at step 0" in s.log(tok)
+    for run, old in zip(_RUNS, (a1, b1)):
+        assert s.current(run) != old and len(s.folders(run)) == 3 and "fresh start at step 0" in s.log(run)
+
+    # synthetic data regenerated with another seed (same episode names): new folders for every run
+    before = {run: s.current(run) for run in (tok, *_RUNS)}
+    s.layers.append({"synthetic": {"seed": 1}})
+    s.run()
+    for run, old in before.items():
+        assert s.current(run) != old and "fresh start at step 0" in s.log(run), run
+    assert "Nothing to be done" in s.run(dry=True)

@@ -53,3 +53,45 @@ def test_site_default_resources_reach_every_job(tmp_path):
     lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip().startswith("resources:")]
     assert len(lines) >= 20
     assert all("slurm_account=fakeacct" in ln and "slurm_partition=fakepart" in ln for ln in lines)
+
+
+def _planned_resources(out: str) -> dict[str, list[str]]:
+    """rule -> the `resources:` lines of its planned jobs, from a dry run's output."""
+    res, rule = {}, None
+    for ln in out.splitlines():
+        s = ln.strip()
+        if s.startswith(("rule ", "localrule ")) and s.endswith(":"):
+            rule = s.split()[1][:-1]
+        elif s.startswith("resources:") and rule:
+            res.setdefault(rule, []).append(s)
+    return res
+
+
+def test_config_slurm_settings_reach_the_jobs(tmp_path):
+    """config.yaml's `slurm` section: gpu_partition on GPU jobs only, account / qos / extra on every job, gpu_model
+    only where GPUs are asked for; where the config sets no partition, the site profile's stays in force."""
+    prof = tmp_path / "xdg" / "snakemake" / "slurm"
+    prof.mkdir(parents=True)
+    prof.joinpath("config.yaml").write_text(
+        "executor: slurm\njobs: 10\ndefault-resources:\n  slurm_account: siteacct\n  slurm_partition: sitepart\n")
+    layer = tmp_path / "site.yaml"
+    layer.write_text("slurm: {gpu_partition: gpupart, account: myacct, qos: normal, gpu_model: h100, "
+                     "extra: '--exclusive'}\n")
+    env = {**venv_env(), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    r = subprocess.run(snakemake_cmd("--profile", "slurm", "-n", "--forceall", "--configfile", "config/demo.yaml",
+                                     "config/ci_slurm.yaml", str(layer)),
+                       cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = _planned_resources(r.stdout + r.stderr)
+    gpu_rules = {"train_tokenizer", "train_dynamics"}                     # ci_slurm: 2 and 1 (fake) GPUs
+    assert gpu_rules <= res.keys() and len(res) >= 10, res.keys()
+    res.pop("all")                                                        # the target rule: no job
+    for rule, lines in res.items():
+        for ln in lines:
+            assert "slurm_account=myacct" in ln and "qos=normal" in ln and "slurm_extra=--exclusive" in ln, (rule, ln)
+            if rule in gpu_rules:
+                assert "slurm_partition=gpupart" in ln and "gpu_model=h100" in ln, (rule, ln)
+            else:
+                assert "slurm_partition=sitepart" in ln and "gpu_model=h100" not in ln, (rule, ln)
+    # the tokenizer's cpus_per_gpu (1) x 2 GPUs
+    assert all("cpus_per_task=2" in ln and "gpu=2" in ln for ln in res["train_tokenizer"])

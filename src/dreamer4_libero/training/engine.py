@@ -329,6 +329,11 @@ class _Run:
         else:
             print(line, flush=True)
         sys.stdout.flush()
+        # every attempt's lines, kept beside the checkpoints: Snakemake wipes the rule's log: file on a retry
+        if self.ckpt_dir.is_dir():
+            with open(self.ckpt_dir / "train.log", "a") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} job {os.environ.get('SLURM_JOB_ID') or '-'} "
+                         f"{line}\n")
 
     def _collective_tensor(self, values: list[float]) -> torch.Tensor:
         dev = self.device if self.device.type == "cuda" else torch.device("cpu")
