@@ -21,8 +21,9 @@ $(VENV)/.setup-done: requirements.txt pyproject.toml
 	touch $@
 
 demo: setup
-	snakemake --profile profiles/local --cores $(CORES) --configfile config/demo.yaml
-	$(PY) workflow_scripts/stage_times.py --benchmarks benchmarks --results results
+	@t0=$$(date +%s); snakemake --profile profiles/local --cores $(CORES) --configfile config/demo.yaml \
+	  && $(PY) workflow_scripts/stage_times.py --benchmarks benchmarks --results results \
+	  && echo "demo wall time: $$(( $$(date +%s) - t0 )) s"
 
 # pytest exits 5 when it collects no test: that is not a failure of the code under test.
 test: setup
@@ -32,6 +33,7 @@ bench: setup
 	$(PY) bench/bench_data.py --out bench/results/data.json
 	$(PY) bench/bench_tokenizer.py --out bench/results/tokenizer.json
 	$(PY) bench/bench_dynamics.py --out bench/results/dynamics.json
+	$(PY) bench/bench_dmcontrol.py --out bench/results/dmcontrol.json
 
 # Install profiles/slurm as your `slurm` Snakemake profile unless you (or your site) already have one.
 slurm-profile:

@@ -15,6 +15,7 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/preprocess.smk"
+include: "rules/dmcontrol.smk"
 include: "rules/tokenizer.smk"
 include: "rules/dynamics.smk"
 include: "rules/evaluation.smk"

@@ -91,15 +91,44 @@ def lpips_cache_arg(wildcards):
     return f"--lpips-cache {c}" if c else ""
 
 
+# -- tokenizers (rules/tokenizer.smk) --
+def _tok(wc):
+    return TOKS[wc.tok_run]
+
+
+def _tok_inputs(wc):
+    if wc.tok_run == DMC_TOK_RUN:
+        return {
+            "manifest": f"{DMC_DATA}/manifest.json",
+            "train": f"{DMC_DATA}/splits/train.json",
+        }
+    ins = {"manifest": f"{PRE}/manifest.json", "train": f"{PRE}/splits/train.json"}
+    if TOKS[wc.tok_run].get(
+        "init_from"
+    ):  # the fine-tune starts from a DMControl tokenizer
+        ins["init"] = TOKS[wc.tok_run]["init_from"]
+    return ins
+
+
 # -- dynamics (rules/dynamics.smk) --
 def _dyn(wc):
-    return DYN[wc.variant]
+    return DMC_DYN if wc.variant == DMC_DYN_RUN else DYN[wc.variant]
 
 
 def _dyn_inputs(wc):
+    if wc.variant == DMC_DYN_RUN:  # the DMControl pretraining, with its own tokenizer
+        return {
+            "manifest": f"{DMC_DATA}/manifest.json",
+            "train": f"{DMC_DATA}/splits/train.json",
+            "tokenizer": f"results/train/{DMC_TOK_RUN}/checkpoint.json",
+        }
+    run = DYN[wc.variant]
+    init = run["init_paths"] or {}
     ins = {"manifest": f"{PRE}/manifest.json", "train": f"{PRE}/splits/train.json"}
-    if not (DYN[wc.variant]["init_paths"] or {}).get("tokenizer"):
+    if not init.get("tokenizer"):
         ins["tokenizer"] = f"{TOK_OUT}/checkpoint.json"  # the study tokenizer, frozen
+    if init.get("dynamics"):  # configured files, or made by rule pretrain_dmcontrol
+        ins["init"] = [p for p in (init.get("tokenizer"), init["dynamics"]) if p]
     return ins
 
 

@@ -6,6 +6,8 @@ from dreamer4_libero.config import dynamics_variants
 DYN = dynamics_variants(config)
 DYN_RUN = [n for n, r in DYN.items() if r["runnable"]]
 DYN_NOT_RUN = [n for n, r in DYN.items() if not r["runnable"]]
+# train_dynamics also trains the DMControl pretraining's dynamics (rules/dmcontrol.smk); it is not a variant
+DYN_TRAIN = DYN_RUN + [DMC_DYN_RUN]
 
 
 # Writing a variant's not_run.json is not worth a Slurm job.
@@ -25,8 +27,8 @@ rule train_dynamics:
     benchmark:
         "benchmarks/train_dynamics/{variant}.tsv"
     wildcard_constraints:
-        variant="|".join(DYN_RUN) or "__none__",
-    retries: retries(max([DYN[n]["retries"] for n in DYN_RUN] or [0]))
+        variant="|".join(DYN_TRAIN),
+    retries: retries(max([DYN[n]["retries"] for n in DYN_RUN] + [DMC_DYN["retries"]]))
     conda:
         "../envs/pipeline.yaml"
     threads: lambda wc: _dyn(wc)["cpus_per_task"]

@@ -22,6 +22,8 @@ TABLES_CONFIG = {
             "aux_input": r["aux_input"],
             "space_mode": r["model"]["space_mode"],
             "init_from": r["init_from"],
+            "init_source": r["init_source"],
+            "init_note": r["init_note"],
         }
         for n, r in DYN.items()
     ],

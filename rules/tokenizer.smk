@@ -5,36 +5,40 @@ TOK = config["tokenizer"]
 TOK_RUN = TOK["run_name"]
 TOK_OUT = f"results/train/{TOK_RUN}"
 TOK_EVAL = f"results/tokenizer_eval/{TOK_RUN}"
+# one rule trains every tokenizer: the study's (LIBERO), the DMControl pretraining's and its LIBERO fine-tune
+# (rules/dmcontrol.smk)
+TOKS = {TOK_RUN: TOK, DMC_TOK_RUN: DMC_TOK, DMC_FT_RUN: DMC_FT}
 
 
 rule train_tokenizer:
     input:
-        manifest=f"{PRE}/manifest.json",
-        train=f"{PRE}/splits/train.json",
+        unpack(_tok_inputs),
     output:
-        checkpoint=f"{TOK_OUT}/checkpoint.json",
-        metrics=f"{TOK_OUT}/metrics.jsonl",
-        config=f"{TOK_OUT}/config.json",
+        checkpoint="results/train/{tok_run}/checkpoint.json",
+        metrics="results/train/{tok_run}/metrics.jsonl",
+        config="results/train/{tok_run}/config.json",
     log:
-        f"logs/train_tokenizer/{TOK_RUN}.log",
+        "logs/train_tokenizer/{tok_run}.log",
     benchmark:
-        f"benchmarks/train_tokenizer/{TOK_RUN}.tsv"
-    retries: retries(TOK["retries"])
+        "benchmarks/train_tokenizer/{tok_run}.tsv"
+    wildcard_constraints:
+        tok_run="|".join(TOKS),
+    retries: retries(max(t["retries"] for t in TOKS.values()))
     conda:
         "../envs/pipeline.yaml"
-    threads: TOK["cpus_per_task"]
+    threads: lambda wc: _tok(wc)["cpus_per_task"]
     resources:
         **job_resources(
-            gpu=TOK["gpus"],
-            cpus=TOK["cpus_per_task"],
-            cpus_per_gpu=TOK["cpus_per_gpu"],
-            mem_mb=lambda wc, attempt: TOK["mem_mb"] * attempt,
-            runtime=lambda wc, attempt: TOK["runtime_min"] * attempt,
+            gpu=lambda wc: _tok(wc)["gpus"],
+            cpus=lambda wc: _tok(wc)["cpus_per_task"],
+            cpus_per_gpu=lambda wc: _tok(wc)["cpus_per_gpu"],
+            mem_mb=lambda wc, attempt: _tok(wc)["mem_mb"] * attempt,
+            runtime=lambda wc, attempt: _tok(wc)["runtime_min"] * attempt,
         ),
     params:
         launcher=launcher,
         ckpt_root=config["paths"]["ckpt_root"],
-        tok=json_arg(TOK),
+        tok=lambda wc: json_arg(_tok(wc)),
         res=config["data"]["model_resolution"],
         lpips=lpips_cache_arg,
         out=parent_of("checkpoint"),

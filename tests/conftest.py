@@ -99,6 +99,19 @@ def snakemake_cmd(*args) -> list[str]:
     return [exe, *args]
 
 
+def planned_jobs(out: str) -> dict[str, int]:
+    """rule -> job count from the "Job stats" block of a (dry-)run's output ({} when nothing is planned)."""
+    if "Job stats:" not in out:
+        return {}
+    jobs = {}
+    for ln in out[out.index("Job stats:"):].split("\n")[3:]:
+        if not ln.strip():
+            break
+        name, count = ln.split()
+        jobs[name] = int(count)
+    return jobs
+
+
 def venv_env() -> dict:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
 

@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import snakemake_cmd, venv_env
+from conftest import planned_jobs, snakemake_cmd, venv_env
 from dreamer4_libero.config import demo_config, dynamics_variants
 
 pytestmark = pytest.mark.slow
@@ -118,14 +118,7 @@ def test_tables_only_rerun_plans_one_job_and_is_byte_identical(demo_study):
                                        "--forcerun", "tables", "--until", "tables"),
                          cwd=demo_study, env=venv_env(), capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr[-2000:]
-    out = dry.stdout + dry.stderr
-    lines = out[out.index("Job stats:"):].split("\n")[3:]
-    jobs = {}
-    for ln in lines:
-        if not ln.strip():
-            break
-        name, count = ln.split()
-        jobs[name] = int(count)
+    jobs = planned_jobs(dry.stdout + dry.stderr)
     assert jobs == {"tables": 1, "total": 1}, jobs
     shutil.rmtree(tables)
     r = subprocess.run(snakemake_cmd("--profile", "profiles/local", "--configfile", "config/demo.yaml",
@@ -140,7 +133,9 @@ def test_tables_only_rerun_plans_one_job_and_is_byte_identical(demo_study):
 def test_paper_tables_and_archive(demo_study):
     md = (demo_study / "results" / "tables" / "paper_table_probe.md").read_text()
     assert "| Variant | params | test R² (action probe, H=1, mean of 3 seeds) |" in md
-    assert "not run" in md  # the DMControl variants have no checkpoint configured in the demo
+    # every variant of the verbatim table runs in the demo; the DMControl ones from the pipeline's own pretraining
+    assert "not run" not in md and "D4 + DMControl pretrain + aux (agent)" in md
+    assert "DMControl init from the pipeline's own DMControl pretraining" in md
     t1 = (demo_study / "results" / "tables" / "table1_probe.md").read_text()
     assert "+0.845" in t1 and "†" in t1
     arch = demo_study / "results" / "archive"
@@ -157,14 +152,7 @@ def _planned(root, *args):
                        cwd=root, env=venv_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout + r.stderr
-    if "Nothing to be done" in out:
-        return {}
-    jobs = {}
-    for ln in out[out.index("Job stats:"):].split("\n")[3:]:
-        if not ln.strip():
-            break
-        name, count = ln.split()
-        jobs[name] = int(count)
+    jobs = {} if "Nothing to be done" in out else planned_jobs(out)
     jobs.pop("total", None)
     return jobs
 

@@ -187,8 +187,9 @@ def test_demo_variants_are_tiny_and_the_paper_ones_are_not():
 
     demo = dynamics_variants(demo_config())
     run = sorted(n for n, r in demo.items() if r["runnable"])
-    assert run == ["dynamics_aux_agent_reads_leakfree", "dynamics_aux_param_matched_276M", "dynamics_aux_phase6",
-                   "dynamics_aux_phase6_leakfree", "dynamics_phase3"]
+    assert run == ["dynamics_aux_agent_reads_leakfree", "dynamics_aux_dmcontrol_pretrained",
+                   "dynamics_aux_param_matched_276M", "dynamics_aux_phase6", "dynamics_aux_phase6_leakfree",
+                   "dynamics_dmcontrol_pretrained", "dynamics_phase3"]
     assert all(r["max_steps"] <= 300 and r["seq_len"] == 32 and r["model"]["d_model"] <= 96 for r in demo.values()
                if r["enabled"] and r["model"]["d_model"] != 1024)
     assert demo["dynamics_aux_param_matched_276M"]["stand_in_for"]
@@ -198,7 +199,8 @@ def test_demo_variants_are_tiny_and_the_paper_ones_are_not():
     assert paper["dynamics_aux_phase6"]["aux_input"] == "leaky" and paper["dynamics_aux_phase6_leakfree"]["aux_input"] == "action_free"
     assert paper["dynamics_aux_agent_reads_leakfree"]["model"]["space_mode"] == "agent_reads"
     assert paper["dynamics_dmcontrol_pretrained"]["aux_weight"] == 0 and paper["dynamics_dmcontrol_pretrained"]["bootstrap_start"] == 0
-    assert not paper["dynamics_dmcontrol_pretrained"]["runnable"] and "not run" in paper["dynamics_dmcontrol_pretrained"]["not_run_reason"]
+    # no released files configured: the paper config makes its own DMControl pretraining (dmcontrol_init.source auto)
+    assert paper["dynamics_dmcontrol_pretrained"]["runnable"] and paper["dynamics_dmcontrol_pretrained"]["init_source"] == "pretrain"
     assert [paper[n]["max_steps"] for n in ("dynamics_phase3", "dynamics_aux_phase6", "dynamics_aux_param_matched_276M")] == [30000, 30000, 20000]
     assert paper["dynamics_phase3"]["gpus"] == 5 and paper["dynamics_phase3"]["batch_size"] == 4 and paper["dynamics_phase3"]["save_every"] == 10000
 

@@ -110,3 +110,34 @@ def test_init_scale_and_lr_mult_are_applied_and_recorded(preprocessed, tmp_path)
 
 # The demo tokenizer's quality (>= 3 dB over the mean-frame baseline on the demo's val split) is tested on
 # the session's demo run: tests/test_demo_study.py::test_tokenizer_quality_on_demo_data.
+
+
+def test_init_from_an_upstream_tokenizer_is_weights_only(preprocessed, tiny_tokenizer_ckpt, tmp_path):
+    """tokenizer.init_from (the LIBERO fine-tune of a DMControl tokenizer): the architecture comes from the file's
+    state dict, training starts from its weights at step 0, and its sha256 is part of the run's identity."""
+    from dreamer4_libero.training.identity import run_identity
+    from dreamer4_libero.training.tokenizer_task import TokenizerTask
+
+    t = _tiny_cfg(max_steps=2, save_every=2, lr=1e-5, lpips_weight=0.0, init_from=str(tiny_tokenizer_ckpt),
+                  init_scale={"encoder.patch_proj.weight": 8.0})
+    res = subprocess.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out"), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "fresh start at step 0" in res.stdout
+    src = torch.load(tiny_tokenizer_ckpt, weights_only=True)["model"]
+    final = _final_state(tmp_path / "ck", 2)
+    assert final["step"] == 2 and final["model"].keys() == src.keys()          # the file's architecture (4 latents)
+    assert final["args"]["init_from"] == str(tiny_tokenizer_ckpt) and final["args"]["init_sha256"]
+    drift = max(float((final["model"][k].float() - v.float()).abs().max()) for k, v in src.items())
+    assert 0 < drift < 1e-3, drift                                            # 2 small steps from its weights
+    task = TokenizerTask(t, manifest=str(preprocessed / "manifest.json"),
+                         train_split=str(preprocessed / "splits" / "train.json"), resolution=32)
+    ident = task.identity_inputs()
+    assert ident["checkpoints"]["init_tokenizer"] == task.init_sha
+    fresh = TokenizerTask({**t, "init_from": None}, manifest=str(preprocessed / "manifest.json"),
+                          train_split=str(preprocessed / "splits" / "train.json"), resolution=32)
+    assert run_identity(t, world_size=1, **ident)[0] != run_identity({**t, "init_from": None}, world_size=1,
+                                                                     **fresh.identity_inputs())[0]
+    cmd = _cmd(preprocessed, t, tmp_path / "ck2", tmp_path / "out2")
+    cmd[cmd.index("--resolution") + 1] = "16"                                  # a tokenizer for another resolution
+    bad = subprocess.run(cmd, capture_output=True, text=True)
+    assert bad.returncode == 2 and "32x32 tokenizer" in bad.stderr and "16x16" in bad.stderr

@@ -12,8 +12,11 @@ STAGES = {  # rule -> stage, in DAG order
     "train_dynamics": "dynamics", "dynamics_not_run": "dynamics",
     "probe": "evaluation", "probe_baselines": "evaluation", "rollout_eval": "evaluation",
     "tables": "tables and archive", "archive": "tables and archive",
+    "collect_dmcontrol": "DMControl collection and pretraining", "pretrain_dmcontrol": "DMControl collection and pretraining",
 }
-ORDER = ["data", "tokenizer", "dynamics", "evaluation", "tables and archive"]
+# jobs of a shared rule that belong to the DMControl pretraining (benchmark file stem = run name)
+DMCONTROL_RUNS = {"tokenizer_dmcontrol", "dynamics_dmcontrol"}
+ORDER = ["data", "tokenizer", "DMControl collection and pretraining", "dynamics", "evaluation", "tables and archive"]
 
 
 def main() -> None:
@@ -28,13 +31,13 @@ def main() -> None:
         with open(tsv) as fh:
             rows = list(csv.DictReader(fh, delimiter="\t"))
         secs = sum(float(r["s"]) for r in rows)
-        stage = STAGES.get(rule, rule)
+        stage = "DMControl collection and pretraining" if tsv.stem in DMCONTROL_RUNS else STAGES.get(rule, rule)
         per_stage[stage] = per_stage.get(stage, 0.0) + secs
-        print(f"  {rule:24s} {secs:8.1f}")
+        print(f"  {rule + '/' + tsv.stem:56s} {secs:8.1f}")
     print("time per stage (s):")
     for stage, secs in sorted(per_stage.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else 99):
-        print(f"  {stage:24s} {secs:8.1f}")
-    print(f"  {'total':24s} {sum(per_stage.values()):8.1f}")
+        print(f"  {stage:40s} {secs:8.1f}")
+    print(f"  {'total (sum over jobs; jobs run in parallel)':40s} {sum(per_stage.values()):8.1f}")
     res = Path(a.results)
     print("outputs:")
     print(f"  shards:       {res}/preprocess/shards/<suite>/<task>/  (frames.npy, actions.npy, episodes.json)")

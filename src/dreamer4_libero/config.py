@@ -100,27 +100,99 @@ def dynamics_variants(cfg: dict, schema: dict | None = None) -> dict[str, dict]:
     base = dyn.get("defaults", {})
     out = {}
     for name, entry in (dyn.get("variants") or {}).items():
-        run = deep_merge(base, entry or {})
-        _fill_defaults(sub, run)
-        errors = sorted(jsonschema.Draft202012Validator(sub).iter_errors(run), key=lambda e: list(e.absolute_path))
-        if errors:
-            raise ConfigError("invalid configuration:\n  " + "\n  ".join(
-                f"config key 'dynamics.variants.{name}.{'.'.join(str(p) for p in e.absolute_path)}': {e.message}"
-                for e in errors))
+        run = _validated(deep_merge(base, entry or {}), sub, f"dynamics.variants.{name}")
         run["name"] = name
         init = run["init_from"]
         reason = None
+        run["init_source"], run["init_note"] = (None, None) if not init else ("files", "configured init checkpoints")
         if init == "dmcontrol":
-            paths = dict(cfg.get("dmcontrol_init") or {})
-            if not paths.get("dynamics"):
-                reason = ("no DMControl checkpoint configured (dmcontrol_init.dynamics is null): "
-                          "this DMControl-initialised variant is not run")
-            init = {"tokenizer": paths.get("tokenizer"), "dynamics": paths.get("dynamics")}
+            init, reason, run["init_source"], run["init_note"] = _dmcontrol_init(cfg)
         run["init_paths"] = init
         run["runnable"] = run["enabled"] and reason is None
         run["not_run_reason"] = reason if run["enabled"] else "disabled in the config (enabled: false)"
         out[name] = run
     return {n: out[n] for n in _variant_order(list(out))}
+
+
+#: where the pipeline's own DMControl pretraining leaves its upstream-layout checkpoints (rules/dmcontrol.smk)
+DMCONTROL_PRETRAIN_DIR = "results/dmcontrol/pretrain"
+
+
+def _dmcontrol_init(cfg: dict) -> tuple[dict, str | None, str | None, str]:
+    """(init_paths, not-run reason, source, note for the tables) of an `init_from: dmcontrol` variant."""
+    dm = dict(cfg.get("dmcontrol_init") or {})
+    source = dm.get("source", "auto")
+    if source == "auto":
+        source = "files" if dm.get("dynamics") else "pretrain"
+    if source == "none":
+        return ({"tokenizer": None, "dynamics": None},
+                "dmcontrol_init.source is none: this DMControl-initialised variant is not run", None, "not run")
+    if source == "files":
+        paths = {"tokenizer": dm.get("tokenizer"), "dynamics": dm.get("dynamics")}
+        reason = None if paths["dynamics"] else ("no DMControl checkpoint configured (dmcontrol_init.dynamics is "
+                                                 "null): this DMControl-initialised variant is not run")
+        note = f"DMControl init from the configured files ({paths['dynamics']})"
+    else:
+        paths = {"tokenizer": f"{DMCONTROL_PRETRAIN_DIR}/tokenizer.pt", "dynamics": f"{DMCONTROL_PRETRAIN_DIR}/dynamics.pt"}
+        reason = None
+        note = "DMControl init from the pipeline's own DMControl pretraining (collect_dmcontrol + pretrain_dmcontrol)"
+    choice = dm.get("tokenizer_choice", "dmcontrol")
+    if choice == "study" or not paths["tokenizer"]:
+        paths["tokenizer"] = None
+        note += "; frozen tokenizer: the study's LIBERO tokenizer"
+    elif choice == "finetune":
+        run = _finetune_run_name(cfg)
+        paths["tokenizer"] = f"results/train/{run}/checkpoint.json"
+        note += f"; frozen tokenizer: the DMControl tokenizer fine-tuned on LIBERO ({run})"
+    else:
+        note += "; frozen tokenizer: the DMControl tokenizer"
+    return paths, reason, source, note
+
+
+def _finetune_run_name(cfg: dict) -> str:
+    return ((cfg.get("dmcontrol_pretrain") or {}).get("finetune_tokenizer") or {}).get(
+        "run_name", "tokenizer_dmcontrol_libero")
+
+
+def _validated(run: dict, sub: dict, where: str) -> dict:
+    """Fill the defaults of schema `sub` into `run` and validate; errors name `<where>.<key>`."""
+    _fill_defaults(sub, run)
+    errors = sorted(jsonschema.Draft202012Validator(sub).iter_errors(run), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(
+            f"config key '{where}.{'.'.join(str(p) for p in e.absolute_path)}': {e.message}" for e in errors))
+    return run
+
+
+def dmcontrol_pretrain_runs(cfg: dict, schema: dict | None = None) -> dict[str, dict]:
+    """The DMControl pretraining runs, each validated like its source section (errors name
+    `dmcontrol_pretrain.<run>.<key>`):
+    - "tokenizer": the `tokenizer` section updated by `dmcontrol_pretrain.tokenizer`;
+    - "dynamics": `dynamics.defaults` updated by `dmcontrol_pretrain.dynamics` (no aux head, from scratch);
+    - "finetune_tokenizer": that tokenizer's settings updated by `dmcontrol_pretrain.finetune_tokenizer`,
+      starting from the DMControl tokenizer this config's DMControl variants use (configured file or own
+      pretraining): the run of `dmcontrol_init.tokenizer_choice: finetune`.
+    """
+    schema = schema or load_schema()
+    props = schema["properties"]
+    pre = cfg.get("dmcontrol_pretrain") or {}
+    tok = _validated(deep_merge(deep_merge(cfg.get("tokenizer", {}), {"run_name": "tokenizer_dmcontrol", "fresh_tag": ""}),
+                                pre.get("tokenizer") or {}), props["tokenizer"], "dmcontrol_pretrain.tokenizer")
+    dyn = _validated(deep_merge(deep_merge(cfg.get("dynamics", {}).get("defaults", {}),
+                                           {"aux_weight": 0.0, "init_from": None, "enabled": True, "fresh_tag": "",
+                                            "stand_in_for": None}),
+                                pre.get("dynamics") or {}),
+                     props["dynamics"]["properties"]["defaults"], "dmcontrol_pretrain.dynamics")
+    dyn.update(name="dynamics_dmcontrol", init_paths=None, init_source=None, init_note=None, runnable=True,
+               not_run_reason=None)
+    dm = dict(cfg.get("dmcontrol_init") or {})
+    source = dm.get("source", "auto")
+    use_files = source == "files" or (source == "auto" and dm.get("dynamics"))
+    start = dm.get("tokenizer") if use_files else f"{DMCONTROL_PRETRAIN_DIR}/tokenizer.pt"
+    ft = _validated(deep_merge(deep_merge(tok, {"run_name": _finetune_run_name(cfg), "init_from": start}),
+                               pre.get("finetune_tokenizer") or {}), props["tokenizer"],
+                    "dmcontrol_pretrain.finetune_tokenizer")
+    return {"tokenizer": tok, "dynamics": dyn, "finetune_tokenizer": ft}
 
 
 def _variant_order(names: list[str]) -> list[str]:

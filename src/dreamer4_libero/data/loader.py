@@ -4,7 +4,8 @@ Alignment (dreamer4_model.md §9.3, evaluation.md §0): for a window of `seq_len
 at frame s of an episode, block t holds frame o_{s+t} and the action token of block t carries the
 action that *produced* that frame, which is the raw stored `actions[s+t]` (libero_data.md §3.2:
 frame k shows the result of `actions[k]`). Block 0 of every window gets a zero action with a zero
-mask. Actions are zero-padded to `action_dim` (16) with ones in the mask on the first 7 dims.
+mask. Actions are zero-padded to `action_dim` (16) with ones in the mask on the task's own dims
+(the first 7 for LIBERO).
 
 The stream is a pure function of (seed, step, rank): batch `step` of rank `rank` draws its window
 starts from `np.random.default_rng([seed, step, rank])`, uniformly over every valid window start of
@@ -25,7 +26,6 @@ from torch.utils.data import DataLoader, Dataset
 from ..fileio import read_json
 from .shards import ShardStore
 
-LIBERO_ACTION_DIM = 7
 
 
 def _area_chw(frames: np.ndarray, size: int) -> torch.Tensor:
@@ -51,15 +51,19 @@ def model_frames(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def window_actions(raw: np.ndarray, start: int, seq_len: int, action_dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Action tokens of the window [start, start+seq_len) of one episode's raw (T,7) actions.
+    """Action tokens of the window [start, start+seq_len) of one episode's raw (T,A) actions.
 
-    Returns (act, mask), each float32 (seq_len, action_dim): act[t] = raw[start+t] for t >= 1,
-    act[0] = 0 and mask[0] = 0.
+    A is the task's own width (7 for LIBERO, 1-6 for DMControl tasks). Returns (act, mask), each
+    float32 (seq_len, action_dim): act[t, :A] = raw[start+t] for t >= 1 with mask ones on those A
+    dims (upstream's per-task action mask), act[0] = 0 and mask[0] = 0.
     """
+    width = raw.shape[1]
+    if width > action_dim:
+        raise ValueError(f"actions of width {width} do not fit the {action_dim}-wide action token")
     act = np.zeros((seq_len, action_dim), np.float32)
     mask = np.zeros((seq_len, action_dim), np.float32)
-    act[1:, :LIBERO_ACTION_DIM] = raw[start + 1:start + seq_len]
-    mask[1:, :LIBERO_ACTION_DIM] = 1.0
+    act[1:, :width] = raw[start + 1:start + seq_len]
+    mask[1:, :width] = 1.0
     return act, mask
 
 

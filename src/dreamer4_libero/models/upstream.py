@@ -9,6 +9,7 @@ except scale_pos_embeds whose fallback is True (§1.7). The report says where ea
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -235,6 +236,17 @@ def dynamics_config_from_state_dict(sd: dict, args: dict | None = None, explicit
                          f"signal_embed has {n_sig} rows (k_max+1), step_embed {n_step} (log2 k_max + 1)")
     cfg = DynamicsConfig(**shaped, **free)
     return cfg, {"source": source, "fallbacks": fallbacks, "notes": notes}
+
+
+def checkpoint_file(path: str | os.PathLike) -> str:
+    """A weights file, or a training run's checkpoint.json (results/train/<run>/), as the weights file's path."""
+    path = os.fspath(path)
+    if path.endswith(".json"):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        with open(path) as fh:
+            return json.load(fh)["path"]
+    return path
 
 
 def read_checkpoint(path_or_dict, keys=("dynamics", "model", "state_dict"), map_location="cpu"):

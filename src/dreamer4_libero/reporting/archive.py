@@ -174,6 +174,8 @@ def _describe(kind: str, run: str, args: dict, sd_info: dict, variant: dict | No
            "excluded). Shortcut forcing with the upstream token layout; actions condition every block.")
     if v.get("stand_in_for"):
         txt += f" **Stand-in:** {v['stand_in_for']}."
+    if v.get("init_note"):
+        txt += f" **Initial weights:** {v['init_note']}."
     return txt
 
 

@@ -244,7 +244,7 @@ def add_result_args(ap) -> None:
     """The result-file arguments shared by make_tables.py and make_archive.py."""
     ap.add_argument("--tables-config", required=True,
                     help="JSON: {variants: [{name, label, runnable, not_run_reason, stand_in_for, aux_weight, "
-                         "aux_input, space_mode, init_from}, ...] in config order, H_list, seeds, bootstrap_B, "
+                         "aux_input, space_mode, init_from, init_source, init_note}, ...] in config order, H_list, seeds, bootstrap_B, "
                          "tokenizer_run}")
     ap.add_argument("--probe-summaries", nargs="*", default=[],
                     help="results/probe/<variant>/summary.json (+ baselines)")
@@ -274,7 +274,7 @@ def normalise_config(cfg: dict) -> dict:
         if not isinstance(v, dict) or not isinstance(v.get("name"), str):
             raise TablesError(f"tables config: every variant needs a string 'name', got {v!r}")
         d = {"label": None, "runnable": True, "not_run_reason": None, "stand_in_for": None, "aux_weight": 0.0,
-             "aux_input": None, "space_mode": None, "init_from": None}
+             "aux_input": None, "space_mode": None, "init_from": None, "init_source": None, "init_note": None}
         d.update(v)
         norm.append(d)
     out["variants"] = norm
@@ -797,8 +797,10 @@ def _model_name(v: dict) -> str:
     return v["name"] + (" ‡" if v.get("stand_in_for") else "")
 
 
-def _stand_in_notes(variants: Sequence[dict]) -> list[str]:
-    return [f"‡ {v['name']} is a stand-in: {v['stand_in_for']}" for v in variants if v.get("stand_in_for")]
+def _variant_notes(variants: Sequence[dict]) -> list[str]:
+    """Stand-in notes (‡), then which DMControl weights each initialised variant loaded."""
+    return ([f"‡ {v['name']} is a stand-in: {v['stand_in_for']}" for v in variants if v.get("stand_in_for")]
+            + [f"{v['name']}: {v['init_note']}" for v in variants if v.get("init_note") and v.get("runnable")])
 
 
 def _n_tasks(recs: Sequence[dict], set_name: str) -> int | None:
@@ -855,7 +857,7 @@ def build_table1(inp: Inputs, pv: ProbeView) -> Table:
                "was trained on, unseen by the probe). Params = tokenizer + dynamics, aux head excluded. "
                "Archived = the published archive's value for the agent-token row (wm_agent). "
                "Flags per evaluation.md §1.9.")
-    notes = [QUOTED_NOTE] + _stand_in_notes(inp.variants)
+    notes = [QUOTED_NOTE] + _variant_notes(inp.variants)
     return Table("table1_probe", "Table 1 — Action probe (extended)", caption, header, "llrlrrrrl", rows, notes,
                  extra_header)
 
@@ -942,7 +944,7 @@ def build_table2(inp: Inputs) -> Table:
     notes = [f"Archived tokenizer PSNR: {ARCHIVED_TOKENIZER_PSNR:.2f} dB (convention not stated; possibly the "
              "masked-patch train-style PSNR of §3"
              + (f", which is {masked:.2f} dB for our tokenizer)." if _finite(masked) else ").")]
-    notes += _stand_in_notes(inp.variants)
+    notes += _variant_notes(inp.variants)
     return Table("table2_quality", "Table 2 — World-model quality (extended)", caption, list(HEADER_TABLE2),
                  "lrrrrrrr", rows, notes, extra_header)
 
@@ -962,9 +964,10 @@ def _reason(inp: Inputs, v: dict) -> str | None:
     return inp.not_run_reason(v["name"])
 
 
-def _stand_in_row_notes(rows_vs: Sequence[tuple[dict, str]]) -> list[str]:
-    return [f"Row “{label}” is filled by a stand-in: {v['stand_in_for']}" for v, label in rows_vs
-            if v.get("stand_in_for")]
+def _variant_row_notes(rows_vs: Sequence[tuple[dict, str]]) -> list[str]:
+    return ([f"Row “{label}” is filled by a stand-in: {v['stand_in_for']}" for v, label in rows_vs
+             if v.get("stand_in_for")]
+            + [f"Row “{label}”: {v['init_note']}" for v, label in rows_vs if v.get("init_note") and v.get("runnable")])
 
 
 def build_paper_probe(inp: Inputs, pv: ProbeView) -> Table:
@@ -987,7 +990,7 @@ def build_paper_probe(inp: Inputs, pv: ProbeView) -> Table:
                "(held-out tasks), H = 1, policy mode, past_actions extraction, wm_agent (agent-token) features, "
                f"mean of {len(inp.seeds)} probe seeds. The archive's values for the first four rows are −0.039, "
                "−0.039, −0.040, −0.036 (Table 1, column Archived).")
-    notes = [QUOTED_NOTE] + _stand_in_row_notes(labelled)
+    notes = [QUOTED_NOTE] + _variant_row_notes(labelled)
     return Table("paper_table_probe", "Paper table — action probe (verbatim layout)", caption, header, "lrr", rows,
                  notes, ["status", "variant", "n_seeds"])
 
@@ -1009,7 +1012,7 @@ def build_paper_rollout(inp: Inputs) -> Table:
                "stated; pooled is what the upstream trainer logs). The archive's values for the first four rows "
                "are 13.41, 13.41, 10.28, 13.05 dB (Table 2, column Archived rollout).")
     return Table("paper_table_rollout", "Paper table — rollout PSNR (verbatim layout)", caption,
-                 list(HEADER_PAPER_ROLLOUT), "lr", rows, _stand_in_row_notes(labelled),
+                 list(HEADER_PAPER_ROLLOUT), "lr", rows, _variant_row_notes(labelled),
                  ["status", "variant", "psnr_frame_mean"])
 
 
@@ -1111,7 +1114,7 @@ def build_controls(inp: Inputs, pv: ProbeView) -> Table:
                "cite video_only. video_only (every action token nulled) is off-distribution for models trained "
                "with actions. ± std = probe-seed spread (probe/sampling variance, not training variance); held-out "
                "R² depends on the number of held-out tasks.")
-    return Table("controls", "Controls", caption, header, "lllllrlrrll", rows, _stand_in_notes(inp.variants),
+    return Table("controls", "Controls", caption, header, "lllllrlrrll", rows, _variant_notes(inp.variants),
                  extra_header)
 
 
@@ -1164,7 +1167,7 @@ def build_degeneracy(inp: Inputs) -> Table:
                "NO-SIGNAL: held-out R² ≤ train_mean's + 0.02. LEAK?: a leak test failed, idm < policy − 0.02, "
                "or H = 2 beats H = 1 by more than its CI. Flags shown with the number of seeds that set them when "
                "not all did.")
-    return Table("degeneracy", "Degeneracy", caption, header, "lllrrrrrrrrll", rows, _stand_in_notes(inp.variants),
+    return Table("degeneracy", "Degeneracy", caption, header, "lllrrrrrrrrll", rows, _variant_notes(inp.variants),
                  extra_header)
 
 

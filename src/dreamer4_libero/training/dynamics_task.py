@@ -22,7 +22,8 @@ from .identity import training_data_fingerprint
 from ..data.loader import WindowDataset, make_loader
 from ..fileio import atomic_path, sha256_file
 from ..models.dynamics import Dynamics, DynamicsConfig, InverseDynamicsHead, pack_latents
-from ..models.upstream import DYNAMICS_TRAIN_DEFAULTS, load_dynamics_checkpoint, load_tokenizer_checkpoint
+from ..models.upstream import (DYNAMICS_TRAIN_DEFAULTS, checkpoint_file, load_dynamics_checkpoint,
+                               load_tokenizer_checkpoint)
 from ..objectives.shortcut import shortcut_loss
 
 
@@ -46,7 +47,7 @@ def resolve_tokenizer_path(run: dict, study_tokenizer: str | None) -> tuple[str,
     """(path, origin) of the frozen tokenizer: the variant's init_from tokenizer, else the study's."""
     init = run.get("init_paths") or {}
     if init.get("tokenizer"):
-        return init["tokenizer"], "init_from.tokenizer"
+        return checkpoint_file(init["tokenizer"]), "init_from.tokenizer"
     if not study_tokenizer:
         raise ValueError(f"variant {run['name']}: no tokenizer checkpoint given")
     return study_tokenizer, "study tokenizer"

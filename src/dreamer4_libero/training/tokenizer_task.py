@@ -15,7 +15,8 @@ import torch
 from .identity import training_data_fingerprint
 from ..data.loader import WindowDataset, make_loader
 from ..models.tokenizer import Tokenizer, TokenizerConfig
-from ..models.upstream import upstream_tokenizer_args
+from ..fileio import sha256_file
+from ..models.upstream import checkpoint_file, load_tokenizer_checkpoint, upstream_tokenizer_args
 from ..objectives.mae import tokenizer_loss
 
 
@@ -33,6 +34,18 @@ class TokenizerTask:
     def __init__(self, tok_cfg: dict, *, manifest: str, train_split: str, resolution: int, lpips_cache: str | None = None):
         self.tok_cfg, self.resolution = tok_cfg, resolution
         self.model_cfg = tokenizer_model_config(tok_cfg, resolution)
+        # init_from: weights only (fresh optimizer, step 0); the architecture comes from the state dict
+        self.init_path, self.init_sha, self.init_report, self._init_sd = None, None, None, None
+        if tok_cfg.get("init_from"):
+            self.init_path = checkpoint_file(tok_cfg["init_from"])
+            model, self.init_report = load_tokenizer_checkpoint(self.init_path, explicit={
+                "H": resolution, "W": resolution, "mae_p_min": tok_cfg["mae_p_min"], "mae_p_max": tok_cfg["mae_p_max"],
+                "dropout": tok_cfg["model"]["dropout"]})
+            if (model.cfg.H, model.cfg.W) != (resolution, resolution):
+                raise ValueError(f"tokenizer.init_from {self.init_path} is a {model.cfg.H}x{model.cfg.W} tokenizer; "
+                                 f"this run trains at {resolution}x{resolution} (data.model_resolution)")
+            self.model_cfg, self._init_sd = model.cfg, model.state_dict()
+            self.init_sha = sha256_file(self.init_path)
         self.dataset = WindowDataset(manifest, train_split, seq_len=tok_cfg["seq_len"],
                                      batch_size=tok_cfg["batch_size"], resolution=resolution, seed=tok_cfg["seed"])
         self.lpips = None
@@ -49,8 +62,11 @@ class TokenizerTask:
 
     def identity_inputs(self) -> dict:
         """What besides the config decides what this run learns (training/identity.py)."""
+        cks = {"lpips": self.lpips_info.get("weights_sha256")}
+        if self.init_sha:
+            cks["init_tokenizer"] = self.init_sha
         return {"data_fingerprint": training_data_fingerprint(self.dataset.store.manifest_path, self.dataset.episode_ids),
-                "checkpoints": {"lpips": self.lpips_info.get("weights_sha256")}, "tokenizer_choice": None}
+                "checkpoints": cks, "tokenizer_choice": None}
 
     # -- engine protocol --------------------------------------------------------------------
     def setup(self, ctx) -> None:
@@ -59,7 +75,9 @@ class TokenizerTask:
 
     def config(self) -> dict:
         return {"tokenizer": self.tok_cfg, "model": self.model_cfg.to_dict(), "resolution": self.resolution,
-                "lpips": self.lpips_info, "n_train_windows": self.dataset.n_windows}
+                "lpips": self.lpips_info, "n_train_windows": self.dataset.n_windows,
+                "init": {"init_from": self.init_path, "sha256": self.init_sha, **(self.init_report or {})}
+                if self.init_path else {"init_from": None}}
 
     def upstream_args(self) -> dict:
         """`args` as upstream's train_tokenizer.py records them, plus what LPIPS ran with."""
@@ -67,11 +85,15 @@ class TokenizerTask:
         return {**upstream_tokenizer_args(self.model_cfg), "seq_len": t["seq_len"], "batch_size": t["batch_size"],
                 "lr": t["lr"], "lr_mult": dict(t["lr_mult"]), "lr_schedule": t["lr_schedule"], "init_scale": dict(t["init_scale"]), "weight_decay": t["weight_decay"], "max_steps": t["max_steps"],
                 "save_every": t["save_every"], "seed": t["seed"], "lpips_weight": float(t["lpips_weight"]),
+                "init_from": self.init_path, "init_sha256": self.init_sha,
                 "lpips_frac": float(t["lpips_frac"]), "lpips_net": self.lpips_info["network"],
                 "lpips_weights_sha256": self.lpips_info.get("weights_sha256"), "lpips_resolution": self.resolution}
 
     def build_model(self) -> torch.nn.Module:
         model = Tokenizer(self.model_cfg)
+        if self._init_sd is not None:
+            model.load_state_dict(self._init_sd, strict=True)
+            return model
         scale = self.tok_cfg.get("init_scale") or {}
         params = dict(model.named_parameters())
         unknown = sorted(set(scale) - set(params))

@@ -1,0 +1,63 @@
+# Stage 2b: the offline DMControl pretraining, for the variants with `init_from: dmcontrol` when
+# `dmcontrol_init.source` is pretrain (or auto without configured files): collect_dmcontrol renders
+# episodes of stock dm_control tasks into shards; the tokenizer and dynamics rules (train_tokenizer,
+# train_dynamics: the same trainers) pretrain on them; pretrain_dmcontrol writes the final weights in
+# the upstream layout, where config.DMCONTROL_PRETRAIN_DIR says.
+from dreamer4_libero.config import DMCONTROL_PRETRAIN_DIR, dmcontrol_pretrain_runs
+
+DMC = config["dmcontrol_pretrain"]
+DMC_RUNS = dmcontrol_pretrain_runs(config)
+DMC_TOK = DMC_RUNS["tokenizer"]
+DMC_TOK_RUN = DMC_TOK["run_name"]
+DMC_DYN = DMC_RUNS["dynamics"]
+DMC_DYN_RUN = DMC_DYN["name"]
+DMC_FT = DMC_RUNS["finetune_tokenizer"]  # dmcontrol_init.tokenizer_choice: finetune
+DMC_FT_RUN = DMC_FT["run_name"]
+DMC_DATA = "results/dmcontrol/collect"
+
+
+rule collect_dmcontrol:
+    output:
+        manifest=f"{DMC_DATA}/manifest.json",
+        train=f"{DMC_DATA}/splits/train.json",
+    log:
+        "logs/collect_dmcontrol/collect_dmcontrol.log",
+    benchmark:
+        "benchmarks/collect_dmcontrol/collect_dmcontrol.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        **job_resources(
+            mem_mb=DMC["collect"]["mem_mb"], runtime=DMC["collect"]["runtime_min"]
+        ),
+    params:
+        c=json_arg(DMC["collect"]),
+        out=parent_of("manifest"),
+    shell:
+        "python workflow_scripts/collect_dmcontrol.py --collect {params.c} --out {params.out}"
+        " --progress false > {log} 2>&1"
+
+
+rule pretrain_dmcontrol:
+    input:
+        tokenizer=f"results/train/{DMC_TOK_RUN}/checkpoint.json",
+        dynamics=f"results/train/{DMC_DYN_RUN}/checkpoint.json",
+        manifest=f"{DMC_DATA}/manifest.json",
+    output:
+        tokenizer=f"{DMCONTROL_PRETRAIN_DIR}/tokenizer.pt",
+        dynamics=f"{DMCONTROL_PRETRAIN_DIR}/dynamics.pt",
+        record=f"{DMCONTROL_PRETRAIN_DIR}/pretrain.json",
+    log:
+        "logs/pretrain_dmcontrol/pretrain_dmcontrol.log",
+    benchmark:
+        "benchmarks/pretrain_dmcontrol/pretrain_dmcontrol.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    resources:
+        **job_resources(mem_mb=4000, runtime=30),
+    params:
+        out=parent_of("record"),
+    shell:
+        "python workflow_scripts/export_dmcontrol.py --tokenizer-checkpoint-json {input.tokenizer}"
+        " --dynamics-checkpoint-json {input.dynamics} --collection-manifest {input.manifest}"
+        " --out-dir {params.out} > {log} 2>&1"
