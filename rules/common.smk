@@ -69,9 +69,8 @@ def job_resources(gpu=0, cpus=None, cpus_per_gpu=None, **res):
         res["slurm_account"] = site["account"]
     if site["qos"]:
         res["qos"] = site["qos"]
-    if site["gpu_model"] and (
-        callable(gpu) or gpu
-    ):  # only with GPUs: --gpus=<model>:<n>
+    # --gpus=<model>:<n>, only for jobs with GPUs
+    if site["gpu_model"] and (callable(gpu) or gpu):
         res["gpu_model"] = lambda wc: site["gpu_model"] if n_gpu(wc) else ""
     if site["extra"]:
         res["slurm_extra"] = site["extra"]
@@ -103,10 +102,10 @@ def _tok_inputs(wc):
             "train": f"{DMC_DATA}/splits/train.json",
         }
     ins = {"manifest": f"{PRE}/manifest.json", "train": f"{PRE}/splits/train.json"}
-    if TOKS[wc.tok_run].get(
-        "init_from"
-    ):  # the fine-tune starts from a DMControl tokenizer
-        ins["init"] = TOKS[wc.tok_run]["init_from"]
+    # the DMControl tokenizer's LIBERO fine-tune starts from it
+    init = TOKS[wc.tok_run].get("init_from")
+    if init:
+        ins["init"] = init
     return ins
 
 

@@ -14,8 +14,8 @@ STAGES = {  # rule -> stage, in DAG order
     "tables": "tables and archive", "archive": "tables and archive",
     "collect_dmcontrol": "DMControl collection and pretraining", "pretrain_dmcontrol": "DMControl collection and pretraining",
 }
-# jobs of a shared rule that belong to the DMControl pretraining (benchmark file stem = run name)
-DMCONTROL_RUNS = {"tokenizer_dmcontrol", "dynamics_dmcontrol"}
+# jobs of a shared rule that belong to the DMControl pretraining (benchmark file stem = the default run names)
+DMCONTROL_RUNS = {"tokenizer_dmcontrol", "dynamics_dmcontrol", "tokenizer_dmcontrol_libero"}
 ORDER = ["data", "tokenizer", "DMControl collection and pretraining", "dynamics", "evaluation", "tables and archive"]
 
 

@@ -121,9 +121,7 @@ DMCONTROL_PRETRAIN_DIR = "results/dmcontrol/pretrain"
 def _dmcontrol_init(cfg: dict) -> tuple[dict, str | None, str | None, str]:
     """(init_paths, not-run reason, source, note for the tables) of an `init_from: dmcontrol` variant."""
     dm = dict(cfg.get("dmcontrol_init") or {})
-    source = dm.get("source", "auto")
-    if source == "auto":
-        source = "files" if dm.get("dynamics") else "pretrain"
+    source = _dmcontrol_source(dm)
     if source == "none":
         return ({"tokenizer": None, "dynamics": None},
                 "dmcontrol_init.source is none: this DMControl-initialised variant is not run", None, "not run")
@@ -147,6 +145,14 @@ def _dmcontrol_init(cfg: dict) -> tuple[dict, str | None, str | None, str]:
     else:
         note += "; frozen tokenizer: the DMControl tokenizer"
     return paths, reason, source, note
+
+
+def _dmcontrol_source(dm: dict) -> str:
+    """`dmcontrol_init.source` resolved: auto = files when a dynamics path is set, else pretrain."""
+    source = dm.get("source", "auto")
+    if source == "auto":
+        return "files" if dm.get("dynamics") else "pretrain"
+    return source
 
 
 def _finetune_run_name(cfg: dict) -> str:
@@ -186,9 +192,7 @@ def dmcontrol_pretrain_runs(cfg: dict, schema: dict | None = None) -> dict[str, 
     dyn.update(name="dynamics_dmcontrol", init_paths=None, init_source=None, init_note=None, runnable=True,
                not_run_reason=None)
     dm = dict(cfg.get("dmcontrol_init") or {})
-    source = dm.get("source", "auto")
-    use_files = source == "files" or (source == "auto" and dm.get("dynamics"))
-    start = dm.get("tokenizer") if use_files else f"{DMCONTROL_PRETRAIN_DIR}/tokenizer.pt"
+    start = dm.get("tokenizer") if _dmcontrol_source(dm) == "files" else f"{DMCONTROL_PRETRAIN_DIR}/tokenizer.pt"
     ft = _validated(deep_merge(deep_merge(tok, {"run_name": _finetune_run_name(cfg), "init_from": start}),
                                pre.get("finetune_tokenizer") or {}), props["tokenizer"],
                     "dmcontrol_pretrain.finetune_tokenizer")

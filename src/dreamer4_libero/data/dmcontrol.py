@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..fileio import atomic_dir, dumps_json, read_json, sha256_bytes, write_json
-from .shards import SHARD_FORMAT, NpyStreamWriter, npy_data_ok
+from ..fileio import atomic_dir, dumps_json, read_json, write_json
+from .shards import SHARD_FORMAT, NpyStreamWriter, demo_stats, npy_data_ok
 from .splits import SPLIT_FORMAT
 
 #: upstream's task_set.py, in order (the index selects the task embedding and action mask): name -> action dim
@@ -153,13 +153,6 @@ def collect_episode(name: str, *, seed: int, steps: int, policy: str = "random",
     return small, act
 
 
-def _demo_stats(name: str, frames: np.ndarray, actions: np.ndarray) -> dict:
-    return {"name": name, "T": int(len(frames)), "first_frame_sha256": sha256_bytes(np.ascontiguousarray(frames[0]).tobytes()),
-            "action_sum": [float(x) for x in actions.sum(axis=0)],
-            "action_min": [float(x) for x in actions.min(axis=0)],
-            "action_max": [float(x) for x in actions.max(axis=0)]}
-
-
 def _collect_task(name: str, shard_root: Path, options: dict, bar) -> dict:
     """Write one task's shard folder (or reuse a finished one with the same options); its manifest entry."""
     task_id = f"dmcontrol/{name}"
@@ -183,7 +176,7 @@ def _collect_task(name: str, shard_root: Path, options: dict, bar) -> dict:
                                               policy=options["policy"], render_size=options["render_size"])
             demo = f"demo_{e}"
             episodes.append({"name": demo, "index": e, "start": fw.n, "T": int(len(frames))})
-            demos.append(_demo_stats(demo, frames, actions))
+            demos.append(demo_stats(demo, frames, actions))
             fw.write(frames)
             aw.write(actions)
             bar.update(len(frames))

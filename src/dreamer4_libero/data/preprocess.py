@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..fileio import atomic_dir, dumps_json, read_json, sha256_bytes, sha256_file, write_json
+from ..fileio import atomic_dir, dumps_json, read_json, sha256_file, write_json
 from .libero import READER_VERSION, LiberoFormatError, TaskFile, TaskFileReader, discover_task_files
-from .shards import SHARD_FORMAT, NpyStreamWriter, npy_data_ok
+from .shards import SHARD_FORMAT, NpyStreamWriter, demo_stats, npy_data_ok
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,6 @@ class ChecksumCache:
         write_json(self.path, self.data)
 
 
-def _demo_stats(rec) -> dict:
-    first = np.ascontiguousarray(rec.frames[0])
-    a = rec.actions
-    return {"name": rec.name, "T": int(rec.T), "first_frame_sha256": sha256_bytes(first.tobytes()),
-            "action_sum": [float(x) for x in a.sum(axis=0)],
-            "action_min": [float(x) for x in a.min(axis=0)],
-            "action_max": [float(x) for x in a.max(axis=0)]}
-
-
 def process_file(task: TaskFile, shard_root: Path, options: dict, size: int, sha256: str | None) -> dict:
     """Write one task's shard folder (or reuse a finished one); return its manifest entry."""
     if sha256 is None:
@@ -89,7 +80,7 @@ def process_file(task: TaskFile, shard_root: Path, options: dict, size: int, sha
                             convert_dtype=options["convert_dtype"], resize=options["resize"]) as reader:
             for rec in reader.demos():
                 episodes.append({"name": rec.name, "index": rec.index, "start": frames_w.n, "T": int(rec.T)})
-                demos.append(_demo_stats(rec))
+                demos.append(demo_stats(rec.name, rec.frames, rec.actions))
                 frames_w.write(rec.frames)
                 actions_w.write(np.asarray(rec.actions, dtype=np.float64))
             report = reader.report.to_manifest()

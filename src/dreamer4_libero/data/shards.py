@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import read_json
+from ..fileio import read_json, sha256_bytes
 
 SHARD_FORMAT = "d4l-shard-v1"
 _NPY_HEADER_LEN = 128  # bytes: magic + version + length + padded dict, a multiple of 64
@@ -73,6 +73,16 @@ def npy_shape(path: str | os.PathLike) -> tuple[int, ...]:
         reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, _ = reader(fh)
     return tuple(shape)
+
+
+def demo_stats(name: str, frames: np.ndarray, actions: np.ndarray) -> dict:
+    """A demo's manifest entry: T, first-frame sha256 and raw action sum/min/max (the run identity's data
+    fingerprint reads T, the hash and the sums)."""
+    a = np.asarray(actions)
+    return {"name": name, "T": int(len(a)), "first_frame_sha256": sha256_bytes(np.ascontiguousarray(frames[0]).tobytes()),
+            "action_sum": [float(x) for x in a.sum(axis=0)],
+            "action_min": [float(x) for x in a.min(axis=0)],
+            "action_max": [float(x) for x in a.max(axis=0)]}
 
 
 @dataclass(frozen=True)
