@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   - set up, then run the whole DAG on the CPU demo (synthetic LIBERO, tiny models)
 #   make test   - set up, then run the test suite
+#   make report - the Snakemake HTML report of existing results (make demo ends with it)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench lint dag clean-demo slurm-profile
+.PHONY: setup demo report test bench lint dag clean-demo slurm-profile
 
 setup: $(VENV)/.setup-done
 
@@ -23,7 +24,17 @@ $(VENV)/.setup-done: requirements.txt pyproject.toml
 demo: setup
 	@t0=$$(date +%s); snakemake --profile profiles/local --cores $(CORES) --configfile config/demo.yaml \
 	  && $(PY) workflow_scripts/stage_times.py --benchmarks benchmarks --results results \
+	  && $(MAKE) --no-print-directory report \
 	  && echo "demo wall time: $$(( $$(date +%s) - t0 )) s"
+
+# One self-contained HTML report from the existing results (runs nothing; `snakemake --report`).
+# REPORT_CONFIG: the config file(s) the results were made with (the study: REPORT_CONFIG=).
+REPORT ?= results/report.html
+REPORT_CONFIG ?= --configfile config/demo.yaml
+report: setup
+	@mkdir -p logs; t0=$$(date +%s); snakemake $(REPORT_CONFIG) --report $(REPORT) > logs/report.log 2>&1 \
+	  || { tail -20 logs/report.log; echo "report failed: see logs/report.log"; exit 1; }; \
+	  echo "report: $(REPORT) ($$(du -h $(REPORT) | cut -f1), $$(( $$(date +%s) - t0 )) s); open it in a browser"
 
 # pytest exits 5 when it collects no test: that is not a failure of the code under test.
 test: setup

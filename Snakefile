@@ -13,6 +13,9 @@ configfile: "config.yaml"
 validate(config, "config/schema.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/preprocess.smk"
 include: "rules/dmcontrol.smk"
@@ -20,6 +23,7 @@ include: "rules/tokenizer.smk"
 include: "rules/dynamics.smk"
 include: "rules/evaluation.smk"
 include: "rules/tables.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -32,3 +36,4 @@ rule all:
         EVAL_OUTPUTS,
         TABLE_FILES,
         "results/archive/README.md",
+        REPORT_OUTPUTS,

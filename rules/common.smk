@@ -6,7 +6,13 @@ import shlex
 
 # Rules call `python` from PATH: the project venv (make demo) or the rule's conda env.
 LIBERO_ROOT = config["data"]["libero_root"]
+# every job's checkpoint loading reads $D4L_TRUST_CHECKPOINT (fileio.safe_torch_load); a shell prefix
+# reaches local and Slurm jobs alike
+shell.prefix(f"export D4L_TRUST_CHECKPOINT={int(config['trust_checkpoint'])}; ")
 PRE = "results/preprocess"
+# Snakemake job priority of the critical path (LIBERO data -> study tokenizer): with few cores the
+# scheduler otherwise starts the DMControl pretraining first and the study tokenizer waits for it
+CRITICAL_PRIORITY = 10
 
 
 def json_arg(obj):
@@ -161,3 +167,12 @@ def grandparent_of(name):
     return lambda wildcards, input: os.path.dirname(
         os.path.dirname(getattr(input, name)[0])
     )
+
+
+# -- report (rules/report.smk) --
+def _report_train_files(wc):
+    return [
+        f"results/train/{r}/{f}"
+        for r in TOK_TRAINED + DYN_TRAINED
+        for f in ("config.json", "metrics.jsonl", "checkpoint.json")
+    ]

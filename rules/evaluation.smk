@@ -82,9 +82,24 @@ rule rollout_eval:
         val=f"{PRE}/splits/val.json",
     output:
         json="results/rollout/{variant}/rollout.json",
-        strips=report("results/rollout/{variant}/strips.png", category="Rollouts"),
-        gif="results/rollout/{variant}/rollout.gif",
-        curve=report("results/rollout/{variant}/per_step_psnr.png", category="Rollouts"),
+        strips=report(
+            "results/rollout/{variant}/strips.png",
+            caption="../report/rollout_strips.rst",
+            category="Rollout",
+            subcategory="{variant}",
+        ),
+        gif=report(
+            "results/rollout/{variant}/rollout.gif",
+            caption="../report/rollout_gif.rst",
+            category="Rollout",
+            subcategory="{variant}",
+        ),
+        curve=report(
+            "results/rollout/{variant}/per_step_psnr.png",
+            caption="../report/rollout_psnr.rst",
+            category="Rollout",
+            subcategory="{variant}",
+        ),
     log:
         "logs/rollout_eval/{variant}.log",
     benchmark:

@@ -28,6 +28,7 @@ rule make_synthetic:
         "logs/make_synthetic/make_synthetic.log",
     benchmark:
         "benchmarks/make_synthetic/make_synthetic.tsv"
+    priority: CRITICAL_PRIORITY
     conda:
         "../envs/pipeline.yaml"
     resources:
@@ -58,6 +59,7 @@ rule preprocess:
         "logs/preprocess/preprocess.log",
     benchmark:
         "benchmarks/preprocess/preprocess.tsv"
+    priority: CRITICAL_PRIORITY
     conda:
         "../envs/pipeline.yaml"
     threads: config["data"]["workers"]
@@ -87,6 +89,7 @@ rule splits:
         "logs/splits/splits.log",
     benchmark:
         "benchmarks/splits/splits.tsv"
+    priority: CRITICAL_PRIORITY
     conda:
         "../envs/pipeline.yaml"
     resources:
@@ -106,8 +109,16 @@ rule data_sanity:
         probe=PROBE_FILES,
     output:
         json=f"{PRE}/sanity/frame_diff_probe.json",
-        png=report(f"{PRE}/sanity/frame_diff_probe.png", category="Data"),
-        frames=report(f"{PRE}/sanity/sample_frames.png", category="Data"),
+        png=report(
+            f"{PRE}/sanity/frame_diff_probe.png",
+            caption="../report/sanity_probe.rst",
+            category="Data",
+        ),
+        frames=report(
+            f"{PRE}/sanity/sample_frames.png",
+            caption="../report/sample_frames.rst",
+            category="Data",
+        ),
     log:
         "logs/data_sanity/data_sanity.log",
     benchmark:

@@ -6,7 +6,13 @@ TABLE_OUT = "results/tables"
 TABLE_FILES = [
     f"{TABLE_OUT}/{k}.{ext}" for k in TABLE_KEYS for ext in ("md", "csv", "tex")
 ]
-PLOT_FILES = [f"{TABLE_OUT}/plots/{p}.png" for p in PLOT_NAMES]
+PLOT_REPORT = {  # plot -> (report category, caption file in report/)
+    "loss_curves": ("Dynamics variants", "loss_curves_all"),
+    "aux_mse": ("Dynamics variants", "aux_mse_all"),
+    "probe_r2": ("Probe", "probe_r2"),
+    "h_curves": ("Probe", "h_curves"),
+    "rollout_per_step": ("Rollout", "rollout_per_step_all"),
+}
 TRAIN_RUNS = [TOK_RUN] + list(DYN)
 
 
@@ -45,9 +51,34 @@ rule tables:
     input:
         **_EVAL_INPUTS,
     output:
-        md=report(f"{TABLE_OUT}/tables.md", category="Tables"),
-        tables=TABLE_FILES,
-        plots=[report(p, category="Plots") for p in PLOT_FILES],
+        md=f"{TABLE_OUT}/tables.md",
+        html=report(
+            f"{TABLE_OUT}/tables.html",
+            caption="../report/tables.rst",
+            category="Tables",
+        ),
+        tables=[
+            (
+                report(
+                    f,
+                    caption="../report/table_csv.rst",
+                    category="Tables",
+                    subcategory="CSV files",
+                )
+                if f.endswith(".csv")
+                else f
+            )
+            for f in TABLE_FILES
+        ],
+        plots=[
+            report(
+                f"{TABLE_OUT}/plots/{p}.png",
+                caption=f"../report/{PLOT_REPORT[p][1]}.rst",
+                category=PLOT_REPORT[p][0],
+                subcategory="All variants",
+            )
+            for p in PLOT_NAMES
+        ],
     log:
         "logs/tables/tables.log",
     benchmark:

@@ -23,6 +23,8 @@ rule train_tokenizer:
         "benchmarks/train_tokenizer/{tok_run}.tsv"
     wildcard_constraints:
         tok_run="|".join(TOKS),
+    # the study tokenizer is the DAG's critical path: start it before the DMControl pretraining's jobs
+    priority: lambda wc: CRITICAL_PRIORITY if wc.tok_run == TOK_RUN else 0
     retries: retries(max(t["retries"] for t in TOKS.values()))
     conda:
         "../envs/pipeline.yaml"
@@ -57,7 +59,11 @@ rule tokenizer_eval:
         val=f"{PRE}/splits/val.json",
     output:
         json=f"{TOK_EVAL}/psnr.json",
-        png=report(f"{TOK_EVAL}/reconstructions.png", category="Tokenizer"),
+        png=report(
+            f"{TOK_EVAL}/reconstructions.png",
+            caption="../report/tokenizer_recon.rst",
+            category="Tokenizer",
+        ),
     log:
         f"logs/tokenizer_eval/{TOK_RUN}.log",
     benchmark:

@@ -23,7 +23,7 @@ from dreamer4_libero.evaluation.tokenizer_psnr import evaluate_tokenizer
 from dreamer4_libero.fileio import read_json, sha256_file, write_json
 from dreamer4_libero.models.sampling import tau_schedule
 from dreamer4_libero.models.upstream import load_tokenizer_checkpoint, read_checkpoint
-from dreamer4_libero.reporting.plots import per_step_psnr, rollout_gif, rollout_strips, to_uint8
+from dreamer4_libero.reporting.plots import copy_last_frames, per_step_psnr, rollout_gif, rollout_strips, to_uint8
 from dreamer4_libero.evaluation.loading import load_run, versions
 
 EVAL_REQUIRED = ("eps_per_task", "context", "horizon", "euler_steps", "rollout_seed", "bootstrap_B",
@@ -172,10 +172,13 @@ def main() -> None:
     strips, clips = [], []
     for name, exs in examples.items():
         for e in exs:
-            gt, pred = to_uint8(e["gt"]), to_uint8(e["model"])
-            strips.append({"label": f"{name}: {e['id']}", "gt": gt, "pred": pred})
+            gt = to_uint8(e["gt"])
+            rows = [("ground truth", gt), ("rollout, true actions", to_uint8(e["model"])),
+                    ("rollout, shuffled actions", to_uint8(e["action_shuffled"])),
+                    ("copy last context frame", copy_last_frames(gt, ev["context"]))]
+            strips.append({"label": f"{name}: {e['id']}", "rows": rows})
             if name == "test_ood":
-                clips.append({"gt": gt, "pred": pred})
+                clips.append({"rows": [(lab.split(",")[-1].strip(), v) for lab, v in rows]})
     if strips:
         rollout_strips(strips, out / "strips.png", f"{variant}: {ev['context']} context -> {ev['horizon']} predicted "
                        f"frames ({ev['euler_steps']} Euler steps)", context=ev["context"])

@@ -2,21 +2,10 @@
 """Print the wall time of every stage from Snakemake's benchmark files, and where the outputs are."""
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
-STAGES = {  # rule -> stage, in DAG order
-    "make_synthetic": "data", "preprocess": "data", "splits": "data", "data_sanity": "data",
-    "train_tokenizer": "tokenizer", "tokenizer_eval": "evaluation",
-    "train_dynamics": "dynamics", "dynamics_not_run": "dynamics",
-    "probe": "evaluation", "probe_baselines": "evaluation", "rollout_eval": "evaluation",
-    "tables": "tables and archive", "archive": "tables and archive",
-    "collect_dmcontrol": "DMControl collection and pretraining", "pretrain_dmcontrol": "DMControl collection and pretraining",
-}
-# jobs of a shared rule that belong to the DMControl pretraining (benchmark file stem = the default run names)
-DMCONTROL_RUNS = {"tokenizer_dmcontrol", "dynamics_dmcontrol", "tokenizer_dmcontrol_libero"}
-ORDER = ["data", "tokenizer", "DMControl collection and pretraining", "dynamics", "evaluation", "tables and archive"]
+from dreamer4_libero.reporting.runtime import read_benchmarks, stage_totals
 
 
 def main() -> None:
@@ -24,20 +13,15 @@ def main() -> None:
     ap.add_argument("--benchmarks", default="benchmarks")
     ap.add_argument("--results", default="results")
     a = ap.parse_args()
-    per_stage: dict[str, float] = {}
+    rows = read_benchmarks(a.benchmarks)
     print("time per rule (s):")
-    for tsv in sorted(Path(a.benchmarks).rglob("*.tsv")):
-        rule = tsv.parent.name
-        with open(tsv) as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-        secs = sum(float(r["s"]) for r in rows)
-        stage = "DMControl collection and pretraining" if tsv.stem in DMCONTROL_RUNS else STAGES.get(rule, rule)
-        per_stage[stage] = per_stage.get(stage, 0.0) + secs
-        print(f"  {rule + '/' + tsv.stem:56s} {secs:8.1f}")
+    for r in rows:
+        print(f"  {r['rule'] + '/' + r['job']:56s} {r['s']:8.1f}")
     print("time per stage (s):")
-    for stage, secs in sorted(per_stage.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else 99):
+    totals = stage_totals(rows)
+    for stage, secs in totals:
         print(f"  {stage:40s} {secs:8.1f}")
-    print(f"  {'total (sum over jobs; jobs run in parallel)':40s} {sum(per_stage.values()):8.1f}")
+    print(f"  {'total (sum over jobs; jobs run in parallel)':40s} {sum(s for _, s in totals):8.1f}")
     res = Path(a.results)
     print("outputs:")
     print(f"  shards:       {res}/preprocess/shards/<suite>/<task>/  (frames.npy, actions.npy, episodes.json)")

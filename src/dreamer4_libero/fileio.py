@@ -142,3 +142,43 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint loading without arbitrary code execution
+
+#: environment switch the workflow sets from config `trust_checkpoint` (rules/common.smk)
+TRUST_ENV = "D4L_TRUST_CHECKPOINT"
+
+
+class CheckpointTrustError(RuntimeError):
+    """A checkpoint needs arbitrary unpickling (it could run code) and was not explicitly trusted."""
+
+
+def trusted_by_config() -> bool:
+    return os.environ.get(TRUST_ENV, "0").strip().lower() in ("1", "true", "yes")
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", trust: bool | None = None) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, containers, numbers and strings only, so a
+    crafted file cannot execute code. A file that needs more raises CheckpointTrustError naming it and
+    why, unless ``trust`` (default: config ``trust_checkpoint`` via $D4L_TRUST_CHECKPOINT) is set; then
+    it is loaded with full unpickling and a warning."""
+    import pickle
+    import warnings
+
+    import torch
+
+    trust = trusted_by_config() if trust is None else trust
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = str(e).strip().splitlines()
+        reason = next((ln for ln in why if "GLOBAL" in ln or "Unsupported" in ln), why[0] if why else "?")
+        if not trust:
+            raise CheckpointTrustError(
+                f"{path}: refusing to load: it needs arbitrary unpickling, which can run code from the file "
+                f"({reason.strip()}). Pipeline checkpoints never need this; if you trust where this file comes "
+                f"from, set `trust_checkpoint: true` in the config (or {TRUST_ENV}=1)") from None
+        warnings.warn(f"{path}: loading with full unpickling because trust_checkpoint is set ({reason.strip()})")
+        return torch.load(str(path), map_location=map_location, weights_only=False)

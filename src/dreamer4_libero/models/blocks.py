@@ -47,6 +47,39 @@ class MLP(nn.Module):
         return self.drop(self.fc_out(self.drop(u * F.silu(v))))
 
 
+# Attention kernel: "sdpa" = F.scaled_dot_product_attention (flash / memory-efficient kernels on GPU
+# where the mask allows, else its math kernel), "explicit" = softmax(q k^T / sqrt(hd) + mask) v written
+# out, the reference the fast path is tested against (tests/test_attention.py). One switch per process.
+ATTENTION_BACKENDS = ("sdpa", "explicit")
+_ATTENTION = {"backend": "sdpa"}
+
+
+def set_attention_backend(name: str) -> None:
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {name!r}")
+    _ATTENTION["backend"] = name
+
+
+def attention_backend() -> str:
+    return _ATTENTION["backend"]
+
+
+def explicit_attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0):
+    """q (N,H,Lq,hd), k/v (N,H,Lk,hd) -> (N,H,Lq,hd), with SDPA's semantics: a bool mask is True where
+    attending is allowed, a float mask is added to the scores, is_causal is top-left aligned."""
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)                  # (N,H,Lq,Lk)
+    if is_causal:
+        keep = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    p = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if dropout_p > 0:
+        p = F.dropout(p, dropout_p)
+    return p @ v
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over (N, L, D) with one qkv projection (§1.3)."""
 
@@ -65,8 +98,11 @@ class Attention(nn.Module):
 
     def attend(self, q, k, v, mask=None, is_causal=False):
         """q (N,H,Lq,hd), k/v (N,H,Lk,hd) -> (N,Lq,D) after the output projection."""
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if _ATTENTION["backend"] == "explicit":
+            y = explicit_attention(q, k, v, mask=mask, is_causal=is_causal, dropout_p=p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
         N, _, Lq, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(N, Lq, -1))
 

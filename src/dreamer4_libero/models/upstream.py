@@ -18,6 +18,7 @@ from dataclasses import fields
 
 import torch
 
+from ..fileio import safe_torch_load
 from .blocks import has_time
 from .tokenizer import Tokenizer, TokenizerConfig
 
@@ -254,7 +255,7 @@ def read_checkpoint(path_or_dict, keys=("dynamics", "model", "state_dict"), map_
     if isinstance(path_or_dict, (str, os.PathLike)):
         if not os.path.exists(path_or_dict):
             raise FileNotFoundError(f"checkpoint not found: {path_or_dict}")
-        ckpt = torch.load(str(path_or_dict), map_location=map_location, weights_only=True)
+        ckpt = safe_torch_load(path_or_dict, map_location=map_location)
     else:
         ckpt = path_or_dict
     key = next((k for k in keys if isinstance(ckpt.get(k), dict)), None)

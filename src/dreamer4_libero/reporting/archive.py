@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..fileio import atomic_dir, atomic_path, dumps_json, read_json, sha256_file
+from ..fileio import atomic_dir, atomic_path, dumps_json, read_json, safe_torch_load, sha256_file
 from ..training.metrics import plot_metrics
 from . import tables as T
 
@@ -55,7 +55,7 @@ def read_engine_checkpoint(path: str | os.PathLike, expected_sha256: str | None 
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if expected_sha256 and sha256_file(path) != expected_sha256:
         raise ValueError(f"{path}: sha256 differs from the one recorded in checkpoint.json (not the evaluated weights)")
-    return _torch().load(str(path), map_location="cpu", weights_only=True)
+    return safe_torch_load(path, map_location="cpu")
 
 
 def upstream_checkpoint(ck: dict, key: str) -> dict:

@@ -67,24 +67,33 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.moveaxis((x * 255.0).round().astype(np.uint8), -3, -1)
 
 
-def _strip_canvas(gt: np.ndarray, pred: np.ndarray, context: int, gap: int = 2, bar: int = 3) -> np.ndarray:
-    """One canvas: a colour bar (context / predicted), the GT row and the predicted row, frames side by side."""
-    T, H, W, _ = gt.shape
-    canvas = np.full((bar + gap + 2 * H + gap, T * (W + gap) - gap, 3), 255, np.uint8)
+def copy_last_frames(gt: np.ndarray, context: int) -> np.ndarray:
+    """The copy-last-frame reference as a video: the context frames, then frame `context - 1` repeated."""
+    out = np.array(gt, copy=True)
+    out[context:] = gt[context - 1]
+    return out
+
+
+def _strip_canvas(rows: list[np.ndarray], context: int, gap: int = 2, bar: int = 3) -> np.ndarray:
+    """One canvas: a colour bar (context / predicted), then one row of frames per video (T, H, W, 3)."""
+    T, H, W, _ = rows[0].shape
+    canvas = np.full((bar + len(rows) * (H + gap), T * (W + gap) - gap, 3), 255, np.uint8)
     for t in range(T):
         x0 = t * (W + gap)
         canvas[:bar, x0:x0 + W] = CONTEXT_RGB if t < context else PREDICTED_RGB
-        canvas[bar + gap:bar + gap + H, x0:x0 + W] = gt[t]
-        canvas[bar + 2 * gap + H:bar + 2 * gap + 2 * H, x0:x0 + W] = pred[t]
+        for r, video in enumerate(rows):
+            y0 = bar + gap + r * (H + gap)
+            canvas[y0:y0 + H, x0:x0 + W] = video[t]
     return canvas
 
 
 def rollout_strips(strips: list[dict], path: str | Path, title: str, context: int = 8) -> None:
-    """Per window: ground truth (top) vs rollout (bottom), uint8 frames (T, H, W, 3) under "gt" / "pred",
-    labelled by "label"; the first `context` columns (orange bar) are the context frames (decoded)."""
+    """Per window one canvas of labelled rows: strips = [{"label": str, "rows": [(row label, uint8 (T,H,W,3))]}]
+    (ground truth first, then the rollout and its references); the first `context` columns (orange bar)
+    are the context frames (decoded)."""
     if not strips:
         raise ValueError("rollout_strips: nothing to draw")
-    canvases = [_strip_canvas(s["gt"], s["pred"], context) for s in strips]
+    canvases = [_strip_canvas([v for _, v in s["rows"]], context) for s in strips]
     h, w = canvases[0].shape[:2]
     width = min(24.0, max(8.0, w / 60))
     fig, axes = plt.subplots(len(canvases), 1, figsize=(width, len(canvases) * (width * h / w + 0.3) + 0.3),
@@ -92,37 +101,40 @@ def rollout_strips(strips: list[dict], path: str | Path, title: str, context: in
     for ax, c, s in zip(axes[:, 0], canvases, strips):
         ax.imshow(c, interpolation="nearest")
         ax.set_axis_off()
-        ax.set_title(f"{s['label']}   top: ground truth, bottom: rollout; orange = {context} context frames, "
-                     f"green = predicted", fontsize=7, loc="left")
+        names = ", ".join(f"{i + 1}: {lab}" for i, (lab, _) in enumerate(s["rows"]))
+        ax.set_title(f"{s['label']}   rows {names}; orange = {context} context frames, green = predicted",
+                     fontsize=7, loc="left")
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
 
 def rollout_gif(clips: list[dict], path: str | Path, context: int = 8, min_side: int = 128,
                 duration_ms: int = 200) -> None:
-    """Animated GIF: per time step, every clip's ground truth | rollout side by side (clips stacked
-    vertically) under a header bar (orange while the frame is context, green once predicted) that
-    names the frame. clips: [{"gt": uint8 (T,H,W,3), "pred": uint8 (T,H,W,3)}]."""
+    """Animated GIF: per time step, every clip's videos side by side (clips stacked vertically) under a
+    header bar (orange while the frame is context, green once predicted) that names the frame and the
+    columns. clips: [{"rows": [(label, uint8 (T,H,W,3)), ...]}], the same labels in every clip."""
     from PIL import Image, ImageDraw
 
     if not clips:
         raise ValueError("rollout_gif: nothing to draw")
-    T, H, W, _ = clips[0]["gt"].shape
+    T, H, W, _ = clips[0]["rows"][0][1].shape
     s = max(1, -(-min_side // H))
     gap, bar = 2 * s, 14
+    labels = " | ".join(lab for lab, _ in clips[0]["rows"])
     images = []
     for t in range(T):
         rows = []
         for c in clips:
-            g = np.kron(c["gt"][t], np.ones((s, s, 1), np.uint8))
-            p = np.kron(c["pred"][t], np.ones((s, s, 1), np.uint8))
-            rows.append(np.concatenate([g, np.full((H * s, gap, 3), 255, np.uint8), p], axis=1))
+            cols = []
+            for _, video in c["rows"]:
+                cols += [np.kron(video[t], np.ones((s, s, 1), np.uint8)), np.full((H * s, gap, 3), 255, np.uint8)]
+            rows.append(np.concatenate(cols[:-1], axis=1))
             rows.append(np.full((gap, rows[-1].shape[1], 3), 255, np.uint8))
         body = np.concatenate(rows[:-1], axis=0)
         top = np.empty((bar, body.shape[1], 3), np.uint8)
         top[:] = CONTEXT_RGB if t < context else PREDICTED_RGB
         img = Image.fromarray(np.concatenate([top, body], axis=0))
-        label = f"GT | rollout  t={t} " + ("context" if t < context else f"pred {t - context + 1}")
+        label = f"{labels}  t={t} " + ("context" if t < context else f"pred {t - context + 1}")
         ImageDraw.Draw(img).text((2, 1), label, fill=(255, 255, 255))
         images.append(img)
     with atomic_path(path, suffix=".gif") as tmp:

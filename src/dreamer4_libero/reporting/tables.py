@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import html
 import io
 import json
 import logging
@@ -741,6 +742,42 @@ def render_md(table: Table, files: Sequence[tuple[str, str]] | None, level: int 
         out += [f"{h}  {p}" for p, h in files]
         out += ["```", "", "</details>"]
     return "\n".join(out) + "\n"
+
+
+def render_html(table: Table, level: int = 2) -> str:
+    """One table as an HTML <section> (cells as in Markdown, escaped; for the Snakemake report)."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in table.header)
+    body = []
+    for row in table.rows:
+        cells = [c.replace("\\|", "|") for c in _row_strings(table, row, "md")]
+        if row.not_run is not None:
+            tds = "".join(f"<td>{esc(c)}</td>" for c in cells[:row.n_label])
+            tds += f'<td class="notrun" colspan="{len(table.header) - row.n_label}">{esc(cells[row.n_label])}</td>'
+        else:
+            tds = "".join(f"<td>{esc(c)}</td>" for c in cells)
+        body.append(f"<tr>{tds}</tr>")
+    notes = "".join(f"<p class=\"note\">{esc(n)}</p>" for n in table.notes)
+    return (f'<section id="{esc(table.key)}"><h{level}>{esc(table.title)}</h{level}>'
+            f"<p>{esc(' '.join(table.caption.split()))}</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{notes}</section>\n")
+
+
+HTML_STYLE = ("body{font-family:sans-serif;font-size:13px;margin:1em;color:#222}"
+              "table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #bbb;padding:2px 6px;"
+              "text-align:left;white-space:nowrap}th{background:#eee}td.notrun{color:#777;font-style:italic}"
+              "p.note{font-size:12px;color:#555;margin:.2em 0}")
+
+
+def render_all_html(tables: Sequence[Table], inp: Inputs) -> str:
+    """Every table on one self-contained HTML page (no scripts, no external resources)."""
+    toc = "".join(f'<li><a href="#{html.escape(t.key)}">{html.escape(t.title)}</a></li>' for t in tables)
+    files = "\n".join(f"{h}  {html.escape(p)}" for p, h in inp.files)
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Tables</title>"
+            f"<style>{HTML_STYLE}</style></head><body><h1>Tables ({html.escape(PROTOCOL)})</h1>"
+            "<p>Generated from the result records and training metrics only. † rows are quoted from the paper, "
+            f"not recomputed.</p><ul>{toc}</ul>\n" + "".join(render_html(t) for t in tables)
+            + f"<details><summary>Inputs (sha256)</summary><pre>{files}</pre></details></body></html>\n")
 
 
 def render_csv(table: Table, files: Sequence[tuple[str, str]]) -> str:
@@ -1486,7 +1523,8 @@ def write_tables(inp: Inputs, out_dir: str | os.PathLike, plots: bool = True) ->
     if plots:
         written += write_plots(inp, out_dir / "plots")
     _write_text(out_dir / "tables.md", render_all_md(tables, inp, plots))
-    written.append(out_dir / "tables.md")
+    _write_text(out_dir / "tables.html", render_all_html(tables, inp))
+    written += [out_dir / "tables.md", out_dir / "tables.html"]
     return written
 
 

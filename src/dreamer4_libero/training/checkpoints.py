@@ -43,7 +43,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from ..fileio import atomic_path, fsync_dir
+from ..fileio import atomic_path, fsync_dir, safe_torch_load
 
 FORMAT = "dreamer4_libero.checkpoint/1"
 STEP_RE = re.compile(r"^step_(\d{7,})\.pt$")
@@ -127,8 +127,8 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, state: dict, keep_last: int | N
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load one checkpoint with ``weights_only=True``."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load one checkpoint with ``weights_only=True`` (fileio.safe_torch_load)."""
+    return safe_torch_load(path, map_location=map_location)
 
 
 def _validate(ckpt: Any, path: Path, model_key: str | None) -> None:

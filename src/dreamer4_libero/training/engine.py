@@ -43,6 +43,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..fileio import sha256_file, write_json
+from ..models.blocks import ATTENTION_BACKENDS, set_attention_backend
+from ..provenance import code_version
 from .checkpoints import (
     CheckpointLock,
     CheckpointLockError,
@@ -100,6 +102,9 @@ class EngineConfig:
     tf32: bool = True  # CUDA TF32 matmuls (ignored in deterministic mode)
     lr_mult: dict = field(default_factory=dict)  # parameter-name prefix -> lr multiplier (longest prefix wins)
     lr_schedule: str = "constant"  # constant (upstream) | cosine (from lr at update 1 to 0 at max_steps)
+    attention: str = "sdpa"  # sdpa (fused kernels) | explicit (the written-out reference; models/blocks.py)
+    fused_adamw: str = "auto"  # auto (fused on CUDA) | on | off; CPU always uses the foreach AdamW
+    compile: bool = False  # torch.compile the model; checkpoints store the uncompiled state dict
 
     def __post_init__(self) -> None:
         self.ckpt_dir = os.fspath(self.ckpt_dir)
@@ -110,6 +115,10 @@ class EngineConfig:
             raise ValueError(f"lr_schedule must be constant|cosine, got {self.lr_schedule!r}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp must be auto|bf16|fp16|off, got {self.amp!r}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
+        if self.fused_adamw not in ("auto", "on", "off"):
+            raise ValueError(f"fused_adamw must be auto|on|off, got {self.fused_adamw!r}")
         for name in ("max_steps",):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -309,6 +318,7 @@ class _Run:
         self.rank, self.world, self.local_rank, self.device = rank, world, local_rank, device
         self.is_main = rank == 0
         self.ckpt_dir = Path(cfg.ckpt_dir)
+        self.pbar = None  # before the first log line
         self.amp_dtype, self.use_scaler = resolve_amp(cfg.amp, device)
         if device.type != "cuda" and cfg.amp in ("bf16", "fp16"):
             self.log(f"amp={cfg.amp} requested but running on CPU: training in fp32")
@@ -366,6 +376,7 @@ class _Run:
     def setup(self) -> None:
         cfg, task = self.cfg, self.task
         seed_everything(cfg.seed + self.rank, self.device)
+        set_attention_backend(cfg.attention)
         self.ctx = EngineContext(self.rank, self.world, self.local_rank, self.device, self.amp_dtype, cfg)
         if hasattr(task, "setup"):
             task.setup(self.ctx)
@@ -432,8 +443,14 @@ class _Run:
         else:
             self.wrapped = self.model
 
+        fused = self.device.type == "cuda" and cfg.fused_adamw != "off"
+        if cfg.fused_adamw == "on" and not fused:
+            self.log("fused_adamw=on requested but not on CUDA: using the foreach AdamW")
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.lr, cfg.lr_mult), lr=cfg.lr, betas=cfg.betas,
-                                     eps=cfg.eps, weight_decay=cfg.weight_decay)
+                                     eps=cfg.eps, weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
+        if cfg.compile:
+            # compile the module the loss calls; self.model stays the plain module that is saved
+            self.wrapped = torch.compile(self.wrapped)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
         if ck is not None:
             if ck.get("opt"):
@@ -458,7 +475,8 @@ class _Run:
                             "attempt": os.environ.get("SNAKEMAKE_ATTEMPT"), "start_step": step,
                             "resumed_from": str(path) if path else None, "pid": os.getpid(),
                             "host": socket.gethostname(), "world_size": self.world,
-                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "max_steps": cfg.max_steps}
+                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "max_steps": cfg.max_steps,
+                            "code": code_version()}
             _append_jsonl(self.ckpt_dir / "attempts.jsonl", self.attempt)
         if path is not None:
             self.log(f"RESUMED from {path} at step {step}")
@@ -839,12 +857,16 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--deadline-margin-s", type=float)
     g.add_argument("--progress", type=_bool, metavar="BOOL")
     g.add_argument("--find-unused-parameters", type=_bool, metavar="BOOL")
+    g.add_argument("--attention", choices=list(ATTENTION_BACKENDS))
+    g.add_argument("--fused-adamw", choices=["auto", "on", "off"])
+    g.add_argument("--compile", type=_bool, metavar="BOOL")
     return parser
 
 
 _ARG_FIELDS = ["run_name", "ckpt_dir", "out_dir", "max_steps", "lr", "weight_decay", "grad_clip", "grad_accum",
                "save_every", "keep_last", "log_every", "seed", "amp", "deterministic", "num_threads",
-               "time_limit_min", "deadline_margin_s", "progress", "find_unused_parameters"]
+               "time_limit_min", "deadline_margin_s", "progress", "find_unused_parameters", "attention", "fused_adamw",
+               "compile"]
 
 
 def engine_config_from_args(args: argparse.Namespace, **base: Any) -> EngineConfig:
