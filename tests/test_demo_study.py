@@ -163,9 +163,9 @@ def _planned(root, *args):
 
 @pytest.mark.parametrize("args,expected", [
     ((), {}),                                                                    # a finished study plans nothing
-    (("-R", "rollout_eval"), {"rollout_eval": len(RUN), "tables": 1, "archive": 1, "all": 1}),
+    (("-R", "rollout_eval"), {"rollout_eval": len(RUN), "tables": 1, "archive": 1, "report_assets": 1, "all": 1}),
     (("-R", "probe", "--until", "probe"), {"probe": len(RUN)}),
-    (("-R", "tables"), {"tables": 1, "archive": 1, "all": 1}),
+    (("-R", "tables"), {"tables": 1, "archive": 1, "report_assets": 1, "all": 1}),
 ])
 def test_readme_rerun_commands_plan_the_right_jobs(demo_study, args, expected):
     assert _planned(demo_study, *args) == expected
