@@ -1,13 +1,10 @@
 # Stage 6: what `snakemake --report` shows besides the stages' own files: training curves of every
 # trained run, probe R² per action dimension, the data summary, runtime and memory per job, and the
 # provenance page (results/report/). `make report` then builds results/report.html from existing results.
-from dreamer4_libero.config import DMCONTROL_PRETRAIN_DIR
-
 REPORT = "results/report"
 _INITS = [DYN[n]["init_paths"] or {} for n in DYN_RUN]
-_USES_PRETRAIN = any(
-    str(i.get("dynamics") or "").startswith(DMCONTROL_PRETRAIN_DIR) for i in _INITS
-)
+# a variant initialised from the pipeline's own DMControl pretraining (config._dmcontrol_init)
+_USES_PRETRAIN = any(DYN[n]["init_source"] == "pretrain" for n in DYN_RUN)
 _FT_CKPT = f"results/train/{DMC_FT_RUN}/checkpoint.json"
 TOK_TRAINED = (
     [TOK_RUN]

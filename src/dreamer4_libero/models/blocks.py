@@ -49,7 +49,7 @@ class MLP(nn.Module):
 
 # Attention kernel: "sdpa" = F.scaled_dot_product_attention (flash / memory-efficient kernels on GPU
 # where the mask allows, else its math kernel), "explicit" = softmax(q k^T / sqrt(hd) + mask) v written
-# out, the reference the fast path is tested against (tests/test_attention.py). One switch per process.
+# out, the reference the fast path is tested against (tests/test_fast_paths.py). One switch per process.
 ATTENTION_BACKENDS = ("sdpa", "explicit")
 _ATTENTION = {"backend": "sdpa"}
 
@@ -58,10 +58,6 @@ def set_attention_backend(name: str) -> None:
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {name!r}")
     _ATTENTION["backend"] = name
-
-
-def attention_backend() -> str:
-    return _ATTENTION["backend"]
 
 
 def explicit_attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0):

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..fileio import atomic_path
+from ..fileio import read_json, write_bytes
 from ..provenance import code_version
 from . import tables as T
 from .runtime import read_benchmarks, stage_totals
@@ -35,8 +35,7 @@ PAGE_STYLE = T.HTML_STYLE + "pre{font-size:11px;background:#f6f6f6;padding:6px;m
 
 
 def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(text.encode("utf-8"))
+    write_bytes(path, text.encode("utf-8"))
 
 
 def _page(title: str, body: str) -> str:
@@ -271,13 +270,12 @@ def _codes(conf: dict) -> list[str]:
     return out
 
 
-def provenance_html(runs: Sequence[tuple[str, Path]], variants: Sequence[dict], workflow_code: dict) -> str:
-    """Per trained run: code version of each attempt, checkpoint, initial weights, the resolved config."""
+def provenance_html(runs: Sequence[tuple[str, dict, dict]], variants: Sequence[dict], workflow_code: dict) -> str:
+    """Per trained run (name, resolved config.json, checkpoint.json): code version of each attempt, checkpoint,
+    initial weights, the resolved config."""
     by_name = {v["name"]: v for v in variants}
     summary, details = [], []
-    for run, folder in runs:
-        conf = json.loads((folder / "config.json").read_text())
-        ck = json.loads((folder / "checkpoint.json").read_text())
+    for run, conf, ck in runs:
         init = (conf.get("task") or {}).get("init") or {}
         v = by_name.get(run) or {}
         init_text = v.get("init_note") or (
@@ -308,28 +306,24 @@ def build_assets(*, tables_config: dict, out_dir: str | os.PathLike, runs: Seque
     """Write every report asset under out_dir; returns {name: path or list of paths}."""
     out = Path(out_dir)
     train_root = Path(train_root)
-    inp = T.load_inputs(tables_config, probe_summaries, rollout, tokenizer_eval,
-                        [train_root / n for n in dict.fromkeys([tables_config["tokenizer_run"],
-                                                                *[v["name"] for v in tables_config["variants"]]])])
+    names = dict.fromkeys([tables_config["tokenizer_run"], *[v["name"] for v in tables_config["variants"]], *runs])
+    inp = T.load_inputs(tables_config, probe_summaries, rollout, tokenizer_eval, [train_root / n for n in names])
+    confs = {run: read_json(train_root / run / "config.json") for run in runs}
     written: dict[str, Any] = {"training": []}
     for run in runs:
-        folder = train_root / run
-        conf = json.loads((folder / "config.json").read_text())
-        recs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
         p = out / "training" / f"{run}.png"
-        training_curves_png(run, run_kind(conf), recs, p)
+        training_curves_png(run, run_kind(confs[run]), inp.train[run].metrics, p)
         written["training"].append(p)
     written["probe_per_dim"] = out / "probe_per_dim.png"
     probe_per_dim_png(probe_per_dim(inp), written["probe_per_dim"])
-    dmc = json.loads(Path(dmcontrol_manifest).read_text()) if dmcontrol_manifest else None
+    dmc = read_json(dmcontrol_manifest) if dmcontrol_manifest else None
     written["data"] = out / "data_summary.html"
-    _write_text(written["data"], data_summary_html(json.loads(Path(manifest).read_text()),
-                                                   json.loads(Path(splits_summary).read_text()), dmc))
+    _write_text(written["data"], data_summary_html(read_json(manifest), read_json(splits_summary), dmc))
     rows = read_benchmarks(bench_dir, exclude_rules=("report_assets",))
     written["runtime_html"], written["runtime_png"] = out / "runtime.html", out / "runtime.png"
     _write_text(written["runtime_html"], runtime_html(rows))
     runtime_png(rows, written["runtime_png"])
     written["provenance"] = out / "provenance.html"
-    _write_text(written["provenance"], provenance_html([(r, train_root / r) for r in runs], inp.variants,
-                                                       code_version()))
+    _write_text(written["provenance"], provenance_html([(r, confs[r], inp.train[r].checkpoint) for r in runs],
+                                                       inp.variants, code_version()))
     return written
