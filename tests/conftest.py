@@ -165,3 +165,53 @@ def slurm_cluster():
         pytest.skip(why)
     yield SLURM_SCRIPT
     subprocess.run(["bash", str(SLURM_SCRIPT), "down"], capture_output=True, text=True, timeout=300)
+
+
+# ----------------------------------------------------------------------------------------------
+# fault-injection tests: `@pytest.mark.fault(fault="...", guarantee="...")`. The session summary
+# prints every such test with its fault, its guarantee and its outcome (so the CI log shows which
+# guarantees were checked, even under `pytest -q`).
+
+_FAULT_RESULTS: list[tuple[str, str, str, str]] = []  # (test id, fault, guarantee, outcome)
+
+
+def _fault_marker(item):
+    m = item.get_closest_marker("fault")
+    if m is None:
+        return None
+    fault, guarantee = m.kwargs.get("fault"), m.kwargs.get("guarantee")
+    if not fault or not guarantee:
+        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.fault needs fault=... and guarantee=...")
+    return fault, guarantee
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        _fault_marker(item)  # a marker without fault/guarantee is a usage error at collection
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    fg = _fault_marker(item)
+    if fg is None:
+        return
+    if rep.when == "setup" and rep.skipped:
+        _FAULT_RESULTS.append((item.nodeid, *fg, "SKIPPED"))
+    elif rep.when == "call":
+        _FAULT_RESULTS.append((item.nodeid, *fg, "PASSED" if rep.passed else ("SKIPPED" if rep.skipped else "FAILED")))
+    elif rep.when == "setup" and rep.failed:
+        _FAULT_RESULTS.append((item.nodeid, *fg, "ERROR"))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _FAULT_RESULTS:
+        return
+    tr = terminalreporter
+    tr.section(f"fault injection: {len(_FAULT_RESULTS)} faults, "
+               f"{sum(r[3] == 'PASSED' for r in _FAULT_RESULTS)} guarantees held")
+    for nodeid, fault, guarantee, outcome in _FAULT_RESULTS:
+        tr.write_line(f"{outcome:7s} {nodeid}")
+        tr.write_line(f"        fault:     {fault}")
+        tr.write_line(f"        guarantee: {guarantee}")

@@ -38,8 +38,8 @@ def toy_loss(model: nn.Module, batch: dict) -> torch.Tensor:
 
 class ToyTask:
     def __init__(self, data_seed: int = 0, sleep: float = 0.0, nan_at: int | None = None,
-                 record_step: int | None = None, record_dir: str | None = None):
-        self.data_seed, self.sleep, self.nan_at = data_seed, sleep, nan_at
+                 record_step: int | None = None, record_dir: str | None = None, nan_rank: int | None = None):
+        self.data_seed, self.sleep, self.nan_at, self.nan_rank = data_seed, sleep, nan_at, nan_rank
         self.record_step, self.record_dir = record_step, record_dir
         self.rank = 0
         self.seen: list[int] = []
@@ -69,7 +69,7 @@ class ToyTask:
                         "rng": torch.get_rng_state(), "step": step},
                        Path(self.record_dir) / f"pre_rank{self.rank}.pt")
         loss = toy_loss(model, batch)
-        if self.nan_at is not None and step == self.nan_at:
+        if self.nan_at is not None and step == self.nan_at and self.nan_rank in (None, self.rank):
             loss = loss * float("nan")
         return loss, {"loss/mse": float(loss.detach()), "x/mean": float(batch["x"].mean())}
 
@@ -79,6 +79,11 @@ class ToyTask:
                        Path(self.record_dir) / f"grad_rank{self.rank}.pt")
         return {"extra/one": 1.0}
 
+    def on_checkpoint(self, step, model):
+        if self.record_dir is not None:  # every rank: its weights at its newest checkpoint
+            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
+                       Path(self.record_dir) / f"ckpt_rank{self.rank}.pt")
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
@@ -86,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--nan-at", type=int)
+    ap.add_argument("--nan-rank", type=int, help="only this rank's loss turns NaN at --nan-at (default: all)")
     ap.add_argument("--record-step", type=int)
     ap.add_argument("--record-dir")
     ap.add_argument("--start-now", action="store_true", help="count the time limit from now, not process start")
@@ -94,7 +100,7 @@ def main(argv=None) -> int:
                                   run_name="toy")
     if a.start_now:
         cfg.start_time = time.time()
-    task = ToyTask(a.data_seed, a.sleep, a.nan_at, a.record_step, a.record_dir)
+    task = ToyTask(a.data_seed, a.sleep, a.nan_at, a.record_step, a.record_dir, a.nan_rank)
     return train(task, cfg)
 
 

@@ -1,8 +1,8 @@
-"""The dynamics trainer on the shared engine: resume after SIGKILL and after deadline stops
-(bitwise), clean exit with 1 and 2 processes (bootstrap on), checkpoint layout, init_from."""
+"""The dynamics trainer on the shared engine: resume after SIGTERM and SIGKILL (at random steps and inside
+checkpoint writes, tests/faults.py) and after deadline stops (bitwise), a corrupt training shard, clean exit
+with 1 and 2 processes (bootstrap on), checkpoint layout, init_from."""
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import faults
 from dreamer4_libero.config import demo_config, dynamics_variants
 from dreamer4_libero.fileio import read_json
 from dreamer4_libero.models.dynamics import Dynamics, DynamicsConfig
@@ -78,19 +79,22 @@ def test_reference_outputs_and_checkpoint_layout(reference):
     assert conf["task"]["variant"]["name"] == "dynamics_aux_phase6_leakfree" and conf["final_step"] == 10
 
 
-def test_sigkill_resume_is_bitwise_identical(reference, preprocessed, tiny_tokenizer_ckpt, tmp_path):
-    k = int(np.random.default_rng(3).choice([2, 4, 6]))
+@pytest.mark.fault(fault="dynamics trainer: SIGTERM at a random step, then SIGKILL at a later random step",
+                   guarantee="SIGTERM saves and exits 75; the last resume ends bitwise equal to an uninterrupted run")
+def test_sigterm_then_sigkill_at_random_steps_resume_bitwise(reference, preprocessed, tiny_tokenizer_ckpt, tmp_path):
     ck = tmp_path / "ck"
     cmd = _cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(), ck, tmp_path / "out")
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (ck / f"step_{k:07d}.pt").exists() and p.poll() is None:
-        time.sleep(0.01)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert not (ck / "step_0000010.pt").exists(), "finished before the kill"
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0 and "RESUMED" in res.stdout + res.stderr, res.stderr[-3000:]
+    faults.interrupt_at_random_steps(cmd, ck, tmp_path, max_steps=10, log_every=1, seed=3)
+    _same(_state(reference / "ck", 10), _state(ck, 10))
+
+
+@pytest.mark.fault(fault="dynamics trainer: SIGTERM, then SIGKILL, inside checkpoint writes (temp file not renamed)",
+                   guarantee="SIGTERM completes the write; the killed write's temp file is never resumed; bitwise end")
+def test_sigterm_and_sigkill_during_checkpoint_writes_resume_bitwise(reference, preprocessed, tiny_tokenizer_ckpt,
+                                                                     tmp_path):
+    ck = tmp_path / "ck"
+    cmd = _cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(), ck, tmp_path / "out")
+    faults.interrupt_during_checkpoint_writes(cmd, ck, tmp_path, save_every=2, max_steps=10, seed=4)
     _same(_state(reference / "ck", 10), _state(ck, 10))
 
 
@@ -110,6 +114,19 @@ def test_deadline_stops_resume_bitwise(reference, preprocessed, tiny_tokenizer_c
                               tmp_path / "ref_out"), capture_output=True, text=True)
     assert ref.returncode == 0
     _same(_state(tmp_path / "ref", 6), _state(ck, 6))
+
+
+@pytest.mark.fault(fault="dynamics trainer on a truncated training shard (frames.npy cut short)",
+                   guarantee="exits non-zero naming the shard file before training; no checkpoint, no outputs")
+def test_corrupt_training_shard_fails_naming_the_file(preprocessed, tiny_tokenizer_ckpt, tmp_path):
+    bad = faults.corrupt_shard_copy(preprocessed, tmp_path / "pre", "truncated_frames")
+    ck, out = tmp_path / "ck", tmp_path / "out"
+    res = subprocess.run(_cmd(tmp_path / "pre", tiny_tokenizer_ckpt, _run_cfg(), ck, out), capture_output=True,
+                         text=True)
+    assert res.returncode != 0 and res.returncode != 75, res.stderr[-3000:]
+    assert f"ERROR: {bad}: corrupt shard file" in res.stderr and "truncated" in res.stderr, res.stderr[-3000:]
+    assert not (out / "checkpoint.json").exists() and (not out.exists() or not any(out.iterdir()))
+    assert not ck.exists() or not list(ck.glob("step_*.pt"))
 
 
 def test_two_process_torchrun_exits_cleanly_with_bootstrap(preprocessed, tiny_tokenizer_ckpt, tmp_path):

@@ -1,5 +1,6 @@
 """Training engine: resume determinism (SIGKILL, deadline, SIGTERM), clean exit (1 and 2 processes),
-DDP gradient sync, checkpoint fallback/format, the checkpoint-dir lock, non-finite loss.
+DDP gradient sync, checkpoint fallback/format, the checkpoint-dir lock, non-finite loss (stop/skip),
+a failed checkpoint write (disk full). Fault-injection tests carry `@pytest.mark.fault`.
 
 The toy task lives in tests/engine_toy.py (importable here, runnable as a trainer script).
 """
@@ -11,11 +12,14 @@ import json
 import os
 import random
 import re
+import resource
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,6 +42,7 @@ from dreamer4_libero.training.engine import (
     EXIT_OK,
     EXIT_RESUME,
     EngineConfig,
+    NonFiniteLossWarning,
     add_engine_args,
     engine_config_from_args,
     read_attempts,
@@ -115,24 +120,47 @@ def test_reference_run_layout(reference):
     assert [a["event"] for a in read_attempts(reference)] == ["start", "end"]
 
 
-def test_sigkill_resume_is_bitwise_identical_and_lock(reference, tmp_path):
-    d, log = tmp_path / "ck", tmp_path / "a1.log"
+@pytest.fixture(scope="module")
+def sigkilled_run(tmp_path_factory) -> SimpleNamespace:
+    """One toy trainer subprocess: while it runs, a second trainer tries its checkpoint dir (the lock);
+    then SIGKILL once it has saved a checkpoint at or after a random step."""
+    tmp = tmp_path_factory.mktemp("sigkilled")
+    d, log = tmp / "ck", tmp / "a1.log"
     k = random.Random(20240611).randint(3, 24)
+    print(f"[fault] SIGKILL after the checkpoint of step >= {k} (save_every 3)")
     p = spawn(["--ckpt-dir", str(d), "--max-steps", str(N), "--save-every", "3", "--sleep", "0.15"], log)
     try:
         wait_for_ckpt(p, d, 1, log)
-        # the lock: a second trainer on the same dir fails at once, naming the holder
         t0 = time.time()
-        with pytest.raises(CheckpointLockError, match=rf"locked by pid {p.pid}\b"):
+        try:
             train(ToyTask(), cfg(d))
-        assert time.time() - t0 < 5
+            lock_error = None
+        except CheckpointLockError as e:
+            lock_error = str(e)
+        lock_s = time.time() - t0
         reached = wait_for_ckpt(p, d, k, log)
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
-    assert p.returncode == -signal.SIGKILL
+    return SimpleNamespace(dir=d, pid=p.pid, rc=p.returncode, reached=reached, lock_error=lock_error, lock_s=lock_s)
+
+
+@pytest.mark.fault(fault="two trainers pointed at one checkpoint dir",
+                   guarantee="the second fails within seconds, naming the holder's pid (OS advisory lock)")
+def test_second_trainer_on_a_locked_dir_fails_at_once_naming_the_holder(sigkilled_run):
+    r = sigkilled_run
+    assert r.lock_error is not None, "the second trainer was not refused"
+    assert re.search(rf"locked by pid {r.pid}\b", r.lock_error), r.lock_error
+    assert "another trainer is using it" in r.lock_error and r.lock_s < 5
+
+
+@pytest.mark.fault(fault="SIGKILL of the toy trainer (holding the dir lock) at a random step",
+                   guarantee="the dead lock never blocks the retry; it resumes bitwise equal to an uninterrupted run")
+def test_sigkill_at_random_step_resumes_bitwise_and_dead_lock_never_blocks(reference, sigkilled_run):
+    d = sigkilled_run.dir
+    assert sigkilled_run.rc == -signal.SIGKILL
     last = list_checkpoints(d)[-1][0]
-    assert reached <= last < N, "the first attempt must be killed mid-run"
+    assert sigkilled_run.reached <= last < N, "the first attempt must be killed mid-run"
     # a retry after SIGKILL is not blocked by the dead process's lock, and resumes at last + 1
     task = ToyTask()
     assert train(task, cfg(d)) == EXIT_OK
@@ -173,11 +201,15 @@ def test_deadline_always_makes_progress(tmp_path, capsys):
     assert rc == EXIT_RESUME and list_checkpoints(d)[-1][0] == 2
 
 
+@pytest.mark.fault(fault="SIGTERM to the toy trainer at a random step",
+                   guarantee="it saves, exits 75; the rerun ends bitwise equal to an uninterrupted run")
 def test_sigterm_saves_and_exits_75(reference, tmp_path):
     d, log = tmp_path / "ck", tmp_path / "a1.log"
+    k = random.Random(75).randint(4, 20)
+    print(f"[fault] SIGTERM after the checkpoint of step >= {k} (save_every 4)")
     p = spawn(["--ckpt-dir", str(d), "--max-steps", str(N), "--save-every", "4", "--sleep", "0.15"], log)
     try:
-        wait_for_ckpt(p, d, 4, log)
+        wait_for_ckpt(p, d, k, log)
         p.send_signal(signal.SIGTERM)
         rc = p.wait(timeout=30)
     finally:
@@ -188,7 +220,7 @@ def test_sigterm_saves_and_exits_75(reference, tmp_path):
     m = re.search(r"SIGTERM: saved step (\d+)", out)
     assert m, out
     stopped = int(m.group(1))
-    assert 4 <= stopped < N and list_checkpoints(d)[-1][0] == stopped
+    assert k <= stopped < N and list_checkpoints(d)[-1][0] == stopped
     assert train(ToyTask(), cfg(d)) == EXIT_OK
     assert_same_state(load(step_path(d, N)), load(step_path(reference, N)))
 
@@ -221,13 +253,16 @@ def test_clean_exit_single_process(tmp_path):
     assert train(ToyTask(), cfg(d, max_steps=7, out_dir=str(out))) == EXIT_OK
 
 
-def test_torchrun_two_processes_exit_and_ddp_gradients(tmp_path):
+@pytest.mark.fault(fault="NaN loss on DDP rank 1 only (torchrun, 2 ranks, nonfinite=skip)",
+                   guarantee="both ranks skip the same update, count it and end with identical weights")
+def test_torchrun_two_processes_exit_ddp_gradients_and_nan_on_one_rank(tmp_path):
     d, out, rec, log = tmp_path / "ck", tmp_path / "out", tmp_path / "rec", tmp_path / "run.log"
     rec.mkdir()
     rs = 3
     t0 = time.time()
     p = spawn(["--ckpt-dir", str(d), "--out-dir", str(out), "--max-steps", "8", "--save-every", "5",
-               "--log-every", "4", "--record-step", str(rs), "--record-dir", str(rec)], log, torchrun=True)
+               "--log-every", "4", "--record-step", str(rs), "--record-dir", str(rec),
+               "--nan-at", "5", "--nan-rank", "1", "--nonfinite", "skip"], log, torchrun=True)
     try:
         rc = p.wait(timeout=120)
     finally:
@@ -241,6 +276,13 @@ def test_torchrun_two_processes_exit_and_ddp_gradients(tmp_path):
     assert final["step"] == 8 and final["world_size"] == 2 and len(final["rng_by_rank"]) == 2
     assert not torch.equal(final["rng_by_rank"][0]["torch"], final["rng_by_rank"][1]["torch"])
     assert (out / "checkpoint.json").exists()
+    # rank 1's NaN at step 5: both ranks skipped update 6 (all-reduced flag) and stayed in sync
+    assert final["nonfinite"] == {"policy": "skip", "skipped": 1, "skipped_updates": [6]}
+    assert json.loads((out / "checkpoint.json").read_text())["skipped_nonfinite"] == 1
+    assert "WARNING non-finite loss at step 5" in text and "on another rank" in text
+    w = [torch.load(rec / f"ckpt_rank{r}.pt", weights_only=True) for r in range(2)]
+    for k in w[0]:
+        assert torch.equal(w[0][k], w[1][k]) and torch.equal(w[0][k], final["model"][k]), f"ranks diverged at {k}"
 
     # DDP gradient == mean of the per-rank gradients, each computed on that rank's batch and RNG
     ddp = [torch.load(rec / f"grad_rank{r}.pt", weights_only=True) for r in range(2)]
@@ -264,12 +306,34 @@ def test_torchrun_two_processes_exit_and_ddp_gradients(tmp_path):
             torch.testing.assert_close(ddp[r][n], mean, atol=1e-6, rtol=0)
 
 
-def test_truncated_newest_checkpoint_falls_back(tmp_path):
+def _damage(raw: bytes, how: str) -> bytes:
+    if how == "truncated":
+        return raw[: len(raw) // 2]
+    if how == "corrupt_bytes":  # 64 random bytes in the middle: torch.load alone would load wrong weights
+        rng = random.Random(1234)
+        mid = len(raw) // 2
+        return raw[:mid] + bytes(rng.randrange(256) for _ in range(64)) + raw[mid + 64:]
+    assert how == "zero_length"
+    return b""
+
+
+_DAMAGE_GUARANTEE = "skipped with a CheckpointWarning naming it; the previous one resumes to identical weights"
+
+
+@pytest.mark.parametrize("how", [
+    pytest.param("truncated", marks=pytest.mark.fault(fault="newest checkpoint truncated to half its size",
+                                                      guarantee=_DAMAGE_GUARANTEE)),
+    pytest.param("corrupt_bytes", marks=pytest.mark.fault(
+        fault="64 random bytes overwritten in the middle of the newest checkpoint", guarantee=_DAMAGE_GUARANTEE)),
+    pytest.param("zero_length", marks=pytest.mark.fault(fault="newest checkpoint is a zero-length file",
+                                                        guarantee=_DAMAGE_GUARANTEE)),
+])
+def test_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path, how):
     d = tmp_path / "ck"
     assert train(ToyTask(), cfg(d, max_steps=10, save_every=5)) == EXIT_OK
     good = load(step_path(d, 10))
     raw = step_path(d, 10).read_bytes()
-    step_path(d, 10).write_bytes(raw[: len(raw) // 2])
+    step_path(d, 10).write_bytes(_damage(raw, how))
     (d / "step_0000012.pt").write_bytes(b"not a checkpoint")
     with pytest.warns(CheckpointWarning) as rec:
         path, ck = load_latest_valid(d, "model")
@@ -315,16 +379,94 @@ def test_every_checkpoint_loads_weights_only(tmp_path):
     assert_same_state(load(step_path(d2, 6)), load(step_path(d, 6)), key="dynamics")
 
 
-def test_non_finite_loss_raises_with_step(tmp_path):
+@pytest.mark.fault(fault="NaN loss at step 7 under nonfinite=stop (the default)",
+                   guarantee="raises naming the step and the newest checkpoint, which is the last good state")
+def test_non_finite_loss_raises_with_step(reference, tmp_path):
     d = tmp_path / "ck"
-    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 7 \(update 8 of 30"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 7 \(update 8 of 30") as err:
         train(ToyTask(nan_at=7), cfg(d))
+    assert "nonfinite=stop" in str(err.value) and "step_0000005.pt" in str(err.value), str(err.value)
     ends = [a for a in read_attempts(d) if a["event"] == "end"]
     assert ends[-1]["status"] == "error" and "non-finite" in ends[-1]["reason"]
+    # nothing after the last good step reached the disk: the newest checkpoint loads and is step 5 of a clean run
+    assert [s for s, _ in list_checkpoints(d)] == [5]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CheckpointWarning)
+        path, ck = load_latest_valid(d, "model")
+    assert path == step_path(d, 5)
+    assert_same_state(ck, load(step_path(reference, 5)))
     # the lock was released; the run resumes from step 5
     task = ToyTask()
     assert train(task, cfg(d, max_steps=8)) == EXIT_OK
     assert task.seen[0] == (5, 5)
+
+
+@pytest.mark.fault(fault="NaN loss at step 7 under nonfinite=skip",
+                   guarantee="that update is skipped (weights, optimizer unchanged), warned, counted; reaches max_steps")
+def test_non_finite_loss_skip_skips_counts_and_reaches_max_steps(reference, tmp_path):
+    d, out = tmp_path / "ck", tmp_path / "out"
+    with pytest.warns(NonFiniteLossWarning, match=r"non-finite loss at step 7 .*update skipped") as rec:
+        assert train(ToyTask(nan_at=7), cfg(d, max_steps=10, save_every=1, nonfinite="skip")) == EXIT_OK
+    assert len([w for w in rec if issubclass(w.category, NonFiniteLossWarning)]) == 1
+    assert "WARNING non-finite loss at step 7" in (d / "train.log").read_text()
+    s7, s8, s9 = (load(step_path(d, s)) for s in (7, 8, 9))
+    assert_same_state(load(step_path(d, 5)), load(step_path(reference, 5)))      # before the NaN: a clean run
+    assert all(torch.equal(s7["model"][k], s8["model"][k]) for k in s7["model"]), "the skipped update moved weights"
+    assert s7["opt"]["state"][0]["step"] == s8["opt"]["state"][0]["step"], "the skipped update stepped AdamW"
+    assert not all(torch.equal(s8["model"][k], s9["model"][k]) for k in s8["model"]), "training went on after it"
+    assert s8["nonfinite"] == {"policy": "skip", "skipped": 1, "skipped_updates": [8]}
+    assert s7["nonfinite"]["skipped"] == 0
+    recs = {r["step"]: r for r in read_metrics(d / "metrics.jsonl")}
+    assert recs[8]["loss"] is None and recs[8]["skipped_nonfinite"] == 1 and "skipped_nonfinite" not in recs[7]
+    # the count survives a resume (max_steps raised) and reaches the final outputs
+    assert train(ToyTask(), cfg(d, max_steps=12, save_every=1, nonfinite="skip", out_dir=str(out))) == EXIT_OK
+    assert load(step_path(d, 12))["nonfinite"]["skipped_updates"] == [8]
+    assert json.loads((out / "checkpoint.json").read_text())["skipped_nonfinite"] == 1
+    assert [a.get("skipped_nonfinite") for a in read_attempts(d) if a["event"] == "end"] == [1, 1]
+    assert not list(out.glob("curve_skipped*")), "a count, not a curve"
+    # the skip budget: more skipped updates than nonfinite_max_skips stop the run like nonfinite=stop
+    with pytest.raises(FloatingPointError, match=r"nonfinite_max_skips=0 reached"):
+        train(ToyTask(nan_at=2), cfg(tmp_path / "ck0", max_steps=4, nonfinite="skip", nonfinite_max_skips=0))
+
+
+@pytest.mark.fault(fault="checkpoint write fails: file size limit (RLIMIT_FSIZE) hit while writing step 10",
+                   guarantee="non-zero exit naming the file and the cause; no temp file; step 5 intact, resumes")
+def test_disk_full_during_checkpoint_write_keeps_the_previous_one(reference, tmp_path):
+    s5, s10 = step_path(reference, 5).stat().st_size, step_path(reference, 10).stat().st_size
+    # step 10's file is larger (its metrics_tail holds 10 records, step 5's 5; zip records are 64-byte aligned):
+    # half the gap covers this run's other ckpt_dir path in the stored config
+    assert s10 - s5 >= 384, (s5, s10)
+    limit = (s5 + s10) // 2
+    d = tmp_path / "ck"
+
+    def limit_file_size():  # in the child: a write past `limit` bytes fails with EFBIG instead of killing it
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(REPO / "src"))
+    t0 = time.time()
+    r = subprocess.run([sys.executable, str(TOY), "--ckpt-dir", str(d), "--max-steps", str(N), "--keep-last", "0"],
+                       capture_output=True, text=True, env=env, cwd=REPO, preexec_fn=limit_file_size, timeout=120)
+    print(f"[fault] RLIMIT_FSIZE {limit} bytes (step 5: {s5}, step 10: {s10}); trainer exit {r.returncode} "
+          f"after {time.time() - t0:.1f}s")
+    err = r.stderr
+    assert r.returncode != 0 and r.returncode != EXIT_RESUME, err[-3000:]
+    assert "CheckpointWriteError: checkpoint write failed" in err and str(step_path(d, 10)) in err, err[-3000:]
+    assert "file too large" in err and "older checkpoints" in err, err[-3000:]
+    assert [s for s, _ in list_checkpoints(d)] == [5]
+    assert not [p.name for p in d.iterdir() if p.name.endswith(".tmp")], "a partial temp file was left behind"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CheckpointWarning)
+        path, ck = load_latest_valid(d, "model")
+    assert path == step_path(d, 5)
+    assert_same_state(ck, load(step_path(reference, 5)))
+    ends = [a for a in read_attempts(d) if a["event"] == "end"]
+    assert ends[-1]["status"] == "error" and "CheckpointWriteError" in ends[-1]["reason"]
+    # space freed: the rerun resumes from step 5 and ends as an uninterrupted run
+    task = ToyTask()
+    assert train(task, cfg(d)) == EXIT_OK
+    assert task.seen[0] == (5, 5)
+    assert_same_state(load(step_path(d, N)), load(step_path(reference, N)))
 
 
 def test_save_prune_and_latest(tmp_path):
@@ -373,6 +515,27 @@ def test_engine_args():
             c.model_key) == ("c", 9, 12.5, 7, None, True, "dynamics")
     with pytest.raises(TypeError):
         engine_config_from_args(a, bogus=1)
+    b = ap.parse_args(["--nonfinite", "skip", "--nonfinite-max-skips", "3"])
+    c = engine_config_from_args(b, nonfinite="stop")
+    assert (c.nonfinite, c.nonfinite_max_skips) == ("skip", 3)
+    assert engine_config_from_args(ap.parse_args([])).nonfinite == "stop"
+    with pytest.raises(ValueError, match="nonfinite"):
+        EngineConfig(nonfinite="ignore")
+
+
+def test_nonfinite_policy_is_pipeline_config_but_not_run_identity():
+    """`nonfinite` / `nonfinite_max_skips` exist (with defaults) in the tokenizer and dynamics sections;
+    switching them keeps the run identity, so a run stopped by a NaN resumes under skip."""
+    from dreamer4_libero.config import demo_config, dynamics_variants
+    from dreamer4_libero.training.identity import run_identity
+
+    cfg_ = demo_config()
+    sections = [cfg_["tokenizer"], *dynamics_variants(cfg_).values()]
+    for sec in sections:
+        assert (sec["nonfinite"], sec["nonfinite_max_skips"]) == ("stop", 100)
+    ident = dict(world_size=1, data_fingerprint="x")
+    t = cfg_["tokenizer"]
+    assert run_identity(t, **ident)[0] == run_identity({**t, "nonfinite": "skip", "nonfinite_max_skips": 5}, **ident)[0]
 
 
 def test_param_groups_lr_multipliers_longest_prefix_wins():

@@ -497,6 +497,8 @@ def corrupt_chunk_task(clean_root, tmp_path_factory) -> TaskFile:
     return tasks[0]
 
 
+@pytest.mark.fault(fault="corrupt gzip chunk in demo_5's frames of an HDF5 file that opens fine",
+                   guarantee="the reader fails at that demo with an error naming file, demo and dataset")
 def test_read_error_mid_file_error_policy(corrupt_chunk_task):
     got = []
     with pytest.raises(LiberoFormatError) as ei:

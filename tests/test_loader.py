@@ -1,4 +1,4 @@
-"""Loader: action alignment against the spec's indexing, episode boundaries, determinism."""
+"""Loader: action alignment against the spec's indexing, episode boundaries, determinism, corrupt shards."""
 
 import numpy as np
 import pytest
@@ -7,6 +7,7 @@ import torch
 from dreamer4_libero.data.loader import WindowDataset, area_downsample, make_loader, window_actions
 from dreamer4_libero.data.preprocess import preprocess
 
+import faults
 from conftest import write_libero_file
 
 
@@ -106,3 +107,22 @@ def test_loader_does_not_touch_the_global_torch_rng(preprocessed, test_cfg):
     before = torch.get_rng_state()
     next(iter(make_loader(ds, 5, 10)))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+_SHARD_FAULTS = {"truncated_frames": "a training shard's frames.npy cut short (last 10% missing)",
+                 "garbage_npy_header": "random bytes over a training shard's actions.npy header",
+                 "garbage_episodes_json": "a training shard's episodes.json replaced by random bytes"}
+
+
+@pytest.mark.parametrize("how", [
+    pytest.param(h, marks=pytest.mark.fault(fault=_SHARD_FAULTS[h],
+                                            guarantee="opening the data raises ShardError naming the file"))
+    for h in faults.SHARD_DAMAGE])
+def test_corrupt_shard_raises_naming_the_file(preprocessed, test_cfg, tmp_path, how):
+    from dreamer4_libero.data.shards import ShardError
+
+    bad = faults.corrupt_shard_copy(preprocessed, tmp_path / "pre", how)
+    with pytest.raises(ShardError, match="corrupt shard file") as err:
+        WindowDataset(tmp_path / "pre" / "manifest.json", tmp_path / "pre" / "splits" / "train.json", seq_len=4,
+                      batch_size=2, resolution=32)
+    assert str(err.value).startswith(f"{bad}: "), str(err.value)

@@ -1,5 +1,6 @@
-"""Preprocessing stage: shards, manifest, resumability, byte-identical reruns, CLI errors."""
+"""Preprocessing stage: shards, manifest, resumability, byte-identical reruns, CLI errors, corrupt input."""
 
+import random
 import signal
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dreamer4_libero.data.preprocess import preprocess
 from dreamer4_libero.data.shards import ShardStore
@@ -61,6 +63,8 @@ def test_rerun_reuses_and_is_byte_identical(tmp_path, synthetic_root):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("frames.npy")} == mtimes  # reused, not rewritten
 
 
+@pytest.mark.fault(fault="preprocessing SIGKILLed after 4 of 12 task files",
+                   guarantee="no manifest.json (nothing looks complete); the rerun is byte-identical to a clean run")
 def test_killed_midway_then_rerun_is_byte_identical(tmp_path, synthetic_root):
     ref = tmp_path / "ref"
     preprocess(synthetic_root, ref, workers=1, min_demo_len=32, progress=False)
@@ -116,3 +120,52 @@ def test_skip_policy_records_reasons(tmp_path):
     reasons = {d["demo"]: d["reason"] for d in f["demos_skipped"]}
     assert set(reasons) == {"demo_1", "demo_2"}
     assert m["totals"]["demos_skipped"] == 2
+
+
+@pytest.mark.parametrize("how", [
+    pytest.param("garbage", marks=pytest.mark.fault(
+        fault="a LIBERO .hdf5 file of random bytes among good ones",
+        guarantee="preprocessing exits non-zero naming the file; no manifest.json, no shard or temp for it")),
+    pytest.param("truncated", marks=pytest.mark.fault(
+        fault="a LIBERO .hdf5 file truncated to half its size among good ones",
+        guarantee="preprocessing exits non-zero naming the file; no manifest.json, no shard or temp for it")),
+    pytest.param("corrupt_chunk", marks=pytest.mark.fault(
+        fault="a corrupt gzip chunk in the 3rd demo of a LIBERO file (it opens; 2 demos read first)",
+        guarantee="exits non-zero naming file, demo and dataset; the 2 demos read are not left as a shard")),
+])
+def test_corrupt_hdf5_fails_naming_the_file_and_writes_no_manifest(tmp_path, how):
+    from conftest import write_libero_file
+
+    root, out = tmp_path / "root", tmp_path / "out"
+    demo = (np.zeros((40, 128, 128, 3), np.uint8), np.zeros((40, 7)))
+    for name in ("a_first_task_demo.hdf5", "b_second_task_demo.hdf5"):
+        write_libero_file(root / "libero_goal" / name, [demo, demo])
+    bad = root / "libero_goal" / "z_broken_task_demo.hdf5"   # sorted last: the good files are done first
+    raw = (root / "libero_goal" / "a_first_task_demo.hdf5").read_bytes()
+    rng = random.Random(5)
+    if how == "corrupt_chunk":
+        import h5py
+
+        write_libero_file(bad, [demo, demo, demo])
+        key = "data/demo_2/obs/agentview_rgb"
+        with h5py.File(bad, "r+") as f:  # demo_2's frames chunked + gzip, then one chunk's bytes flipped
+            del f[key]
+            f.create_dataset(key, data=np.zeros((40, 128, 128, 3), np.uint8), chunks=(8, 128, 128, 3),
+                             compression="gzip")
+        with h5py.File(bad, "r") as f:
+            info = f[key].id.get_chunk_info(0)
+        with open(bad, "r+b") as fh:
+            fh.seek(info.byte_offset + 2)
+            fh.write(bytes(b ^ 0xFF for b in range(min(64, info.size - 2))))
+    else:
+        bad.write_bytes(bytes(rng.randrange(256) for _ in range(4096)) if how == "garbage" else raw[: len(raw) // 2])
+    res = subprocess.run([sys.executable, str(SCRIPT), "--libero-root", str(root), "--out", str(out), "--workers", "1",
+                          "--min-demo-len", "32", "--no-progress"], capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr[-3000:]
+    expected = ("z_broken_task_demo.hdf5: data/demo_2/obs/agentview_rgb: expected a readable" if how == "corrupt_chunk"
+                else "z_broken_task_demo.hdf5: expected a readable HDF5 file")
+    assert f"ERROR: libero_goal/{expected}" in res.stderr, res.stderr[-3000:]
+    assert not (out / "manifest.json").exists()
+    shards = sorted(p.name for p in (out / "shards" / "libero_goal").iterdir())
+    assert shards == ["a_first_task", "b_second_task"], shards     # complete shards of the good files only
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*.tmp"))

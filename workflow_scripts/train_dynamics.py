@@ -33,6 +33,7 @@ def main() -> int:
         print(f"[train_dynamics] note: {line}", flush=True)
     cfg = engine_config_from_args(
         a, run_name=run["name"], max_steps=run["max_steps"], lr=run["lr"], weight_decay=run["weight_decay"],
+        **{k: run[k] for k in ("nonfinite", "nonfinite_max_skips") if k in run},
         grad_clip=run["grad_clip"], save_every=run["save_every"], keep_last=run["keep_last"],
         log_every=run["log_every"], seed=run["seed"], amp=run["amp"], deterministic=run["deterministic"],
         deadline_margin_s=run["deadline_margin_s"], model_key="dynamics", extra_args=task.upstream_args(),

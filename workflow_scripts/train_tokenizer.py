@@ -28,6 +28,7 @@ def main() -> int:
                          lpips_cache=a.lpips_cache)
     cfg = engine_config_from_args(
         a, run_name=t["run_name"], max_steps=t["max_steps"], lr=t["lr"], weight_decay=t["weight_decay"],
+        **{k: t[k] for k in ("nonfinite", "nonfinite_max_skips") if k in t},
         grad_clip=None, save_every=t["save_every"], keep_last=t["keep_last"], log_every=t["log_every"],
         seed=t["seed"], amp=t["amp"], deterministic=t["deterministic"], deadline_margin_s=t["deadline_margin_s"],
         model_key="model", extra_args=task.upstream_args(), progress=True, lr_mult=dict(t["lr_mult"]),

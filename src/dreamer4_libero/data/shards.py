@@ -96,17 +96,64 @@ class Episode:
     T: int
 
 
+class ShardError(ValueError):
+    """A shard file is missing, truncated or corrupt; the message names the file."""
+
+
+def _npy_rows(path: Path, dtype: np.dtype, ndim: int) -> int:
+    """Rows of a shard ``.npy`` after checking its header (dtype, dimensions) and its length on disk."""
+    why = "rerun the preprocessing stage to rebuild it"
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, found = reader(fh)
+            offset = fh.tell()
+    except FileNotFoundError:
+        raise ShardError(f"{path}: shard file missing ({why})") from None
+    except (OSError, ValueError, EOFError, SyntaxError) as e:
+        raise ShardError(f"{path}: corrupt shard file: unreadable .npy header ({type(e).__name__}: {e}); {why}") from None
+    if found != np.dtype(dtype) or len(shape) != ndim or fortran:
+        raise ShardError(f"{path}: corrupt shard file: expected a {ndim}-d {np.dtype(dtype)} array, header says "
+                         f"{found} {tuple(shape)}{' (Fortran order)' if fortran else ''}; {why}")
+    size, expected = os.path.getsize(path), offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size != expected:
+        raise ShardError(f"{path}: corrupt shard file: {size} bytes on disk, its header ({tuple(shape)}) needs "
+                         f"{expected} (truncated or overwritten); {why}")
+    return int(shape[0])
+
+
 class Shard:
-    """Read access to one task's shard folder (memory-mapped, so cheap to open in workers)."""
+    """Read access to one task's shard folder (memory-mapped, so cheap to open in workers).
+
+    Opening checks what is cheap to check (episodes.json parses; both .npy headers have the expected
+    dtype and row shape, the files are as long as their headers say and hold the episodes' rows) and
+    raises ``ShardError`` naming the bad file. Bytes overwritten inside the data are not detected.
+    """
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
-        meta = read_json(self.folder / "episodes.json")
-        if meta.get("format") != SHARD_FORMAT:
-            raise ValueError(f"{self.folder}/episodes.json: expected format {SHARD_FORMAT!r}, found {meta.get('format')!r}")
-        self.task_id: str = meta["task_id"]
-        self.episodes = [Episode(f"{self.task_id}/{e['name']}", self.task_id, self.folder, e["start"], e["T"])
-                         for e in meta["episodes"]]
+        meta_path = self.folder / "episodes.json"
+        try:
+            meta = read_json(meta_path)
+            if meta.get("format") != SHARD_FORMAT:
+                raise ShardError(f"{meta_path}: expected format {SHARD_FORMAT!r}, found {meta.get('format')!r}")
+            self.task_id: str = meta["task_id"]
+            self.episodes = [Episode(f"{self.task_id}/{e['name']}", self.task_id, self.folder, int(e["start"]),
+                                     int(e["T"])) for e in meta["episodes"]]
+        except ShardError:
+            raise
+        except FileNotFoundError:
+            raise ShardError(f"{meta_path}: shard file missing (rerun the preprocessing stage)") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ShardError(f"{meta_path}: corrupt shard file ({type(e).__name__}: {e}); rerun the preprocessing "
+                             "stage to rebuild it") from None
+        n_frames = _npy_rows(self.folder / "frames.npy", np.uint8, 4)  # (N, H, W, 3)
+        n_actions = _npy_rows(self.folder / "actions.npy", np.float64, 2)  # (N, action width)
+        need = max((e.start + e.T for e in self.episodes), default=0)
+        if n_frames != n_actions or n_frames < need:
+            raise ShardError(f"{self.folder}: corrupt shard: frames.npy has {n_frames} rows, actions.npy {n_actions}, "
+                             f"episodes.json needs {need}; rerun the preprocessing stage to rebuild it")
 
     @cached_property
     def frames(self) -> np.ndarray:  # (N,128,128,3) uint8, memory-mapped

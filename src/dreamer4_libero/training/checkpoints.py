@@ -9,10 +9,11 @@ Layout of a checkpoint dir (dreamer4_model.md §8, snakemake_slurm.md §4)::
     <ckpt_dir>/config.json         (engine.py) resolved config of the finished run
 
 There is no ``latest`` symlink: the newest checkpoint is found by scanning the step files, and a
-newest file that does not load (truncated, corrupt, wrong content) is skipped with a warning in
-favour of the previous one. Every file is written to a temp file in the same dir, fsynced, renamed
-with ``os.replace`` and the dir fsynced, so a kill at any moment leaves either the old or the new
-file. Every file loads with ``torch.load(weights_only=True)``: it contains only tensors, Python
+newest file that does not load (truncated, corrupt bytes caught by the zip CRC-32s, wrong content)
+is skipped with a warning in favour of the previous one. Every file is written to a temp file in the
+same dir, fsynced, renamed with ``os.replace`` and the dir fsynced, so a kill at any moment leaves
+either the old or the new file (a killed write's temp file is removed by the next lock holder); a
+failed write (disk full) raises ``CheckpointWriteError`` and leaves the older files as they were. Every file loads with ``torch.load(weights_only=True)``: it contains only tensors, Python
 numbers/str/bool/None and plain lists/tuples/dicts (RNG states in those forms, see ``rng_state``).
 
 Checkpoint dict (upstream keys first): ``step`` (int, number of completed optimizer updates),
@@ -22,7 +23,8 @@ plain state_dict, never DDP-``module.`` or ``_orig_mod.`` prefixed), ``opt`` (Ad
 ``scale_pos_embeds`` (bool, only when ``args`` has that key); ours: ``rng`` (rank 0's RNG state),
 ``rng_by_rank`` (list, one state per rank, only for world_size > 1), ``data`` (``{"next_step",
 "grad_accum"}``: the next micro-batch index of the data stream), ``world_size``, ``config``
-(resolved config dict), ``metrics_tail`` (last metric records), ``format``.
+(resolved config dict), ``metrics_tail`` (last metric records), ``format``, ``nonfinite``
+(``{"policy", "skipped", "skipped_updates"}``: updates skipped for a NaN/inf loss, engine.py).
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ import math
 import os
 import random
 import re
+import shutil
 import socket
+import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -90,11 +95,94 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
 # atomic save / load
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, file size limit, I/O error); older files are untouched."""
+
+
+#: fault injection (tests/test_*_train.py, tests/test_engine.py): seconds to sleep inside ``atomic_torch_save``
+#: after the temp file is completely written and fsynced, before ``os.replace`` -- a window in which a test
+#: kills the trainer "during a checkpoint write". Off unless set; never set it in production.
+FAULT_PAUSE_ENV = "D4L_FAULT_CKPT_WRITE_PAUSE_S"
+#: optional: pause only for the file of this name (e.g. ``step_0000006.pt``); unset = every checkpoint write
+FAULT_MATCH_ENV = "D4L_FAULT_CKPT_WRITE_MATCH"
+#: the line printed (stderr, flushed) when the pause starts; it names the temp file and the final file
+FAULT_MARKER = "[fault-injection] checkpoint temp file written"
+
+_TMP_RE = re.compile(r"^\.step_\d{7,}\.pt\..*\.tmp$")  # atomic_path's temp names for step files
+
+
+def _fault_pause(tmp: Path, final: Path) -> None:
+    secs = os.environ.get(FAULT_PAUSE_ENV)
+    if not secs:
+        return
+    match = os.environ.get(FAULT_MATCH_ENV)
+    if match and final.name != match:
+        return
+    print(f"{FAULT_MARKER}: {tmp} -> {final}; pausing {float(secs)} s before os.replace ({FAULT_PAUSE_ENV})",
+          file=sys.stderr, flush=True)
+    time.sleep(float(secs))
+
+
+def _write_failure(e: BaseException, final: Path) -> str:
+    """Why a checkpoint write failed, in words: the OSError in the chain (torch wraps it in a RuntimeError)."""
+    err, seen = e, set()
+    while err is not None and not isinstance(err, OSError) and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    hints = {errno.ENOSPC: "no space left on device: the disk is full",
+             errno.EDQUOT: "disk quota exceeded",
+             errno.EFBIG: "file too large: the file size limit (ulimit -f / RLIMIT_FSIZE) was reached"}
+    if isinstance(err, OSError) and err.errno in hints:
+        why = f"{hints[err.errno]} ({err})"
+    else:
+        why = f"{type(e).__name__}: {e}"
+    try:
+        why += f"; {shutil.disk_usage(final.parent).free / 2**20:.0f} MiB free in {final.parent}"
+    except OSError:
+        pass
+    return why
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temp file in the same dir, fsync, ``os.replace``, fsync the dir."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
+    """``torch.save`` to a temp file in the same dir, fsync, ``os.replace``, fsync the dir.
+
+    A failed write (disk full, file size limit, I/O error) removes the temp file and raises
+    ``CheckpointWriteError`` naming the checkpoint and the cause; the files already there are untouched.
+    """
+    final = Path(path)
+    tmp: Path | None = None
+    try:
+        with atomic_path(final) as tmp:
+            with open(tmp, "wb") as fh:  # a file object: torch's RuntimeError then chains the OSError (errno)
+                torch.save(obj, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _fault_pause(tmp, final)
+    except (OSError, RuntimeError) as e:
+        if tmp is not None and tmp.exists():
+            tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(
+            f"checkpoint write failed: {final}: {_write_failure(e, final)}. The temp file was removed and "
+            f"the older checkpoints in {final.parent} are untouched; free space (or lower keep_last) and run "
+            f"again to resume from the newest of them") from e
+    return final
+
+
+def remove_stale_temp_files(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temp files of step checkpoints a killed writer left behind (``.step_*.pt.*.tmp``).
+
+    Only for the holder of the dir's ``CheckpointLock``: no other writer can be active then. The
+    files are never read as checkpoints (``list_checkpoints`` ignores them); this frees their space.
+    """
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    removed = []
+    for p in d.iterdir():
+        if _TMP_RE.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def prune_checkpoints(ckpt_dir: str | os.PathLike, keep_last: int | None, protect: Iterable[Path] = ()) -> list[Path]:
@@ -131,6 +219,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     return safe_torch_load(path, map_location=map_location)
 
 
+def verify_zip_crc(path: str | os.PathLike) -> None:
+    """Raise ValueError if a zip-format torch file fails its CRC-32 checks.
+
+    ``torch.load`` does not check them: bytes overwritten inside a tensor record load silently as wrong
+    weights. Non-zip files are left to ``torch.load`` (a truncated zip is not a zip: it fails there).
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as z:
+        bad = z.testzip()
+    if bad is not None:
+        raise ValueError(f"CRC-32 mismatch in record {bad!r}: the file was changed or damaged after it was written")
+
+
 def _validate(ckpt: Any, path: Path, model_key: str | None) -> None:
     if not isinstance(ckpt, dict):
         raise ValueError(f"not a dict but {type(ckpt).__name__}")
@@ -148,10 +250,12 @@ def load_latest_valid(ckpt_dir: str | os.PathLike, model_key: str | None = None,
                       map_location: Any = "cpu", log=None) -> tuple[Path | None, dict | None]:
     """Newest checkpoint that loads and validates, newest first; each skipped file gives a warning.
 
+    Each file's zip CRC-32s are checked first (``verify_zip_crc``): corrupt bytes never resume a run.
     Returns (None, None) when the dir has no loadable checkpoint (fresh start).
     """
     for step, path in reversed(list_checkpoints(ckpt_dir)):
         try:
+            verify_zip_crc(path)
             ckpt = load_checkpoint(path, map_location=map_location)
             _validate(ckpt, path, model_key)
         except Exception as e:  # truncated zip, bad pickle, wrong content ...

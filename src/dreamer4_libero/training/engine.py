@@ -17,6 +17,12 @@ Conventions (dreamer4_model.md §8, §10, §11; snakemake_slurm.md §3, §4):
   Only rank 0 writes files; every rank's RNG state is gathered into the checkpoint.
 * Exit codes: 0 = finished (final checkpoint + outputs written); 75 (EX_TEMPFAIL) = stopped early
   by the deadline or SIGTERM after saving a checkpoint, run again to resume. Errors raise.
+* A non-finite loss (NaN/inf on any rank; all ranks agree) follows ``nonfinite``: ``stop`` (default)
+  raises FloatingPointError naming the step and the newest checkpoint, the last good state on disk;
+  ``skip`` drops that update (no optimizer step, gradients zeroed; its step slot and batch are used
+  up, so the run still ends at ``max_steps``), warns each time and counts it (``skipped_nonfinite`` in
+  metrics, checkpoints, attempts.jsonl and checkpoint.json); more than ``nonfinite_max_skips`` skipped
+  updates stop the run like ``stop``.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from .checkpoints import (
     build_checkpoint,
     load_checkpoint,
     load_latest_valid,
+    remove_stale_temp_files,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -61,6 +68,10 @@ from .metrics import MetricsLog, export_metrics, plot_metrics
 
 EXIT_OK = 0
 EXIT_RESUME = 75  # EX_TEMPFAIL: stopped early with a checkpoint saved; run again to resume
+
+
+class NonFiniteLossWarning(RuntimeWarning):
+    """nonfinite=skip skipped an update whose loss was NaN or inf."""
 
 _T_IMPORT = time.time()
 
@@ -82,6 +93,8 @@ class EngineConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip: float | None = None  # max global grad norm (after unscale, on the unwrapped module); None = off
+    nonfinite: str = "stop"  # NaN/inf loss: stop (raise; the newest checkpoint is the last good one) | skip the update
+    nonfinite_max_skips: int = 100  # under skip: more skipped updates than this (over all attempts) stop the run
     grad_accum: int = 1
     save_every: int = 1000
     keep_last: int = 3  # step files kept (<= 0: all)
@@ -127,6 +140,10 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.grad_clip is not None and self.grad_clip <= 0:
             self.grad_clip = None
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite must be stop|skip, got {self.nonfinite!r}")
+        if int(self.nonfinite_max_skips) < 0:
+            raise ValueError("nonfinite_max_skips must be >= 0")
         if self.time_limit_min is not None and self.time_limit_min <= 0:
             self.time_limit_min = None
         if not self.model_key or not isinstance(self.model_key, str):
@@ -273,7 +290,8 @@ def _task_config(task: Any) -> dict:
 
 # engine settings that may change between attempts without a warning (the rest is warned about on resume)
 _VOLATILE_ENGINE_KEYS = {"time_limit_min", "deadline_margin_s", "start_time", "progress", "max_steps", "run_name",
-                         "ckpt_dir", "out_dir", "keep_last", "save_every", "log_every", "num_threads", "metrics_tail"}
+                         "ckpt_dir", "out_dir", "keep_last", "save_every", "log_every", "num_threads", "metrics_tail",
+                         "nonfinite", "nonfinite_max_skips"}
 
 
 def _config_diff(old: dict, new: dict) -> list[str]:
@@ -328,6 +346,8 @@ class _Run:
         self.sigterm = False
         self.pbar = None
         self.last_ckpt: Path | None = None
+        self.skipped: list[int] = []  # updates (1-based) skipped for a non-finite loss, over all attempts
+        self._skip_now = False
 
     # -- small utilities ------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -392,6 +412,8 @@ class _Run:
         # which checkpoint: rank 0 decides, everyone loads that file
         path, ck = (None, None)
         if self.is_main:
+            for tmp in remove_stale_temp_files(self.ckpt_dir):  # we hold the lock: no writer is active
+                self.log(f"removed {tmp.name}: the temp file of a checkpoint write that was interrupted")
             path, ck = load_latest_valid(self.ckpt_dir, cfg.model_key, log=self.log)
         if self.world > 1:
             box = [str(path) if path else None]
@@ -422,6 +444,7 @@ class _Run:
                 data_next = int(data["next_step"])
             else:
                 data_next = step * cfg.grad_accum
+            self.skipped = [int(u) for u in (ck.get("nonfinite") or {}).get("skipped_updates", [])]
             old_cfg = ck.get("config") or {}
             diffs = _config_diff(old_cfg, self.resolved) if old_cfg else []
             if diffs:
@@ -522,10 +545,14 @@ class _Run:
                 args=cfg.extra_args, rng=state, rng_by_rank=by_rank,
                 data={"next_step": self.data_next, "grad_accum": cfg.grad_accum}, world_size=self.world,
                 config=self.resolved, metrics_tail=self.metrics.tail(cfg.metrics_tail))
+            ck["nonfinite"] = {"policy": cfg.nonfinite, "skipped": len(self.skipped),
+                               "skipped_updates": list(self.skipped)}
             path = save_checkpoint(self.ckpt_dir, ck, keep_last=cfg.keep_last)
             self.metrics.sync()
             self.max_write_s = max(self.max_write_s, time.monotonic() - t)
             self.last_ckpt = path
+        else:
+            self.last_ckpt = self.ckpt_dir / f"step_{self.step:07d}.pt"  # rank 0's file (named in error messages)
         if hasattr(self.task, "on_checkpoint"):
             self.task.on_checkpoint(self.step, self.raw_model)
         return path
@@ -575,15 +602,22 @@ class _Run:
                 lv = float(loss.detach().item())
                 finite = math.isfinite(lv)
                 bad, lsum = self.all_reduce([0.0 if finite else 1.0, lv if finite else 0.0])
-                if bad > 0:
+                if bad > 0:  # every rank sees the same flag: all stop or all skip
                     where = f"loss={lv} on rank {self.rank}" if not finite else "on another rank"
-                    raise FloatingPointError(
-                        f"non-finite loss at step {self.step} (update {self.step + 1} of {cfg.max_steps}, "
-                        f"data index {self.data_next - 1}): {where}")
+                    self._on_nonfinite(where)
+                    break
                 self.scaler.scale(loss / cfg.grad_accum).backward()
             loss_total += lsum / self.world / cfg.grad_accum
             for k, v in (metrics or {}).items():
                 msum[k] = msum.get(k, 0.0) + _float(v) / cfg.grad_accum
+        if self._skip_now:
+            # nonfinite=skip: no optimizer step; the slot's remaining micro-batches are used up unseen so
+            # that the data stream stays aligned with the update count (and a resume)
+            for _ in range(cfg.grad_accum - 1 - micro):
+                next(it, None)
+                self.data_next += 1
+            self.opt.zero_grad(set_to_none=True)
+            return float("nan"), {}
         if cfg.grad_clip is not None:
             if self.use_scaler:
                 self.scaler.unscale_(self.opt)
@@ -601,6 +635,28 @@ class _Run:
             self.opt.step()
         return loss_total, msum
 
+    def _on_nonfinite(self, where: str) -> None:
+        """A non-finite loss in the current update: raise (stop, or skip over budget) or mark it skipped."""
+        cfg = self.cfg
+        what = (f"non-finite loss at step {self.step} (update {self.step + 1} of {cfg.max_steps}, "
+                f"data index {self.data_next - 1}): {where}")
+        last = (f"the newest checkpoint, {self.last_ckpt}, is the last good state (rerun to resume from it)"
+                if self.last_ckpt is not None else "no checkpoint was written yet (a rerun starts fresh)")
+        if cfg.nonfinite == "stop":
+            raise FloatingPointError(f"{what}. nonfinite=stop: training stopped; {last}. "
+                                     f"Set nonfinite: skip to skip such updates instead")
+        if len(self.skipped) + 1 > cfg.nonfinite_max_skips:
+            raise FloatingPointError(f"{what}. nonfinite=skip: {len(self.skipped)} updates already skipped, "
+                                     f"nonfinite_max_skips={cfg.nonfinite_max_skips} reached: training stopped; "
+                                     f"{last}")
+        self.skipped.append(self.step + 1)
+        self._skip_now = True
+        msg = (f"{what}; update skipped (nonfinite=skip: no optimizer step, gradients zeroed), "
+               f"{len(self.skipped)} skipped so far (nonfinite_max_skips {cfg.nonfinite_max_skips})")
+        self.log("WARNING " + msg)
+        if self.is_main:
+            warnings.warn(msg, NonFiniteLossWarning, stacklevel=2)
+
     # -- main loop -------------------------------------------------------------------------------
     def loop(self) -> int:
         cfg = self.cfg
@@ -615,11 +671,14 @@ class _Run:
         try:
             while self.step < cfg.max_steps:
                 t0 = time.monotonic()
+                self._skip_now = False
                 loss, metrics = self.update(it)
                 self.step += 1
                 extra = None
-                if hasattr(self.task, "after_update"):
+                if hasattr(self.task, "after_update") and not self._skip_now:  # a skipped update applied nothing
                     extra = self.task.after_update(self.step, self.raw_model)
+                if self.skipped:
+                    metrics["skipped_nonfinite"] = len(self.skipped)
                 dt = time.monotonic() - t0
                 self.step_ema_s = dt if self.step_ema_s is None else 0.7 * self.step_ema_s + 0.3 * dt
 
@@ -668,6 +727,7 @@ class _Run:
         if self.is_main:
             _append_jsonl(self.ckpt_dir / "attempts.jsonl",
                           {"event": "end", "status": status, "reason": reason, "step": self.step,
+                           "skipped_nonfinite": len(self.skipped),
                            "job_id": os.environ.get("SLURM_JOB_ID"), "pid": os.getpid(),
                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            "wall_s": time.time() - self.start_time})
@@ -702,7 +762,8 @@ class _Run:
             "path": str(final.resolve()), "step": self.step, "sha256": sha256_file(final),
             "bytes": final.stat().st_size, "model_key": cfg.model_key, "run_name": cfg.run_name,
             "config": str((self.ckpt_dir / "config.json").resolve()), "plots": [p.name for p in plots],
-            "attempts": len(conf["history"]), "extra": to_json_plain(extra or {})})
+            "attempts": len(conf["history"]), "skipped_nonfinite": len(self.skipped),
+            "extra": to_json_plain(extra or {})})
         self._end_record("done")
         self.log(f"done at step {self.step}: {final} -> {out}/checkpoint.json")
 
@@ -855,6 +916,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--num-threads", type=int)
     g.add_argument("--time-limit-min", type=_opt_float, help="this attempt's time limit (Slurm runtime, minutes); 'none' = off")
     g.add_argument("--deadline-margin-s", type=float)
+    g.add_argument("--nonfinite", choices=["stop", "skip"], help="NaN/inf loss: stop (raise) or skip the update")
+    g.add_argument("--nonfinite-max-skips", type=int, help="under skip: stop after more skipped updates than this")
     g.add_argument("--progress", type=_bool, metavar="BOOL")
     g.add_argument("--find-unused-parameters", type=_bool, metavar="BOOL")
     g.add_argument("--attention", choices=list(ATTENTION_BACKENDS))
@@ -865,6 +928,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 _ARG_FIELDS = ["run_name", "ckpt_dir", "out_dir", "max_steps", "lr", "weight_decay", "grad_clip", "grad_accum",
                "save_every", "keep_last", "log_every", "seed", "amp", "deterministic", "num_threads",
+               "nonfinite", "nonfinite_max_skips",
                "time_limit_min", "deadline_margin_s", "progress", "find_unused_parameters", "attention", "fused_adamw",
                "compile"]
 

@@ -30,6 +30,7 @@ from ..fileio import read_json, write_json
 
 #: config keys that never change what a run learns (excluded from the identity)
 VOLATILE_KEYS = frozenset({
+    "nonfinite", "nonfinite_max_skips",  # what to do after a NaN loss: a rerun may switch it and resume
     "max_steps", "save_every", "keep_last", "log_every", "num_workers", "gpus", "cpus_per_task", "cpus_per_gpu", "mem_mb",
     "runtime_min", "deadline_margin_s", "retries", "eval", "run_name", "enabled", "note", "stand_in_for",
     "label", "name", "runnable", "not_run_reason", "init_paths", "init_source", "init_note",

@@ -22,7 +22,7 @@ from ..fileio import atomic_path
 
 METRICS_NAME = "metrics.jsonl"
 # bookkeeping keys that are not curves
-NON_CURVE_KEYS = {"step", "time", "elapsed_s", "epoch", "attempt"}
+NON_CURVE_KEYS = {"step", "time", "elapsed_s", "epoch", "attempt", "skipped_nonfinite"}
 
 
 def _clean(v: Any) -> Any:
