@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dreamer4_libero.config import ConfigError, demo_config, load_config
+from dreamer4_libero.config import ConfigError, demo_config, dynamics_variants, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
@@ -31,20 +31,54 @@ def test_demo_dag_dry_run(tmp_path):
         assert f"rule {rule}:" in out or f"{rule} " in out, rule
 
 
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory) -> Path:
+    """A clean copy of the working tree, where a real (not dry) Snakemake run may start."""
+    from conftest import _repo_copy
+
+    return _repo_copy(tmp_path_factory.mktemp("schema_repo"))
+
+
+_SCHEMA_GUARANTEE = "load_config and Snakemake fail naming the key; no job runs, no results/ or logs/ written"
+
+
 @pytest.mark.parametrize("layer,needle", [
-    ({"data": {"bogus_key": 1}}, "bogus_key"),
-    ({"data": {"workers": "many"}}, "data.workers"),
-    ({"split": {"ood_fraction": 1.5}}, "split.ood_fraction"),
-    ({"tokenizer": {"model": {"depth": "eight"}}}, "tokenizer.model.depth"),
+    pytest.param({"data": {"bogus_key": 1}}, "bogus_key", id="unknown_key",
+                 marks=pytest.mark.fault(fault="config: unknown key data.bogus_key", guarantee=_SCHEMA_GUARANTEE)),
+    pytest.param({"data": {"workers": "many"}}, "data.workers", id="wrong_type",
+                 marks=pytest.mark.fault(fault="config: wrong type (data.workers: 'many')", guarantee=_SCHEMA_GUARANTEE)),
+    pytest.param({"split": {"ood_fraction": 1.5}}, "split.ood_fraction", id="above_maximum",
+                 marks=pytest.mark.fault(fault="config: out of range (split.ood_fraction: 1.5 > maximum)",
+                                         guarantee=_SCHEMA_GUARANTEE)),
+    pytest.param({"tokenizer": {"model": {"depth": "eight"}}}, "tokenizer.model.depth", id="nested_wrong_type",
+                 marks=pytest.mark.fault(fault="config: wrong type in a nested section (tokenizer.model.depth)",
+                                         guarantee=_SCHEMA_GUARANTEE)),
+    pytest.param({"tokenizer": {"max_steps": 0}}, "tokenizer.max_steps", id="below_minimum",
+                 marks=pytest.mark.fault(fault="config: out of range (tokenizer.max_steps: 0 < minimum 1)",
+                                         guarantee=_SCHEMA_GUARANTEE)),
+    pytest.param({"tokenizer": {"nonfinite": "ignore"}}, "tokenizer.nonfinite", id="not_in_enum",
+                 marks=pytest.mark.fault(fault="config: value outside an enum (tokenizer.nonfinite: ignore)",
+                                         guarantee=_SCHEMA_GUARANTEE)),
+    pytest.param({"dynamics": {"variants": {"dynamics_phase3": {"bogus_knob": 1}}}}, "bogus_knob", id="variant_unknown_key",
+                 marks=pytest.mark.fault(fault="config: unknown key in a dynamics variant (merged, then checked)",
+                                         guarantee=_SCHEMA_GUARANTEE)),
 ])
-def test_schema_errors_name_the_key(tmp_path, layer, needle):
+def test_schema_errors_name_the_key(repo_copy, tmp_path, layer, needle):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(layer))
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
-        load_config([REPO / "config" / "demo.yaml", bad])
-    r = _dry(tmp_path, configfiles=("config/demo.yaml", bad))  # Snakemake's own validation
+        dynamics_variants(load_config([REPO / "config" / "demo.yaml", bad]))  # variants are checked when merged
+    # a real (not dry) run of the workflow: the config is refused before any job starts
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run([SNAKEMAKE, "--cores", "1", "--configfile", "config/demo.yaml", str(bad)], cwd=repo_copy,
+                       capture_output=True, text=True, env=env, timeout=300)
+    out = r.stdout + r.stderr
     assert r.returncode != 0
-    assert needle.split(".")[-1] in (r.stdout + r.stderr)
+    assert needle.split(".")[-1] in out, out[-3000:]
+    assert "Job stats" not in out and "rule make_synthetic" not in out, out[-3000:]
+    made = [d for d in ("results", "logs", "benchmarks", "checkpoints") if (repo_copy / d).exists()]
+    assert made == [], f"{made} written by a refused config"
+    assert not (repo_copy / ".snakemake" / "incomplete").exists() or not any((repo_copy / ".snakemake" / "incomplete").iterdir())
 
 
 def test_layering_and_defaults():
