@@ -37,7 +37,8 @@ def main() -> int:
         grad_clip=run["grad_clip"], save_every=run["save_every"], keep_last=run["keep_last"],
         log_every=run["log_every"], seed=run["seed"], amp=run["amp"], deterministic=run["deterministic"],
         deadline_margin_s=run["deadline_margin_s"], model_key="dynamics", extra_args=task.upstream_args(),
-        progress=True, attention=run["attention"], fused_adamw=run["fused_adamw"], compile=run["compile"])
+        progress=True, attention=run["attention"], fused_adamw=run["fused_adamw"], compile=run["compile"],
+        activation_checkpointing=run["activation_checkpointing"])
     if a.ckpt_root:
         cfg.ckpt_dir = str(resolve_run_dir(a.ckpt_root, run, task.identity_inputs()))
         print(f"[{cfg.run_name}] checkpoints: {cfg.ckpt_dir} (run identity)", flush=True)

@@ -32,7 +32,8 @@ def main() -> int:
         grad_clip=None, save_every=t["save_every"], keep_last=t["keep_last"], log_every=t["log_every"],
         seed=t["seed"], amp=t["amp"], deterministic=t["deterministic"], deadline_margin_s=t["deadline_margin_s"],
         model_key="model", extra_args=task.upstream_args(), progress=True, lr_mult=dict(t["lr_mult"]),
-        lr_schedule=t["lr_schedule"], attention=t["attention"], fused_adamw=t["fused_adamw"], compile=t["compile"])
+        lr_schedule=t["lr_schedule"], attention=t["attention"], fused_adamw=t["fused_adamw"], compile=t["compile"],
+        activation_checkpointing=t["activation_checkpointing"])
     if a.ckpt_root:
         cfg.ckpt_dir = str(resolve_run_dir(a.ckpt_root, t, task.identity_inputs()))
         print(f"[{cfg.run_name}] checkpoints: {cfg.ckpt_dir} (run identity)", flush=True)

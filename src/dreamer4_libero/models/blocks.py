@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 # Token modality ids (§1.4).
 LATENT, IMAGE, ACTION, PROPRIO, REGISTER, SPATIAL, SHORTCUT_SIGNAL, SHORTCUT_STEP, AGENT = -1, 0, 1, 2, 3, 4, 5, 6, 7
@@ -224,6 +225,21 @@ class Layer(nn.Module):
         return x + self.mlp(self.norm3(x)), kv
 
 
+def set_activation_checkpointing(module: nn.Module, on: bool) -> int:
+    """Turn per-layer activation checkpointing of every Transformer inside `module` on or off.
+
+    Memory: only each layer's (B,T,S,D) input is kept for backward instead of all its
+    intermediate activations; cost: one extra forward of every layer. Same loss and gradients
+    (dropout masks are replayed from the saved RNG state). Returns the number of Transformers set.
+    """
+    n = 0
+    for m in module.modules():
+        if isinstance(m, Transformer):
+            m.checkpoint_layers = bool(on)
+            n += 1
+    return n
+
+
 def has_time(i: int, time_every: int) -> bool:
     """Layer i has time attention iff (i + 1) % time_every == 0 (§1.6)."""
     return (i + 1) % time_every == 0
@@ -245,10 +261,15 @@ class Transformer(nn.Module):
             Layer(d, n_heads, mlp_ratio, dropout, has_time(i, time_every), time_slots) for i in range(depth))
         self.register_buffer("modality", modality.long().clone(), persistent=False)
         self.register_buffer("space_mask", space_mask(modality, space_mode), persistent=False)
+        self.checkpoint_layers = False  # activation checkpointing (set_activation_checkpointing)
 
     def forward(self, x):                                                     # (B,T,S,D)
+        ckpt = self.checkpoint_layers and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, self.space_mask)
+            if ckpt:  # keep only each layer's input; recompute its activations in backward (same RNG)
+                x = torch.utils.checkpoint.checkpoint(layer, x, self.space_mask, use_reentrant=False)
+            else:
+                x = layer(x, self.space_mask)
         return x
 
     def forward_cached(self, x, cache: list | None):

@@ -53,6 +53,11 @@ _STRIDES = (4, 1, 1, 1, 1)
 _PADS = (2, 2, 1, 1, 1)
 
 
+def autocast_off(device: torch.device):
+    """A region without autocast on ``device`` (the meta device, used for FLOP / memory counting, has none)."""
+    return torch.autocast(device_type=device.type if device.type in ("cuda", "cpu") else "cpu", enabled=False)
+
+
 class LPIPS(nn.Module):
     """Frozen LPIPS(alex, v0.1) distance between two batches of [0, 1] images."""
 
@@ -129,7 +134,7 @@ class LPIPS(nn.Module):
             raise ValueError(f"LPIPS expects two (N, 3, H, W) batches of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}")
         if min(x.shape[-2:]) < MIN_SIZE:
             raise ValueError(f"LPIPS(alex) needs H, W >= {MIN_SIZE}, got {tuple(x.shape[-2:])}")
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device):
             shift = self.shift.float()
             scale = self.scale.float()
             # Two separate passes (not one concatenated batch) so that LPIPS(x, x) is exactly 0.

@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from ..models.lpips import autocast_off
 from ..models.tokenizer import patchify, sample_mae_mask, unpatchify
 
 __all__ = ["sample_mae_mask", "masked_mse", "composite", "lpips_term", "psnr", "tokenizer_loss"]
@@ -45,7 +46,7 @@ def lpips_term(recon_frames: torch.Tensor, target_frames: torch.Tensor, lpips_fn
     x, y = recon_frames[:, ::stride], target_frames[:, ::stride]
     x = x.reshape(-1, *x.shape[2:]).float().clamp(0, 1)                        # (B*T',C,H,W)
     y = y.reshape(-1, *y.shape[2:]).float().clamp(0, 1)
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    with autocast_off(x.device):
         return lpips_fn(x, y).float().mean()
 
 

@@ -49,7 +49,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..fileio import sha256_file, write_json
-from ..models.blocks import ATTENTION_BACKENDS, set_attention_backend
+from ..models.blocks import ATTENTION_BACKENDS, set_activation_checkpointing, set_attention_backend
 from ..provenance import code_version
 from .checkpoints import (
     CheckpointLock,
@@ -118,6 +118,7 @@ class EngineConfig:
     attention: str = "sdpa"  # sdpa (fused kernels) | explicit (the written-out reference; models/blocks.py)
     fused_adamw: str = "auto"  # auto (fused on CUDA) | on | off; CPU always uses the foreach AdamW
     compile: bool = False  # torch.compile the model; checkpoints store the uncompiled state dict
+    activation_checkpointing: bool = False  # recompute each transformer layer in backward (less memory)
 
     def __post_init__(self) -> None:
         self.ckpt_dir = os.fspath(self.ckpt_dir)
@@ -427,6 +428,8 @@ class _Run:
         if not isinstance(model, nn.Module):
             raise TypeError("task.build_model() must return an nn.Module")
         self.model = model.to(self.device)
+        if cfg.activation_checkpointing and not set_activation_checkpointing(self.model, True):
+            self.log("activation_checkpointing requested but the model has no transformer: ignored")
 
         step, data_next = 0, 0
         if ck is not None:
@@ -923,6 +926,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--attention", choices=list(ATTENTION_BACKENDS))
     g.add_argument("--fused-adamw", choices=["auto", "on", "off"])
     g.add_argument("--compile", type=_bool, metavar="BOOL")
+    g.add_argument("--activation-checkpointing", type=_bool, metavar="BOOL")
     return parser
 
 
@@ -930,7 +934,7 @@ _ARG_FIELDS = ["run_name", "ckpt_dir", "out_dir", "max_steps", "lr", "weight_dec
                "save_every", "keep_last", "log_every", "seed", "amp", "deterministic", "num_threads",
                "nonfinite", "nonfinite_max_skips",
                "time_limit_min", "deadline_margin_s", "progress", "find_unused_parameters", "attention", "fused_adamw",
-               "compile"]
+               "compile", "activation_checkpointing"]
 
 
 def engine_config_from_args(args: argparse.Namespace, **base: Any) -> EngineConfig:

@@ -34,7 +34,7 @@ VOLATILE_KEYS = frozenset({
     "max_steps", "save_every", "keep_last", "log_every", "num_workers", "gpus", "cpus_per_task", "cpus_per_gpu", "mem_mb",
     "runtime_min", "deadline_margin_s", "retries", "eval", "run_name", "enabled", "note", "stand_in_for",
     "label", "name", "runnable", "not_run_reason", "init_paths", "init_source", "init_note",
-    "attention", "fused_adamw", "compile",  # kernels: the same maths, not bitwise the same floats
+    "attention", "fused_adamw", "compile", "activation_checkpointing",  # kernels: the same maths, not bitwise the same floats
 })
 IDENTITY_VERSION = 1
 HASH_CHARS = 16
