@@ -1,7 +1,9 @@
 """Fast training paths against the plain fp32 path on CPU: SDPA vs the explicit attention reference with
 the spec's masks (module and whole models, forward and gradients), gradient accumulation vs the larger
-batch, torch.compile checkpoints without the `_orig_mod.` prefix, and fused AdamW / AMP degrading to
-fp32 foreach AdamW on CPU."""
+batch, torch.compile checkpoints without the `_orig_mod.` prefix, fused AdamW / AMP degrading to
+fp32 foreach AdamW on CPU, the AMP choice (bf16 where supported, else fp16 with a grad scaler), and
+bf16 / fp16 autocast numerics against fp32 (through CPU autocast). Activation checkpointing and the
+FLOP / memory counts are in tests/test_perf.py."""
 
 from __future__ import annotations
 
@@ -148,3 +150,46 @@ def test_compiled_training_writes_plain_checkpoints(tmp_path):
     assert ck["config"]["runtime"]["amp"] == "fp32"             # bf16 asked for, CPU runs fp32
     log = (tmp_path / "c" / "train.log").read_text()
     assert "fused_adamw=on requested but not on CUDA" in log
+
+
+def test_amp_resolution_bf16_where_supported_else_fp16_with_scaler(monkeypatch):
+    from dreamer4_libero.training.engine import resolve_amp
+
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_amp("auto", cuda) == (torch.bfloat16, False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_amp("auto", cuda) == (torch.float16, True)
+    assert resolve_amp("fp16", cuda) == (torch.float16, True)
+    assert resolve_amp("off", cuda) == (None, False)
+    for amp in ("auto", "bf16", "fp16"):
+        assert resolve_amp(amp, torch.device("cpu")) == (None, False)  # CPU always fp32
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_autocast_stays_close_to_fp32(dtype):
+    """The reduced-precision forward + backward the GPU runs (here through CPU autocast) against fp32."""
+    from dreamer4_libero.objectives.shortcut import shortcut_loss
+
+    torch.manual_seed(0)
+    m = Dynamics(DynamicsConfig(**TINY_DYN))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.1)
+    g = torch.Generator().manual_seed(1)
+    z1 = torch.randn(4, 6, 4, 16, generator=g).tanh()
+    act = torch.rand(4, 6, 16, generator=g) * 2 - 1
+    out = {}
+    for name, ctx in (("fp32", torch.autocast("cpu", enabled=False)), ("low", torch.autocast("cpu", dtype=dtype))):
+        m.zero_grad()
+        torch.manual_seed(3)
+        with ctx:
+            loss, _ = shortcut_loss(m, z1, act, torch.ones_like(act), step=10, bootstrap_start=0)
+        loss.float().backward()
+        out[name] = (float(loss.detach()), torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
+    rel_loss = abs(out["low"][0] - out["fp32"][0]) / abs(out["fp32"][0])
+    ga, gb = out["low"][1], out["fp32"][1]
+    cos = float(torch.nn.functional.cosine_similarity(ga, gb, dim=0))
+    assert rel_loss < 0.03, rel_loss
+    assert cos > 0.99, cos
+    print(f"\n{dtype}: loss rel. diff {rel_loss:.1e}, gradient cosine {cos:.5f} against fp32")
