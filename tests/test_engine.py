@@ -201,23 +201,24 @@ def test_deadline_always_makes_progress(tmp_path, capsys):
     assert rc == EXIT_RESUME and list_checkpoints(d)[-1][0] == 2
 
 
-@pytest.mark.fault(fault="SIGTERM to the toy trainer at a random step",
+@pytest.mark.fault(fault="SIGTERM (Slurm) or SIGINT (Ctrl-C) to the toy trainer at a random step",
                    guarantee="it saves, exits 75; the rerun ends bitwise equal to an uninterrupted run")
-def test_sigterm_saves_and_exits_75(reference, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_saves_and_exits_75(reference, tmp_path, sig):
     d, log = tmp_path / "ck", tmp_path / "a1.log"
-    k = random.Random(75).randint(4, 20)
-    print(f"[fault] SIGTERM after the checkpoint of step >= {k} (save_every 4)")
+    k = random.Random(75 + int(sig)).randint(4, 20)
+    print(f"[fault] {sig.name} after the checkpoint of step >= {k} (save_every 4)")
     p = spawn(["--ckpt-dir", str(d), "--max-steps", str(N), "--save-every", "4", "--sleep", "0.15"], log)
     try:
         wait_for_ckpt(p, d, k, log)
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(sig)
         rc = p.wait(timeout=30)
     finally:
         if p.poll() is None:
             p.kill()
     out = log.read_text()
     assert rc == EXIT_RESUME, out
-    m = re.search(r"SIGTERM: saved step (\d+)", out)
+    m = re.search(rf"{sig.name}: saved step (\d+)", out)
     assert m, out
     stopped = int(m.group(1))
     assert k <= stopped < N and list_checkpoints(d)[-1][0] == stopped

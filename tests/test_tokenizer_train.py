@@ -156,3 +156,13 @@ def test_init_from_an_upstream_tokenizer_is_weights_only(preprocessed, tiny_toke
     cmd[cmd.index("--resolution") + 1] = "16"                                  # a tokenizer for another resolution
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 2 and "32x32 tokenizer" in bad.stderr and "16x16" in bad.stderr
+
+
+def test_grad_accum_and_a_larger_max_steps_flag_get_enough_batches(preprocessed, tmp_path):
+    """The loader serves max_steps x grad_accum batches of the engine's (CLI-overridable) max_steps."""
+    t = _tiny_cfg(max_steps=3, save_every=3)
+    r = subprocess.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out")
+                       + ["--grad-accum", "2", "--max-steps", "4"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = _final_state(tmp_path / "ck", 4)
+    assert ck["step"] == 4 and ck["data"] == {"next_step": 8, "grad_accum": 2}

@@ -120,6 +120,7 @@ class DynamicsTask:
     def setup(self, ctx) -> None:
         self.tokenizer.to(ctx.device)
         self.ctx = ctx
+        self.n_batches = ctx.cfg.max_steps * ctx.cfg.grad_accum  # data indices the engine will ask for
 
     def config(self) -> dict:
         return {"variant": self.run, "dynamics_model": self.dyn_cfg.to_dict(), "resolution": self.resolution,
@@ -165,7 +166,8 @@ class DynamicsTask:
 
     def batches(self, start_step: int, rank: int, world_size: int) -> Iterator[dict]:
         self.dataset.rank = rank
-        loader = make_loader(self.dataset, start_step, self.run["max_steps"], self.run["num_workers"])
+        end = getattr(self, "n_batches", self.run["max_steps"])
+        loader = make_loader(self.dataset, start_step, end, self.run["num_workers"])
         for b in loader:
             yield {"frames": b["frames"], "actions": b["actions"], "act_mask": b["act_mask"]}
 

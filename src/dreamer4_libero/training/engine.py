@@ -16,7 +16,8 @@ Conventions (dreamer4_model.md §8, §10, §11; snakemake_slurm.md §3, §4):
 * Checkpoints every ``save_every`` completed updates, at ``max_steps``, and when stopping early.
   Only rank 0 writes files; every rank's RNG state is gathered into the checkpoint.
 * Exit codes: 0 = finished (final checkpoint + outputs written); 75 (EX_TEMPFAIL) = stopped early
-  by the deadline or SIGTERM after saving a checkpoint, run again to resume. Errors raise.
+  by the deadline, SIGTERM or Ctrl-C (SIGINT; a second one interrupts at once) after saving a
+  checkpoint, run again to resume. Errors raise.
 * A non-finite loss (NaN/inf on any rank; all ranks agree) follows ``nonfinite``: ``stop`` (default)
   raises FloatingPointError naming the step and the newest checkpoint, the last good state on disk;
   ``skip`` drops that update (no optimizer step, gradients zeroed; its step slot and batch are used
@@ -344,7 +345,8 @@ class _Run:
         self.start_time = cfg.start_time if cfg.start_time is not None else process_start_time()
         self.max_write_s = 0.0
         self.step_ema_s: float | None = None
-        self.sigterm = False
+        self.sigterm = False  # a stop signal arrived (SIGTERM or SIGINT): save and exit 75 at the next step
+        self.stop_signal = "SIGTERM"
         self.pbar = None
         self.last_ckpt: Path | None = None
         self.skipped: list[int] = []  # updates (1-based) skipped for a non-finite loss, over all attempts
@@ -573,7 +575,7 @@ class _Run:
         flags = self.all_reduce([float(self._deadline_flag()), float(self.sigterm)], op=dist.ReduceOp.MAX
                                 if self.world > 1 else None)
         if flags[1] > 0:
-            return "SIGTERM"
+            return self.stop_signal if self.sigterm else "SIGTERM"  # another rank's signal: Slurm's SIGTERM
         if flags[0] > 0:
             return "deadline"
         return None
@@ -710,8 +712,8 @@ class _Run:
                     if reason is not None:
                         if not saved:
                             self.save()
-                        if reason == "SIGTERM":
-                            self.log(f"SIGTERM: saved step {self.step}")
+                        if reason in ("SIGTERM", "SIGINT"):
+                            self.log(f"{reason}: saved step {self.step}")
                         else:
                             self.log(f"deadline reached, saved step {self.step}")
                         self._end_record("stopped", reason)
@@ -823,7 +825,7 @@ def train(task: Any, cfg: EngineConfig) -> int:
 
     run = _Run(task, cfg, rank, world, local_rank, device)
     lock = CheckpointLock(cfg.ckpt_dir)
-    prev_handler = None
+    prev_handler = prev_int = None
     in_main_thread = threading.current_thread() is threading.main_thread()
     ok = False
     try:
@@ -843,8 +845,13 @@ def train(task: Any, cfg: EngineConfig) -> int:
         if in_main_thread:
             def _on_sigterm(signum, frame):
                 run.sigterm = True
+                run.stop_signal = signal.Signals(signum).name
+                if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
+                    signal.signal(signal.SIGINT, prev_int)
 
+            prev_int = signal.getsignal(signal.SIGINT)
             prev_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+            signal.signal(signal.SIGINT, _on_sigterm)  # Ctrl-C (torchrun forwards it to the ranks): save, exit 75
 
         run.setup()
         code = run.loop()
@@ -867,6 +874,7 @@ def train(task: Any, cfg: EngineConfig) -> int:
         run.metrics.close() if hasattr(run, "metrics") else None
         if prev_handler is not None and in_main_thread:
             signal.signal(signal.SIGTERM, prev_handler)
+            signal.signal(signal.SIGINT, prev_int)
         lock.release()
         if ok and created_pg:
             dist.destroy_process_group()

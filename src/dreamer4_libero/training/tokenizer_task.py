@@ -70,6 +70,7 @@ class TokenizerTask:
 
     # -- engine protocol --------------------------------------------------------------------
     def setup(self, ctx) -> None:
+        self.n_batches = ctx.cfg.max_steps * ctx.cfg.grad_accum  # data indices the engine will ask for
         if self.lpips is not None:
             self.lpips.to(ctx.device)
 
@@ -106,7 +107,8 @@ class TokenizerTask:
 
     def batches(self, start_step: int, rank: int, world_size: int) -> Iterator[dict]:
         self.dataset.rank = rank
-        loader = make_loader(self.dataset, start_step, self.tok_cfg["max_steps"], self.tok_cfg["num_workers"])
+        end = getattr(self, "n_batches", self.tok_cfg["max_steps"])
+        loader = make_loader(self.dataset, start_step, end, self.tok_cfg["num_workers"])
         for batch in loader:
             yield {"frames": batch["frames"]}  # (B,L,3,r,r) in [0,1]
 
