@@ -40,11 +40,10 @@ report: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
+# The benchmark suite: one JSON (bench/results/bench.json) + its table (bench.md); BENCH_ARGS e.g. --only train,rollout
+BENCH_ARGS ?=
 bench: setup
-	$(PY) bench/bench_data.py --out bench/results/data.json
-	$(PY) bench/bench_tokenizer.py --out bench/results/tokenizer.json
-	$(PY) bench/bench_dynamics.py --out bench/results/dynamics.json
-	$(PY) bench/bench_dmcontrol.py --out bench/results/dmcontrol.json
+	$(PY) -m bench --out bench/results/bench.json $(BENCH_ARGS)
 
 # Install profiles/slurm as your `slurm` Snakemake profile unless you (or your site) already have one.
 slurm-profile:

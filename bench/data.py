@@ -1,20 +1,19 @@
-#!/usr/bin/env python
-"""Data-layer benchmark (JSON output).
+"""Data-layer speed: preprocessing against a read-flip-write baseline, the loader against raw copies.
 
 1. Preprocessing frames/s against a baseline measured in the same run on the same files: read
    every demo's agentview images with h5py, flip them upright, write them as uncompressed .npy.
    Our stage additionally validates, hashes first frames, computes action statistics and writes
    atomically; target: >= 70 % of the baseline's frames/s. Input-file checksums are cached by
    (size, mtime), so they are computed in a warm-up run and not counted (as on any rerun).
-2. Loader windows/s (seq_len 32 at the demo's model resolution) with 0 and 2 workers, against a
-   raw baseline that only copies the same windows' uint8 frames and actions out of the shards.
-Usage: python bench/bench_data.py --out bench/results/data.json [--root EXISTING_LIBERO_ROOT]
+2. Loader windows/s at the demo trainers' window shapes (the tokenizer's seq_len x batch and the
+   world model's), with 0 and 2 workers, against a raw baseline that only copies the same windows'
+   uint8 frames and actions out of the shards; bench/__main__.py sets it against the train step's
+   consumption (steps/s x batch) measured in the same run.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import platform
 import shutil
 import tempfile
@@ -24,13 +23,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from dreamer4_libero.config import demo_config
+from dreamer4_libero.config import demo_config, dynamics_variants
 from dreamer4_libero.data.libero import discover_task_files
 from dreamer4_libero.data.loader import WindowDataset, make_loader
 from dreamer4_libero.data.preprocess import preprocess
 from dreamer4_libero.data.splits import build_and_write
 from dreamer4_libero.data.synthetic import demo_task_ids, generate
-from dreamer4_libero.fileio import write_json
 
 
 def baseline(root: Path, out: Path) -> int:
@@ -58,25 +56,20 @@ def timed(fn, repeats: int, setup=None) -> tuple[float, object]:
     return best, res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="bench/results/data.json")
-    ap.add_argument("--root", default=None, help="existing LIBERO root (default: generate the demo dataset)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--loader-steps", type=int, default=200)
-    a = ap.parse_args()
+def run_all(root: str | None = None, repeats: int = 3, loader_steps: int = 100, log=print) -> dict:
     cfg = demo_config()
     work = Path(tempfile.mkdtemp(prefix="bench_data_"))
     try:
-        root = Path(a.root) if a.root else work / "libero"
-        if not a.root:
+        gen_s = None
+        if root is not None:
+            root = Path(root)
+        else:  # the demo's synthetic dataset
+            root = work / "libero"
             s = cfg["synthetic"]
             t0 = time.perf_counter()
             generate(root, demo_task_ids(s["per_suite"]), n_demos=s["n_demos"], len_range=(s["len_min"], s["len_max"]),
                      seed=s["seed"], progress=False)
             gen_s = time.perf_counter() - t0
-        else:
-            gen_s = None
         pre = work / "pre"
         preprocess(root, pre, workers=1, min_demo_len=2, progress=False)  # warm-up: fills the checksum cache
 
@@ -93,64 +86,56 @@ def main() -> None:
 
         clear_base()
         baseline(root, work / "baseline")  # warm the page cache the same way for both
-        t_base, n_base = timed(lambda: baseline(root, work / "baseline"), a.repeats, clear_base)
-        t_ours1, n_ours = timed(ours(1), a.repeats, clear_ours)
-        t_ours2, _ = timed(ours(2), a.repeats, clear_ours)
+        t_base, n_base = timed(lambda: baseline(root, work / "baseline"), repeats, clear_base)
+        t_ours1, n_ours = timed(ours(1), repeats, clear_ours)
+        t_ours2, _ = timed(ours(2), repeats, clear_ours)
         assert n_base == n_ours, (n_base, n_ours)
+        pre_res = {"baseline_read_flip_write_npy_fps": n_base / t_base, "ours_workers1_fps": n_ours / t_ours1,
+                   "ours_workers2_fps": n_ours / t_ours2, "ratio_workers1": (n_ours / t_ours1) / (n_base / t_base),
+                   "ratio_workers2": (n_ours / t_ours2) / (n_base / t_base), "target_ratio": 0.7,
+                   "frames": n_ours, "timing": f"best of {repeats}"}
+        log(f"  preprocess: ours {pre_res['ours_workers1_fps']:.0f} frames/s (1 worker), "
+            f"{pre_res['ours_workers2_fps']:.0f} (2), baseline {pre_res['baseline_read_flip_write_npy_fps']:.0f}: "
+            f"x{pre_res['ratio_workers1']:.2f} / x{pre_res['ratio_workers2']:.2f}")
 
         build_and_write(pre / "manifest.json", pre / "splits", split_cfg=cfg["split"], probe_cfg=cfg["probe"])
         res = cfg["data"]["model_resolution"]
-        ds = WindowDataset(pre / "manifest.json", pre / "splits" / "train.json", seq_len=32, batch_size=8,
-                           resolution=res, seed=0)
+        dyn = dynamics_variants(cfg)["dynamics_phase3"]
+        shapes = {"tokenizer_demo": (cfg["tokenizer"]["seq_len"], cfg["tokenizer"]["batch_size"]),
+                  "dynamics_demo": (dyn["seq_len"], dyn["batch_size"])}
+        loader_res = {}
+        for name, (seq, batch) in shapes.items():
+            ds = WindowDataset(pre / "manifest.json", pre / "splits" / "train.json", seq_len=seq, batch_size=batch,
+                               resolution=res, seed=0)
 
-        def loader(workers: int):
-            def run():
-                for _ in make_loader(ds, 0, a.loader_steps, num_workers=workers):
-                    pass
-                return a.loader_steps * 8
-            return run
+            def loader(workers: int):
+                def run():
+                    for _ in make_loader(ds, 0, loader_steps, num_workers=workers):
+                        pass
+                    return loader_steps * batch
+                return run
 
-        def raw_windows():  # I/O ceiling: copy the same windows' uint8 frames and raw actions
-            for step in range(a.loader_steps):
-                for ep, s in ds.starts_for_step(step):
-                    f, act = ds.store.episode(ep)
-                    np.array(f[s:s + 32]), np.array(act[s:s + 32])
-            return a.loader_steps * 8
+            def raw_windows():  # I/O ceiling: copy the same windows' uint8 frames and raw actions
+                for step in range(loader_steps):
+                    for ep, s0 in ds.starts_for_step(step):
+                        f, act = ds.store.episode(ep)
+                        np.array(f[s0:s0 + seq]), np.array(act[s0:s0 + seq])
+                return loader_steps * batch
 
-        t_raw, n_win = timed(raw_windows, a.repeats)
-        t_l0, _ = timed(loader(0), a.repeats)
-        t_l2, _ = timed(loader(2), a.repeats)
-        result = {
-            "benchmark": "data",
-            "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
-            "dataset": {"generated": not a.root, "generate_s": gen_s, "frames": n_ours,
-                        "files": len(discover_task_files(root)[0])},
-            "preprocess": {
-                "baseline_read_flip_write_npy_fps": n_base / t_base,
-                "ours_workers1_fps": n_ours / t_ours1,
-                "ours_workers2_fps": n_ours / t_ours2,
-                "ratio_workers1": (n_ours / t_ours1) / (n_base / t_base),
-                "ratio_workers2": (n_ours / t_ours2) / (n_base / t_base),
-                "target_ratio": 0.7,
-                "timing": f"best of {a.repeats}",
-            },
-            "loader": {
-                "seq_len": 32, "batch_size": 8, "resolution": res,
-                "raw_slice_windows_per_s": n_win / t_raw,
-                "windows_per_s_workers0": n_win / t_l0,
-                "windows_per_s_workers2": n_win / t_l2,
-                "ratio_workers0_vs_raw": (n_win / t_l0) / (n_win / t_raw),
-                "ratio_workers2_vs_raw": (n_win / t_l2) / (n_win / t_raw),
-                "notes": "best of repeats; with 0 workers the per-process cache of downsampled episodes is warm "
-                         "after the first repeat, with 2 workers every repeat starts new workers with empty caches "
-                         "and pays batch transfer between processes",
-            },
-        }
-        write_json(a.out, result)
-        print(json.dumps(result, indent=2))
+            t_raw, n_win = timed(raw_windows, repeats)
+            t_l0, _ = timed(loader(0), repeats)
+            t_l2, _ = timed(loader(2), repeats)
+            loader_res[name] = {"seq_len": seq, "batch_size": batch, "resolution": res,
+                                "raw_slice_windows_per_s": n_win / t_raw, "windows_per_s_workers0": n_win / t_l0,
+                                "windows_per_s_workers2": n_win / t_l2,
+                                "ratio_workers0_vs_raw": (n_win / t_l0) / (n_win / t_raw)}
+            log(f"  loader {name}: {n_win / t_l0:.0f} windows/s (0 workers), {n_win / t_l2:.0f} (2 workers), "
+                f"raw copy {n_win / t_raw:.0f}")
+        return {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "dataset": {"generated": gen_s is not None, "generate_s": gen_s, "frames": n_ours,
+                            "files": len(discover_task_files(root)[0])},
+                "preprocess": pre_res, "loader": loader_res,
+                "notes": "best of repeats; with 0 workers the per-process cache of downsampled episodes is warm after "
+                         "the first repeat, with 2 workers every repeat starts new workers with empty caches"}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()
