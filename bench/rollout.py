@@ -15,12 +15,13 @@ import torch
 from dreamer4_libero.config import demo_config, dynamics_variants, load_config
 from dreamer4_libero.models.dynamics import Dynamics, DynamicsConfig
 from dreamer4_libero.models.sampling import rollout
+from dreamer4_libero.training import perf
 
 
-def variant_model(run: dict, n_spatial: int, d_spatial: int) -> DynamicsConfig:
-    m = run["model"]
-    return DynamicsConfig(d_model=m["d_model"], depth=m["depth"], n_heads=m["n_heads"] or 4, n_spatial=n_spatial,
-                          d_spatial=d_spatial, n_register=m["n_register"], time_every=m["time_every"])
+def trained_dynamics_config(cfg: dict, variant: str = "dynamics_phase3") -> DynamicsConfig:
+    """The architecture the dynamics trainer builds for ``variant`` (the step of training/perf.py)."""
+    step = perf.dynamics_step(dynamics_variants(cfg)[variant], cfg["tokenizer"], cfg["data"]["model_resolution"])
+    return step.model.dynamics.cfg  # built on the meta device: no memory, no init cost
 
 
 def _sync(device):
@@ -54,16 +55,9 @@ def rollout_case(name: str, cfg: DynamicsConfig, device: str, batch: int, repeat
 
 
 def run_all(device: str, log=print) -> list[dict]:
-    demo = dynamics_variants(demo_config())["dynamics_phase3"]
-    dtok = demo_config()["tokenizer"]["model"]
-    paper = dynamics_variants(load_config())["dynamics_phase3"]
-    ptok = load_config()["tokenizer"]["model"]
-    pf = paper["model"]["packing_factor"]
-    rows = [rollout_case("rollout_demo", variant_model(demo, dtok["n_latents"] // demo["model"]["packing_factor"],
-                                                         dtok["d_bottleneck"] * demo["model"]["packing_factor"]),
-                         device, 1, 2),
-            rollout_case("rollout_paper_d512", variant_model(paper, ptok["n_latents"] // pf, ptok["d_bottleneck"] * pf),
-                         device, 1 if device == "cpu" else 8, 1)]
+    rows = [rollout_case("rollout_demo", trained_dynamics_config(demo_config()), device, 1, 2),
+            rollout_case("rollout_paper_d512", trained_dynamics_config(load_config()), device,
+                         1 if device == "cpu" else 8, 1)]
     for r in rows:
         log(f"  rollout {r['case']:20s} cached {r['frames_per_s_cached']:8.1f} frames/s, uncached "
             f"{r['frames_per_s_uncached']:8.1f}: x{r['speedup']:.2f} (max |diff| {r['max_abs_diff']:.1e})")

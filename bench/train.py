@@ -14,6 +14,7 @@ On CPU the paper configs run at batch 1 (the tokenizer with 4 frames): their bat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -80,7 +81,7 @@ def run_case(name: str, attention: str, device: str, steps: int | None = None) -
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, **({"fused": True} if device == "cuda" else {}))
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    amp = perf.autocast_for(device, torch.bfloat16 if bf16 else None)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def one():
         with amp:

@@ -8,7 +8,7 @@ uninterrupted reference run:
   must save and exit 75), then SIGKILL at a later random step.
 * ``interrupt_during_checkpoint_writes``: with the ``D4L_FAULT_CKPT_WRITE_PAUSE_S`` hook
   (training/checkpoints.py) the trainer pauses after a checkpoint's temp file is written and
-  fsynced, before ``os.replace``; SIGTERM arrives in that pause (the write must complete, then the
+  closed, before ``os.replace``; SIGTERM arrives in that pause (the write must complete, then the
   trainer exits 75), then, in a second attempt, SIGKILL in the pause of a later checkpoint (its
   complete temp file is left behind and must never be resumed from).
 """

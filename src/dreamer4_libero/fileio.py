@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,9 +42,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def atomic_temp_re(final_name_re: str) -> re.Pattern:
+    """Names ``atomic_path`` gives the temp files of finals whose name matches ``final_name_re``."""
+    return re.compile(rf"^\.{final_name_re}\..*\.tmp.*$")
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path next to ``final``; rename it onto ``final`` if the block succeeds."""
+    """Yield a temp path next to ``final`` (named as ``atomic_temp_re`` says); rename it onto ``final``
+    if the block succeeds; the temp file is removed either way."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)

@@ -48,7 +48,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from ..fileio import atomic_path, fsync_dir, safe_torch_load
+from ..fileio import atomic_path, atomic_temp_re, fsync_dir, safe_torch_load
 
 FORMAT = "dreamer4_libero.checkpoint/1"
 STEP_RE = re.compile(r"^step_(\d{7,})\.pt$")
@@ -100,7 +100,7 @@ class CheckpointWriteError(RuntimeError):
 
 
 #: fault injection (tests/test_*_train.py, tests/test_engine.py): seconds to sleep inside ``atomic_torch_save``
-#: after the temp file is completely written and fsynced, before ``os.replace`` -- a window in which a test
+#: after the temp file is completely written and closed, before ``os.replace`` -- a window in which a test
 #: kills the trainer "during a checkpoint write". Off unless set; never set it in production.
 FAULT_PAUSE_ENV = "D4L_FAULT_CKPT_WRITE_PAUSE_S"
 #: optional: pause only for the file of this name (e.g. ``step_0000006.pt``); unset = every checkpoint write
@@ -108,7 +108,7 @@ FAULT_MATCH_ENV = "D4L_FAULT_CKPT_WRITE_MATCH"
 #: the line printed (stderr, flushed) when the pause starts; it names the temp file and the final file
 FAULT_MARKER = "[fault-injection] checkpoint temp file written"
 
-_TMP_RE = re.compile(r"^\.step_\d{7,}\.pt\..*\.tmp$")  # atomic_path's temp names for step files
+_TMP_RE = atomic_temp_re(r"step_\d{7,}\.pt")  # atomic_path's temp names for step files
 
 
 def _fault_pause(tmp: Path, final: Path) -> None:
@@ -150,17 +150,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     ``CheckpointWriteError`` naming the checkpoint and the cause; the files already there are untouched.
     """
     final = Path(path)
-    tmp: Path | None = None
     try:
-        with atomic_path(final) as tmp:
+        with atomic_path(final) as tmp:  # fsyncs the temp file before the rename, removes it on failure
             with open(tmp, "wb") as fh:  # a file object: torch's RuntimeError then chains the OSError (errno)
                 torch.save(obj, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
             _fault_pause(tmp, final)
     except (OSError, RuntimeError) as e:
-        if tmp is not None and tmp.exists():
-            tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(
             f"checkpoint write failed: {final}: {_write_failure(e, final)}. The temp file was removed and "
             f"the older checkpoints in {final.parent} are untouched; free space (or lower keep_last) and run "

@@ -63,6 +63,7 @@ from .checkpoints import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    step_path,
     to_json_plain,
 )
 from .metrics import MetricsLog, export_metrics, plot_metrics
@@ -345,8 +346,7 @@ class _Run:
         self.start_time = cfg.start_time if cfg.start_time is not None else process_start_time()
         self.max_write_s = 0.0
         self.step_ema_s: float | None = None
-        self.sigterm = False  # a stop signal arrived (SIGTERM or SIGINT): save and exit 75 at the next step
-        self.stop_signal = "SIGTERM"
+        self.stop_signal: str | None = None  # "SIGTERM" / "SIGINT" once one arrived: save and exit 75 at the next step
         self.pbar = None
         self.last_ckpt: Path | None = None
         self.skipped: list[int] = []  # updates (1-based) skipped for a non-finite loss, over all attempts
@@ -557,7 +557,7 @@ class _Run:
             self.max_write_s = max(self.max_write_s, time.monotonic() - t)
             self.last_ckpt = path
         else:
-            self.last_ckpt = self.ckpt_dir / f"step_{self.step:07d}.pt"  # rank 0's file (named in error messages)
+            self.last_ckpt = step_path(self.ckpt_dir, self.step)  # rank 0's file (named in error messages)
         if hasattr(self.task, "on_checkpoint"):
             self.task.on_checkpoint(self.step, self.raw_model)
         return path
@@ -572,10 +572,10 @@ class _Run:
         return elapsed + (self.step_ema_s or 0.0) > lim * 60.0 - margin
 
     def stop_reason(self) -> str | None:
-        flags = self.all_reduce([float(self._deadline_flag()), float(self.sigterm)], op=dist.ReduceOp.MAX
+        flags = self.all_reduce([float(self._deadline_flag()), float(self.stop_signal is not None)], op=dist.ReduceOp.MAX
                                 if self.world > 1 else None)
         if flags[1] > 0:
-            return self.stop_signal if self.sigterm else "SIGTERM"  # another rank's signal: Slurm's SIGTERM
+            return self.stop_signal or "SIGTERM"  # another rank's signal: Slurm's SIGTERM
         if flags[0] > 0:
             return "deadline"
         return None
@@ -844,7 +844,6 @@ def train(task: Any, cfg: EngineConfig) -> int:
 
         if in_main_thread:
             def _on_sigterm(signum, frame):
-                run.sigterm = True
                 run.stop_signal = signal.Signals(signum).name
                 if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
                     signal.signal(signal.SIGINT, prev_int)

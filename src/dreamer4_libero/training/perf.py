@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -84,9 +83,9 @@ class TrainStep:
     """One training step of a run: ``model`` (the trained module), ``frozen`` (modules used but not
     trained), ``loss()`` (forward of every pass, returns the scalar loss), ``tokens`` per step."""
 
-    def __init__(self, kind: str, model: nn.Module, frozen: list[nn.Module], loss: Callable[[], torch.Tensor],
+    def __init__(self, model: nn.Module, frozen: list[nn.Module], loss: Callable[[], torch.Tensor],
                  tokens: int, batch: int, seq_len: int, grad_rows: int, nograd_rows: int):
-        self.kind, self.model, self.frozen, self.loss = kind, model, frozen, loss
+        self.model, self.frozen, self.loss = model, frozen, loss
         self.tokens, self.batch, self.seq_len = tokens, batch, seq_len
         self.grad_rows, self.nograd_rows = grad_rows, nograd_rows
 
@@ -114,7 +113,7 @@ def tokenizer_step(tok_cfg: dict, resolution: int, batch: int, seq_len: int, dev
                                   lpips_frac=tok_cfg["lpips_frac"], keep_prob=out["keep_prob"])
         return value
 
-    return TrainStep("tokenizer", model, [lp] if lp is not None else [], loss,
+    return TrainStep(model, [lp] if lp is not None else [], loss,
                      tokens=batch * seq_len * mcfg.n_patches, batch=batch, seq_len=seq_len, grad_rows=batch,
                      nograd_rows=0)
 
@@ -146,7 +145,7 @@ def dynamics_step(run: dict, tok_cfg: dict, resolution: int, batch: int | None =
 
     b_self = n_self_rows(batch, run["self_fraction"])
     extra = (batch - b_self) if (run["aux_weight"] > 0 and run["aux_input"] == "action_free") else 0
-    return TrainStep("dynamics", model, [frozen], loss, tokens=batch * seq_len * c.n_tokens, batch=batch,
+    return TrainStep(model, [frozen], loss, tokens=batch * seq_len * c.n_tokens, batch=batch,
                      seq_len=seq_len, grad_rows=batch + extra, nograd_rows=2 * b_self if bootstrap else 0)
 
 
@@ -283,7 +282,3 @@ def model_flops_summary(step: TrainStep) -> dict:
     return {"flops_per_step": counted, "formula_flops_per_step": formula,
             "formula_over_counted": formula / counted if counted else math.nan, "tokens_per_step": step.tokens,
             "params": step.params()}
-
-
-def autocast_for(device: str, dtype: torch.dtype | None):
-    return torch.autocast("cuda", dtype=dtype) if (device == "cuda" and dtype is not None) else nullcontext()
