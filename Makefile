@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   - set up, then run the whole DAG on the CPU demo (synthetic LIBERO, tiny models)
-#   make test   - set up, then run the test suite
+#   make test   - set up, then run the whole test suite (make test-fast: the unit tier, for development)
 #   make report - the Snakemake HTML report of existing results (make demo ends with it)
 SHELL := /bin/bash
 VENV ?= .venv
@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup demo report test bench lint dag clean-demo slurm-profile
+.PHONY: setup demo report test test-int test-fast bench lint dag clean-demo slurm-profile
 
 setup: $(VENV)/.setup-done
 
@@ -36,9 +36,19 @@ report: setup
 	  || { tail -20 logs/report.log; echo "report failed: see logs/report.log"; exit 1; }; \
 	  echo "report: $(REPORT) ($$(du -h $(REPORT) | cut -f1), $$(( $$(date +%s) - t0 )) s); open it in a browser"
 
+# Test tiers (tests/conftest.py assigns them from the fixtures each test uses):
+#   make test       - everything (what CI runs), the 25 slowest tests listed at the end
+#   make test-int   - unit + integration (subprocess trainers, torchrun, real Snakemake runs)
+#   make test-fast  - the unit tier only: the development loop, a few minutes
 # pytest exits 5 when it collects no test: that is not a failure of the code under test.
+PYTEST = $(PY) -m pytest -q $(1) $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+	$(call PYTEST,--durations=25)
+test-int: setup
+	$(call PYTEST,-m "not e2e" --durations=25)
+test-fast: setup
+	$(call PYTEST,-m "not e2e and not integration" --durations=15)
 
 # The benchmark suite: one JSON (bench/results/bench.json) + its table (bench.md); BENCH_ARGS e.g. --only train,rollout
 BENCH_ARGS ?=

@@ -1,9 +1,11 @@
-"""Shared fixtures: a synthetic LIBERO dataset at the test config's size, and its preprocessing."""
+"""Shared fixtures (a synthetic LIBERO dataset at the test config's size and its preprocessing, the demo study,
+a real Slurm, trainer subprocesses), the test tiers, and the fault-injection summary."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -167,6 +169,233 @@ def slurm_cluster():
     subprocess.run(["bash", str(SLURM_SCRIPT), "down"], capture_output=True, text=True, timeout=300)
 
 
+@pytest.fixture
+def dag_repo(tmp_path) -> Path:
+    """A clean copy of the repository in which the test runs a Snakemake DAG for real (jobs train and
+    evaluate). Asking for it puts the test in the e2e tier."""
+    return _repo_copy(tmp_path / "repo")
+
+
+@pytest.fixture(scope="module")
+def snakemake_repo(tmp_path_factory) -> Path:
+    """A clean copy of the repository, shared by a module, for real (not dry) Snakemake invocations that run
+    no training (a refused config, a failing check). Asking for it puts the test in the integration tier."""
+    return _repo_copy(tmp_path_factory.mktemp("snakemake_repo"))
+
+
+class TrainerCLI:
+    """Real trainers as subprocesses: workflow_scripts/train_*.py, tests/engine_toy.py, under torchrun or not.
+    Every test that starts one gets it from the `trainer_cli` fixture (integration tier)."""
+
+    TIMEOUT = 600
+
+    @staticmethod
+    def torchrun(nproc: int) -> list[str]:
+        """The launcher prefix of an `nproc`-process single-node run."""
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+
+    def run(self, cmd: list[str], *, timeout: float | None = None, **kw) -> subprocess.CompletedProcess:
+        """Run to the end; stdout and stderr captured as text."""
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or self.TIMEOUT, **kw)
+
+    def start(self, cmd: list[str], log: Path, *, cwd: Path | None = None, env: dict | None = None,
+              **extra_env: str) -> subprocess.Popen:
+        """Start in the background, stdout and stderr into `log` (unbuffered)."""
+        fh = open(log, "w")
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd,
+                                env={**(env or os.environ), "PYTHONUNBUFFERED": "1", **extra_env})
+
+
+@pytest.fixture(scope="session")
+def trainer_cli() -> TrainerCLI:
+    return TrainerCLI()
+
+
+# ----------------------------------------------------------------------------------------------
+# Test tiers, assigned here and nowhere else, from the fixtures a test uses (its whole fixture
+# closure, so a fixture built on `demo_study` makes its tests e2e too):
+#   e2e          the demo-study run, a real Slurm, or a full Snakemake DAG
+#   integration  subprocess trainers or torchrun, real (not dry) Snakemake invocations, or more than
+#                UNIT_MAX_STEPS optimizer steps in one test
+#   unit         everything else                  (`make test-fast` = -m "not e2e and not integration")
+# A unit-tier test that starts such a process or trains longer anyway fails, naming the fixture that
+# would put it in the right tier (the guard below); tests/test_tiers.py checks the classification.
+
+TIER_FIXTURES = {
+    "demo_study": "e2e", "slurm_cluster": "e2e", "dag_repo": "e2e",
+    "trainer_cli": "integration", "snakemake_repo": "integration", "long_training": "integration",
+}
+TIERS = ("unit", "integration", "e2e")
+UNIT_MAX_STEPS = 50
+TIER_KEY = pytest.StashKey[str]()
+
+
+@pytest.fixture
+def long_training():
+    """For a test that trains in-process for more than UNIT_MAX_STEPS optimizer steps (integration tier)."""
+    return UNIT_MAX_STEPS
+
+
+def tier_of(fixturenames) -> str:
+    found = {TIER_FIXTURES[f] for f in fixturenames if f in TIER_FIXTURES}
+    return max(found, key=TIERS.index, default="unit")
+
+
+# (what a unit-tier test may not start, the fixture it needs instead); matched against each argv item
+_HEAVY_ARGV = (
+    (re.compile(r"^torch\.distributed\.run$|(^|/)torchrun$"), "torchrun", "trainer_cli"),
+    (re.compile(r"(^|/)workflow_scripts/(pre)?train_\w+\.py$|(^|/)engine_toy\.py$"), "a trainer script", "trainer_cli"),
+    (re.compile(r"(^|/)(sbatch|srun|salloc)$"), "a Slurm job", "slurm_cluster"),
+)
+_SNAKEMAKE_NO_JOBS = re.compile(r"^(-n|--dry-?run|--lint|--report|--unlock|--list\S*|--summary|--detailed-summary|"
+                                r"--rulegraph|--dag|--filegraph|--version|-h|--help|-\w*n\w*)$")
+
+
+def heavy_command(args) -> tuple[str, str] | None:
+    """(what, fixture) when `args` (a Popen argv) starts something beyond the unit tier, else None."""
+    argv = [str(a) for a in ([args] if isinstance(args, (str, bytes, os.PathLike)) else args)]
+    if len(argv) == 1 and " " in argv[0]:  # a shell string
+        argv = argv[0].split()
+    for a in argv:
+        for pat, what, fixture in _HEAVY_ARGV:
+            if pat.search(a):
+                return what, fixture
+    if any(Path(a).name == "snakemake" for a in argv[:3]) and not any(_SNAKEMAKE_NO_JOBS.match(a) for a in argv):
+        return "a real (not dry) Snakemake run", "snakemake_repo (or dag_repo for a DAG that trains)"
+    return None
+
+
+class _TierGuard:
+    """Active during a unit-tier test's setup and call: refuses heavy subprocesses, counts optimizer steps."""
+
+    def __init__(self):
+        self.item = None
+        self.steps = 0
+        self._popen_init = None
+
+    def install(self):
+        import torch.optim.optimizer as optim
+
+        self._popen_init = orig = subprocess.Popen.__init__
+        guard = self
+
+        def guarded_init(popen, args, *a, **kw):
+            if guard.item is not None:
+                hit = heavy_command(args)
+                if hit:
+                    pytest.fail(f"{guard.item.nodeid} is in the unit tier but starts {hit[0]} ({args!r}); ask for the "
+                                f"`{hit[1]}` fixture (tests/conftest.py TIER_FIXTURES)", pytrace=False)
+            orig(popen, args, *a, **kw)
+
+        subprocess.Popen.__init__ = guarded_init
+        self._hook = optim.register_optimizer_step_post_hook(self._count)
+
+    def uninstall(self):
+        if self._popen_init is not None:
+            subprocess.Popen.__init__ = self._popen_init
+            self._hook.remove()
+
+    def _count(self, *_):
+        if self.item is not None:
+            self.steps += 1
+
+
+_GUARD = _TierGuard()
+
+_HEAVY_NAMES = re.compile(r"torch\.distributed\.run|\btorchrun\b|(pre)?train_(tokenizer|dynamics)\.py|engine_toy\.py|"
+                          r"\b(sbatch|srun|salloc|squeue)\b")
+
+
+def static_heavy_refs(item) -> list[str]:
+    """What a test's code names that belongs to a higher tier (torchrun, a trainer script, Slurm commands):
+    the string constants and module-level values used by its function, its fixtures, and the tests/ helper
+    functions those call, transitively (docstrings and comments aside). The tier machinery itself (this file,
+    whose tier fixtures are in TIER_FIXTURES, and tests/test_tiers.py, whose test data name such commands)
+    is not scanned."""
+    import types
+
+    here = Path(__file__).resolve()
+    tests_dir, machinery = str(here.parent), {str(here), str(here.parent / "test_tiers.py")}
+    funcs = [getattr(item, "obj", None)]
+    for defs in item._fixtureinfo.name2fixturedefs.values():
+        funcs += [d.func for d in defs]
+    seen, hits = set(), []
+
+    def check(value, where):
+        if isinstance(value, (str, os.PathLike)) and _HEAVY_NAMES.search(str(value)):
+            hits.append(f"{where}: {str(value)[:120]!r}")
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                check(v, where)
+
+    def visit_code(code, glb, where, doc):
+        for c in code.co_consts:
+            if isinstance(c, types.CodeType):
+                visit_code(c, glb, where, None)
+            elif c is not doc:
+                check(c, where)
+        for name in code.co_names:
+            v = glb.get(name)
+            if isinstance(v, types.FunctionType):
+                visit(v)
+            elif v is not None:
+                check(v, f"{where} -> {name}")
+
+    def visit(fn):
+        fn = getattr(fn, "__wrapped__", fn)
+        code = getattr(fn, "__code__", None)
+        if code is None or code in seen or not code.co_filename.startswith(tests_dir) or code.co_filename in machinery:
+            return
+        seen.add(code)
+        visit_code(code, fn.__globals__, f"{Path(code.co_filename).name}:{fn.__name__}", fn.__doc__)
+
+    for fn in funcs:
+        if fn is not None:
+            visit(fn)
+    return hits
+
+
+def pytest_collection_finish(session):
+    """With D4L_TIER_AUDIT=<file>: write every collected test's tier, tier fixtures and static heavy references
+    (tests/test_tiers.py reads it after `pytest --collect-only -m "not e2e and not integration"`)."""
+    out = os.environ.get("D4L_TIER_AUDIT")
+    if out:
+        Path(out).write_text(json.dumps({
+            it.nodeid: {"tier": it.stash.get(TIER_KEY, "unit"),
+                        "tier_fixtures": sorted(set(it.fixturenames) & set(TIER_FIXTURES)),
+                        "heavy": static_heavy_refs(it)} for it in session.items}, indent=1))
+
+
+def pytest_configure(config):
+    _GUARD.install()
+
+
+def pytest_unconfigure(config):
+    _GUARD.uninstall()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    _GUARD.item, _GUARD.steps = (item if item.stash.get(TIER_KEY, "unit") == "unit" else None), 0
+    try:
+        return (yield)
+    finally:
+        _GUARD.item = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    _GUARD.item = item if item.stash.get(TIER_KEY, "unit") == "unit" else None
+    try:
+        res = yield
+    finally:
+        _GUARD.item = None
+    if item.stash.get(TIER_KEY, "unit") == "unit" and _GUARD.steps > UNIT_MAX_STEPS:
+        pytest.fail(f"{item.nodeid} is in the unit tier but took {_GUARD.steps} optimizer steps (setup included; at "
+                    f"most {UNIT_MAX_STEPS}): shrink it, or ask for the `long_training` fixture", pytrace=False)
+    return res
+
+
 # ----------------------------------------------------------------------------------------------
 # fault-injection tests: `@pytest.mark.fault(fault="...", guarantee="...")`. The session summary
 # prints every such test with its fault, its guarantee and its outcome (so the CI log shows which
@@ -185,9 +414,13 @@ def _fault_marker(item):
     return fault, guarantee
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
         _fault_marker(item)  # a marker without fault/guarantee is a usage error at collection
+        tier = tier_of(item.fixturenames)
+        item.stash[TIER_KEY] = tier
+        item.add_marker(tier)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -32,12 +32,6 @@ from dreamer4_libero.training.metrics import read_metrics
 TIMEOUT = 180
 
 
-def start(cmd: list[str], log: Path, **env) -> subprocess.Popen:
-    fh = open(log, "w")
-    return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                                                            **env})
-
-
 def wait_until(proc: subprocess.Popen, cond, log: Path, what: str) -> None:
     t0 = time.time()
     while not cond():
@@ -60,14 +54,14 @@ def temp_files(ckpt_dir: Path, step: int | None = None) -> list[Path]:
     return sorted(p for p in Path(ckpt_dir).iterdir() if pat.match(p.name)) if Path(ckpt_dir).is_dir() else []
 
 
-def finish(cmd: list[str], log: Path) -> str:
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+def finish(trainer_cli, cmd: list[str], log: Path) -> str:
+    res = trainer_cli.run(cmd, timeout=TIMEOUT)
     log.write_text(res.stdout + res.stderr)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     return res.stdout + res.stderr
 
 
-def interrupt_at_random_steps(cmd: list[str], ckpt: Path, tmp: Path, *, max_steps: int, log_every: int,
+def interrupt_at_random_steps(trainer_cli, cmd: list[str], ckpt: Path, tmp: Path, *, max_steps: int, log_every: int,
                               seed: int) -> dict:
     """SIGTERM at a random logged step k1 (expects exit 75 after saving), SIGKILL at a random later step
     k2, then a last attempt to the end. Returns what happened (for the test's asserts and its output)."""
@@ -75,7 +69,7 @@ def interrupt_at_random_steps(cmd: list[str], ckpt: Path, tmp: Path, *, max_step
     steps = [s for s in range(log_every, max_steps - 1, log_every)]
     k1 = rng.choice(steps[: max(1, len(steps) // 2)])
     log1 = tmp / "attempt1_sigterm.log"
-    p = start(cmd, log1)
+    p = trainer_cli.start(cmd, log1)
     wait_until(p, lambda: logged_step(ckpt) >= k1, log1, f"step {k1}")
     p.send_signal(signal.SIGTERM)
     rc1 = p.wait(timeout=TIMEOUT)
@@ -89,7 +83,7 @@ def interrupt_at_random_steps(cmd: list[str], ckpt: Path, tmp: Path, *, max_step
     later = [s for s in steps if s > saved1] or [saved1 + 1]
     k2 = rng.choice(later)
     log2 = tmp / "attempt2_sigkill.log"
-    p = start(cmd, log2)
+    p = trainer_cli.start(cmd, log2)
     # the resumed attempt first truncates the log to its checkpoint, then logs saved1 + 1, ...
     wait_until(p, lambda: logged_step(ckpt) >= k2, log2, f"step {k2}")
     p.send_signal(signal.SIGKILL)
@@ -97,7 +91,7 @@ def interrupt_at_random_steps(cmd: list[str], ckpt: Path, tmp: Path, *, max_step
     assert rc2 == -signal.SIGKILL
     last2 = list_checkpoints(ckpt)[-1][0]
     assert saved1 <= last2 < max_steps, "the second attempt finished before it could be killed"
-    out3 = finish(cmd, tmp / "attempt3.log")
+    out3 = finish(trainer_cli, cmd, tmp / "attempt3.log")
     assert f"RESUMED from {ckpt / f'step_{last2:07d}.pt'} at step {last2}" in out3, out3[-3000:]
     starts = [a["start_step"] for a in read_attempts(ckpt) if a["event"] == "start"]
     assert starts == [0, saved1, last2], starts
@@ -106,7 +100,7 @@ def interrupt_at_random_steps(cmd: list[str], ckpt: Path, tmp: Path, *, max_step
     return info
 
 
-def interrupt_during_checkpoint_writes(cmd: list[str], ckpt: Path, tmp: Path, *, save_every: int, max_steps: int,
+def interrupt_during_checkpoint_writes(trainer_cli, cmd: list[str], ckpt: Path, tmp: Path, *, save_every: int, max_steps: int,
                                        seed: int, pause_s: float = 3.0) -> dict:
     """SIGTERM inside the write of checkpoint j1, SIGKILL inside the write of checkpoint j2 > j1 (random
     checkpoint steps), then a last attempt to the end. Returns what happened."""
@@ -120,7 +114,7 @@ def interrupt_during_checkpoint_writes(cmd: list[str], ckpt: Path, tmp: Path, *,
 
     # attempt 1: SIGTERM while step j1's temp file is complete but not yet renamed
     log1 = tmp / "attempt1_sigterm_in_write.log"
-    p = start(cmd, log1, **pause_at(j1))
+    p = trainer_cli.start(cmd, log1, **pause_at(j1))
     wait_until(p, lambda: FAULT_MARKER in log1.read_text(), log1, f"the write of checkpoint {j1}")
     assert temp_files(ckpt, j1) and not (ckpt / f"step_{j1:07d}.pt").exists()
     p.send_signal(signal.SIGTERM)
@@ -132,7 +126,7 @@ def interrupt_during_checkpoint_writes(cmd: list[str], ckpt: Path, tmp: Path, *,
 
     # attempt 2: SIGKILL while step j2's temp file is complete but not yet renamed
     log2 = tmp / "attempt2_sigkill_in_write.log"
-    p = start(cmd, log2, **pause_at(j2))
+    p = trainer_cli.start(cmd, log2, **pause_at(j2))
     wait_until(p, lambda: FAULT_MARKER in log2.read_text(), log2, f"the write of checkpoint {j2}")
     p.send_signal(signal.SIGKILL)
     assert p.wait(timeout=TIMEOUT) == -signal.SIGKILL
@@ -143,7 +137,7 @@ def interrupt_during_checkpoint_writes(cmd: list[str], ckpt: Path, tmp: Path, *,
     assert prev == j2 - save_every
 
     # attempt 3: resumes from the previous checkpoint (never the stray temp file), removes it, finishes
-    out3 = finish(cmd, tmp / "attempt3.log")
+    out3 = finish(trainer_cli, cmd, tmp / "attempt3.log")
     assert f"RESUMED from {ckpt / f'step_{prev:07d}.pt'} at step {prev}" in out3, out3[-3000:]
     assert f"removed {stray[0].name}" in out3 and not temp_files(ckpt), out3[-3000:]
     starts = [a["start_step"] for a in read_attempts(ckpt) if a["event"] == "start"]

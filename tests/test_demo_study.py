@@ -13,7 +13,6 @@ import pytest
 from conftest import planned_jobs, snakemake_cmd, venv_env
 from dreamer4_libero.config import demo_config, dynamics_variants
 
-pytestmark = pytest.mark.slow
 
 CFG = demo_config()
 RUN = [n for n, r in dynamics_variants(CFG).items() if r["runnable"]]

@@ -3,7 +3,6 @@ checkpoint writes, tests/faults.py) and after deadline stops (bitwise), a corrup
 with 1 and 2 processes (bootstrap on), checkpoint layout, init_from."""
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,10 +50,9 @@ def _same(a: dict, b: dict):
 
 
 @pytest.fixture(scope="module")
-def reference(preprocessed, tiny_tokenizer_ckpt, tmp_path_factory):
+def reference(trainer_cli, preprocessed, tiny_tokenizer_ckpt, tmp_path_factory):
     d = tmp_path_factory.mktemp("dynref")
-    res = subprocess.run(_cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(), d / "ck", d / "out"),
-                         capture_output=True, text=True)
+    res = trainer_cli.run(_cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(), d / "ck", d / "out"))
     assert res.returncode == 0, res.stderr[-3000:]
     return d
 
@@ -81,60 +79,60 @@ def test_reference_outputs_and_checkpoint_layout(reference):
 
 @pytest.mark.fault(fault="dynamics trainer: SIGTERM at a random step, then SIGKILL at a later random step",
                    guarantee="SIGTERM saves and exits 75; the last resume ends bitwise equal to an uninterrupted run")
-def test_sigterm_then_sigkill_at_random_steps_resume_bitwise(reference, preprocessed, tiny_tokenizer_ckpt, tmp_path):
+def test_sigterm_then_sigkill_at_random_steps_resume_bitwise(trainer_cli, reference, preprocessed, tiny_tokenizer_ckpt,
+                                                             tmp_path):
     ck = tmp_path / "ck"
     cmd = _cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(), ck, tmp_path / "out")
-    faults.interrupt_at_random_steps(cmd, ck, tmp_path, max_steps=10, log_every=1, seed=3)
+    faults.interrupt_at_random_steps(trainer_cli, cmd, ck, tmp_path, max_steps=10, log_every=1, seed=3)
     _same(_state(reference / "ck", 10), _state(ck, 10))
 
 
 @pytest.mark.fault(fault="dynamics trainer: SIGTERM, then SIGKILL, inside checkpoint writes (temp file not renamed)",
                    guarantee="SIGTERM completes the write; the killed write's temp file is never resumed; bitwise end")
-def test_sigterm_and_sigkill_during_checkpoint_writes_resume_bitwise(reference, preprocessed, tiny_tokenizer_ckpt,
-                                                                     tmp_path):
+def test_sigterm_and_sigkill_during_checkpoint_writes_resume_bitwise(trainer_cli, reference, preprocessed,
+                                                                     tiny_tokenizer_ckpt, tmp_path):
     ck = tmp_path / "ck"
     cmd = _cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(), ck, tmp_path / "out")
-    faults.interrupt_during_checkpoint_writes(cmd, ck, tmp_path, save_every=2, max_steps=10, seed=4)
+    faults.interrupt_during_checkpoint_writes(trainer_cli, cmd, ck, tmp_path, save_every=2, max_steps=10, seed=4)
     _same(_state(reference / "ck", 10), _state(ck, 10))
 
 
-def test_deadline_stops_resume_bitwise(reference, preprocessed, tiny_tokenizer_ckpt, tmp_path):
+def test_deadline_stops_resume_bitwise(trainer_cli, reference, preprocessed, tiny_tokenizer_ckpt, tmp_path):
     ck = tmp_path / "ck"
     cmd = _cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(max_steps=6), ck, tmp_path / "out",
                "--time-limit-min", "1e-6", "--deadline-margin-s", "0")
     codes = []
     for _ in range(10):
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = trainer_cli.run(cmd)
         codes.append(res.returncode)
         if res.returncode == 0:
             break
         assert res.returncode == 75 and "deadline reached, saved step" in res.stdout + res.stderr, res.stderr[-2000:]
     assert codes[-1] == 0 and codes.count(75) >= 2
-    ref = subprocess.run(_cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(max_steps=6), tmp_path / "ref",
-                              tmp_path / "ref_out"), capture_output=True, text=True)
+    ref = trainer_cli.run(_cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(max_steps=6), tmp_path / "ref",
+                               tmp_path / "ref_out"))
     assert ref.returncode == 0
     _same(_state(tmp_path / "ref", 6), _state(ck, 6))
 
 
 @pytest.mark.fault(fault="dynamics trainer on a truncated training shard (frames.npy cut short)",
                    guarantee="exits non-zero naming the shard file before training; no checkpoint, no outputs")
-def test_corrupt_training_shard_fails_naming_the_file(preprocessed, tiny_tokenizer_ckpt, tmp_path):
+def test_corrupt_training_shard_fails_naming_the_file(trainer_cli, preprocessed, tiny_tokenizer_ckpt, tmp_path):
     bad = faults.corrupt_shard_copy(preprocessed, tmp_path / "pre", "truncated_frames")
     ck, out = tmp_path / "ck", tmp_path / "out"
-    res = subprocess.run(_cmd(tmp_path / "pre", tiny_tokenizer_ckpt, _run_cfg(), ck, out), capture_output=True,
-                         text=True)
+    res = trainer_cli.run(_cmd(tmp_path / "pre", tiny_tokenizer_ckpt, _run_cfg(), ck, out))
     assert res.returncode != 0 and res.returncode != 75, res.stderr[-3000:]
     assert f"ERROR: {bad}: corrupt shard file" in res.stderr and "truncated" in res.stderr, res.stderr[-3000:]
     assert not (out / "checkpoint.json").exists() and (not out.exists() or not any(out.iterdir()))
     assert not ck.exists() or not list(ck.glob("step_*.pt"))
 
 
-def test_two_process_torchrun_exits_cleanly_with_bootstrap(preprocessed, tiny_tokenizer_ckpt, tmp_path):
+def test_two_process_torchrun_exits_cleanly_with_bootstrap(trainer_cli, preprocessed, tiny_tokenizer_ckpt, tmp_path):
     ck = tmp_path / "ck"
     cmd = _cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(max_steps=6, deterministic=False), ck, tmp_path / "out")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] + cmd[1:]
+    cmd = trainer_cli.torchrun(2) + cmd[1:]
     t0 = time.time()
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = trainer_cli.run(cmd, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert time.time() - t0 < 120
     state = torch.load(ck / "step_0000006.pt", weights_only=True)
@@ -143,7 +141,7 @@ def test_two_process_torchrun_exits_cleanly_with_bootstrap(preprocessed, tiny_to
     assert [r for r in metrics if r.get("step") == 6][0]["train/loss_self"] > 0
 
 
-def test_init_from_upstream_checkpoint_is_weights_only(preprocessed, tiny_tokenizer_ckpt, tmp_path):
+def test_init_from_upstream_checkpoint_is_weights_only(trainer_cli, preprocessed, tiny_tokenizer_ckpt, tmp_path):
     torch.manual_seed(0)
     src = Dynamics(DynamicsConfig(d_model=32, depth=1, n_heads=2, n_spatial=2, d_spatial=16))
     for p in src.parameters():
@@ -154,8 +152,7 @@ def test_init_from_upstream_checkpoint_is_weights_only(preprocessed, tiny_tokeni
     run = _run_cfg("dynamics_dmcontrol_pretrained", max_steps=2, bootstrap_start=0,
                    init_paths={"tokenizer": None, "dynamics": str(tmp_path / "dmc_dynamics.pt")})
     run["model"].update(n_heads=None)
-    res = subprocess.run(_cmd(preprocessed, tiny_tokenizer_ckpt, run, tmp_path / "ck", tmp_path / "out"),
-                         capture_output=True, text=True)
+    res = trainer_cli.run(_cmd(preprocessed, tiny_tokenizer_ckpt, run, tmp_path / "ck", tmp_path / "out"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "fallback: n_agent=1" in res.stdout
     conf = read_json(tmp_path / "out" / "config.json")
@@ -167,12 +164,12 @@ def test_init_from_upstream_checkpoint_is_weights_only(preprocessed, tiny_tokeni
     moved = sum(not torch.equal(final["dynamics"][k], v) for k, v in src.state_dict().items())
     assert moved > 0 and first is None
     missing = dict(run, init_paths={"tokenizer": None, "dynamics": str(tmp_path / "nope.pt")})
-    res = subprocess.run(_cmd(preprocessed, tiny_tokenizer_ckpt, missing, tmp_path / "ck2", tmp_path / "out2"),
-                         capture_output=True, text=True)
+    res = trainer_cli.run(_cmd(preprocessed, tiny_tokenizer_ckpt, missing, tmp_path / "ck2", tmp_path / "out2"))
     assert res.returncode != 0 and "checkpoint not found" in res.stderr + res.stdout
 
 
-def test_small_world_model_learns_and_beats_copy_last(preprocessed, tiny_tokenizer_ckpt, tmp_path, capsys):
+def test_small_world_model_learns_and_beats_copy_last(trainer_cli, preprocessed, tiny_tokenizer_ckpt, tmp_path,
+                                                      capsys):
     """A few CPU minutes of the demo variant on synthetic data: the shortcut loss falls and the
     one-step prediction of the next frame's latents beats copying the last frame's latents.
     The 24-frame rollout PSNR and copy-last PSNR are reported, not asserted (the fixture's
@@ -184,8 +181,7 @@ def test_small_world_model_learns_and_beats_copy_last(preprocessed, tiny_tokeniz
 
     run = dynamics_variants(demo_config(test=True))["dynamics_phase3"]
     run.update(max_steps=600, save_every=600, log_every=50, num_workers=0)
-    res = subprocess.run(_cmd(preprocessed, tiny_tokenizer_ckpt, run, tmp_path / "ck", tmp_path / "out"),
-                         capture_output=True, text=True)
+    res = trainer_cli.run(_cmd(preprocessed, tiny_tokenizer_ckpt, run, tmp_path / "ck", tmp_path / "out"))
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     flow = [r["train/flow_mse"] for r in metrics if "train/flow_mse" in r]

@@ -78,12 +78,10 @@ def assert_same_state(a: dict, b: dict, key: str = "model") -> None:
             assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), f"opt.state[{i}].{k} differs"
 
 
-def spawn(args: list[str], log: Path, torchrun: bool = False) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO / "src"))
-    pre = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun \
-        else [sys.executable]
-    fh = open(log, "w")
-    return subprocess.Popen(pre + [str(TOY)] + args, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+def spawn(trainer_cli, args: list[str], log: Path, torchrun: bool = False) -> subprocess.Popen:
+    """The toy trainer in the background (2 torchrun ranks or one process)."""
+    pre = trainer_cli.torchrun(2) if torchrun else [sys.executable]
+    return trainer_cli.start(pre + [str(TOY)] + args, log, cwd=REPO, PYTHONPATH=str(REPO / "src"))
 
 
 def wait_for_ckpt(proc: subprocess.Popen, ckpt_dir: Path, min_step: int, log: Path, timeout: float = 60) -> int:
@@ -121,14 +119,14 @@ def test_reference_run_layout(reference):
 
 
 @pytest.fixture(scope="module")
-def sigkilled_run(tmp_path_factory) -> SimpleNamespace:
+def sigkilled_run(trainer_cli, tmp_path_factory) -> SimpleNamespace:
     """One toy trainer subprocess: while it runs, a second trainer tries its checkpoint dir (the lock);
     then SIGKILL once it has saved a checkpoint at or after a random step."""
     tmp = tmp_path_factory.mktemp("sigkilled")
     d, log = tmp / "ck", tmp / "a1.log"
     k = random.Random(20240611).randint(3, 24)
     print(f"[fault] SIGKILL after the checkpoint of step >= {k} (save_every 3)")
-    p = spawn(["--ckpt-dir", str(d), "--max-steps", str(N), "--save-every", "3", "--sleep", "0.15"], log)
+    p = spawn(trainer_cli, ["--ckpt-dir", str(d), "--max-steps", str(N), "--save-every", "3", "--sleep", "0.15"], log)
     try:
         wait_for_ckpt(p, d, 1, log)
         t0 = time.time()
@@ -204,11 +202,11 @@ def test_deadline_always_makes_progress(tmp_path, capsys):
 @pytest.mark.fault(fault="SIGTERM (Slurm) or SIGINT (Ctrl-C) to the toy trainer at a random step",
                    guarantee="it saves, exits 75; the rerun ends bitwise equal to an uninterrupted run")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_sigterm_saves_and_exits_75(reference, tmp_path, sig):
+def test_sigterm_saves_and_exits_75(trainer_cli, reference, tmp_path, sig):
     d, log = tmp_path / "ck", tmp_path / "a1.log"
     k = random.Random(75 + int(sig)).randint(4, 20)
     print(f"[fault] {sig.name} after the checkpoint of step >= {k} (save_every 4)")
-    p = spawn(["--ckpt-dir", str(d), "--max-steps", str(N), "--save-every", "4", "--sleep", "0.15"], log)
+    p = spawn(trainer_cli, ["--ckpt-dir", str(d), "--max-steps", str(N), "--save-every", "4", "--sleep", "0.15"], log)
     try:
         wait_for_ckpt(p, d, k, log)
         p.send_signal(sig)
@@ -226,10 +224,10 @@ def test_sigterm_saves_and_exits_75(reference, tmp_path, sig):
     assert_same_state(load(step_path(d, N)), load(step_path(reference, N)))
 
 
-def test_clean_exit_single_process(tmp_path):
+def test_clean_exit_single_process(trainer_cli, tmp_path):
     d, out, log = tmp_path / "ck", tmp_path / "out", tmp_path / "run.log"
     t0 = time.time()
-    p = spawn(["--ckpt-dir", str(d), "--out-dir", str(out), "--max-steps", "7", "--save-every", "5",
+    p = spawn(trainer_cli, ["--ckpt-dir", str(d), "--out-dir", str(out), "--max-steps", "7", "--save-every", "5",
                "--keep-last", "5"], log)
     rc = p.wait(timeout=120)
     wall = time.time() - t0
@@ -256,12 +254,12 @@ def test_clean_exit_single_process(tmp_path):
 
 @pytest.mark.fault(fault="NaN loss on DDP rank 1 only (torchrun, 2 ranks, nonfinite=skip)",
                    guarantee="both ranks skip the same update, count it and end with identical weights")
-def test_torchrun_two_processes_exit_ddp_gradients_and_nan_on_one_rank(tmp_path):
+def test_torchrun_two_processes_exit_ddp_gradients_and_nan_on_one_rank(trainer_cli, tmp_path):
     d, out, rec, log = tmp_path / "ck", tmp_path / "out", tmp_path / "rec", tmp_path / "run.log"
     rec.mkdir()
     rs = 3
     t0 = time.time()
-    p = spawn(["--ckpt-dir", str(d), "--out-dir", str(out), "--max-steps", "8", "--save-every", "5",
+    p = spawn(trainer_cli, ["--ckpt-dir", str(d), "--out-dir", str(out), "--max-steps", "8", "--save-every", "5",
                "--log-every", "4", "--record-step", str(rs), "--record-dir", str(rec),
                "--nan-at", "5", "--nan-rank", "1", "--nonfinite", "skip"], log, torchrun=True)
     try:
@@ -432,7 +430,7 @@ def test_non_finite_loss_skip_skips_counts_and_reaches_max_steps(reference, tmp_
 
 @pytest.mark.fault(fault="checkpoint write fails: file size limit (RLIMIT_FSIZE) hit while writing step 10",
                    guarantee="non-zero exit naming the file and the cause; no temp file; step 5 intact, resumes")
-def test_disk_full_during_checkpoint_write_keeps_the_previous_one(reference, tmp_path):
+def test_disk_full_during_checkpoint_write_keeps_the_previous_one(trainer_cli, reference, tmp_path):
     s5, s10 = step_path(reference, 5).stat().st_size, step_path(reference, 10).stat().st_size
     # step 10's file is larger (its metrics_tail holds 10 records, step 5's 5; zip records are 64-byte aligned):
     # half the gap covers this run's other ckpt_dir path in the stored config
@@ -446,8 +444,8 @@ def test_disk_full_during_checkpoint_write_keeps_the_previous_one(reference, tmp
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(REPO / "src"))
     t0 = time.time()
-    r = subprocess.run([sys.executable, str(TOY), "--ckpt-dir", str(d), "--max-steps", str(N), "--keep-last", "0"],
-                       capture_output=True, text=True, env=env, cwd=REPO, preexec_fn=limit_file_size, timeout=120)
+    r = trainer_cli.run([sys.executable, str(TOY), "--ckpt-dir", str(d), "--max-steps", str(N), "--keep-last", "0"],
+                        env=env, cwd=REPO, preexec_fn=limit_file_size, timeout=120)
     print(f"[fault] RLIMIT_FSIZE {limit} bytes (step 5: {s5}, step 10: {s10}); trainer exit {r.returncode} "
           f"after {time.time() - t0:.1f}s")
     err = r.stderr

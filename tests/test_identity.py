@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import _repo_copy, snakemake_cmd, venv_env
+from conftest import snakemake_cmd, venv_env
 
 from dreamer4_libero.config import demo_config
 from dreamer4_libero.data.loader import episode_list
@@ -77,28 +77,28 @@ def test_data_fingerprint_sees_regenerated_data(tmp_path, preprocessed):
         training_data_fingerprint(preprocessed / "manifest.json", ["libero_10/nope/demo_0"])
 
 
-def _train(pre, t, root, out):
+def _train(trainer_cli, pre, t, root, out):
     cmd = [sys.executable, str(SCRIPT), "--tokenizer", json.dumps(t), "--manifest", str(pre / "manifest.json"),
            "--train-split", str(pre / "splits" / "train.json"), "--resolution", "32", "--ckpt-root", str(root),
            "--out-dir", str(out), "--progress", "false"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = trainer_cli.run(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout + r.stderr
 
 
-def test_trainer_resumes_inside_its_identity_folder(preprocessed, tmp_path):
+def test_trainer_resumes_inside_its_identity_folder(trainer_cli, preprocessed, tmp_path):
     t = demo_config()["tokenizer"]
     t.update(model={**t["model"], "d_model": 32, "depth": 1, "n_latents": 4, "d_bottleneck": 8}, seq_len=2,
              batch_size=2, max_steps=2, save_every=2, log_every=1, num_workers=0, lpips_weight=0.0)
     root = tmp_path / "ck"
-    out1 = _train(preprocessed, t, root, tmp_path / "o1")
+    out1 = _train(trainer_cli, preprocessed, t, root, tmp_path / "o1")
     dirs = sorted((root / t["run_name"]).iterdir())
     assert len(dirs) == 1 and (dirs[0] / "identity.json").exists() and "fresh start" in out1
-    out2 = _train(preprocessed, {**t, "max_steps": 4}, root, tmp_path / "o2")       # extended: resumes
+    out2 = _train(trainer_cli, preprocessed, {**t, "max_steps": 4}, root, tmp_path / "o2")       # extended: resumes
     assert "RESUMED" in out2 and "at step 2" in out2
     assert sorted((root / t["run_name"]).iterdir()) == dirs
     before = sorted(p.name for p in dirs[0].iterdir())
-    out3 = _train(preprocessed, {**t, "max_steps": 4, "fresh_tag": "x"}, root, tmp_path / "o3")  # fresh
+    out3 = _train(trainer_cli, preprocessed, {**t, "max_steps": 4, "fresh_tag": "x"}, root, tmp_path / "o3")  # fresh
     assert "fresh start" in out3
     new = [d for d in (root / t["run_name"]).iterdir() if d not in dirs]
     assert len(new) == 1 and sorted(p.name for p in dirs[0].iterdir()) == before     # old folder untouched
@@ -126,8 +126,8 @@ class _Study:
     """A copy of the repository running the ci_slurm-sized study through profiles/local, one config layer
     per step on top of config/demo.yaml + config/ci_slurm.yaml."""
 
-    def __init__(self, root):
-        self.work = _repo_copy(root)
+    def __init__(self, work):
+        self.work = work
         self.layers = [_TINY]
         self.targets = [f"results/train/{n}/checkpoint.json" for n in _RUNS]
 
@@ -154,9 +154,8 @@ class _Study:
         return Path(json.loads((self.work / "results" / "train" / run / "checkpoint.json").read_text())["path"]).parent
 
 
-@pytest.mark.slow
-def test_workflow_checkpoint_identity(tmp_path):
-    s = _Study(tmp_path / "repo")
+def test_workflow_checkpoint_identity(dag_repo):
+    s = _Study(dag_repo)
     tok = "tokenizer_ci"
     s.run()
     a0, b0 = s.current(_RUNS[0]), s.current(_RUNS[1])

@@ -20,7 +20,6 @@ from headless import Browser, find_browser
 
 from dreamer4_libero.reporting.tables import TABLE_KEYS
 
-pytestmark = pytest.mark.slow
 
 
 def report_entries(html_text: str) -> dict[str, dict]:

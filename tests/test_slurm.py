@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import _repo_copy, venv_env
+from conftest import venv_env
 from dreamer4_libero.config import dynamics_variants, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("config/demo.yaml", "config/ci_slurm.yaml")
 VARIANT = "dynamics_aux_phase6"
-pytestmark = pytest.mark.slow
 
 
 def _jobs(log_text: str) -> list[tuple[str, int]]:
@@ -51,8 +50,8 @@ def _minutes(limit: str) -> float:
     return h * 60 + m + s / 60
 
 
-def test_study_on_slurm_with_deadline_retry_and_resume(slurm_cluster, tmp_path):
-    work = _repo_copy(tmp_path / "repo")
+def test_study_on_slurm_with_deadline_retry_and_resume(slurm_cluster, dag_repo, tmp_path):
+    work = dag_repo
     xdg, site = tmp_path / "xdg_home", tmp_path / "xdg_site"
     site.mkdir()
     env = {**venv_env(), "XDG_CONFIG_HOME": str(xdg), "XDG_CONFIG_DIRS": str(site)}

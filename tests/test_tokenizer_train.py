@@ -2,7 +2,6 @@
 inside checkpoint writes, tests/faults.py), checkpoint contents, init_from."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,10 +38,10 @@ def _final_state(ckpt_dir: Path, step: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(preprocessed, tmp_path_factory) -> Path:
+def reference(trainer_cli, preprocessed, tmp_path_factory) -> Path:
     """One uninterrupted run of `_tiny_cfg()` (12 steps, a checkpoint every 2)."""
     d = tmp_path_factory.mktemp("tokref")
-    ref = subprocess.run(_cmd(preprocessed, _tiny_cfg(), d / "ck", d / "out"), capture_output=True, text=True)
+    ref = trainer_cli.run(_cmd(preprocessed, _tiny_cfg(), d / "ck", d / "out"))
     assert ref.returncode == 0, ref.stderr[-3000:]
     return d
 
@@ -59,25 +58,25 @@ def _assert_same_final(reference: Path, ck: Path) -> None:
 
 @pytest.mark.fault(fault="tokenizer trainer: SIGTERM at a random step, then SIGKILL at a later random step",
                    guarantee="SIGTERM saves and exits 75; the last resume ends bitwise equal to an uninterrupted run")
-def test_sigterm_then_sigkill_at_random_steps_resume_bitwise(reference, preprocessed, tmp_path):
+def test_sigterm_then_sigkill_at_random_steps_resume_bitwise(trainer_cli, reference, preprocessed, tmp_path):
     ck = tmp_path / "ck"
-    faults.interrupt_at_random_steps(_cmd(preprocessed, _tiny_cfg(), ck, tmp_path / "out"), ck, tmp_path,
-                                     max_steps=12, log_every=2, seed=11)
+    faults.interrupt_at_random_steps(trainer_cli, _cmd(preprocessed, _tiny_cfg(), ck, tmp_path / "out"), ck,
+                                     tmp_path, max_steps=12, log_every=2, seed=11)
     _assert_same_final(reference, ck)
 
 
 @pytest.mark.fault(fault="tokenizer trainer: SIGTERM, then SIGKILL, inside checkpoint writes (temp file not renamed)",
                    guarantee="SIGTERM completes the write; the killed write's temp file is never resumed; bitwise end")
-def test_sigterm_and_sigkill_during_checkpoint_writes_resume_bitwise(reference, preprocessed, tmp_path):
+def test_sigterm_and_sigkill_during_checkpoint_writes_resume_bitwise(trainer_cli, reference, preprocessed, tmp_path):
     ck = tmp_path / "ck"
-    faults.interrupt_during_checkpoint_writes(_cmd(preprocessed, _tiny_cfg(), ck, tmp_path / "out"), ck, tmp_path,
-                                              save_every=2, max_steps=12, seed=12)
+    faults.interrupt_during_checkpoint_writes(trainer_cli, _cmd(preprocessed, _tiny_cfg(), ck, tmp_path / "out"),
+                                              ck, tmp_path, save_every=2, max_steps=12, seed=12)
     _assert_same_final(reference, ck)
 
 
-def test_checkpoint_records_lpips_and_config(preprocessed, tmp_path):
+def test_checkpoint_records_lpips_and_config(trainer_cli, preprocessed, tmp_path):
     t = _tiny_cfg(max_steps=2, save_every=1, nonfinite="skip", nonfinite_max_skips=7)
-    res = subprocess.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out"), capture_output=True, text=True)
+    res = trainer_cli.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out"))
     assert res.returncode == 0, res.stderr[-3000:]
     ck = read_json(tmp_path / "out" / "checkpoint.json")
     state = torch.load(ck["path"], weights_only=True)  # every checkpoint loads with weights_only
@@ -94,13 +93,13 @@ def test_checkpoint_records_lpips_and_config(preprocessed, tmp_path):
     assert model.cfg.d_model == 32 and report["step"] == 2
     # lpips_weight 0 stays possible and is recorded
     t0 = _tiny_cfg(max_steps=1, save_every=1, lpips_weight=0.0)
-    res = subprocess.run(_cmd(preprocessed, t0, tmp_path / "ck0", tmp_path / "out0"), capture_output=True, text=True)
+    res = trainer_cli.run(_cmd(preprocessed, t0, tmp_path / "ck0", tmp_path / "out0"))
     assert res.returncode == 0, res.stderr[-3000:]
     s0 = torch.load(read_json(tmp_path / "out0" / "checkpoint.json")["path"], weights_only=True)
     assert s0["args"]["lpips_weight"] == 0.0 and s0["args"]["lpips_net"] is None
 
 
-def test_init_scale_and_lr_mult_are_applied_and_recorded(preprocessed, tmp_path):
+def test_init_scale_and_lr_mult_are_applied_and_recorded(trainer_cli, preprocessed, tmp_path):
     from dreamer4_libero.training.tokenizer_task import TokenizerTask
 
     t = _tiny_cfg(max_steps=1, save_every=1, lr_mult={"decoder": 3.0}, init_scale={"encoder.patch_proj.weight": 8.0})
@@ -116,7 +115,7 @@ def test_init_scale_and_lr_mult_are_applied_and_recorded(preprocessed, tmp_path)
     with pytest.raises(KeyError, match="init_scale"):
         TokenizerTask({**t, "init_scale": {"nope": 2.0}}, manifest=preprocessed / "manifest.json",
                       train_split=preprocessed / "splits" / "train.json", resolution=32).build_model()
-    res = subprocess.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out"), capture_output=True, text=True)
+    res = trainer_cli.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out"))
     assert res.returncode == 0, res.stderr[-3000:]
     state = torch.load(tmp_path / "ck" / "step_0000001.pt", weights_only=True)
     assert sorted(g["lr"] for g in state["opt"]["param_groups"]) == pytest.approx([t["lr"], 3 * t["lr"]])
@@ -127,7 +126,7 @@ def test_init_scale_and_lr_mult_are_applied_and_recorded(preprocessed, tmp_path)
 # the session's demo run: tests/test_demo_study.py::test_tokenizer_quality_on_demo_data.
 
 
-def test_init_from_an_upstream_tokenizer_is_weights_only(preprocessed, tiny_tokenizer_ckpt, tmp_path):
+def test_init_from_an_upstream_tokenizer_is_weights_only(trainer_cli, preprocessed, tiny_tokenizer_ckpt, tmp_path):
     """tokenizer.init_from (the LIBERO fine-tune of a DMControl tokenizer): the architecture comes from the file's
     state dict, training starts from its weights at step 0, and its sha256 is part of the run's identity."""
     from dreamer4_libero.training.identity import run_identity
@@ -135,7 +134,7 @@ def test_init_from_an_upstream_tokenizer_is_weights_only(preprocessed, tiny_toke
 
     t = _tiny_cfg(max_steps=2, save_every=2, lr=1e-5, lpips_weight=0.0, init_from=str(tiny_tokenizer_ckpt),
                   init_scale={"encoder.patch_proj.weight": 8.0})
-    res = subprocess.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out"), capture_output=True, text=True)
+    res = trainer_cli.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "fresh start at step 0" in res.stdout
     src = torch.load(tiny_tokenizer_ckpt, weights_only=True)["model"]
@@ -154,15 +153,15 @@ def test_init_from_an_upstream_tokenizer_is_weights_only(preprocessed, tiny_toke
                                                                      **fresh.identity_inputs())[0]
     cmd = _cmd(preprocessed, t, tmp_path / "ck2", tmp_path / "out2")
     cmd[cmd.index("--resolution") + 1] = "16"                                  # a tokenizer for another resolution
-    bad = subprocess.run(cmd, capture_output=True, text=True)
+    bad = trainer_cli.run(cmd)
     assert bad.returncode == 2 and "32x32 tokenizer" in bad.stderr and "16x16" in bad.stderr
 
 
-def test_grad_accum_and_a_larger_max_steps_flag_get_enough_batches(preprocessed, tmp_path):
+def test_grad_accum_and_a_larger_max_steps_flag_get_enough_batches(trainer_cli, preprocessed, tmp_path):
     """The loader serves max_steps x grad_accum batches of the engine's (CLI-overridable) max_steps."""
     t = _tiny_cfg(max_steps=3, save_every=3)
-    r = subprocess.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out")
-                       + ["--grad-accum", "2", "--max-steps", "4"], capture_output=True, text=True)
+    r = trainer_cli.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out")
+                       + ["--grad-accum", "2", "--max-steps", "4"])
     assert r.returncode == 0, r.stderr[-3000:]
     ck = _final_state(tmp_path / "ck", 4)
     assert ck["step"] == 4 and ck["data"] == {"next_step": 8, "grad_accum": 2}

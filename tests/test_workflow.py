@@ -31,14 +31,6 @@ def test_demo_dag_dry_run(tmp_path):
         assert f"rule {rule}:" in out or f"{rule} " in out, rule
 
 
-@pytest.fixture(scope="module")
-def repo_copy(tmp_path_factory) -> Path:
-    """A clean copy of the working tree, where a real (not dry) Snakemake run may start."""
-    from conftest import _repo_copy
-
-    return _repo_copy(tmp_path_factory.mktemp("schema_repo"))
-
-
 _SCHEMA_GUARANTEE = "load_config and Snakemake fail naming the key; no job runs, no results/ or logs/ written"
 
 
@@ -63,22 +55,22 @@ _SCHEMA_GUARANTEE = "load_config and Snakemake fail naming the key; no job runs,
                  marks=pytest.mark.fault(fault="config: unknown key in a dynamics variant (merged, then checked)",
                                          guarantee=_SCHEMA_GUARANTEE)),
 ])
-def test_schema_errors_name_the_key(repo_copy, tmp_path, layer, needle):
+def test_schema_errors_name_the_key(snakemake_repo, tmp_path, layer, needle):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(layer))
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         dynamics_variants(load_config([REPO / "config" / "demo.yaml", bad]))  # variants are checked when merged
     # a real (not dry) run of the workflow: the config is refused before any job starts
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    r = subprocess.run([SNAKEMAKE, "--cores", "1", "--configfile", "config/demo.yaml", str(bad)], cwd=repo_copy,
+    r = subprocess.run([SNAKEMAKE, "--cores", "1", "--configfile", "config/demo.yaml", str(bad)], cwd=snakemake_repo,
                        capture_output=True, text=True, env=env, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert needle.split(".")[-1] in out, out[-3000:]
     assert "Job stats" not in out and "rule make_synthetic" not in out, out[-3000:]
-    made = [d for d in ("results", "logs", "benchmarks", "checkpoints") if (repo_copy / d).exists()]
+    made = [d for d in ("results", "logs", "benchmarks", "checkpoints") if (snakemake_repo / d).exists()]
     assert made == [], f"{made} written by a refused config"
-    assert not (repo_copy / ".snakemake" / "incomplete").exists() or not any((repo_copy / ".snakemake" / "incomplete").iterdir())
+    assert not (snakemake_repo / ".snakemake" / "incomplete").exists() or not any((snakemake_repo / ".snakemake" / "incomplete").iterdir())
 
 
 def test_layering_and_defaults():

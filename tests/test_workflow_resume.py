@@ -28,13 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _repo_copy, planned_jobs, snakemake_cmd, venv_env
+from conftest import planned_jobs, snakemake_cmd, venv_env
 from dreamer4_libero.training.checkpoints import CheckpointLock
 from dreamer4_libero.training.engine import read_attempts
 
 CONFIGS = ("config/demo.yaml", "config/ci_slurm.yaml")
 TARGET = "results/train/tokenizer_ci/checkpoint.json"
-pytestmark = pytest.mark.slow
 
 
 def _snakemake(*extra: str) -> list[str]:
@@ -98,9 +97,9 @@ def _outputs(work: Path) -> dict[str, int]:
         fault="SIGKILL of the whole local Snakemake run (every process) while the tokenizer trains",
         guarantee="after --unlock, --rerun-incomplete reruns only that job, from its checkpoint")),
 ])
-def test_interrupted_dag_resumes_without_rerunning_finished_jobs(tmp_path, how):
+def test_interrupted_dag_resumes_without_rerunning_finished_jobs(dag_repo, how):
     t_start = time.time()
-    work = _repo_copy(tmp_path / "repo")
+    work = dag_repo
     env = venv_env()
     log1 = work / "run1.log"
     with open(log1, "w") as fh:
