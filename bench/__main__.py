@@ -135,6 +135,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench/results/bench.json")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--memory-runs", default=None,
+                    help="comma-separated runs of the memory section (tokenizer and/or variant names; default: all)")
     a = ap.parse_args(argv)
     only = [s.strip() for s in a.only.split(",") if s.strip()]
     bad = sorted(set(only) - set(SECTIONS))
@@ -160,7 +162,7 @@ def main(argv=None) -> int:
             res["data"] = run_all(log=log)
         elif sec == "memory":
             from bench.memory import run_all
-            res["memory"] = run_all(log=log)
+            res["memory"] = run_all(log=log, runs=a.memory_runs.split(",") if a.memory_runs else None)
         elif sec == "dmcontrol":
             from bench.dmcontrol import run_all
             res["dmcontrol"] = run_all(log=log)

@@ -14,13 +14,20 @@ from dreamer4_libero.config import dynamics_variants, load_config
 from dreamer4_libero.training import perf
 
 
-def run_all(log=print) -> list[dict]:
+def run_all(log=print, runs: list[str] | None = None) -> list[dict]:
+    """Every run's row, or only those named in `runs` ("tokenizer" and/or variant names)."""
     cfg = load_config()
+    variants = dynamics_variants(cfg)
+    unknown = sorted(set(runs or ()) - {"tokenizer", *variants})
+    if unknown:
+        raise SystemExit(f"bench memory: unknown run(s) {unknown}; choose from {['tokenizer', *variants]}")
     res = cfg["data"]["model_resolution"]
     t = cfg["tokenizer"]
     rows = []
 
     def add(name, make, batch, gpus, **extra):
+        if runs is not None and name not in runs:
+            return
         flops = perf.model_flops_summary(make(batch=batch, dtype=torch.float32))
         plan = perf.memory_plan(make, batch, world_size=gpus)
         row = {"run": name, "gpus": gpus, **extra, **flops, **plan}
@@ -35,7 +42,7 @@ def run_all(log=print) -> list[dict]:
     lp = LPIPS.from_cache(cfg["paths"].get("lpips_cache")).to("meta")  # frozen; its activations are counted
     add("tokenizer", lambda batch, dtype: perf.tokenizer_step(t, res, batch, t["seq_len"], dtype=dtype, lpips=lp),
         t["batch_size"], t["gpus"], seq_len=t["seq_len"], enabled=True)
-    for name, run in dynamics_variants(cfg).items():
+    for name, run in variants.items():
         add(name, lambda batch, dtype, run=run: perf.dynamics_step(run, t, res, batch=batch, dtype=dtype),
             run["batch_size"], run["gpus"], seq_len=run["seq_len"], enabled=run["enabled"],
             d_model=run["model"]["d_model"], depth=run["model"]["depth"], aux_input=run["aux_input"]

@@ -114,8 +114,27 @@ def planned_jobs(out: str) -> dict[str, int]:
     return jobs
 
 
-def venv_env() -> dict:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+_NO_SLURM_BIN: Path | None = None
+
+
+def venv_env(slurm: bool = False) -> dict:
+    """The environment for a Snakemake (or `make`) subprocess: the venv's bin first on PATH.
+
+    Unless `slurm`, also a folder whose `scontrol` fails at once: on import, Snakemake's Slurm executor
+    plugin asks `scontrol show config` for MinJobAge (only to word a help text), which waits 10 s for its
+    timeout on a machine that has the Slurm client but no running controller (this one, between Slurm
+    tests) - 10 s for every Snakemake invocation of the suite that never talks to Slurm."""
+    global _NO_SLURM_BIN
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    if not slurm:
+        if _NO_SLURM_BIN is None:
+            import tempfile
+
+            _NO_SLURM_BIN = Path(tempfile.mkdtemp(prefix="d4l-no-slurm-"))
+            (_NO_SLURM_BIN / "scontrol").write_text("#!/bin/sh\necho 'scontrol: no Slurm in this test' >&2\nexit 1\n")
+            (_NO_SLURM_BIN / "scontrol").chmod(0o755)
+        path = f"{_NO_SLURM_BIN}:{path}"
+    return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -266,7 +285,8 @@ def heavy_command(args) -> tuple[str, str] | None:
 
 
 class _TierGuard:
-    """Active during a unit-tier test's setup and call: refuses heavy subprocesses, counts optimizer steps."""
+    """Active during a unit-tier test's setup and call: refuses heavy subprocesses; counts the optimizer steps
+    of its call phase (a module-scoped fixture's training is shared by its tests, so it is not counted)."""
 
     def __init__(self):
         self.item = None
@@ -296,8 +316,7 @@ class _TierGuard:
             self._hook.remove()
 
     def _count(self, *_):
-        if self.item is not None:
-            self.steps += 1
+        self.steps += 1  # read after a unit-tier test's call phase only
 
 
 _GUARD = _TierGuard()
@@ -355,15 +374,23 @@ def static_heavy_refs(item) -> list[str]:
     return hits
 
 
+_DESELECTED: list = []
+
+
+def pytest_deselected(items):
+    _DESELECTED.extend(items)
+
+
 def pytest_collection_finish(session):
-    """With D4L_TIER_AUDIT=<file>: write every collected test's tier, tier fixtures and static heavy references
-    (tests/test_tiers.py reads it after `pytest --collect-only -m "not e2e and not integration"`)."""
+    """With D4L_TIER_AUDIT=<file>: write every selected test's tier, tier fixtures and static heavy references,
+    and the number deselected (tests/test_tiers.py reads it after `pytest --collect-only -m "not e2e and not
+    integration"`)."""
     out = os.environ.get("D4L_TIER_AUDIT")
     if out:
-        Path(out).write_text(json.dumps({
+        Path(out).write_text(json.dumps({"deselected": len(_DESELECTED), "items": {
             it.nodeid: {"tier": it.stash.get(TIER_KEY, "unit"),
                         "tier_fixtures": sorted(set(it.fixturenames) & set(TIER_FIXTURES)),
-                        "heavy": static_heavy_refs(it)} for it in session.items}, indent=1))
+                        "heavy": static_heavy_refs(it)} for it in session.items}}, indent=1))
 
 
 def pytest_configure(config):
@@ -374,9 +401,13 @@ def pytest_unconfigure(config):
     _GUARD.uninstall()
 
 
+def _guard(item):
+    return item if item.stash.get(TIER_KEY, "unit") == "unit" else None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
-    _GUARD.item, _GUARD.steps = (item if item.stash.get(TIER_KEY, "unit") == "unit" else None), 0
+    _GUARD.item = _guard(item)  # subprocesses only: a module fixture's steps are shared, not this test's
     try:
         return (yield)
     finally:
@@ -385,14 +416,14 @@ def pytest_runtest_setup(item):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    _GUARD.item = item if item.stash.get(TIER_KEY, "unit") == "unit" else None
+    _GUARD.item, _GUARD.steps = _guard(item), 0
     try:
         res = yield
     finally:
         _GUARD.item = None
     if item.stash.get(TIER_KEY, "unit") == "unit" and _GUARD.steps > UNIT_MAX_STEPS:
-        pytest.fail(f"{item.nodeid} is in the unit tier but took {_GUARD.steps} optimizer steps (setup included; at "
-                    f"most {UNIT_MAX_STEPS}): shrink it, or ask for the `long_training` fixture", pytrace=False)
+        pytest.fail(f"{item.nodeid} is in the unit tier but took {_GUARD.steps} optimizer steps (at most "
+                    f"{UNIT_MAX_STEPS}): shrink it, or ask for the `long_training` fixture", pytrace=False)
     return res
 
 

@@ -18,13 +18,15 @@ from bench.__main__ import ratios, table  # noqa: E402
 
 
 def test_memory_section_writes_json_and_table(tmp_path):
+    """Two of the paper-scale runs (`make bench` plans all of them; the plan itself: tests/test_perf.py)."""
     out = tmp_path / "b.json"
-    r = subprocess.run([sys.executable, "-m", "bench", "--only", "memory", "--out", str(out)], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "bench", "--only", "memory", "--memory-runs",
+                        "tokenizer,dynamics_aux_param_matched_276M", "--out", str(out)], cwd=REPO,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     runs = {row["run"]: row for row in res["memory"]}
-    assert "tokenizer" in runs and "dynamics_aux_param_matched_276M" in runs and len(runs) >= 8
+    assert list(runs) == ["tokenizer", "dynamics_aux_param_matched_276M"]
     big = runs["dynamics_aux_param_matched_276M"]
     # 276M: the dynamics (256M) + the frozen tokenizer (21M) = the published "276M"
     assert 250e6 < big["params"] < 262e6 and 275e6 < big["params"] + big["frozen_params"] < 280e6
@@ -38,9 +40,13 @@ def test_memory_section_writes_json_and_table(tmp_path):
           f"({big['largest_batch_per_80GB_bf16_ckpt']} with activation checkpointing)")
 
 
-def test_unknown_section_is_an_error():
+def test_unknown_section_or_run_is_an_error():
     r = subprocess.run([sys.executable, "-m", "bench", "--only", "trian"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "unknown section(s) ['trian']" in r.stderr
+    from bench.memory import run_all
+
+    with pytest.raises(SystemExit, match=r"unknown run\(s\) \['dynamics_nope'\]"):
+        run_all(log=lambda s: None, runs=["dynamics_nope"])
 
 
 def _train_row(case, attention, sps, batch=4, **kw):

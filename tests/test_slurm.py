@@ -54,7 +54,7 @@ def test_study_on_slurm_with_deadline_retry_and_resume(slurm_cluster, dag_repo, 
     work = dag_repo
     xdg, site = tmp_path / "xdg_home", tmp_path / "xdg_site"
     site.mkdir()
-    env = {**venv_env(), "XDG_CONFIG_HOME": str(xdg), "XDG_CONFIG_DIRS": str(site)}
+    env = {**venv_env(slurm=True), "XDG_CONFIG_HOME": str(xdg), "XDG_CONFIG_DIRS": str(site)}
 
     # the README's install step, into a fresh user config folder
     r = subprocess.run(["make", "slurm-profile"], cwd=work, env=env, capture_output=True, text=True)

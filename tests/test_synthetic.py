@@ -615,12 +615,16 @@ def _probe(data, train, test, kind, targets=("shifted",)):
     G = np.concatenate([np.full(len(p[0]), i) for i, p in enumerate(parts)])
     tparts = [_features(data[t], kind) for t in test]
     Xt = np.concatenate([p[0] for p in tparts])
-    # exact PCA: top-256 eigenvectors of the train covariance (numpy's LAPACK only: mixing in
-    # scipy's separate OpenBLAS thread pool makes the two pools fight over 2 cores)
+    # exact PCA: top-256 eigenvectors of the train covariance, only those computed (LAPACK's evr driver;
+    # the caller limits numpy's and scipy's separate BLAS pools to one thread each, so they cannot fight
+    # over the 2 cores)
+    from scipy.linalg import eigh
+
     mean = X.mean(0)
     Xc = X - mean
-    _, V = np.linalg.eigh(Xc.T @ Xc)
-    V = V[:, ::-1][:, :256]
+    D = Xc.shape[1]
+    _, V = eigh(Xc.T @ Xc, subset_by_index=[D - 256, D - 1], driver="evr")
+    V = V[:, ::-1]
     Z, Zt = Xc @ V, (Xt - mean) @ V
     mu, sd = Z.mean(0), Z.std(0)
     sd[sd < 1e-9] = 1.0

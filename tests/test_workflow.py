@@ -1,6 +1,5 @@
 """The Snakemake workflow: config layering and schema validation, the DAG, profiles."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import venv_env
 from dreamer4_libero.config import ConfigError, demo_config, dynamics_variants, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,8 +19,7 @@ def _dry(tmp_path, *args, configfiles=("config/demo.yaml",)):
     cmd = [SNAKEMAKE, "-n", "--cores", "1", "--directory", str(REPO), "--snakefile", str(REPO / "Snakefile")]
     for c in configfiles:
         cmd += ["--configfile", str(REPO / c)]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, cwd=tmp_path, env=env)
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, cwd=tmp_path, env=venv_env())
 
 
 def test_demo_dag_dry_run(tmp_path):
@@ -61,9 +60,8 @@ def test_schema_errors_name_the_key(snakemake_repo, tmp_path, layer, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         dynamics_variants(load_config([REPO / "config" / "demo.yaml", bad]))  # variants are checked when merged
     # a real (not dry) run of the workflow: the config is refused before any job starts
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     r = subprocess.run([SNAKEMAKE, "--cores", "1", "--configfile", "config/demo.yaml", str(bad)], cwd=snakemake_repo,
-                       capture_output=True, text=True, env=env, timeout=300)
+                       capture_output=True, text=True, env=venv_env(), timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert needle.split(".")[-1] in out, out[-3000:]
