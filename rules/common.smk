@@ -8,7 +8,11 @@ import shlex
 LIBERO_ROOT = config["data"]["libero_root"]
 # every job's checkpoint loading reads $D4L_TRUST_CHECKPOINT (fileio.safe_torch_load); a shell prefix
 # reaches local and Slurm jobs alike
-shell.prefix(f"export D4L_TRUST_CHECKPOINT={int(config['trust_checkpoint'])}; ")
+# likewise config `allow_cpu_fallback`: may a job given GPUs run on the CPU (training/devices.py)
+shell.prefix(
+    f"export D4L_TRUST_CHECKPOINT={int(config['trust_checkpoint'])}; "
+    f"export D4L_ALLOW_CPU_FALLBACK={int(config['allow_cpu_fallback'])}; "
+)
 PRE = "results/preprocess"
 # Snakemake job priority of the critical path (LIBERO data -> study tokenizer): with few cores the
 # scheduler otherwise starts the DMControl pretraining first and the study tokenizer waits for it

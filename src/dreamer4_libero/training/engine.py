@@ -66,6 +66,7 @@ from .checkpoints import (
     step_path,
     to_json_plain,
 )
+from .devices import ALLOW_CPU_FALLBACK_ENV, require_gpus
 from .metrics import MetricsLog, export_metrics, plot_metrics
 
 EXIT_OK = 0
@@ -934,7 +935,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--fused-adamw", choices=["auto", "on", "off"])
     g.add_argument("--compile", type=_bool, metavar="BOOL")
     g.add_argument("--activation-checkpointing", type=_bool, metavar="BOOL")
+    g.add_argument("--expect-gpus", type=int, default=0,
+                   help="GPUs the job's resources give it (per node); more than torch sees stops the job at once "
+                        "(training/devices.py) unless --allow-cpu-fallback")
+    g.add_argument("--allow-cpu-fallback", type=_bool, metavar="BOOL",
+                   help=f"run on the CPU when the expected GPUs are missing (default: ${ALLOW_CPU_FALLBACK_ENV})")
     return parser
+
+
+def require_job_gpus(args: argparse.Namespace, who: str) -> bool:
+    """A trainer CLI's first step after parsing, before its task loads any data: the GPUs its job was
+    given (--expect-gpus) must be usable by torch (devices.require_gpus; raises GPUUnavailableError)."""
+    return require_gpus(args.expect_gpus, args.allow_cpu_fallback, who=who)
 
 
 _ARG_FIELDS = ["run_name", "ckpt_dir", "out_dir", "max_steps", "lr", "weight_decay", "grad_clip", "grad_accum",
