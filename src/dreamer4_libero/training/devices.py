@@ -25,7 +25,7 @@ from ..cli import SetupError
 #: set by the workflow from config `allow_cpu_fallback` (rules/common.smk shell prefix)
 ALLOW_CPU_FALLBACK_ENV = "D4L_ALLOW_CPU_FALLBACK"
 TORCH_PIN = "2.13.0"
-FIX = (f"install the CUDA build of the pinned torch=={TORCH_PIN} (`pip install --force-reinstall --no-deps "
+FIX = (f"install the CUDA build of the pinned torch=={TORCH_PIN} (`pip uninstall -y torch; pip install "
        f"torch=={TORCH_PIN} --index-url https://download.pytorch.org/whl/cu<XYZ>` with a CUDA version your "
        f"driver supports; README \"Running on Slurm\"), check that the job really got GPUs (`make check-gpu` on "
        f"a GPU node), or - only where the GPUs are fake on purpose - set `allow_cpu_fallback: true` in the "
