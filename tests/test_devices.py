@@ -135,3 +135,22 @@ def test_trainer_runs_on_the_cpu_only_when_allowed(trainer_cli, tmp_path):
                          env=_env(**{ALLOW_CPU_FALLBACK_ENV: "1"}))
     assert no.returncode != 0 and "given 2 GPU(s) but torch sees 0" in no.stderr, no.stderr
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("script,argv", [
+    ("probe", ["--checkpoint-json", "MISSING", "--manifest", "MISSING", "--probe-root", "MISSING", "--seeds", "0",
+               "--resolution", "32", "--eval", "{}", "--out-dir", "OUT"]),
+    ("rollout_eval", ["--checkpoint-json", "MISSING", "--manifest", "MISSING", "--test-ood", "MISSING", "--val",
+                      "MISSING", "--resolution", "32", "--eval", "{}", "--out-dir", "OUT"]),
+])
+def test_evaluation_jobs_given_gpus_without_cuda_stop_at_once(tmp_path, script, argv):
+    """The GPU evaluation jobs (probe, rollout_eval: --expect-gpus from the rule's resources) stop like the
+    trainers, before reading any input (every path here is missing)."""
+    argv = [str(tmp_path / a) if a in ("MISSING", "OUT") else a for a in argv]
+    t0 = time.time()
+    r = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / f"{script}.py"), *argv, "--expect-gpus", "1"],
+                       capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert r.returncode == 2 and time.time() - t0 < 10, r.stderr
+    _assert_names_build_and_fix(r.stderr, 1)
+    assert f"{script} was given 1 GPU(s)" in r.stderr and "MISSING" not in r.stderr, r.stderr
+    assert not (tmp_path / "OUT").exists()
