@@ -147,6 +147,33 @@ def test_forced_lock_file_and_node_local_flock_detection(tmp_path, monkeypatch):
         assert lk.mechanism == "lock file" and "flock would lock this node only" in lk.why_file
 
 
+def test_trainers_that_chose_different_mechanisms_still_exclude_each_other(tmp_path, monkeypatch):
+    monkeypatch.setenv(LOCK_ENV, "file")
+    a = CheckpointLock(tmp_path).acquire()  # the lock file, and the flock too (it works here)
+    monkeypatch.delenv(LOCK_ENV)
+    with pytest.raises(CheckpointLockError, match=rf"pid {os.getpid()}\b.*lock: flock on "):
+        CheckpointLock(tmp_path).acquire()
+    a.release()
+    assert not (tmp_path / EXCL_NAME).exists()
+    # a lock-file holder whose flock could not be taken (another node): the flock user still sees it
+    _holder_file(tmp_path, pid=os.getpid(), host=socket.gethostname(), pid_start=dirlock._proc_start(os.getpid()),
+                 token="live")
+    with pytest.raises(CheckpointLockError, match=r"lock: lock file .*held by a trainer that uses the lock file"):
+        CheckpointLock(tmp_path).acquire()
+    b_lock = CheckpointLock(tmp_path)
+    # the refused trainer left the flock free again: the same refusal (a leaked flock would say "flock on")
+    with pytest.raises(CheckpointLockError, match=r"held by a trainer that uses the lock file"):
+        b_lock.acquire()
+    assert not b_lock.held
+    (tmp_path / EXCL_NAME).unlink()
+    with CheckpointLock(tmp_path) as b:  # flock (nothing else held)
+        assert b.mechanism == "flock"
+        monkeypatch.setenv(LOCK_ENV, "file")
+        with pytest.raises(CheckpointLockError, match=r"lock: flock on "):
+            CheckpointLock(tmp_path).acquire()
+        assert not (tmp_path / EXCL_NAME).exists()
+
+
 def test_this_machines_tmp_is_not_node_local():
     assert node_local_flock(Path("/tmp")) is None
 

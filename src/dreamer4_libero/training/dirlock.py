@@ -28,6 +28,10 @@ Two mechanisms, the first that the filesystem supports:
     carries the dead holder's token, and the contender creates its own. So a retry on the same node or
     under Slurm takes over at once; a retry on another node without Slurm waits at most ``STALE_S``.
 
+The lock-file mechanism also takes the ``flock`` where it works (even a node-local one), and the ``flock``
+mechanism also respects a live holder of the lock file, so trainers that chose differently (another
+``$D4L_CKPT_LOCK``) still exclude each other where both can see it.
+
 ``$D4L_CKPT_LOCK``: ``auto`` (default, as above), ``flock`` (flock only, errors if unsupported) or ``file``.
 """
 
@@ -151,6 +155,13 @@ class CheckpointLock:
         elif mode == "auto" and (local := node_local_flock(self.dir)):
             self.why_file = f"flock would lock this node only ({local})"
         elif self._try_flock(strict=mode == "flock"):
+            excl = self._read(self.excl) if self.excl.exists() else None
+            if excl is not None:  # a trainer that uses the lock file ($D4L_CKPT_LOCK=file elsewhere) counts too
+                alive, why = self._holder_alive(excl)
+                if alive:
+                    self.release()
+                    self.mechanism, self.why_file = "lock file", "held by a trainer that uses the lock file"
+                    raise CheckpointLockError(self._held_message(excl, why))
             return self
         print(f"[checkpoint lock] {self.dir}: using the lock file {EXCL_NAME}: {self.why_file}", file=sys.stderr,
               flush=True)
@@ -171,7 +182,8 @@ class CheckpointLock:
                 self.mechanism = "flock"
                 raise CheckpointLockError(self._held_message(self._read(self.path), "")) from None
             if e.errno in _FLOCK_UNSUPPORTED and not strict:
-                self.why_file = f"flock failed with {errno.errorcode.get(e.errno, e.errno)} ({e.strerror})"
+                if not self.why_file:  # keep an earlier reason ($D4L_CKPT_LOCK=file, node-local flock)
+                    self.why_file = f"flock failed with {errno.errorcode.get(e.errno, e.errno)} ({e.strerror})"
                 return False
             raise
         os.ftruncate(fd, 0)
@@ -181,6 +193,16 @@ class CheckpointLock:
         return True
 
     def _acquire_file(self) -> "CheckpointLock":
+        # also take the flock where it works (even node-local): a trainer that uses flock alone is excluded too
+        if self._try_flock(strict=False):
+            try:
+                return self._create_lock_file()
+            except BaseException:
+                self.release()
+                raise
+        return self._create_lock_file()
+
+    def _create_lock_file(self) -> "CheckpointLock":
         self.mechanism = "lock file"
         token = secrets.token_hex(8)
         info = {**self._info(), "pid_start": _proc_start(os.getpid()), "token": token}
