@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 CORES ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup demo report test test-int test-fast bench lint dag clean-demo slurm-profile
+.PHONY: setup demo report test test-int test-fast bench lint dag clean-demo slurm-profile check-gpu
 
 setup: $(VENV)/.setup-done
 
@@ -54,6 +54,13 @@ test-fast: setup
 BENCH_ARGS ?=
 bench: setup
 	$(PY) -m bench --out bench/results/bench.json $(BENCH_ARGS)
+
+# On a GPU node (e.g. `srun --gpus=1 make check-gpu`): torch/CUDA/cuDNN/NCCL versions, each GPU, a bf16 matmul
+# and an SDPA call; non-zero exit, with the reason, where a GPU job would fail (a CPU build of torch).
+# Not after `setup`: it checks the environment you have, and never reinstalls it. CHECK_GPU_ARGS e.g. --gpus 4
+CHECK_GPU_ARGS ?=
+check-gpu:
+	$(PY) workflow_scripts/check_gpu.py $(CHECK_GPU_ARGS)
 
 # Install profiles/slurm as your `slurm` Snakemake profile unless you (or your site) already have one.
 slurm-profile:

@@ -8,7 +8,11 @@ import shlex
 LIBERO_ROOT = config["data"]["libero_root"]
 # every job's checkpoint loading reads $D4L_TRUST_CHECKPOINT (fileio.safe_torch_load); a shell prefix
 # reaches local and Slurm jobs alike
-shell.prefix(f"export D4L_TRUST_CHECKPOINT={int(config['trust_checkpoint'])}; ")
+# likewise config `allow_cpu_fallback`: may a job given GPUs run on the CPU (training/devices.py)
+shell.prefix(
+    f"export D4L_TRUST_CHECKPOINT={int(config['trust_checkpoint'])}; "
+    f"export D4L_ALLOW_CPU_FALLBACK={int(config['allow_cpu_fallback'])}; "
+)
 PRE = "results/preprocess"
 # Snakemake job priority of the critical path (LIBERO data -> study tokenizer): with few cores the
 # scheduler otherwise starts the DMControl pretraining first and the study tokenizer waits for it
@@ -42,12 +46,14 @@ def launcher(wildcards, resources):
     )
 
 
-def job_resources(gpu=0, cpus=None, cpus_per_gpu=None, **res):
+def job_resources(gpu=0, cpus=1, cpus_per_gpu=None, **res):
     """A rule's Slurm resources: its own (gpu, CPUs, mem_mb, runtime, ...) plus the `slurm` section's
     partition / account / qos / gpu_model / extra, each only where config.yaml sets it, so a site
     profile's default-resources stay in force otherwise (snakemake_slurm.md §2-§3).
 
-    `gpu`, `cpus` and `cpus_per_gpu` may be functions of the wildcards (per-variant resources). A GPU
+    `cpus` is the rule's `threads` (default 1: one process), always sent as cpus_per_task, so that the
+    workers a script starts equal the CPUs its job gets (a profile's default cpus_per_task would beat
+    `threads` otherwise). `gpu`, `cpus` and `cpus_per_gpu` may be functions of the wildcards. A GPU
     job with `cpus_per_gpu` set asks for cpus_per_gpu x GPUs cores as --cpus-per-task (one task per
     node; the plugin would let any cpus_per_task, e.g. a profile default, win over --cpus-per-gpu).
     """
@@ -55,7 +61,7 @@ def job_resources(gpu=0, cpus=None, cpus_per_gpu=None, **res):
     call = lambda v, wc: v(wc) if callable(v) else v
     n_gpu = lambda wc: int(call(gpu, wc) or 0)
     res["gpu"] = gpu
-    if cpus is not None:
+    if cpus is not None:  # None: leave it to the profile
         res["cpus_per_task"] = lambda wc: (
             n_gpu(wc) * call(cpus_per_gpu, wc)
             if n_gpu(wc) and call(cpus_per_gpu, wc)
@@ -83,11 +89,15 @@ def job_resources(gpu=0, cpus=None, cpus_per_gpu=None, **res):
     return res
 
 
-def cpu_job(rule_name, mem_mb=None):
+def cpu_job(rule_name, mem_mb=None, cpus=1):
     """job_resources of a CPU-only job, from config `job_resources.<rule_name>`; `mem_mb` is the
-    default used where the config leaves it null."""
+    default used where the config leaves it null. `cpus` (the rule's `threads`, which its script's
+    workers follow) is always sent as cpus_per_task: a profile's default-resources would win otherwise.
+    """
     r = config["job_resources"][rule_name]
-    return job_resources(mem_mb=r["mem_mb"] or mem_mb, runtime=r["runtime_min"])
+    return job_resources(
+        mem_mb=r["mem_mb"] or mem_mb, runtime=r["runtime_min"], cpus=cpus
+    )
 
 
 def lpips_cache_arg(wildcards):

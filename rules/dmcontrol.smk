@@ -26,6 +26,7 @@ rule collect_dmcontrol:
         "benchmarks/collect_dmcontrol/collect_dmcontrol.tsv"
     conda:
         "../envs/pipeline.yaml"
+    # one process (episodes are rendered one after the other): threads 1 = cpus_per_task 1 (job_resources)
     resources:
         **job_resources(
             mem_mb=DMC["collect"]["mem_mb"], runtime=DMC["collect"]["runtime_min"]

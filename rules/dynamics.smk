@@ -50,6 +50,7 @@ rule train_dynamics:
         "{params.launcher} workflow_scripts/train_dynamics.py --variant {params.run}"
         " --manifest {input.manifest} --train-split {input.train} {params.tok}"
         " --ckpt-root {params.ckpt_root} --out-dir {params.out} --time-limit-min {resources.runtime}"
+        " --expect-gpus {resources.gpu}"
         " > {log} 2>&1"
 
 

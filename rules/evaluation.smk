@@ -37,7 +37,7 @@ rule probe:
     shell:
         "python workflow_scripts/probe.py --checkpoint-json {input.checkpoint} --manifest {input.manifest}"
         " --probe-root {params.root} --seeds {params.seeds} --resolution {params.res} --eval {params.ev}"
-        " --out-dir {params.out} > {log} 2>&1"
+        " --out-dir {params.out} --expect-gpus {resources.gpu} > {log} 2>&1"
 
 
 rule probe_baselines:
@@ -127,7 +127,8 @@ rule rollout_eval:
     shell:
         "python workflow_scripts/rollout_eval.py --checkpoint-json {input.checkpoint} --manifest {input.manifest}"
         " --test-ood {input.test_ood} --val {input.val} --resolution {params.res} --eval {params.ev}"
-        " --study-tokenizer-checkpoint-json {input.tokenizer} --progress false --out-dir {params.out} > {log} 2>&1"
+        " --study-tokenizer-checkpoint-json {input.tokenizer} --progress false --out-dir {params.out}"
+        " --expect-gpus {resources.gpu} > {log} 2>&1"
 
 
 EVAL_OUTPUTS = (

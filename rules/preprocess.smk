@@ -62,9 +62,15 @@ rule preprocess:
     priority: CRITICAL_PRIORITY
     conda:
         "../envs/pipeline.yaml"
+    # the worker processes = the CPUs the job asks for (sbatch -c): --workers {resources.cpus_per_task}
+    # ({threads} is capped by the submitting Snakemake's cores, not the job's)
     threads: config["data"]["workers"]
     resources:
-        **cpu_job("preprocess", mem_mb=2000 + 1500 * config["data"]["workers"]),
+        **cpu_job(
+            "preprocess",
+            mem_mb=2000 + 1500 * config["data"]["workers"],
+            cpus=config["data"]["workers"],
+        ),
     params:
         d=config["data"],
         resize=lambda wc: (
@@ -74,7 +80,7 @@ rule preprocess:
         out=parent_of("manifest"),
     shell:
         "python workflow_scripts/preprocess.py --libero-root {params.d[libero_root]} --out {params.out}"
-        " --workers {threads} --on-bad-demo {params.d[on_bad_demo]}"
+        " --workers {resources.cpus_per_task} --on-bad-demo {params.d[on_bad_demo]}"
         " --min-demo-len {params.d[min_demo_len]} {params.resize} {params.convert} > {log} 2>&1"
 
 

@@ -48,6 +48,7 @@ rule train_tokenizer:
         "{params.launcher} workflow_scripts/train_tokenizer.py --tokenizer {params.tok}"
         " --manifest {input.manifest} --train-split {input.train} --resolution {params.res} {params.lpips}"
         " --ckpt-root {params.ckpt_root} --out-dir {params.out} --time-limit-min {resources.runtime}"
+        " --expect-gpus {resources.gpu}"
         " > {log} 2>&1"
 
 

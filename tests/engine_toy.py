@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, train
+from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, require_job_gpus, train
 
 D_IN, D_HID, D_OUT, BATCH = 8, 32, 4, 16
 
@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--record-dir")
     ap.add_argument("--start-now", action="store_true", help="count the time limit from now, not process start")
     a = ap.parse_args(argv)
+    require_job_gpus(a, "engine_toy")
     cfg = engine_config_from_args(a, deterministic=True, progress=False, save_every=5, keep_last=3, log_every=1,
                                   run_name="toy")
     if a.start_now:

@@ -190,6 +190,45 @@ def test_deadline_stop_and_resume(reference, tmp_path, capsys):
     assert [(e["status"], e["reason"]) for e in ends] == [("stopped", "deadline"), ("done", None)]
 
 
+@pytest.mark.parametrize("limit_min", [None, 10.0])
+def test_deadline_from_the_slurm_job_end_time(tmp_path, capsys, monkeypatch, limit_min):
+    """With the job's end time from Slurm ($SLURM_JOB_END_TIME, epoch seconds) the engine stops at end - margin,
+    whether or not a (later) time limit is configured; the time lost before the trainer started counts."""
+    end, margin = time.time() + 1.5, 0.5
+    monkeypatch.setenv("SLURM_JOB_END_TIME", f"{end:.3f}")
+    d = tmp_path / "ck"
+    rc = train(ToyTask(sleep=0.05), cfg(d, time_limit_min=limit_min, deadline_margin_s=margin,
+                                        start_time=time.time()))
+    t_stop = time.time()
+    out = capsys.readouterr().out
+    assert rc == EXIT_RESUME, out
+    assert "(the Slurm job's end time ($SLURM_JOB_END_TIME)), stopping 0.5 s before it" in out, out
+    m = re.search(r"deadline reached, saved step (\d+)", out)
+    assert m and 0 < int(m.group(1)) < N, out
+    # stopped within about one step (0.05 s) before end - margin, never after it, nor long before
+    assert end - margin - 0.6 < t_stop < end - margin + 0.4, (t_stop - end)
+    ends = [a for a in read_attempts(d) if a["event"] == "end"]
+    assert [(e["status"], e["reason"]) for e in ends] == [("stopped", "deadline")]
+
+
+def test_slurm_end_time_sources(monkeypatch, capsys):
+    from dreamer4_libero.training.slurm_job import parse_squeue_time, slurm_job_end_time
+
+    assert slurm_job_end_time({"SLURM_JOB_END_TIME": "1765000000"}) == (1765000000.0, "$SLURM_JOB_END_TIME")
+    assert slurm_job_end_time({}) == (None, "not in a Slurm job")
+    assert slurm_job_end_time({"SLURM_JOB_END_TIME": "soon"})[0] is None
+    assert "is not epoch seconds" in capsys.readouterr().err
+    t = parse_squeue_time("2026-12-06T14:03:11\n")
+    assert time.localtime(t)[:6] == (2026, 12, 6, 14, 3, 11)
+    assert parse_squeue_time("N/A") is None and parse_squeue_time("Unknown") is None
+    # the configured limit is the fallback: a later Slurm end time does not extend it
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(time.time() + 3600))
+    from dreamer4_libero.training.engine import _Run
+
+    run = _Run(ToyTask(), cfg("unused", time_limit_min=1.0, start_time=1000.0), 0, 1, 0, torch.device("cpu"))
+    assert run.deadline == 1060.0 and run.deadline_source.startswith("time_limit_min 1")
+
+
 def test_deadline_always_makes_progress(tmp_path, capsys):
     d = tmp_path / "ck"
     rc = train(ToyTask(), cfg(d, time_limit_min=1e-6, deadline_margin_s=0.0, start_time=time.time() - 5))

@@ -138,8 +138,8 @@ def test_corrupt_hdf5_fails_naming_the_file_and_writes_no_manifest(tmp_path, how
 
     root, out = tmp_path / "root", tmp_path / "out"
     demo = (np.zeros((40, 128, 128, 3), np.uint8), np.zeros((40, 7)))
-    for name in ("a_first_task_demo.hdf5", "b_second_task_demo.hdf5"):
-        write_libero_file(root / "libero_goal" / name, [demo, demo])
+    for i, name in enumerate(("a_first_task_demo.hdf5", "b_second_task_demo.hdf5")):  # two different files
+        write_libero_file(root / "libero_goal" / name, [demo, (demo[0], demo[1] + 0.1 * i)])
     bad = root / "libero_goal" / "z_broken_task_demo.hdf5"   # sorted last: the good files are done first
     raw = (root / "libero_goal" / "a_first_task_demo.hdf5").read_bytes()
     rng = random.Random(5)
@@ -169,3 +169,65 @@ def test_corrupt_hdf5_fails_naming_the_file_and_writes_no_manifest(tmp_path, how
     shards = sorted(p.name for p in (out / "shards" / "libero_goal").iterdir())
     assert shards == ["a_first_task", "b_second_task"], shards     # complete shards of the good files only
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*.tmp"))
+
+
+def _root_with_duplicates(tmp_path) -> Path:
+    """libero_goal: a, b = a copy of a, c = a symlink to a, d different; libero_10: e = a symlink to d (first in
+    task-id order, so e is kept and d is its duplicate)."""
+    import os
+
+    from conftest import write_libero_file
+
+    root = tmp_path / "root"
+    rng = np.random.default_rng(0)
+    demo = lambda: (rng.integers(0, 255, (34, 128, 128, 3), dtype=np.uint8), rng.uniform(-1, 1, (34, 7)))
+    a = write_libero_file(root / "libero_goal" / "a_demo.hdf5", [demo()])
+    (root / "libero_goal" / "b_demo.hdf5").write_bytes(a.read_bytes())
+    os.symlink(a, root / "libero_goal" / "c_demo.hdf5")
+    d = write_libero_file(root / "libero_goal" / "d_demo.hdf5", [demo()])
+    (root / "libero_10").mkdir()
+    os.symlink(d, root / "libero_10" / "e_demo.hdf5")
+    return root
+
+
+@pytest.mark.fault(fault="task files with identical content: a copy and symlinks of other task files",
+                   guarantee="error naming both files of each pair (exit non-zero, no manifest); under skip the "
+                             "first of each is kept, the others warned about and listed in the manifest")
+def test_duplicate_task_files_are_an_error_naming_both(tmp_path):
+    from dreamer4_libero.data.libero import LiberoFormatError
+
+    root = _root_with_duplicates(tmp_path)
+    with pytest.raises(LiberoFormatError) as e:
+        preprocess(root, tmp_path / "o", min_demo_len=32, progress=False)
+    msg = str(e.value)
+    assert "3 task file(s) with the same content as another" in msg, msg
+    assert "libero_goal/b_demo.hdf5 is a copy of libero_goal/a_demo.hdf5" in msg, msg
+    assert "libero_goal/c_demo.hdf5 is the same file as libero_goal/a_demo.hdf5" in msg, msg
+    assert "libero_goal/d_demo.hdf5 is the same file as libero_10/e_demo.hdf5" in msg, msg
+    assert "data.on_bad_demo: skip" in msg
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+    m = preprocess(root, tmp_path / "o", on_bad_demo="skip", min_demo_len=32, progress=False)
+    assert [f["rel_path"] for f in m["files"]] == ["libero_10/e_demo.hdf5", "libero_goal/a_demo.hdf5"]
+    assert [(d["rel_path"], d["duplicate_of"]) for d in m["duplicates_skipped"]] == [
+        ("libero_goal/b_demo.hdf5", "libero_goal/a_demo.hdf5"), ("libero_goal/c_demo.hdf5", "libero_goal/a_demo.hdf5"),
+        ("libero_goal/d_demo.hdf5", "libero_10/e_demo.hdf5")]
+    assert m["duplicates_skipped"][0]["sha256"] == sha256_file(root / "libero_goal" / "a_demo.hdf5")
+    assert m["totals"]["duplicates_skipped"] == 3 and m["totals"]["files"] == 2 and m["totals"]["demos_kept"] == 2
+    assert sum("duplicate task file skipped" in w for w in m["discovery_warnings"]) == 3
+    assert sorted(p.name for p in (tmp_path / "o" / "shards").glob("*/*")) == ["a", "e"]
+
+
+def test_cli_duplicate_task_files(tmp_path):
+    root = _root_with_duplicates(tmp_path)
+    cmd = [sys.executable, str(SCRIPT), "--libero-root", str(root), "--out", str(tmp_path / "o"), "--no-progress",
+           "--min-demo-len", "32"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr
+    assert "libero_goal/b_demo.hdf5 is a copy of libero_goal/a_demo.hdf5" in res.stderr, res.stderr
+    assert not (tmp_path / "o" / "manifest.json").exists()
+    res = subprocess.run(cmd + ["--on-bad-demo", "skip"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "duplicate task file skipped" in res.stderr and "libero_goal/d_demo.hdf5 is the same file" in res.stderr
+    m = read_json(tmp_path / "o" / "manifest.json")
+    assert m["totals"]["duplicates_skipped"] == 3 and len(m["files"]) == 2

@@ -2,9 +2,12 @@
 profile's default-resources (account, partition) reach every job (snakemake_slurm.md §2)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import snakemake_cmd, venv_env
 
@@ -95,3 +98,52 @@ def test_config_slurm_settings_reach_the_jobs(tmp_path):
                 assert "slurm_partition=sitepart" in ln and "gpu_model=h100" not in ln, (rule, ln)
     # the tokenizer's cpus_per_gpu (1) x 2 GPUs
     assert all("cpus_per_task=2" in ln and "gpu=2" in ln for ln in res["train_tokenizer"])
+
+
+def _planned_jobs_with_shell(out: str) -> list[tuple[str, str, str]]:
+    """(rule, resources line, shell command or '') of every planned job of a dry run's output."""
+    jobs, rule, res = [], None, None
+    for ln in out.splitlines():
+        s = ln.strip()
+        if s.startswith(("rule ", "localrule ")) and s.endswith(":"):
+            if rule and res:
+                jobs.append((rule, res, ""))
+            rule, res = s.split()[1][:-1], None
+        elif s.startswith("resources:") and rule:
+            res = s
+        elif s.startswith("Shell command:") and rule and res:
+            jobs.append((rule, res, s))
+            rule, res = None, None
+    if rule and res:
+        jobs.append((rule, res, ""))
+    return jobs
+
+
+@pytest.mark.parametrize("workers", [None, 3])
+def test_every_job_asks_for_the_cpus_its_script_uses(tmp_path, workers):
+    """The repo's Slurm profile (default-resources cpus_per_task: 1) on the paper config: every job sends its own
+    cpus_per_task; preprocess's --workers equals it (data.workers, 8 or a layer's 3) instead of the profile's 1;
+    the one-process jobs (collect_dmcontrol, rollout_eval, tokenizer_eval) ask for 1."""
+    prof = tmp_path / "xdg" / "snakemake" / "slurm"
+    prof.mkdir(parents=True)
+    prof.joinpath("config.yaml").write_text((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert "cpus_per_task: 1" in prof.joinpath("config.yaml").read_text()
+    args = ["--profile", "slurm", "-n", "--forceall"]
+    if workers:
+        layer = tmp_path / "workers.yaml"
+        layer.write_text(f"data: {{workers: {workers}}}\n")
+        args += ["--configfile", str(layer)]
+    env = {**venv_env(), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    r = subprocess.run(snakemake_cmd(*args), cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = _planned_jobs_with_shell(r.stdout + r.stderr)
+    cpus = {}
+    for rule, res, _ in jobs:
+        m = re.search(r"\bcpus_per_task=(\d+)", res)
+        assert m, (rule, res)
+        cpus.setdefault(rule, set()).add(int(m.group(1)))
+    assert {"preprocess", "collect_dmcontrol", "rollout_eval", "tokenizer_eval", "train_tokenizer"} <= cpus.keys()
+    n = workers or 8
+    pre = [sh for rule, _, sh in jobs if rule == "preprocess"]
+    assert cpus["preprocess"] == {n} and len(pre) == 1 and f"--workers {n} " in pre[0], pre
+    assert cpus["collect_dmcontrol"] == cpus["rollout_eval"] == cpus["tokenizer_eval"] == {1}

@@ -24,6 +24,7 @@ from dreamer4_libero.evaluation.probe_study import (PROTOCOL, FeatureGroup, load
                                                     summarize)
 from dreamer4_libero.evaluation.wm_features import EXTRACTIONS, NULL_ACTION, TokenizerFeatures, WorldModelFeatures
 from dreamer4_libero.fileio import atomic_dir, dumps_json, read_json, sha256_file
+from dreamer4_libero.training.devices import require_gpus
 from dreamer4_libero.training.dynamics_task import load_frozen_tokenizer
 
 
@@ -40,7 +41,10 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=32, help="baselines: context window C of the window plan")
     ap.add_argument("--eval", required=True, help="JSON of config probe_eval")
     ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--expect-gpus", type=int, default=0, help="GPUs the job was given: stop at once if torch "
+                    "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)")
     a = ap.parse_args()
+    require_gpus(a.expect_gpus, who="probe")  # before any data or checkpoint is loaded
     ev = json.loads(a.eval)
     t0 = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -25,6 +25,7 @@ from dreamer4_libero.models.sampling import tau_schedule
 from dreamer4_libero.models.upstream import load_tokenizer_checkpoint, read_checkpoint
 from dreamer4_libero.reporting.plots import copy_last_frames, per_step_psnr, rollout_gif, rollout_strips, to_uint8
 from dreamer4_libero.evaluation.loading import load_run, versions
+from dreamer4_libero.training.devices import require_gpus
 
 EVAL_REQUIRED = ("eps_per_task", "context", "horizon", "euler_steps", "rollout_seed", "bootstrap_B",
                  "max_val_windows", "n_strips")
@@ -84,7 +85,10 @@ def main() -> None:
                     help="sha256 of the study tokenizer; a variant with another tokenizer also gets its §3 block")
     ap.add_argument("--out-dir", required=True, help="results/rollout/<variant>")
     ap.add_argument("--progress", default="true", choices=["true", "false"])
+    ap.add_argument("--expect-gpus", type=int, default=0, help="GPUs the job was given: stop at once if torch "
+                    "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)")
     a = ap.parse_args()
+    require_gpus(a.expect_gpus, who="rollout_eval")  # before any data or checkpoint is loaded
     ev = parse_eval(a.eval)
     for p in (a.manifest, a.test_ood, a.val):
         if not os.path.exists(p):

@@ -12,7 +12,7 @@ import json
 from dreamer4_libero.cli import run_main
 from dreamer4_libero.fileio import read_json
 from dreamer4_libero.training.dynamics_task import DynamicsTask
-from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, train
+from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, require_job_gpus, train
 from dreamer4_libero.training.identity import resolve_run_dir
 
 
@@ -24,6 +24,7 @@ def main() -> int:
     ap.add_argument("--tokenizer-checkpoint-json", help="the tokenizer stage's checkpoint.json (study tokenizer)")
     add_engine_args(ap)
     a = ap.parse_args()
+    require_job_gpus(a, "train_dynamics")  # before any data is loaded
     run = json.loads(a.variant)
     tok = read_json(a.tokenizer_checkpoint_json)["path"] if a.tokenizer_checkpoint_json else None
     task = DynamicsTask(run, manifest=a.manifest, train_split=a.train_split, tokenizer_ckpt=tok)

@@ -9,7 +9,7 @@ import argparse
 import json
 
 from dreamer4_libero.cli import run_main
-from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, train
+from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, require_job_gpus, train
 from dreamer4_libero.training.identity import resolve_run_dir
 from dreamer4_libero.training.tokenizer_task import TokenizerTask
 
@@ -23,6 +23,7 @@ def main() -> int:
     ap.add_argument("--lpips-cache", default=None)
     add_engine_args(ap)
     a = ap.parse_args()
+    require_job_gpus(a, "train_tokenizer")  # before any data is loaded
     t = json.loads(a.tokenizer)
     task = TokenizerTask(t, manifest=a.manifest, train_split=a.train_split, resolution=a.resolution,
                          lpips_cache=a.lpips_cache)

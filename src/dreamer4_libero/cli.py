@@ -7,8 +7,13 @@ import sys
 import time
 from typing import Callable
 
-# Errors that mean "your input or config is wrong": print the message, exit 2, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
+
+class SetupError(RuntimeError):
+    """The machine or environment cannot run this job as configured (e.g. GPUs torch cannot use)."""
+
+
+# Errors that mean "your input, config or setup is wrong": print the message, exit 2, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, SetupError)
 
 
 def run_main(main: Callable[[], int | None], name: str) -> None:

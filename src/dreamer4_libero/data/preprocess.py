@@ -101,6 +101,34 @@ def process_file(task: TaskFile, shard_root: Path, options: dict, size: int, sha
     return entry
 
 
+def find_duplicates(tasks: list[TaskFile], known: dict[str, tuple[int, str | None, int]]) -> list[dict]:
+    """Task files whose content equals an earlier one's (``tasks`` order): the same file under two names (a
+    symlink or hard link) or a copy with the same sha256. Only files that share their size with another are
+    hashed here (their sha256 goes into ``known``, so ``process_file`` does not hash them again). Returns one
+    record per later file: ``{task_id, rel_path, duplicate_of, sha256, how}`` (paths relative to the root)."""
+    by_size: dict[int, list[TaskFile]] = {}
+    for t in tasks:
+        by_size.setdefault(known[t.task_id][0], []).append(t)
+    dups = []
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        first_of: dict[str, TaskFile] = {}  # sha256 -> the first file with it
+        for t in group:
+            size, digest, mtime = known[t.task_id]
+            if digest is None:
+                digest = sha256_file(t.path)
+                known[t.task_id] = (size, digest, mtime)
+            if digest in first_of:
+                f = first_of[digest]
+                how = "the same file as" if t.path.samefile(f.path) else "a copy of"  # a symlink / hard link
+                dups.append({"task_id": t.task_id, "rel_path": t.rel_path, "duplicate_of": f.rel_path,
+                             "sha256": digest, "how": how})
+            else:
+                first_of[digest] = t
+    return dups
+
+
 def _clean_stale(shard_root: Path) -> None:
     """Remove temp folders left by a killed run (names start with '.' and end with '.tmp')."""
     if not shard_root.exists():
@@ -115,7 +143,9 @@ def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, wo
     """Run the whole stage; return the manifest (also written to `<out_dir>/manifest.json`).
 
     Raises LiberoFormatError (message names file, demo, key, expected vs found) on bad input
-    under `on_bad_demo: error`, and when nothing usable is left under `skip`.
+    under `on_bad_demo: error`, and when nothing usable is left under `skip`. Two task files with the same
+    content (a symlink, a copy) are an error naming both; under `skip` the first is kept, the others are
+    left out with a warning and listed in the manifest's `duplicates_skipped`.
     """
     root = Path(libero_root)
     out = Path(out_dir)
@@ -129,6 +159,19 @@ def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, wo
     options = _options(on_bad_demo, min_demo_len, convert_dtype, resize)
     cache = ChecksumCache(out / ".cache" / "input_sha256.json")
     known = {t.task_id: cache.lookup(t.path) for t in tasks}
+    dups = find_duplicates(tasks, known)
+    if dups:
+        lines = [f"{d['rel_path']} is {d['how']} {d['duplicate_of']} (sha256 {d['sha256'][:16]}...)" for d in dups]
+        if on_bad_demo != "skip":
+            raise LiberoFormatError(f"{root}: {len(dups)} task file(s) with the same content as another: "
+                                    + "; ".join(lines) + ". Remove the duplicates, or set data.on_bad_demo: skip "
+                                    "to keep the first of each", level="dataset")
+        for line in lines:
+            msg = f"duplicate task file skipped (on_bad_demo: skip keeps the first): {line}"
+            warnings.append(msg)
+            log.warning(msg)
+        dup_ids = {d["task_id"] for d in dups}
+        tasks = [t for t in tasks if t.task_id not in dup_ids]
 
     entries: dict[str, dict] = {}
     bar = tqdm(total=len(tasks), desc="preprocess", unit="file", disable=not progress, dynamic_ncols=True)
@@ -182,6 +225,10 @@ def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, wo
             "action_range_violations": sum(f.get("action_range_violations", 0) for f in files),
         },
     }
+    if dups:  # only then, so that a manifest without duplicates stays as it was
+        manifest["duplicates_skipped"] = [{k: d[k] for k in ("task_id", "rel_path", "duplicate_of", "sha256")}
+                                          for d in dups]
+        manifest["totals"]["duplicates_skipped"] = len(dups)
     write_json(out / "manifest.json", manifest)
     reused = sum(bool(entries[t.task_id].get("_reused")) for t in tasks)
     log.info("preprocess: %d files (%d reused), %d demos kept, %d frames", len(files), reused, kept,

@@ -3,7 +3,8 @@
 Layout of a checkpoint dir (dreamer4_model.md §8, snakemake_slurm.md §4)::
 
     <ckpt_dir>/step_0000500.pt     one file per saved update count (the last ``keep_last`` are kept)
-    <ckpt_dir>/.lock               fcntl.flock target, holds the owner's pid/host/job id as JSON
+    <ckpt_dir>/.lock               the dir lock (dirlock.py): flock target, holds the owner's pid/host/job id
+    <ckpt_dir>/.lock.excl          the dir lock's O_EXCL lock file where flock is unavailable (dirlock.py)
     <ckpt_dir>/metrics.jsonl       (metrics.py) append-only training log, kept across attempts
     <ckpt_dir>/attempts.jsonl      (engine.py) one start line and one end line per attempt
     <ckpt_dir>/config.json         (engine.py) resolved config of the finished run
@@ -30,14 +31,11 @@ plain state_dict, never DDP-``module.`` or ``_orig_mod.`` prefixed), ``opt`` (Ad
 from __future__ import annotations
 
 import errno
-import fcntl
-import json
 import math
 import os
 import random
 import re
 import shutil
-import socket
 import sys
 import time
 import warnings
@@ -49,18 +47,14 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_path, atomic_temp_re, fsync_dir, safe_torch_load
+from .dirlock import LOCK_NAME, CheckpointLock, CheckpointLockError  # noqa: F401  (the dir lock, re-exported)
 
 FORMAT = "dreamer4_libero.checkpoint/1"
 STEP_RE = re.compile(r"^step_(\d{7,})\.pt$")
-LOCK_NAME = ".lock"
 
 
 class CheckpointWarning(UserWarning):
     """A checkpoint file was skipped (unreadable, truncated or invalid)."""
-
-
-class CheckpointLockError(RuntimeError):
-    """Another live process holds the checkpoint dir."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,70 +399,3 @@ def build_checkpoint(*, step: int, model_key: str, model_state: dict, opt_state:
         ck["metrics_tail"] = to_plain(metrics_tail)
     return ck
 
-
-# --------------------------------------------------------------------------------------------
-# directory lock
-
-
-class CheckpointLock:
-    """Non-blocking ``fcntl.flock`` on ``<ckpt_dir>/.lock``, held until ``release`` or process death.
-
-    The lock file records the holder (pid, host, Slurm job id, start time) so that a second trainer
-    can say who holds it. A process killed by SIGKILL or a time limit loses the lock with its file
-    descriptors, so a retry is never blocked by a stale lock (the file's content is then just old).
-    """
-
-    def __init__(self, ckpt_dir: str | os.PathLike):
-        self.path = Path(ckpt_dir) / LOCK_NAME
-        self._fd: int | None = None
-
-    def acquire(self) -> "CheckpointLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise CheckpointLockError(self._held_message()) from None
-            raise
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        os.fsync(fd)
-        self._fd = fd
-        return self
-
-    def _held_message(self) -> str:
-        holder = ""
-        try:
-            info = json.loads(self.path.read_text() or "{}")
-            parts = [f"pid {info['pid']}" if info.get("pid") else "",
-                     f"on {info['host']}" if info.get("host") else "",
-                     f"(Slurm job {info['slurm_job_id']})" if info.get("slurm_job_id") else "",
-                     f"since {info['since']}" if info.get("since") else ""]
-            holder = " ".join(p for p in parts if p)
-        except Exception:
-            pass
-        who = f"by {holder}" if holder else "by another process (holder not recorded)"
-        return (f"checkpoint dir {self.path.parent} is locked {who}: another trainer is using it. "
-                f"Stop that trainer or use another --ckpt-dir.")
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._fd)
-                self._fd = None
-
-    def __enter__(self) -> "CheckpointLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()

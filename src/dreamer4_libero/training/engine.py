@@ -66,7 +66,9 @@ from .checkpoints import (
     step_path,
     to_json_plain,
 )
+from .devices import ALLOW_CPU_FALLBACK_ENV, require_gpus
 from .metrics import MetricsLog, export_metrics, plot_metrics
+from .slurm_job import slurm_job_end_time
 
 EXIT_OK = 0
 EXIT_RESUME = 75  # EX_TEMPFAIL: stopped early with a checkpoint saved; run again to resume
@@ -105,7 +107,7 @@ class EngineConfig:
     amp: str = "auto"  # auto | bf16 | fp16 | off; CPU always runs fp32
     deterministic: bool = False
     num_threads: int | None = None  # torch CPU threads (deterministic mode default: 1)
-    time_limit_min: float | None = None
+    time_limit_min: float | None = None  # the Slurm job's end time, where earlier, wins (slurm_job.py)
     deadline_margin_s: float = 180.0
     start_time: float | None = None  # epoch seconds the time limit counts from (default: process start)
     model_key: str = "model"  # "model" (tokenizer) or "dynamics"
@@ -344,6 +346,7 @@ class _Run:
         if device.type != "cuda" and cfg.amp in ("bf16", "fp16"):
             self.log(f"amp={cfg.amp} requested but running on CPU: training in fp32")
         self.start_time = cfg.start_time if cfg.start_time is not None else process_start_time()
+        self.deadline, self.deadline_source = self._deadline()
         self.max_write_s = 0.0
         self.step_ema_s: float | None = None
         self.stop_signal: str | None = None  # "SIGTERM" / "SIGINT" once one arrived: save and exit 75 at the next step
@@ -514,6 +517,9 @@ class _Run:
             n_params = sum(p.numel() for p in self.model.parameters())
             self.log(f"world_size {self.world}, device {self.device}, amp {self.resolved['runtime']['amp']}, "
                      f"params {n_params:,}, max_steps {cfg.max_steps}")
+            if self.deadline is not None:
+                self.log(f"deadline {time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(self.deadline))} "
+                         f"({self.deadline_source}), stopping {cfg.deadline_margin_s:g} s before it")
         self.last_ckpt = path
 
     def _restore_rng(self, ck: dict) -> None:
@@ -563,13 +569,24 @@ class _Run:
         return path
 
     # -- stopping --------------------------------------------------------------------------------
-    def _deadline_flag(self) -> bool:
+    def _deadline(self) -> tuple[float | None, str]:
+        """(epoch seconds the attempt must end by, before the margin; what set it): the Slurm job's end time
+        where Slurm says it (slurm_job.py), the configured time limit from ``start_time``, whichever is
+        earlier; (None, "none") without either."""
         lim = self.cfg.time_limit_min
-        if lim is None:
+        options = []
+        if lim is not None:
+            options.append((self.start_time + lim * 60.0, f"time_limit_min {lim:g} from the trainer's start"))
+        end, source = slurm_job_end_time()
+        if end is not None:
+            options.append((end, f"the Slurm job's end time ({source})"))
+        return min(options) if options else (None, "none")
+
+    def _deadline_flag(self) -> bool:
+        if self.deadline is None:
             return False
         margin = max(float(self.cfg.deadline_margin_s), 2.0 * self.max_write_s)
-        elapsed = time.time() - self.start_time
-        return elapsed + (self.step_ema_s or 0.0) > lim * 60.0 - margin
+        return time.time() + (self.step_ema_s or 0.0) > self.deadline - margin
 
     def stop_reason(self) -> str | None:
         flags = self.all_reduce([float(self._deadline_flag()), float(self.stop_signal is not None)], op=dist.ReduceOp.MAX
@@ -934,7 +951,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--fused-adamw", choices=["auto", "on", "off"])
     g.add_argument("--compile", type=_bool, metavar="BOOL")
     g.add_argument("--activation-checkpointing", type=_bool, metavar="BOOL")
+    g.add_argument("--expect-gpus", type=int, default=0,
+                   help="GPUs the job's resources give it (per node); more than torch sees stops the job at once "
+                        "(training/devices.py) unless --allow-cpu-fallback")
+    g.add_argument("--allow-cpu-fallback", type=_bool, metavar="BOOL",
+                   help=f"run on the CPU when the expected GPUs are missing (default: ${ALLOW_CPU_FALLBACK_ENV})")
     return parser
+
+
+def require_job_gpus(args: argparse.Namespace, who: str) -> bool:
+    """A trainer CLI's first step after parsing, before its task loads any data: the GPUs its job was
+    given (--expect-gpus) must be usable by torch (devices.require_gpus; raises GPUUnavailableError)."""
+    return require_gpus(args.expect_gpus, args.allow_cpu_fallback, who=who)
 
 
 _ARG_FIELDS = ["run_name", "ckpt_dir", "out_dir", "max_steps", "lr", "weight_decay", "grad_clip", "grad_accum",
