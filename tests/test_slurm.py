@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def _minutes(limit: str) -> float:
     return h * 60 + m + s / 60
 
 
-def test_study_on_slurm_with_deadline_retry_and_resume(slurm_cluster, dag_repo, tmp_path):
+def test_study_on_slurm_with_deadline_retry_and_resume(slurm_cluster, dag_repo, trainer_cli, tmp_path):
     work = dag_repo
     xdg, site = tmp_path / "xdg_home", tmp_path / "xdg_site"
     site.mkdir()
@@ -62,12 +63,37 @@ def test_study_on_slurm_with_deadline_retry_and_resume(slurm_cluster, dag_repo, 
     assert (xdg / "snakemake" / "slurm" / "config.yaml").read_text() == \
         (REPO / "profiles" / "slurm" / "config.yaml").read_text()
 
+    # one uninterrupted run of the world-model variant, same inputs and thread count, to compare the final
+    # weights with; it starts beside the Slurm study as soon as its input (the CI tokenizer) exists
+    cfg = load_config([work / c for c in CONFIGS])
+    run = dynamics_variants(cfg)[VARIANT]
+    tok_json = work / "results/train/tokenizer_ci/checkpoint.json"
+    ref_cmd = [sys.executable, str(work / "workflow_scripts/train_dynamics.py"), "--variant", json.dumps(run),
+               "--manifest", "results/preprocess/manifest.json", "--train-split", "results/preprocess/splits/train.json",
+               "--tokenizer-checkpoint-json", str(tok_json), "--ckpt-root", str(tmp_path / "ref_ckpt"),
+               "--out-dir", str(tmp_path / "ref_out"), "--progress", "false"]
+    ref_log, ref = tmp_path / "reference_run.log", None
+
     log = work / "slurm_snakemake.log"
     with open(log, "w") as fh:
-        r = subprocess.run(["snakemake", "--profile", "slurm", "--configfile", *CONFIGS], cwd=work, env=env,
-                           stdout=fh, stderr=subprocess.STDOUT, timeout=560)
+        p = subprocess.Popen(["snakemake", "--profile", "slurm", "--configfile", *CONFIGS], cwd=work, env=env,
+                             stdout=fh, stderr=subprocess.STDOUT)
+        t0 = time.time()
+        try:
+            while p.poll() is None:
+                if ref is None and tok_json.exists():
+                    ref = trainer_cli.start(ref_cmd, ref_log, cwd=work,
+                                            env={**env, "OMP_NUM_THREADS": str(run["cpus_per_task"])})
+                if time.time() - t0 > 600:
+                    pytest.fail(f"the Slurm study took over 600 s:\n{log.read_text(errors='replace')[-5000:]}")
+                time.sleep(1)
+        finally:
+            if p.poll() is None:  # the test failed while the study ran: stop it and the reference run
+                for proc in (p, ref):
+                    if proc is not None:
+                        proc.kill()
     text = log.read_text(errors="replace")
-    assert r.returncode == 0, text[-5000:]
+    assert p.returncode == 0, text[-5000:]
     assert re.search(r"(\d+) of \1 steps \(100%\) done", text)
 
     # every job except the local not_run writers went through sbatch
@@ -105,16 +131,9 @@ def test_study_on_slurm_with_deadline_retry_and_resume(slurm_cluster, dag_repo, 
           f"'{stop.group(1)}'; attempt 2: job {dyn[1]} -t {states[dyn[1]]['limit']}: '{resumed.group(1)}'")
     assert "RESUMED" in (work / f"logs/train_dynamics/{VARIANT}.log").read_text()
 
-    # one uninterrupted run of the same variant, same inputs and thread count: the same final weights
-    cfg = load_config([work / c for c in CONFIGS])
-    run = dynamics_variants(cfg)[VARIANT]
-    ref = subprocess.run(
-        [sys.executable, str(work / "workflow_scripts/train_dynamics.py"), "--variant", json.dumps(run),
-         "--manifest", "results/preprocess/manifest.json", "--train-split", "results/preprocess/splits/train.json",
-         "--tokenizer-checkpoint-json", "results/train/tokenizer_ci/checkpoint.json",
-         "--ckpt-root", str(tmp_path / "ref_ckpt"), "--out-dir", str(tmp_path / "ref_out"), "--progress", "false"],
-        cwd=work, env={**env, "OMP_NUM_THREADS": str(run["cpus_per_task"])}, capture_output=True, text=True)
-    assert ref.returncode == 0, (ref.stdout + ref.stderr)[-3000:]
+    # the uninterrupted run (started above): the same final weights
+    assert ref is not None, "the tokenizer's checkpoint.json never appeared"
+    assert ref.wait(timeout=600) == 0, ref_log.read_text()[-3000:]
     ref_ck = json.loads((tmp_path / "ref_out" / "checkpoint.json").read_text())
     assert Path(ref_ck["path"]).parent.name == ckpt_dir.name       # the same run identity
     a = torch.load(ck["path"], map_location="cpu", weights_only=True)
