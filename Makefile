@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 CORES ?= 2
+TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: setup demo report test test-int test-fast bench lint dag clean-demo slurm-profile check-gpu
@@ -39,7 +40,7 @@ report: setup
 # Test tiers (tests/conftest.py assigns them from the fixtures each test uses):
 #   make test       - everything (what CI runs), the 25 slowest tests listed at the end
 #   make test-int   - unit + integration (subprocess trainers, torchrun, real Snakemake runs)
-#   make test-fast  - the unit tier only: the development loop, a few minutes
+#   make test-fast  - the unit tier only, in TEST_WORKERS processes (pytest-xdist): the development loop
 # pytest exits 5 when it collects no test: that is not a failure of the code under test.
 PYTEST = $(PY) -m pytest -q $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
@@ -48,7 +49,7 @@ test: setup
 test-int: setup
 	$(call PYTEST,-m "not e2e" --durations=25)
 test-fast: setup
-	$(call PYTEST,-m "not e2e and not integration" --durations=15)
+	$(call PYTEST,-m "not e2e and not integration" -n $(TEST_WORKERS) --durations=15)
 
 # The benchmark suite: one JSON (bench/results/bench.json) + its table (bench.md); BENCH_ARGS e.g. --only train,rollout
 BENCH_ARGS ?=

@@ -457,16 +457,22 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    rep = outcome.get_result()
     fg = _fault_marker(item)
+    if fg is not None:  # carried by the report, so that it also reaches pytest-xdist's controller
+        outcome.get_result().user_properties.append(("fault", list(fg)))
+
+
+def pytest_runtest_logreport(report):
+    fg = dict(report.user_properties).get("fault")
     if fg is None:
         return
-    if rep.when == "setup" and rep.skipped:
-        _FAULT_RESULTS.append((item.nodeid, *fg, "SKIPPED"))
-    elif rep.when == "call":
-        _FAULT_RESULTS.append((item.nodeid, *fg, "PASSED" if rep.passed else ("SKIPPED" if rep.skipped else "FAILED")))
-    elif rep.when == "setup" and rep.failed:
-        _FAULT_RESULTS.append((item.nodeid, *fg, "ERROR"))
+    if report.when == "setup" and report.skipped:
+        _FAULT_RESULTS.append((report.nodeid, *fg, "SKIPPED"))
+    elif report.when == "call":
+        _FAULT_RESULTS.append((report.nodeid, *fg, "PASSED" if report.passed else
+                               ("SKIPPED" if report.skipped else "FAILED")))
+    elif report.when == "setup" and report.failed:
+        _FAULT_RESULTS.append((report.nodeid, *fg, "ERROR"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import venv_env
 from dreamer4_libero.config import demo_config, load_config
 from dreamer4_libero.training.devices import (
     ALLOW_CPU_FALLBACK_ENV,
@@ -29,8 +30,8 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="these tests n
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != ALLOW_CPU_FALLBACK_ENV}
-    return {**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "PYTHONPATH": str(REPO / "src"), **extra}
+    env = {k: v for k, v in venv_env().items() if k != ALLOW_CPU_FALLBACK_ENV}
+    return {**env, "PYTHONPATH": str(REPO / "src"), **extra}
 
 
 def _assert_names_build_and_fix(msg: str, expected: int) -> None:
