@@ -399,6 +399,8 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     _GUARD.uninstall()
+    if _NO_SLURM_BIN is not None:
+        shutil.rmtree(_NO_SLURM_BIN, ignore_errors=True)
 
 
 def _guard(item):
