@@ -220,9 +220,9 @@ class TrainerCLI:
     def start(self, cmd: list[str], log: Path, *, cwd: Path | None = None, env: dict | None = None,
               **extra_env: str) -> subprocess.Popen:
         """Start in the background, stdout and stderr into `log` (unbuffered)."""
-        fh = open(log, "w")
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd,
-                                env={**(env or os.environ), "PYTHONUNBUFFERED": "1", **extra_env})
+        with open(log, "w") as fh:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd,
+                                    env={**(env or os.environ), "PYTHONUNBUFFERED": "1", **extra_env})
 
 
 @pytest.fixture(scope="session")
@@ -418,12 +418,13 @@ def pytest_runtest_setup(item):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    _GUARD.item, _GUARD.steps = _guard(item), 0
+    unit = _guard(item)
+    _GUARD.item, _GUARD.steps = unit, 0
     try:
         res = yield
     finally:
         _GUARD.item = None
-    if item.stash.get(TIER_KEY, "unit") == "unit" and _GUARD.steps > UNIT_MAX_STEPS:
+    if unit is not None and _GUARD.steps > UNIT_MAX_STEPS:
         pytest.fail(f"{item.nodeid} is in the unit tier but took {_GUARD.steps} optimizer steps (at most "
                     f"{UNIT_MAX_STEPS}): shrink it, or ask for the `long_training` fixture", pytrace=False)
     return res
