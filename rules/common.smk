@@ -4,6 +4,8 @@ import json
 import os
 import shlex
 
+from dreamer4_libero.job_sizing import check_workers, retries_of, science
+
 # Rules call `python` from PATH: the project venv (make demo) or the rule's conda env.
 LIBERO_ROOT = config["data"]["libero_root"]
 # every job's checkpoint loading reads $D4L_TRUST_CHECKPOINT (fileio.safe_torch_load); a shell prefix
@@ -31,10 +33,15 @@ def parent_of(name):
     )
 
 
-def retries(n):
-    """A training rule's retries, for the Snakemake that submits the jobs only. Inside a Slurm job the
-    jobstep Snakemake would otherwise honour the rule's retries itself and restart the trainer in the
-    same allocation, with the next attempt's (longer) runtime but the old time limit."""
+def retries(runs):
+    """A training rule's retries, for the Snakemake that submits the jobs only: the most any of its runs
+    needs, `runs` = {config key path: run section} (job_sizing.retries_of: a number, or auto from
+    max_steps and steps_per_s; too few attempts is an error naming the key). The runs' loader workers
+    are checked against their CPUs here too. Inside a Slurm job the jobstep Snakemake would otherwise
+    honour the rule's retries itself and restart the trainer in the same allocation."""
+    for where, run in runs.items():
+        check_workers(run, where)
+    n = max(retries_of(run, where) for where, run in runs.items())
     return 0 if workflow.remote_exec else int(n)
 
 
@@ -46,10 +53,11 @@ def launcher(wildcards, resources):
     )
 
 
-def job_resources(gpu=0, cpus=1, cpus_per_gpu=None, **res):
-    """A rule's Slurm resources: its own (gpu, CPUs, mem_mb, runtime, ...) plus the `slurm` section's
-    partition / account / qos / gpu_model / extra, each only where config.yaml sets it, so a site
-    profile's default-resources stay in force otherwise (snakemake_slurm.md §2-§3).
+def job_resources(rule, gpu=0, cpus=1, cpus_per_gpu=None, **res):
+    """Rule `rule`'s Slurm resources: its own (gpu, CPUs, mem_mb, runtime, ...) plus the `slurm` section's
+    partition / account / qos / constraint / gpu_model / extra, each only where the config sets it, so a
+    site profile's default-resources stay in force otherwise (snakemake_slurm.md §2-§3). Settings under
+    `slurm.rules.<rule>` beat the section's own for that rule's jobs.
 
     `cpus` is the rule's `threads` (default 1: one process), always sent as cpus_per_task, so that the
     workers a script starts equal the CPUs its job gets (a profile's default cpus_per_task would beat
@@ -58,6 +66,7 @@ def job_resources(gpu=0, cpus=1, cpus_per_gpu=None, **res):
     node; the plugin would let any cpus_per_task, e.g. a profile default, win over --cpus-per-gpu).
     """
     site = config["slurm"]
+    own = site["rules"].get(rule) or {}
     call = lambda v, wc: v(wc) if callable(v) else v
     n_gpu = lambda wc: int(call(gpu, wc) or 0)
     res["gpu"] = gpu
@@ -67,25 +76,30 @@ def job_resources(gpu=0, cpus=1, cpus_per_gpu=None, **res):
             if n_gpu(wc) and call(cpus_per_gpu, wc)
             else call(cpus, wc)
         )
-    part = lambda wc: (
-        site["gpu_partition"]
-        if n_gpu(wc) and site["gpu_partition"]
-        else site["partition"]
-    )
-    if callable(gpu):  # per-variant GPUs: decided per job
-        if site["partition"] or site["gpu_partition"]:
-            res["slurm_partition"] = part
-    elif part(None):
-        res["slurm_partition"] = part(None)
-    if site["account"]:
-        res["slurm_account"] = site["account"]
-    if site["qos"]:
-        res["qos"] = site["qos"]
+
+    def pick(key, gpu_key=None):
+        """The rule's own setting, else the GPU variant for jobs with GPUs, else the section's (per job)."""
+        if own.get(key):
+            return lambda wc: own[key]
+        return lambda wc: (
+            site[gpu_key] if gpu_key and n_gpu(wc) and site[gpu_key] else site[key]
+        )
+
+    # partition and constraint may depend on the job's GPUs; each is sent only where some job of this
+    # rule gets a value (an empty -C would be sent as `-C ''`)
+    for key, gpu_key, resource in (
+        ("partition", "gpu_partition", "slurm_partition"),
+        ("constraint", "gpu_constraint", "constraint"),
+    ):
+        if own.get(key) or site[key] or (site[gpu_key] and (callable(gpu) or gpu)):
+            value = pick(key, gpu_key)
+            res[resource] = value if callable(gpu) else value(None)
+    for key, resource in (("account", "slurm_account"), ("qos", "qos"), ("extra", "slurm_extra")):
+        if own.get(key) or site[key]:
+            res[resource] = own.get(key) or site[key]
     # --gpus=<model>:<n>, only for jobs with GPUs
     if site["gpu_model"] and (callable(gpu) or gpu):
         res["gpu_model"] = lambda wc: site["gpu_model"] if n_gpu(wc) else ""
-    if site["extra"]:
-        res["slurm_extra"] = site["extra"]
     return res
 
 
@@ -96,7 +110,7 @@ def cpu_job(rule_name, mem_mb=None, cpus=1):
     """
     r = config["job_resources"][rule_name]
     return job_resources(
-        mem_mb=r["mem_mb"] or mem_mb, runtime=r["runtime_min"], cpus=cpus
+        rule_name, mem_mb=r["mem_mb"] or mem_mb, runtime=r["runtime_min"], cpus=cpus
     )
 
 

@@ -29,10 +29,11 @@ rule collect_dmcontrol:
     # one process (episodes are rendered one after the other): threads 1 = cpus_per_task 1 (job_resources)
     resources:
         **job_resources(
+            "collect_dmcontrol",
             mem_mb=DMC["collect"]["mem_mb"], runtime=DMC["collect"]["runtime_min"]
         ),
     params:
-        c=json_arg(DMC["collect"]),
+        c=json_arg(science(DMC["collect"])),
         out=parent_of("manifest"),
     shell:
         "python workflow_scripts/collect_dmcontrol.py --collect {params.c} --out {params.out}"
@@ -55,7 +56,7 @@ rule pretrain_dmcontrol:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        **job_resources(mem_mb=4000, runtime=30),
+        **job_resources("pretrain_dmcontrol", mem_mb=4000, runtime=30),
     params:
         out=parent_of("record"),
     shell:

@@ -8,6 +8,11 @@ DYN_RUN = [n for n, r in DYN.items() if r["runnable"]]
 DYN_NOT_RUN = [n for n, r in DYN.items() if not r["runnable"]]
 # train_dynamics also trains the DMControl pretraining's dynamics (rules/dmcontrol.smk); it is not a variant
 DYN_TRAIN = DYN_RUN + [DMC_DYN_RUN]
+# config key path -> run section of every run it trains (rule retries, checks)
+DYN_TRAIN_RUNS = {
+    **{f"dynamics.variants.{n}": DYN[n] for n in DYN_RUN},
+    "dmcontrol_pretrain.dynamics": DMC_DYN,
+}
 
 
 # Writing a variant's not_run.json is not worth a Slurm job.
@@ -28,29 +33,34 @@ rule train_dynamics:
         "benchmarks/train_dynamics/{variant}.tsv"
     wildcard_constraints:
         variant="|".join(DYN_TRAIN),
-    retries: retries(max([DYN[n]["retries"] for n in DYN_RUN] + [DMC_DYN["retries"]]))
+    retries: retries(DYN_TRAIN_RUNS)
     conda:
         "../envs/pipeline.yaml"
     threads: lambda wc: _dyn(wc)["cpus_per_task"]
     resources:
         **job_resources(
+            "train_dynamics",
             gpu=lambda wc: _dyn(wc)["gpus"],
             cpus=lambda wc: _dyn(wc)["cpus_per_task"],
             cpus_per_gpu=lambda wc: _dyn(wc)["cpus_per_gpu"],
-            mem_mb=lambda wc, attempt: _dyn(wc)["mem_mb"] * attempt,
-            runtime=lambda wc, attempt: _dyn(wc)["runtime_min"] * attempt,
+            # the same on every attempt: retries resume after a deadline stop (job_sizing.py)
+            mem_mb=lambda wc: _dyn(wc)["mem_mb"],
+            runtime=lambda wc: _dyn(wc)["runtime_min"],
+            deadline_margin_s=lambda wc: str(_dyn(wc)["deadline_margin_s"]),
+            loader_workers=lambda wc: "auto" if _dyn(wc)["num_workers"] is None else _dyn(wc)["num_workers"],
         ),
     params:
         launcher=launcher,
         ckpt_root=config["paths"]["ckpt_root"],
-        run=lambda wc: json_arg(_dyn(wc)),
+        run=lambda wc: json_arg(science(_dyn(wc))),  # scheduling keys travel as resources
         tok=_tok_arg,
         out=parent_of("checkpoint"),
     shell:
         "{params.launcher} workflow_scripts/train_dynamics.py --variant {params.run}"
         " --manifest {input.manifest} --train-split {input.train} {params.tok}"
         " --ckpt-root {params.ckpt_root} --out-dir {params.out} --time-limit-min {resources.runtime}"
-        " --expect-gpus {resources.gpu}"
+        " --expect-gpus {resources.gpu} --deadline-margin-s {resources.deadline_margin_s}"
+        " --num-workers {resources.loader_workers}"
         " > {log} 2>&1"
 
 
@@ -66,7 +76,7 @@ rule dynamics_not_run:
     conda:
         "../envs/pipeline.yaml"
     resources:
-        **job_resources(mem_mb=500, runtime=5),
+        **job_resources("dynamics_not_run", mem_mb=500, runtime=5),
     params:
         info=lambda wc: json_arg(
             {

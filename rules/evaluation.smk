@@ -23,13 +23,14 @@ rule probe:
     threads: PROBE_EVAL["cpus_per_task"]
     resources:
         **job_resources(
+            "probe",
             gpu=PROBE_EVAL["gpus"],
             cpus=PROBE_EVAL["cpus_per_task"],
             mem_mb=PROBE_EVAL["mem_mb"],
             runtime=PROBE_EVAL["runtime_min"],
         ),
     params:
-        ev=json_arg(PROBE_EVAL),
+        ev=json_arg(science(PROBE_EVAL)),
         root=grandparent_of("probe"),
         seeds=" ".join(str(s) for s in config["probe"]["seeds"]),
         res=config["data"]["model_resolution"],
@@ -56,12 +57,13 @@ rule probe_baselines:
     threads: PROBE_EVAL["cpus_per_task"]
     resources:
         **job_resources(
+            "probe_baselines",
             cpus=PROBE_EVAL["cpus_per_task"],
             mem_mb=PROBE_EVAL["mem_mb"],
             runtime=PROBE_EVAL["runtime_min"],
         ),
     params:
-        ev=json_arg(PROBE_EVAL),
+        ev=json_arg(science(PROBE_EVAL)),
         root=grandparent_of("probe"),
         seeds=" ".join(str(s) for s in config["probe"]["seeds"]),
         res=config["data"]["model_resolution"],
@@ -110,18 +112,13 @@ rule rollout_eval:
         "../envs/pipeline.yaml"
     resources:
         **job_resources(
+            "rollout_eval",
             gpu=ROLL_EVAL["gpus"],
             mem_mb=ROLL_EVAL["mem_mb"],
             runtime=ROLL_EVAL["runtime_min"],
         ),
     params:
-        ev=json_arg(
-            {
-                k: v
-                for k, v in ROLL_EVAL.items()
-                if k not in ("gpus", "mem_mb", "runtime_min")
-            }
-        ),
+        ev=json_arg(science(ROLL_EVAL)),
         res=config["data"]["model_resolution"],
         out=parent_of("json"),
     shell:

@@ -72,7 +72,7 @@ rule preprocess:
             cpus=config["data"]["workers"],
         ),
     params:
-        d=config["data"],
+        d={k: v for k, v in config["data"].items() if k != "workers"},  # workers: a resource
         resize=lambda wc: (
             f"--resize {config['data']['resize']}" if config["data"]["resize"] else ""
         ),

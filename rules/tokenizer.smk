@@ -1,6 +1,6 @@
 # Stage 2: train the causal video tokenizer, then score its reconstructions.
 # Checkpoints live in <ckpt_root>/<run>/<run identity hash>/ (params, NOT outputs; training/identity.py): a failed or timed-out
-# attempt keeps them, and Snakemake's retry (with a longer runtime) resumes (snakemake_slurm.md §4).
+# attempt keeps them, and Snakemake's retry (same runtime and memory) resumes (snakemake_slurm.md §4).
 TOK = config["tokenizer"]
 TOK_RUN = TOK["run_name"]
 TOK_OUT = f"results/train/{TOK_RUN}"
@@ -8,6 +8,8 @@ TOK_EVAL = f"results/tokenizer_eval/{TOK_RUN}"
 # one rule trains every tokenizer: the study's (LIBERO), the DMControl pretraining's and its LIBERO fine-tune
 # (rules/dmcontrol.smk)
 TOKS = {TOK_RUN: TOK, DMC_TOK_RUN: DMC_TOK, DMC_FT_RUN: DMC_FT}
+TOK_WHERE = {TOK_RUN: "tokenizer", DMC_TOK_RUN: "dmcontrol_pretrain.tokenizer",
+             DMC_FT_RUN: "dmcontrol_pretrain.finetune_tokenizer"}  # config key of each run, for errors
 
 
 rule train_tokenizer:
@@ -25,22 +27,26 @@ rule train_tokenizer:
         tok_run="|".join(TOKS),
     # the study tokenizer is the DAG's critical path: start it before the DMControl pretraining's jobs
     priority: lambda wc: CRITICAL_PRIORITY if wc.tok_run == TOK_RUN else 0
-    retries: retries(max(t["retries"] for t in TOKS.values()))
+    retries: retries({TOK_WHERE[n]: t for n, t in TOKS.items()})
     conda:
         "../envs/pipeline.yaml"
     threads: lambda wc: _tok(wc)["cpus_per_task"]
     resources:
         **job_resources(
+            "train_tokenizer",
             gpu=lambda wc: _tok(wc)["gpus"],
             cpus=lambda wc: _tok(wc)["cpus_per_task"],
             cpus_per_gpu=lambda wc: _tok(wc)["cpus_per_gpu"],
-            mem_mb=lambda wc, attempt: _tok(wc)["mem_mb"] * attempt,
-            runtime=lambda wc, attempt: _tok(wc)["runtime_min"] * attempt,
+            # the same on every attempt: retries resume after a deadline stop (job_sizing.py)
+            mem_mb=lambda wc: _tok(wc)["mem_mb"],
+            runtime=lambda wc: _tok(wc)["runtime_min"],
+            deadline_margin_s=lambda wc: str(_tok(wc)["deadline_margin_s"]),
+            loader_workers=lambda wc: "auto" if _tok(wc)["num_workers"] is None else _tok(wc)["num_workers"],
         ),
     params:
         launcher=launcher,
         ckpt_root=config["paths"]["ckpt_root"],
-        tok=lambda wc: json_arg(_tok(wc)),
+        tok=lambda wc: json_arg(science(_tok(wc))),  # scheduling keys travel as resources
         res=config["data"]["model_resolution"],
         lpips=lpips_cache_arg,
         out=parent_of("checkpoint"),
@@ -48,7 +54,8 @@ rule train_tokenizer:
         "{params.launcher} workflow_scripts/train_tokenizer.py --tokenizer {params.tok}"
         " --manifest {input.manifest} --train-split {input.train} --resolution {params.res} {params.lpips}"
         " --ckpt-root {params.ckpt_root} --out-dir {params.out} --time-limit-min {resources.runtime}"
-        " --expect-gpus {resources.gpu}"
+        " --expect-gpus {resources.gpu} --deadline-margin-s {resources.deadline_margin_s}"
+        " --num-workers {resources.loader_workers}"
         " > {log} 2>&1"
 
 

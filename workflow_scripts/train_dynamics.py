@@ -12,7 +12,8 @@ import json
 from dreamer4_libero.cli import run_main
 from dreamer4_libero.fileio import read_json
 from dreamer4_libero.training.dynamics_task import DynamicsTask
-from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, require_job_gpus, train
+from dreamer4_libero.training.engine import (add_engine_args, engine_config_from_args, job_loader_workers,
+                                              require_job_gpus, train)
 from dreamer4_libero.training.identity import resolve_run_dir
 
 
@@ -26,6 +27,7 @@ def main() -> int:
     a = ap.parse_args()
     require_job_gpus(a, "train_dynamics")  # before any data is loaded
     run = json.loads(a.variant)
+    run["num_workers"] = job_loader_workers(a, run.get("num_workers"))  # per rank, from the job's CPUs
     tok = read_json(a.tokenizer_checkpoint_json)["path"] if a.tokenizer_checkpoint_json else None
     task = DynamicsTask(run, manifest=a.manifest, train_split=a.train_split, tokenizer_ckpt=tok)
     for line in task.dyn_report.get("fallbacks", []):
@@ -37,7 +39,7 @@ def main() -> int:
         **{k: run[k] for k in ("nonfinite", "nonfinite_max_skips") if k in run},
         grad_clip=run["grad_clip"], save_every=run["save_every"], keep_last=run["keep_last"],
         log_every=run["log_every"], seed=run["seed"], amp=run["amp"], deterministic=run["deterministic"],
-        deadline_margin_s=run["deadline_margin_s"], model_key="dynamics", extra_args=task.upstream_args(),
+        deadline_margin_s=run.get("deadline_margin_s", 300.0), model_key="dynamics", extra_args=task.upstream_args(),
         progress=True, attention=run["attention"], fused_adamw=run["fused_adamw"], compile=run["compile"],
         activation_checkpointing=run["activation_checkpointing"])
     if a.ckpt_root:

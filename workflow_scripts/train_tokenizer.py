@@ -9,7 +9,8 @@ import argparse
 import json
 
 from dreamer4_libero.cli import run_main
-from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, require_job_gpus, train
+from dreamer4_libero.training.engine import (add_engine_args, engine_config_from_args, job_loader_workers,
+                                              require_job_gpus, train)
 from dreamer4_libero.training.identity import resolve_run_dir
 from dreamer4_libero.training.tokenizer_task import TokenizerTask
 
@@ -25,13 +26,14 @@ def main() -> int:
     a = ap.parse_args()
     require_job_gpus(a, "train_tokenizer")  # before any data is loaded
     t = json.loads(a.tokenizer)
+    t["num_workers"] = job_loader_workers(a, t.get("num_workers"))  # per rank, from the job's CPUs
     task = TokenizerTask(t, manifest=a.manifest, train_split=a.train_split, resolution=a.resolution,
                          lpips_cache=a.lpips_cache)
     cfg = engine_config_from_args(
         a, run_name=t["run_name"], max_steps=t["max_steps"], lr=t["lr"], weight_decay=t["weight_decay"],
         **{k: t[k] for k in ("nonfinite", "nonfinite_max_skips") if k in t},
         grad_clip=None, save_every=t["save_every"], keep_last=t["keep_last"], log_every=t["log_every"],
-        seed=t["seed"], amp=t["amp"], deterministic=t["deterministic"], deadline_margin_s=t["deadline_margin_s"],
+        seed=t["seed"], amp=t["amp"], deterministic=t["deterministic"], deadline_margin_s=t.get("deadline_margin_s", 300.0),
         model_key="model", extra_args=task.upstream_args(), progress=True, lr_mult=dict(t["lr_mult"]),
         lr_schedule=t["lr_schedule"], attention=t["attention"], fused_adamw=t["fused_adamw"], compile=t["compile"],
         activation_checkpointing=t["activation_checkpointing"])

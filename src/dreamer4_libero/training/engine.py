@@ -50,6 +50,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..fileio import sha256_file, write_json
+from ..job_sizing import loader_workers
 from ..models.blocks import ATTENTION_BACKENDS, set_activation_checkpointing, set_attention_backend
 from ..provenance import code_version
 from .checkpoints import (
@@ -956,7 +957,22 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "(training/devices.py) unless --allow-cpu-fallback")
     g.add_argument("--allow-cpu-fallback", type=_bool, metavar="BOOL",
                    help=f"run on the CPU when the expected GPUs are missing (default: ${ALLOW_CPU_FALLBACK_ENV})")
+    g.add_argument("--num-workers", type=_opt_workers, metavar="N|auto",
+                   help="data-loader workers per rank (default: the config's num_workers); auto = from the job's "
+                        "CPUs (job_sizing.loader_workers)")
     return parser
+
+
+def _opt_workers(v: str) -> int | str:
+    return "auto" if v == "auto" else int(v)
+
+
+def job_loader_workers(args: argparse.Namespace, configured: int | None) -> int:
+    """The data-loader workers per rank of this process: --num-workers (a number, or auto) over the config's
+    `num_workers` (null = auto); auto splits the CPUs the job was given over the ranks on this node."""
+    n = configured if args.num_workers is None else (None if args.num_workers == "auto" else args.num_workers)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return loader_workers(n, local_ranks=local, on_gpu=bool(args.expect_gpus) and torch.cuda.is_available())
 
 
 def require_job_gpus(args: argparse.Namespace, who: str) -> bool:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from ..fileio import read_json, write_json
+from ..job_sizing import SCHEDULING_KEYS
 
 #: config keys that never change what a run learns (excluded from the identity)
 VOLATILE_KEYS = frozenset({
@@ -35,7 +36,7 @@ VOLATILE_KEYS = frozenset({
     "runtime_min", "deadline_margin_s", "retries", "eval", "run_name", "enabled", "note", "stand_in_for",
     "label", "name", "runnable", "not_run_reason", "init_paths", "init_source", "init_note",
     "attention", "fused_adamw", "compile", "activation_checkpointing",  # kernels: the same maths, not bitwise the same floats
-})
+}) | SCHEDULING_KEYS  # where, on what and how long it runs
 IDENTITY_VERSION = 1
 HASH_CHARS = 16
 
