@@ -114,6 +114,32 @@ def planned_jobs(out: str) -> dict[str, int]:
     return jobs
 
 
+def dry_run_jobs(out: str) -> list[dict]:
+    """Every job of a dry run's output (`snakemake -n -p`): {rule, local, output, benchmark, wildcards, resources,
+    shell};
+    `wildcards` is a dict in the order printed, `resources` the raw `k=v, ...` text, `shell` '' where none."""
+    jobs, cur = [], None
+    for ln in out.splitlines():
+        s = ln.strip()
+        if s.startswith(("rule ", "localrule ")) and s.endswith(":"):
+            cur = {"rule": s.split()[1][:-1], "local": s.startswith("localrule"), "output": [], "benchmark": None, "wildcards": {},
+                   "resources": "", "shell": ""}
+            jobs.append(cur)
+        elif cur is None:
+            continue
+        elif s.startswith("output:"):
+            cur["output"] = [x.strip() for x in s[len("output:"):].split(",") if x.strip()]
+        elif s.startswith("benchmark:"):
+            cur["benchmark"] = s[len("benchmark:"):].strip()
+        elif s.startswith("wildcards:"):
+            cur["wildcards"] = dict(kv.strip().split("=", 1) for kv in s[len("wildcards:"):].split(","))
+        elif s.startswith("resources:"):
+            cur["resources"] = s[len("resources:"):].strip()
+        elif s.startswith("Shell command:"):
+            cur["shell"] = s[len("Shell command:"):].strip()
+    return jobs
+
+
 _NO_SLURM_BIN: Path | None = None
 
 
