@@ -41,7 +41,8 @@ def test_the_paper_config_uses_the_released_files_and_the_demo_its_own_pretraini
 def test_source_resolution():
     paper = load_config()
     moved = dynamics_variants(deep_merge(paper, {"dmcontrol_init": {"released_dir": "/site/d4"}}))
-    assert moved[DMC[0]]["init_paths"] == {"tokenizer": "/site/d4/tokenizer_ckpt.pt", "dynamics": "/site/d4/dynamics_ckpt.pt"}
+    assert moved[DMC[0]]["init_paths"] == {"tokenizer": "/site/d4/tokenizer_ckpt.pt",
+                                           "dynamics": "/site/d4/dynamics_ckpt.pt"}
     # auto: the configured files when set, else the release - never a silent pretraining
     auto = dynamics_variants(deep_merge(paper, {"dmcontrol_init": {"source": "auto"}}))
     assert auto[DMC[0]]["init_source"] == "released"
@@ -97,7 +98,8 @@ def test_missing_files_are_an_error_naming_both_ways_on(tmp_path):
     (tmp_path / "rel" / rel.TOKENIZER_FILE).unlink()
     rel.check_dmcontrol_files(deep_merge(paper, {"dmcontrol_init": {"tokenizer_choice": "study"}}))
     # configured files: the same check, naming the path and the keys
-    files = deep_merge(paper, {"dmcontrol_init": {"source": "files", "tokenizer": "/nope/t.pt", "dynamics": "/nope/d.pt"}})
+    files = deep_merge(paper, {"dmcontrol_init": {"source": "files", "tokenizer": "/nope/t.pt",
+                                                  "dynamics": "/nope/d.pt"}})
     with pytest.raises(ConfigError, match=r"source is files.*\n    tokenizer: /nope/t.pt\n    dynamics: /nope/d.pt") as exc:
         rel.check_dmcontrol_files(files)
     assert "dmcontrol_init.tokenizer / dmcontrol_init.dynamics" in str(exc.value) and "216 GPU-hours" in str(exc.value)

@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -81,8 +82,8 @@ def _make_fetch(dest: Path, *args: str, env_url: str | None = None) -> subproces
     if env_url:
         env[rel.BASE_URL_ENV] = env_url
     fetch_args = " ".join(["--dest", str(dest), "--progress", "false", *args])
-    return subprocess.run(["make", "-s", "fetch-dmcontrol", f"FETCH_ARGS={fetch_args}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(["make", "-s", "fetch-dmcontrol", f"PY={sys.executable}", f"FETCH_ARGS={fetch_args}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_make_fetch_dmcontrol_writes_the_files_with_their_sha256_and_a_second_run_downloads_nothing(tmp_path, server):
@@ -191,6 +192,7 @@ def test_local_copy_with_from_dir(tmp_path, server):
     for name, data in server.files.items():
         assert rec["files"][name]["sha256"] == _sha(data) and rec["files"][name]["copied_from"] == str(src / name)
     (src / rel.DYNAMICS_FILE).unlink()
-    with pytest.raises(FetchError, match=f"{rel.DYNAMICS_FILE}: not found in the local copy: {src / rel.DYNAMICS_FILE}"):
+    missing = src / rel.DYNAMICS_FILE
+    with pytest.raises(FetchError, match=f"{rel.DYNAMICS_FILE}: not found in the local copy: {missing}"):
         fetch_files(rel.release_files(), tmp_path / "e", from_dir=src, progress=False)
     assert not (tmp_path / "e" / rel.DYNAMICS_FILE).exists()

@@ -18,8 +18,8 @@ from dreamer4_libero.data.fetch import fetch_files
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dest", default=None,
-                    help=f"folder for the files (default: dmcontrol_init.released_dir of the config, {rel.DEFAULT_DIR})")
+    ap.add_argument("--dest", default=None, help="folder for the files (default: dmcontrol_init.released_dir of "
+                                                 f"the config, {rel.DEFAULT_DIR})")
     ap.add_argument("--configfile", nargs="*", default=[],
                     help="config files layered on config.yaml, to read dmcontrol_init.released_dir from")
     src = ap.add_mutually_exclusive_group()
