@@ -11,7 +11,7 @@ CORES ?= 2
 TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup demo report test test-int test-fast bench lint dag clean-demo slurm-profile check-gpu
+.PHONY: setup demo report test test-int test-fast bench lint dag clean-demo slurm-profile check-gpu fetch-dmcontrol
 
 setup: $(VENV)/.setup-done
 
@@ -62,6 +62,14 @@ bench: setup
 CHECK_GPU_ARGS ?=
 check-gpu:
 	$(PY) workflow_scripts/check_gpu.py $(CHECK_GPU_ARGS)
+
+# The released DMControl checkpoints of nicklashansen/dreamer4 (the paper config's dmcontrol_init.source:
+# released) into assets/dmcontrol/, sha256 verified and recorded; needs internet (run it on the login node).
+# FETCH_ARGS e.g. --from DIR (a local copy), --base-url URL (a mirror; or $D4L_DMCONTROL_URL). Not after
+# `setup`, like check-gpu: it runs in the environment you have (make setup first on a fresh clone).
+FETCH_ARGS ?=
+fetch-dmcontrol:
+	$(PY) workflow_scripts/fetch_dmcontrol.py $(FETCH_ARGS)
 
 # Install profiles/slurm as your `slurm` Snakemake profile unless you (or your site) already have one.
 slurm-profile:

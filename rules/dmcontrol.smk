@@ -1,9 +1,14 @@
 # Stage 2b: the offline DMControl pretraining, for the variants with `init_from: dmcontrol` when
-# `dmcontrol_init.source` is pretrain (or auto without configured files): collect_dmcontrol renders
-# episodes of stock dm_control tasks into shards; the tokenizer and dynamics rules (train_tokenizer,
-# train_dynamics: the same trainers) pretrain on them; pretrain_dmcontrol writes the final weights in
-# the upstream layout, where config.DMCONTROL_PRETRAIN_DIR says.
+# `dmcontrol_init.source` is pretrain (the paper config uses the released files instead, `released`):
+# collect_dmcontrol renders episodes of stock dm_control tasks into shards; the tokenizer and dynamics
+# rules (train_tokenizer, train_dynamics: the same trainers) pretrain on them; pretrain_dmcontrol writes
+# the final weights in the upstream layout, where config.DMCONTROL_PRETRAIN_DIR says.
 from dreamer4_libero.config import DMCONTROL_PRETRAIN_DIR, dmcontrol_pretrain_runs
+from dreamer4_libero.data.dmcontrol_release import check_dmcontrol_files
+
+# released / configured DMControl files missing: stop here, naming `make fetch-dmcontrol` and
+# `source: pretrain` with its cost (a missing input would otherwise surface only as a MissingInputException)
+check_dmcontrol_files(config)
 
 DMC = config["dmcontrol_pretrain"]
 DMC_RUNS = dmcontrol_pretrain_runs(config)

@@ -199,8 +199,8 @@ def test_demo_variants_are_tiny_and_the_paper_ones_are_not():
     assert paper["dynamics_aux_phase6"]["aux_input"] == "leaky" and paper["dynamics_aux_phase6_leakfree"]["aux_input"] == "action_free"
     assert paper["dynamics_aux_agent_reads_leakfree"]["model"]["space_mode"] == "agent_reads"
     assert paper["dynamics_dmcontrol_pretrained"]["aux_weight"] == 0 and paper["dynamics_dmcontrol_pretrained"]["bootstrap_start"] == 0
-    # no released files configured: the paper config makes its own DMControl pretraining (dmcontrol_init.source auto)
-    assert paper["dynamics_dmcontrol_pretrained"]["runnable"] and paper["dynamics_dmcontrol_pretrained"]["init_source"] == "pretrain"
+    # the paper config starts from the released DMControl files (dmcontrol_init.source released; make fetch-dmcontrol)
+    assert paper["dynamics_dmcontrol_pretrained"]["runnable"] and paper["dynamics_dmcontrol_pretrained"]["init_source"] == "released"
     assert [paper[n]["max_steps"] for n in ("dynamics_phase3", "dynamics_aux_phase6", "dynamics_aux_param_matched_276M")] == [30000, 30000, 20000]
     assert paper["dynamics_phase3"]["gpus"] == 5 and paper["dynamics_phase3"]["batch_size"] == 4 and paper["dynamics_phase3"]["save_every"] == 10000
 

@@ -123,16 +123,15 @@ def _planned_jobs_with_shell(out: str) -> list[tuple[str, str, str]]:
 def test_every_job_asks_for_the_cpus_its_script_uses(tmp_path, workers):
     """The repo's Slurm profile (default-resources cpus_per_task: 1) on the paper config: every job sends its own
     cpus_per_task; preprocess's --workers equals it (data.workers, 8 or a layer's 3) instead of the profile's 1;
-    the one-process jobs (collect_dmcontrol, rollout_eval, tokenizer_eval) ask for 1."""
+    the one-process jobs (collect_dmcontrol, rollout_eval, tokenizer_eval) ask for 1. (`dmcontrol_init.source:
+    pretrain`, so that the DMControl collection is planned; the paper config uses the released files.)"""
     prof = tmp_path / "xdg" / "snakemake" / "slurm"
     prof.mkdir(parents=True)
     prof.joinpath("config.yaml").write_text((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     assert "cpus_per_task: 1" in prof.joinpath("config.yaml").read_text()
-    args = ["--profile", "slurm", "-n", "--forceall"]
-    if workers:
-        layer = tmp_path / "workers.yaml"
-        layer.write_text(f"data: {{workers: {workers}}}\n")
-        args += ["--configfile", str(layer)]
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("dmcontrol_init: {source: pretrain}\n" + (f"data: {{workers: {workers}}}\n" if workers else ""))
+    args = ["--profile", "slurm", "-n", "--forceall", "--configfile", str(layer)]
     env = {**venv_env(), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
     r = subprocess.run(snakemake_cmd(*args), cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]

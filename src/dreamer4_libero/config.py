@@ -120,19 +120,24 @@ DMCONTROL_PRETRAIN_DIR = "results/dmcontrol/pretrain"
 
 def _dmcontrol_init(cfg: dict) -> tuple[dict, str | None, str | None, str]:
     """(init_paths, not-run reason, source, note for the tables) of an `init_from: dmcontrol` variant."""
+    from .data.dmcontrol_release import DEFAULT_DIR, HF_REPO, release_paths
+
     dm = dict(cfg.get("dmcontrol_init") or {})
     source = _dmcontrol_source(dm)
     if source == "none":
         return ({"tokenizer": None, "dynamics": None},
                 "dmcontrol_init.source is none: this DMControl-initialised variant is not run", None, "not run")
-    if source == "files":
+    reason = None
+    if source == "released":  # present or not: the workflow checks at parse time (check_dmcontrol_files)
+        paths = release_paths(dm.get("released_dir") or DEFAULT_DIR)
+        note = f"DMControl init from the released {HF_REPO} checkpoints ({paths['dynamics']})"
+    elif source == "files":
         paths = {"tokenizer": dm.get("tokenizer"), "dynamics": dm.get("dynamics")}
         reason = None if paths["dynamics"] else ("no DMControl checkpoint configured (dmcontrol_init.dynamics is "
                                                  "null): this DMControl-initialised variant is not run")
         note = f"DMControl init from the configured files ({paths['dynamics']})"
     else:
         paths = {"tokenizer": f"{DMCONTROL_PRETRAIN_DIR}/tokenizer.pt", "dynamics": f"{DMCONTROL_PRETRAIN_DIR}/dynamics.pt"}
-        reason = None
         note = "DMControl init from the pipeline's own DMControl pretraining (collect_dmcontrol + pretrain_dmcontrol)"
     choice = dm.get("tokenizer_choice", "dmcontrol")
     if choice == "study" or not paths["tokenizer"]:
@@ -148,11 +153,24 @@ def _dmcontrol_init(cfg: dict) -> tuple[dict, str | None, str | None, str]:
 
 
 def _dmcontrol_source(dm: dict) -> str:
-    """`dmcontrol_init.source` resolved: auto = files when a dynamics path is set, else pretrain."""
-    source = dm.get("source", "auto")
+    """`dmcontrol_init.source` resolved: auto = files when a dynamics path is set, else released (never
+    the pretraining, which only an explicit `source: pretrain` runs)."""
+    source = dm.get("source", "released")
     if source == "auto":
-        return "files" if dm.get("dynamics") else "pretrain"
+        return "files" if dm.get("dynamics") else "released"
     return source
+
+
+def _dmcontrol_start_tokenizer(dm: dict) -> str | None:
+    """The DMControl tokenizer file a LIBERO fine-tune of it starts from, by source."""
+    from .data.dmcontrol_release import DEFAULT_DIR, release_paths
+
+    source = _dmcontrol_source(dm)
+    if source == "files":
+        return dm.get("tokenizer")
+    if source == "released":
+        return release_paths(dm.get("released_dir") or DEFAULT_DIR)["tokenizer"]
+    return f"{DMCONTROL_PRETRAIN_DIR}/tokenizer.pt"
 
 
 def _finetune_run_name(cfg: dict) -> str:
@@ -176,8 +194,8 @@ def dmcontrol_pretrain_runs(cfg: dict, schema: dict | None = None) -> dict[str, 
     - "tokenizer": the `tokenizer` section updated by `dmcontrol_pretrain.tokenizer`;
     - "dynamics": `dynamics.defaults` updated by `dmcontrol_pretrain.dynamics` (no aux head, from scratch);
     - "finetune_tokenizer": that tokenizer's settings updated by `dmcontrol_pretrain.finetune_tokenizer`,
-      starting from the DMControl tokenizer this config's DMControl variants use (configured file or own
-      pretraining): the run of `dmcontrol_init.tokenizer_choice: finetune`.
+      starting from the DMControl tokenizer this config's DMControl variants use (released file, configured
+      file or own pretraining): the run of `dmcontrol_init.tokenizer_choice: finetune`.
     """
     schema = schema or load_schema()
     props = schema["properties"]
@@ -192,7 +210,7 @@ def dmcontrol_pretrain_runs(cfg: dict, schema: dict | None = None) -> dict[str, 
     dyn.update(name="dynamics_dmcontrol", init_paths=None, init_source=None, init_note=None, runnable=True,
                not_run_reason=None)
     dm = dict(cfg.get("dmcontrol_init") or {})
-    start = dm.get("tokenizer") if _dmcontrol_source(dm) == "files" else f"{DMCONTROL_PRETRAIN_DIR}/tokenizer.pt"
+    start = _dmcontrol_start_tokenizer(dm)
     ft = _validated(deep_merge(deep_merge(tok, {"run_name": _finetune_run_name(cfg), "init_from": start}),
                                pre.get("finetune_tokenizer") or {}), props["tokenizer"],
                     "dmcontrol_pretrain.finetune_tokenizer")
