@@ -226,3 +226,35 @@ def test_demo_eval_jobs_stay_cpu_jobs():
     ci = load_config([REPO / "config/demo.yaml", REPO / "config/ci_slurm.yaml"])
     assert (ci["job_resources"]["tokenizer_eval"]["gpus"], ci["probe_eval"]["gpus"], ci["rollout_eval"]["gpus"]) \
         == (0, 0, 0)
+
+
+def _tok_eval_cli(pre: Path, tok: Path, tmp: Path, batch: int) -> dict:
+    conf = tmp / "config.json"
+    write_json(conf, {"engine": {"amp": "bf16"}, "task": {"tokenizer": {"seq_len": 3}}})
+    cj = tmp / "checkpoint.json"
+    write_json(cj, {"path": str(tok), "config": str(conf), "run_name": "tok_tiny", "sha256": "0" * 64, "step": 1})
+    out = tmp / f"b{batch}"
+    r = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "eval_tokenizer.py"), "--checkpoint-json",
+                        str(cj), "--manifest", str(pre / "manifest.json"), "--test-ood",
+                        str(pre / "splits" / "test_ood.json"), "--val", str(pre / "splits" / "val.json"),
+                        "--resolution", "32", "--eval", '{"eps_per_task": 1, "min_len": 32, "max_val_episodes": 2, '
+                        '"seed": 0}', "--batch", str(batch), "--out-json", str(out / "psnr.json"), "--out-png",
+                        str(out / "r.png"), "--expect-gpus", "0"],
+                       capture_output=True, text=True, env=_env(OMP_NUM_THREADS="1"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "device cpu, precision fp32 (amp bf16)" in r.stdout, r.stdout
+    from dreamer4_libero.fileio import read_json
+
+    return read_json(out / "psnr.json")
+
+
+def test_tokenizer_eval_cli_on_cpu_same_numbers_at_any_batch(preprocessed, tiny_tokenizer_ckpt, tmp_path):
+    """The script on the CPU (a job given 0 GPUs, a run trained under bf16): fp32, and every number of psnr.json
+    the same with 1 and with 8 chunks per pass."""
+    one = _tok_eval_cli(preprocessed, tiny_tokenizer_ckpt, tmp_path, 1)
+    eight = _tok_eval_cli(preprocessed, tiny_tokenizer_ckpt, tmp_path, 8)
+    assert (one["device"], one["precision"], one["batch_chunks"], eight["batch_chunks"]) == ("cpu", "fp32", 1, 8)
+    assert one["sets"] == eight["sets"]
+    val = one["sets"]["val"]
+    assert val["n_episodes"] == 2 and val["n_frames"] > 64 and val["tok_psnr_masked_train_style"] is not None
+    assert 0 < val["tok_psnr_frame_mean"] < 100
