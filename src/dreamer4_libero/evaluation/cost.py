@@ -78,6 +78,13 @@ def tokenizer_fwd_formula(d_model: int, depth: int, mlp_ratio: float, n_latents:
     return {"encode": enc, "decode": dec}
 
 
+def probe_tok_latent_frames(n_episodes: int, mean_len: float) -> float:
+    """Upper bound of the frames ``probe_baselines``' tok_latent encodes: each probe episode, in both probe
+    modes (policy, idm), in the video_only windows of C frames at stride C/2 (features.window_plan): every
+    frame about twice per mode."""
+    return 2 * 2 * n_episodes * mean_len
+
+
 def job_minutes(total_flops: float, tflops: float = ASSUMED_GPU_TFLOPS) -> float:
     """Minutes of pure network time for ``total_flops`` at ``tflops`` effective TFLOP/s."""
     return total_flops / (tflops * 1e12) / 60.0
