@@ -258,3 +258,33 @@ def test_tokenizer_eval_cli_on_cpu_same_numbers_at_any_batch(preprocessed, tiny_
     val = one["sets"]["val"]
     assert val["n_episodes"] == 2 and val["n_frames"] > 64 and val["tok_psnr_masked_train_style"] is not None
     assert 0 < val["tok_psnr_frame_mean"] < 100
+
+
+@torch.no_grad()
+def test_eval_networks_run_under_bf16_autocast():
+    """The GPU path's bf16 autocast, emulated by CPU autocast (same op lists for matmuls / SDPA): the tokenizer
+    passes and a cached world-model rollout run without dtype errors, return fp32, and stay close to fp32."""
+    from dreamer4_libero.models.dynamics import Dynamics, DynamicsConfig
+    from dreamer4_libero.models.sampling import rollout
+
+    model = _tiny_model()
+    x = torch.rand(10, 3, 16, 16)
+    ref = reconstruct(model, x, 3, 4)
+    ref_sse, ref_n = masked_patch_sq_error(model, x, 3, torch.Generator().manual_seed(0), 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rec = reconstruct(model, x, 3, 4)
+        sse, n = masked_patch_sq_error(model, x, 3, torch.Generator().manual_seed(0), 4)
+    assert rec.dtype == torch.float32 and 0 < (rec - ref).abs().max().item() < 0.05
+    assert n == ref_n and sse == pytest.approx(ref_sse, rel=0.05)
+    torch.manual_seed(0)
+    dyn = Dynamics(DynamicsConfig(d_model=32, depth=2, n_heads=2, n_spatial=2, d_spatial=16)).eval()
+    for p in dyn.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    ctx = torch.randn(2, 8, 2, 16).tanh()
+    act = torch.rand(2, 32, dyn.cfg.action_dim) * 2 - 1
+    noise = torch.randn(2, 24, 2, 16)
+    kw = dict(d=0.25, window=32, use_cache=True, noise=noise)
+    ref = rollout(dyn, ctx, act, torch.ones_like(act), 24, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = rollout(dyn, ctx, act, torch.ones_like(act), 24, **kw)
+    assert out.dtype == torch.float32 and 0 < (out - ref).abs().max().item() < 0.05
