@@ -288,3 +288,15 @@ def test_eval_networks_run_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = rollout(dyn, ctx, act, torch.ones_like(act), 24, **kw)
     assert out.dtype == torch.float32 and 0 < (out - ref).abs().max().item() < 0.05
+
+
+def test_bench_eval_case_reports_counted_flops_and_throughput(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))  # bench/ is a top-level folder, not part of the package
+    from bench.eval import eval_case
+
+    row = eval_case("tokenizer_eval_demo", demo_config(), "cpu", 2, 4, 4)
+    c = cost.tokenizer_flops_per_frame(demo_config()["tokenizer"], 32, 2)
+    assert (row["device"], row["precision"], row["frames"]) == ("cpu", "fp32", 8)
+    assert row["gflop_per_frame"] * 1e9 == c["tokenizer_eval"]
+    assert row["frames_per_s"] > 0
+    assert row["achieved_tflops"] == pytest.approx(row["frames_per_s"] * c["tokenizer_eval"] / 1e12)
