@@ -7,6 +7,7 @@ Sections (``--only`` picks some):
   data      preprocessing frames/s against read-flip-write, loader windows/s (bench/data.py)
   memory    per-GPU memory plan and FLOPs of every paper-scale run (bench/memory.py)
   dmcontrol DMControl collection frames/s (bench/dmcontrol.py)
+  eval      tokenizer_eval frames/s and achieved TFLOP/s, demo and paper tokenizer (bench/eval.py)
 Every speed is also given as a ratio against its baseline measured in the same run: SDPA vs
 explicit attention, cached vs uncached rollout, preprocessing vs its baseline, loader vs the train
 step's consumption (steps/s x batch). A GPU is used when present (``--device cuda``).
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-SECTIONS = ("train", "rollout", "data", "memory", "dmcontrol")
+SECTIONS = ("train", "rollout", "data", "memory", "dmcontrol", "eval")
 
 
 def machine(device: str) -> dict:
@@ -127,6 +128,16 @@ def table(res: dict) -> str:
         d = res["dmcontrol"]
         lines += [f"DMControl collection: {d['mean_frames_per_s_render_224']:.1f} frames/s rendered at 224 px and "
                   f"resized, {d['mean_frames_per_s_render_128']:.1f} at 128 px.", ""]
+    if "eval" in res:
+        e = res["eval"]
+        lines += ["| tokenizer_eval (encode + decode + masked pass) | device | frames/s | GFLOP/frame | TFLOP/s |",
+                  "|---|---|---|---|---|"]
+        for row in e["rows"]:
+            lines.append(f"| {row['case']} | {row['device']} ({row['precision']}) | {row['frames_per_s']:.3g} | "
+                         f"{row['gflop_per_frame']:.4g} | {row['achieved_tflops']:.3g} |")
+        lines += ["", f"Paper tokenizer_eval: {e['paper_frames']:,} frames, {e['paper_pflop']:.1f} PFLOP: "
+                  f"{e['paper_minutes_at_assumed_gpu']:.0f} min at the assumed {e['assumed_gpu_tflops']:g} TFLOP/s "
+                  f"of one GPU.", ""]
     return "\n".join(lines)
 
 
@@ -166,6 +177,9 @@ def main(argv=None) -> int:
         elif sec == "dmcontrol":
             from bench.dmcontrol import run_all
             res["dmcontrol"] = run_all(log=log)
+        elif sec == "eval":
+            from bench.eval import run_all
+            res["eval"] = run_all(a.device, log=log)
         res["seconds"][sec] = time.time() - t0
     res["ratios"] = ratios(res)
     res["table_markdown"] = table(res)

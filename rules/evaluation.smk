@@ -55,9 +55,11 @@ rule probe_baselines:
     conda:
         "../envs/pipeline.yaml"
     threads: PROBE_EVAL["cpus_per_task"]
+    # tok_latent encodes the probe windows with the study tokenizer: the probe jobs' GPU
     resources:
         **job_resources(
             "probe_baselines",
+            gpu=PROBE_EVAL["gpus"],
             cpus=PROBE_EVAL["cpus_per_task"],
             mem_mb=PROBE_EVAL["mem_mb"],
             runtime=PROBE_EVAL["runtime_min"],
@@ -72,7 +74,8 @@ rule probe_baselines:
     shell:
         "python workflow_scripts/probe.py --baselines --tokenizer-checkpoint-json {input.tokenizer}"
         " --manifest {input.manifest} --probe-root {params.root} --seeds {params.seeds} --resolution {params.res}"
-        " --window {params.window} --eval {params.ev} --out-dir {params.out} > {log} 2>&1"
+        " --window {params.window} --eval {params.ev} --out-dir {params.out} --expect-gpus {resources.gpu}"
+        " > {log} 2>&1"
 
 
 rule rollout_eval:

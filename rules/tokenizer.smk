@@ -5,6 +5,7 @@ TOK = config["tokenizer"]
 TOK_RUN = TOK["run_name"]
 TOK_OUT = f"results/train/{TOK_RUN}"
 TOK_EVAL = f"results/tokenizer_eval/{TOK_RUN}"
+TOK_EVAL_RES = config["job_resources"]["tokenizer_eval"]
 # one rule trains every tokenizer: the study's (LIBERO), the DMControl pretraining's and its LIBERO fine-tune
 # (rules/dmcontrol.smk)
 TOKS = {TOK_RUN: TOK, DMC_TOK_RUN: DMC_TOK, DMC_FT_RUN: DMC_FT}
@@ -78,12 +79,21 @@ rule tokenizer_eval:
         f"benchmarks/tokenizer_eval/{TOK_RUN}.tsv"
     conda:
         "../envs/pipeline.yaml"
+    # one GPU at paper scale: ~179k frames x 106 GFLOP counted (config.yaml `job_resources.tokenizer_eval`)
     resources:
-        **cpu_job("tokenizer_eval"),
+        **job_resources(
+            "tokenizer_eval",
+            gpu=TOK_EVAL_RES["gpus"],
+            mem_mb=TOK_EVAL_RES["mem_mb"],
+            runtime=TOK_EVAL_RES["runtime_min"],
+            # chunks per pass: results do not depend on it, so it is no params (no rerun when it changes)
+            eval_batch=TOK_EVAL_RES["batch"],
+        ),
     params:
         ev=json_arg(TOK["eval"]),
         res=config["data"]["model_resolution"],
     shell:
         "python workflow_scripts/eval_tokenizer.py --checkpoint-json {input.checkpoint}"
         " --manifest {input.manifest} --test-ood {input.test_ood} --val {input.val} --resolution {params.res}"
-        " --eval {params.ev} --out-json {output.json} --out-png {output.png} > {log} 2>&1"
+        " --eval {params.ev} --batch {resources.eval_batch} --out-json {output.json} --out-png {output.png}"
+        " --expect-gpus {resources.gpu} > {log} 2>&1"

@@ -12,7 +12,6 @@ import argparse
 import json
 import time
 
-import torch
 
 from tqdm.auto import tqdm
 
@@ -24,7 +23,7 @@ from dreamer4_libero.evaluation.probe_study import (PROTOCOL, FeatureGroup, load
                                                     summarize)
 from dreamer4_libero.evaluation.wm_features import EXTRACTIONS, NULL_ACTION, TokenizerFeatures, WorldModelFeatures
 from dreamer4_libero.fileio import atomic_dir, dumps_json, read_json, sha256_file
-from dreamer4_libero.training.devices import require_gpus
+from dreamer4_libero.evaluation.runtime import eval_autocast, eval_device, precision_name, run_amp
 from dreamer4_libero.training.dynamics_task import load_frozen_tokenizer
 
 
@@ -44,10 +43,11 @@ def main() -> None:
     ap.add_argument("--expect-gpus", type=int, default=0, help="GPUs the job was given: stop at once if torch "
                     "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)")
     a = ap.parse_args()
-    require_gpus(a.expect_gpus, who="probe")  # before any data or checkpoint is loaded
+    # the GPU the job was given (checked before any data or checkpoint is loaded), else the CPU
+    device = eval_device(a.expect_gpus, who="probe_baselines" if a.baselines else "probe")
     ev = json.loads(a.eval)
     t0 = time.perf_counter()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    amp = run_amp(a.checkpoint_json or a.tokenizer_checkpoint_json)  # the evaluated run's mixed precision
     store = ShardStore(a.manifest)
     lists = load_probe_lists(a.probe_root, a.seeds)
     groups = []
@@ -84,9 +84,11 @@ def main() -> None:
                 groups.append(FeatureGroup(ext, mode, lambda f, r, t, m=mode, x=ext: wm.extract(f, r, t, m, x),
                                            wm.feature_sets(ext), stride=int(ev["frame_stride"].get(f"{mode}_{ext}", 1))))
     identity["versions"] = versions()
-    records = run_study(groups, store, lists, seeds=a.seeds, H_list=ev["H_list"], window=window,
-                        B=ev["bootstrap_B"], identity=identity, leak_episodes=ev["leak_episodes"],
-                        leak_targets=ev["leak_targets"], n_splits=ev["n_splits"], progress=tqdm)
+    print(f"[probe] device {device}, precision {precision_name(device, amp)} (amp {amp})", flush=True)
+    with eval_autocast(device, amp):
+        records = run_study(groups, store, lists, seeds=a.seeds, H_list=ev["H_list"], window=window,
+                            B=ev["bootstrap_B"], identity=identity, leak_episodes=ev["leak_episodes"],
+                            leak_targets=ev["leak_targets"], n_splits=ev["n_splits"], progress=tqdm)
     with atomic_dir(a.out_dir) as tmp:
         rows = []
         for rec in records:
@@ -101,6 +103,7 @@ def main() -> None:
             leak[key] = rec["leak_tests"]
         summary = {"protocol": PROTOCOL, "variant": identity["variant"], "n_records": len(rows), "records": rows,
                    "leak_tests": leak, "seeds": a.seeds, "H_list": sorted(ev["H_list"]),
+                   "device": device.type, "precision": precision_name(device, amp),
                    "wall_s": round(time.perf_counter() - t0, 1)}
         (tmp / "summary.json").write_text(dumps_json(summary))
     for line in summarize(records):

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from dreamer4_libero.cli import run_main
@@ -25,7 +26,7 @@ from dreamer4_libero.models.sampling import tau_schedule
 from dreamer4_libero.models.upstream import load_tokenizer_checkpoint, read_checkpoint
 from dreamer4_libero.reporting.plots import copy_last_frames, per_step_psnr, rollout_gif, rollout_strips, to_uint8
 from dreamer4_libero.evaluation.loading import load_run, versions
-from dreamer4_libero.training.devices import require_gpus
+from dreamer4_libero.evaluation.runtime import eval_autocast, eval_device, precision_name, run_amp
 
 EVAL_REQUIRED = ("eps_per_task", "context", "horizon", "euler_steps", "rollout_seed", "bootstrap_B",
                  "max_val_windows", "n_strips")
@@ -58,14 +59,17 @@ def parse_eval(text: str) -> dict:
     return ev
 
 
-def tokenizer_block(tok_path: str, store, sets: dict, resolution: int, seed: int, bar) -> dict:
+def tokenizer_block(tok_path: str, store, sets: dict, resolution: int, seed: int, bar, device="cpu",
+                    batch: int = 16) -> dict:
     """§3 for the variant's own tokenizer (its training seq_len as chunk; upstream's 8 if unrecorded).
-    Runs on the CPU, as the tokenizer_eval rule does."""
+    Runs on `device`, `batch` chunks per pass, under the caller's autocast, as the tokenizer_eval rule does."""
     model, _ = load_tokenizer_checkpoint(tok_path)
+    model = model.to(device)
     _, args, _ = read_checkpoint(tok_path, keys=("model", "tokenizer", "state_dict"))
     chunk, origin = (int(args["seq_len"]), "checkpoint args") if args.get("seq_len") else (
         UPSTREAM_TOKENIZER_SEQ_LEN, "upstream train_tokenizer default (not in the checkpoint's args)")
-    res = evaluate_tokenizer(model, store, sets, resolution=resolution, chunk=chunk, seed=seed, progress=bar)
+    res = evaluate_tokenizer(model, store, sets, resolution=resolution, chunk=chunk, seed=seed, progress=bar,
+                             batch=batch)
     return {"checkpoint": os.path.abspath(tok_path), "checkpoint_sha256": sha256_file(tok_path), "chunk": chunk,
             "chunk_origin": origin, "mae": "off (eval mode)", "sets": res, "episodes": sets}
 
@@ -88,12 +92,16 @@ def main() -> None:
     ap.add_argument("--expect-gpus", type=int, default=0, help="GPUs the job was given: stop at once if torch "
                     "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)")
     a = ap.parse_args()
-    require_gpus(a.expect_gpus, who="rollout_eval")  # before any data or checkpoint is loaded
+    device = eval_device(a.expect_gpus, who="rollout_eval")  # before any data or checkpoint is loaded
     ev = parse_eval(a.eval)
+    if ev["device"] != "auto":  # an explicit device of the eval config wins
+        device = torch.device(ev["device"])
     for p in (a.manifest, a.test_ood, a.val):
         if not os.path.exists(p):
             raise FileNotFoundError(f"input file not found: {p}")
-    tok, dyn, info = load_run(a.checkpoint_json, a.resolution, ev["device"])
+    tok, dyn, info = load_run(a.checkpoint_json, a.resolution, device)
+    amp = run_amp(a.checkpoint_json)  # the variant's own mixed precision (CUDA only; CPU runs fp32)
+    print(f"[rollout_eval] device {device}, precision {precision_name(device, amp)} (amp {amp})", flush=True)
     ck = read_json(a.checkpoint_json)
     args, tok_path, tok_sha = info["args"], info["tokenizer_path"], info["tokenizer_sha256"]
     packing, report = info["packing_factor"], info["load_report"]
@@ -129,7 +137,7 @@ def main() -> None:
     total = sum(len(s["windows"]) for s in sets.values()) + (sum(map(len, tok_sets.values())) if run_tok else 0)
     results, examples = {}, {}
     with tqdm(total=total, desc=f"rollout eval {variant}", unit="win", disable=a.progress == "false",
-              dynamic_ncols=True) as bar:
+              dynamic_ncols=True) as bar, eval_autocast(device, amp):
         for name, s in sets.items():
             bar.set_postfix_str(name)
             block, ex = evaluate_rollouts(tok, dyn, store, s["windows"], resolution=a.resolution, packing=packing,
@@ -143,7 +151,7 @@ def main() -> None:
         tok_eval = None
         if run_tok:
             bar.set_postfix_str("tokenizer §3")
-            tok_eval = tokenizer_block(tok_path, store, tok_sets, a.resolution, ev["rollout_seed"], bar)
+            tok_eval = tokenizer_block(tok_path, store, tok_sets, a.resolution, ev["rollout_seed"], bar, device)
     record = {
         "protocol": PROTOCOL, "variant": variant, "checkpoint": ck["path"],
         "checkpoint_sha256": ck.get("sha256") or sha256_file(ck["path"]), "step": ck.get("step"),
@@ -155,7 +163,7 @@ def main() -> None:
         "context": ev["context"], "horizon": ev["horizon"], "euler_steps": ev["euler_steps"], "k_max": dyn.cfg.k_max,
         "decode_window": ev["context"] + ev["horizon"], "rollout_seeds": [ev["rollout_seed"]],
         "bootstrap_B": ev["bootstrap_B"], "bootstrap_seed": ev["bootstrap_seed"], "eval": ev,
-        "precision": "fp32", "device": str(next(dyn.parameters()).device), "noise": NOISE_RULE,
+        "precision": precision_name(device, amp), "device": str(next(dyn.parameters()).device), "noise": NOISE_RULE,
         "null_action": NULL_ACTION, "aux_head_loaded": False, "loader_report": report,
         "not_computed": ["ssim (optional, §2)", "lpips", "fvd", "several rollout seeds (n_rollout_seeds)"],
         "sets": results, "tokenizer_eval": tok_eval, "versions": versions(),

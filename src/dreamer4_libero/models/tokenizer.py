@@ -91,8 +91,13 @@ class MAE(nn.Module):
         self.p_min, self.p_max = p_min, p_max
         self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
 
-    def forward(self, x, enabled: bool = True):                             # x (B,T,Np,D)
+    def forward(self, x, enabled: bool = True, mask: torch.Tensor | None = None):   # x (B,T,Np,D)
+        """mask (B,T,Np,1) bool, given: use it instead of drawing one (evaluation draws its masks per
+        chunk and batches the chunks); keep_prob is then the kept fraction per frame."""
         B, T, Np, _ = x.shape
+        if enabled and mask is not None:
+            keep_prob = 1.0 - mask.to(x.dtype).mean(2)                       # (B,T,1)
+            return torch.where(mask, self.mask_token.to(x.dtype), x), mask, keep_prob
         if not enabled or (self.p_min == 0 and self.p_max == 0):             # no RNG draws
             return (x, torch.zeros(B, T, Np, 1, dtype=torch.bool, device=x.device),
                     torch.ones(B, T, 1, device=x.device))
@@ -113,14 +118,14 @@ class Encoder(nn.Module):
                                        cfg.dropout, cfg.time_every, time_slots=L)
         self.mae = MAE(D, cfg.mae_p_min, cfg.mae_p_max)
 
-    def forward(self, patches, mae: bool | None = None):
+    def forward(self, patches, mae: bool | None = None, mask: torch.Tensor | None = None):
         """patches (B,T,Np,Dp) -> z (B,T,L,d_bottleneck), mae_mask (B,T,Np,1), keep_prob (B,T,1).
 
-        mae: None = mask only in training mode; True/False forces it on/off.
+        mae: None = mask only in training mode; True/False forces it on/off. mask: a given MAE mask.
         """
         B, T = patches.shape[:2]
         x = self.patch_proj(patches)                                          # (B,T,Np,D)
-        x, mask, keep_prob = self.mae(x, self.training if mae is None else mae)
+        x, mask, keep_prob = self.mae(x, self.training if mae is None else mae, mask)
         lat = self.latents.to(x.dtype).expand(B, T, -1, -1)                   # (B,T,L,D)
         x = add_positions(torch.cat([lat, x], dim=2), self.cfg.scale_pos_embeds)   # (B,T,L+Np,D)
         x = self.transformer(x)
@@ -172,14 +177,15 @@ class Tokenizer(nn.Module):
         """z (B,T,L,Db) -> frames (B,T,C,H,W) in (0,1)."""
         return self.unpatchify(self.decoder(z))
 
-    def forward(self, frames, mae: bool | None = None) -> dict:
+    def forward(self, frames, mae: bool | None = None, mask: torch.Tensor | None = None) -> dict:
         """Full pass for the loss. mae: None = MAE in training mode only; True/False forces it.
+        mask (B,T,Np,1) bool: with MAE on, this mask instead of a random one.
 
         Returns dict: recon (B,T,C,H,W), recon_patches / target_patches (B,T,Np,Dp),
         mae_mask (B,T,Np,1) bool (True = masked), keep_prob (B,T,1), z (B,T,L,Db).
         """
         target = self.patchify(frames)
-        z, mask, keep_prob = self.encoder(target, mae)
+        z, mask, keep_prob = self.encoder(target, mae, mask)
         pred = self.decoder(z)
         return {"recon": self.unpatchify(pred), "recon_patches": pred, "target_patches": target,
                 "mae_mask": mask, "keep_prob": keep_prob, "z": z}
