@@ -4,6 +4,9 @@ import json
 import os
 import shlex
 
+from dreamer4_libero.training.launch import launcher as train_launcher
+from dreamer4_libero.training.launch import NODE_RESOURCE_KEYS, slurm_node_resources
+
 # Rules call `python` from PATH: the project venv (make demo) or the rule's conda env.
 LIBERO_ROOT = config["data"]["libero_root"]
 # every job's checkpoint loading reads $D4L_TRUST_CHECKPOINT (fileio.safe_torch_load); a shell prefix
@@ -39,14 +42,14 @@ def retries(n):
 
 
 def launcher(wildcards, resources):
-    """torchrun for multi-GPU jobs, plain python otherwise (snakemake_slurm.md §3)."""
-    n = int(resources.gpu or 0)
-    return (
-        f"torchrun --standalone --nnodes=1 --nproc_per_node={n}" if n > 1 else "python"
+    """python / single-node torchrun / one torchrun agent per node under srun, from the job's resources
+    (training/launch.py; snakemake_slurm.md §3)."""
+    return train_launcher(
+        resources.gpus_per_node, resources.get("nodes", 1), resources.cpus_per_task
     )
 
 
-def job_resources(gpu=0, cpus=1, cpus_per_gpu=None, **res):
+def job_resources(gpu=0, cpus=1, cpus_per_gpu=None, nodes=1, **res):
     """A rule's Slurm resources: its own (gpu, CPUs, mem_mb, runtime, ...) plus the `slurm` section's
     partition / account / qos / gpu_model / extra, each only where config.yaml sets it, so a site
     profile's default-resources stay in force otherwise (snakemake_slurm.md §2-§3).
@@ -56,6 +59,9 @@ def job_resources(gpu=0, cpus=1, cpus_per_gpu=None, **res):
     `threads` otherwise). `gpu`, `cpus` and `cpus_per_gpu` may be functions of the wildcards. A GPU
     job with `cpus_per_gpu` set asks for cpus_per_gpu x GPUs cores as --cpus-per-task (one task per
     node; the plugin would let any cpus_per_task, e.g. a profile default, win over --cpus-per-gpu).
+    `nodes` (per-run config key, default 1; may be a function): a GPU job asks for exactly its node count,
+    `gpu` is GPUs per node, and nodes > 1 asks for one task and `gpu` GPUs on each node
+    (training/launch.py slurm_node_resources); `gpus_per_node` is what each node's trainer must see.
     """
     site = config["slurm"]
     call = lambda v, wc: v(wc) if callable(v) else v
@@ -81,9 +87,16 @@ def job_resources(gpu=0, cpus=1, cpus_per_gpu=None, **res):
         res["slurm_account"] = site["account"]
     if site["qos"]:
         res["qos"] = site["qos"]
-    # --gpus=<model>:<n>, only for jobs with GPUs
-    if site["gpu_model"] and (callable(gpu) or gpu):
-        res["gpu_model"] = lambda wc: site["gpu_model"] if n_gpu(wc) else ""
+    # --nodes, --gpus=[<model>:]<n> (one node) or --gres=gpu:[<model>:]<n> per node (several), only for GPU jobs
+    node_res = lambda wc: slurm_node_resources(
+        n_gpu(wc), call(nodes, wc), site["gpu_model"]
+    )
+    # per-run GPUs and nodes: decided per job (a key whose value is None is not sent)
+    if callable(gpu) or callable(nodes):
+        for key in NODE_RESOURCE_KEYS:
+            res[key] = lambda wc, key=key: node_res(wc)[key]
+    elif gpu:
+        res.update({k: v for k, v in node_res(None).items() if v is not None})
     if site["extra"]:
         res["slurm_extra"] = site["extra"]
     return res

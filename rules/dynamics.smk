@@ -35,6 +35,7 @@ rule train_dynamics:
     resources:
         **job_resources(
             gpu=lambda wc: _dyn(wc)["gpus"],
+            nodes=lambda wc: _dyn(wc)["nodes"],
             cpus=lambda wc: _dyn(wc)["cpus_per_task"],
             cpus_per_gpu=lambda wc: _dyn(wc)["cpus_per_gpu"],
             mem_mb=lambda wc, attempt: _dyn(wc)["mem_mb"] * attempt,
@@ -50,7 +51,7 @@ rule train_dynamics:
         "{params.launcher} workflow_scripts/train_dynamics.py --variant {params.run}"
         " --manifest {input.manifest} --train-split {input.train} {params.tok}"
         " --ckpt-root {params.ckpt_root} --out-dir {params.out} --time-limit-min {resources.runtime}"
-        " --expect-gpus {resources.gpu}"
+        " --expect-gpus {resources.gpus_per_node}"
         " > {log} 2>&1"
 
 

@@ -1,7 +1,10 @@
 # Stage 2: train the causal video tokenizer, then score its reconstructions.
 # Checkpoints live in <ckpt_root>/<run>/<run identity hash>/ (params, NOT outputs; training/identity.py): a failed or timed-out
 # attempt keeps them, and Snakemake's retry (with a longer runtime) resumes (snakemake_slurm.md §4).
+from dreamer4_libero.config import check_launch
+
 TOK = config["tokenizer"]
+check_launch(TOK, "tokenizer")  # nodes > 1 needs gpus >= 1 (the error names the key)
 TOK_RUN = TOK["run_name"]
 TOK_OUT = f"results/train/{TOK_RUN}"
 TOK_EVAL = f"results/tokenizer_eval/{TOK_RUN}"
@@ -32,6 +35,7 @@ rule train_tokenizer:
     resources:
         **job_resources(
             gpu=lambda wc: _tok(wc)["gpus"],
+            nodes=lambda wc: _tok(wc)["nodes"],
             cpus=lambda wc: _tok(wc)["cpus_per_task"],
             cpus_per_gpu=lambda wc: _tok(wc)["cpus_per_gpu"],
             mem_mb=lambda wc, attempt: _tok(wc)["mem_mb"] * attempt,
@@ -48,7 +52,7 @@ rule train_tokenizer:
         "{params.launcher} workflow_scripts/train_tokenizer.py --tokenizer {params.tok}"
         " --manifest {input.manifest} --train-split {input.train} --resolution {params.res} {params.lpips}"
         " --ckpt-root {params.ckpt_root} --out-dir {params.out} --time-limit-min {resources.runtime}"
-        " --expect-gpus {resources.gpu}"
+        " --expect-gpus {resources.gpus_per_node}"
         " > {log} 2>&1"
 
 
