@@ -4,6 +4,7 @@ import json
 import os
 import shlex
 
+from dreamer4_libero.config import check_launch
 from dreamer4_libero.training.launch import launcher as train_launcher
 from dreamer4_libero.training.launch import NODE_RESOURCE_KEYS, slurm_node_resources
 
@@ -16,6 +17,9 @@ shell.prefix(
     f"export D4L_TRUST_CHECKPOINT={int(config['trust_checkpoint'])}; "
     f"export D4L_ALLOW_CPU_FALLBACK={int(config['allow_cpu_fallback'])}; "
 )
+# nodes > 1 needs gpus (per node) >= 1: checked here, before the DMControl runs that inherit these sections
+check_launch(config["tokenizer"], "tokenizer")
+check_launch(config["dynamics"].get("defaults") or {}, "dynamics.defaults")
 PRE = "results/preprocess"
 # Snakemake job priority of the critical path (LIBERO data -> study tokenizer): with few cores the
 # scheduler otherwise starts the DMControl pretraining first and the study tokenizer waits for it

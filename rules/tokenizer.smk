@@ -1,10 +1,7 @@
 # Stage 2: train the causal video tokenizer, then score its reconstructions.
 # Checkpoints live in <ckpt_root>/<run>/<run identity hash>/ (params, NOT outputs; training/identity.py): a failed or timed-out
 # attempt keeps them, and Snakemake's retry (with a longer runtime) resumes (snakemake_slurm.md §4).
-from dreamer4_libero.config import check_launch
-
 TOK = config["tokenizer"]
-check_launch(TOK, "tokenizer")  # nodes > 1 needs gpus >= 1 (the error names the key)
 TOK_RUN = TOK["run_name"]
 TOK_OUT = f"results/train/{TOK_RUN}"
 TOK_EVAL = f"results/tokenizer_eval/{TOK_RUN}"

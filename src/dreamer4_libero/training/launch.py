@@ -60,10 +60,10 @@ def check_nodes(run: dict, where: str) -> None:
             f"`nodes: 1`")
 
 
-def torchrun_args(nodes: int, nproc_per_node: int, *, rdzv_endpoint: str, rdzv_id: str,
-                  torchrun: tuple[str, ...] = ("torchrun",)) -> list[str]:
+def agent_args(nodes: int, nproc_per_node: int, *, rdzv_endpoint: str, rdzv_id: str,
+               launcher: tuple[str, ...] = ("torchrun",)) -> list[str]:
     """argv of one torchrun agent of an `nodes`-node run (c10d rendezvous at `rdzv_endpoint`)."""
-    return [*torchrun, f"--nnodes={nodes}", f"--nproc_per_node={nproc_per_node}", "--rdzv-backend=c10d",
+    return [*launcher, f"--nnodes={nodes}", f"--nproc_per_node={nproc_per_node}", "--rdzv-backend=c10d",
             f"--rdzv-id={rdzv_id}", f"--rdzv-endpoint={rdzv_endpoint}"]
 
 
@@ -77,7 +77,7 @@ def launcher(gpus: int, nodes: int = 1, cpus_per_task: int | None = None) -> str
     if cpus_per_task:
         srun.append(f"--cpus-per-task={int(cpus_per_task)}")  # srun does not inherit the job's -c
     srun += ["--mem=0", "--kill-on-bad-exit=1"]  # the step gets the job's memory; one dead agent ends the step
-    agent = torchrun_args(nodes, gpus, rdzv_endpoint=f"{FIRST_NODE_SH}:{PORT_SH}", rdzv_id=SLURM_JOB_ID_SH)
+    agent = agent_args(nodes, gpus, rdzv_endpoint=f"{FIRST_NODE_SH}:{PORT_SH}", rdzv_id=SLURM_JOB_ID_SH)
     return " ".join(srun + agent)
 
 
