@@ -516,8 +516,8 @@ class _Run:
             self.log(f"fresh start at step 0 (ckpt dir {self.ckpt_dir})")
         if self.is_main:
             n_params = sum(p.numel() for p in self.model.parameters())
-            self.log(f"world_size {self.world} on {self.nodes} node(s), device {self.device}, amp {self.resolved['runtime']['amp']}, "
-                     f"params {n_params:,}, max_steps {cfg.max_steps}")
+            self.log(f"world_size {self.world} on {self.nodes} node(s), device {self.device}, "
+                     f"amp {self.resolved['runtime']['amp']}, params {n_params:,}, max_steps {cfg.max_steps}")
             if self.deadline is not None:
                 self.log(f"deadline {time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(self.deadline))} "
                          f"({self.deadline_source}), stopping {cfg.deadline_margin_s:g} s before it")
@@ -802,8 +802,9 @@ def train(task: Any, cfg: EngineConfig) -> int:
     gloo otherwise; device ``cuda:LOCAL_RANK`` or CPU — never from CUDA_VISIBLE_DEVICES), and
     destroys it again before returning. Several nodes (one torchrun agent each, training/launch.py)
     change nothing here: ``RANK`` is the global rank (data shard, seed; rank 0 alone takes the lock and
-    writes files), ``LOCAL_RANK`` the GPU on this node, ``GROUP_WORLD_SIZE`` the node count (recorded). Raises ``CheckpointLockError`` if another live trainer
-    holds the checkpoint dir, ``FloatingPointError`` on a non-finite loss.
+    writes files), ``LOCAL_RANK`` the GPU on this node, ``GROUP_WORLD_SIZE`` the node count (recorded).
+    Raises ``CheckpointLockError`` if another live trainer holds the checkpoint dir,
+    ``FloatingPointError`` on a non-finite loss.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0")) if world > 1 else 0
