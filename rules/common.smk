@@ -5,6 +5,9 @@ import os
 import shlex
 
 from dreamer4_libero.job_sizing import check_workers, retries_of, science
+from dreamer4_libero.config import check_launch
+from dreamer4_libero.training.launch import launcher as train_launcher
+from dreamer4_libero.training.launch import NODE_RESOURCE_KEYS, slurm_node_resources
 
 # Rules call `python` from PATH: the project venv (make demo) or the rule's conda env.
 LIBERO_ROOT = config["data"]["libero_root"]
@@ -15,6 +18,9 @@ shell.prefix(
     f"export D4L_TRUST_CHECKPOINT={int(config['trust_checkpoint'])}; "
     f"export D4L_ALLOW_CPU_FALLBACK={int(config['allow_cpu_fallback'])}; "
 )
+# nodes > 1 needs gpus (per node) >= 1: checked here, before the DMControl runs that inherit these sections
+check_launch(config["tokenizer"], "tokenizer")
+check_launch(config["dynamics"].get("defaults") or {}, "dynamics.defaults")
 PRE = "results/preprocess"
 # Snakemake job priority of the critical path (LIBERO data -> study tokenizer): with few cores the
 # scheduler otherwise starts the DMControl pretraining first and the study tokenizer waits for it
@@ -45,15 +51,16 @@ def retries(runs):
     return 0 if workflow.remote_exec else int(n)
 
 
-def launcher(wildcards, resources):
-    """torchrun for multi-GPU jobs, plain python otherwise (snakemake_slurm.md §3)."""
-    n = int(resources.gpu or 0)
-    return (
-        f"torchrun --standalone --nnodes=1 --nproc_per_node={n}" if n > 1 else "python"
-    )
+def run_launcher(run):
+    """python / single-node torchrun / one torchrun agent per node under srun for a training run
+    (training/launch.py; snakemake_slurm.md §3). A resource of the job, not a param: a changed GPU or
+    node count never reruns a finished run."""
+    gpus = int(run["gpus"] or 0)
+    cpus = gpus * run["cpus_per_gpu"] if gpus and run["cpus_per_gpu"] else run["cpus_per_task"]
+    return train_launcher(gpus, run["nodes"], cpus)
 
 
-def job_resources(rule, gpu=0, cpus=1, cpus_per_gpu=None, **res):
+def job_resources(rule, gpu=0, cpus=1, cpus_per_gpu=None, nodes=1, **res):
     """Rule `rule`'s Slurm resources: its own (gpu, CPUs, mem_mb, runtime, ...) plus the `slurm` section's
     partition / account / qos / constraint / gpu_model / extra, each only where the config sets it, so a
     site profile's default-resources stay in force otherwise (snakemake_slurm.md §2-§3). Settings under
@@ -64,6 +71,9 @@ def job_resources(rule, gpu=0, cpus=1, cpus_per_gpu=None, **res):
     `threads` otherwise). `gpu`, `cpus` and `cpus_per_gpu` may be functions of the wildcards. A GPU
     job with `cpus_per_gpu` set asks for cpus_per_gpu x GPUs cores as --cpus-per-task (one task per
     node; the plugin would let any cpus_per_task, e.g. a profile default, win over --cpus-per-gpu).
+    `nodes` (per-run config key, default 1; may be a function): a GPU job asks for exactly its node count,
+    `gpu` is GPUs per node, and nodes > 1 asks for one task and `gpu` GPUs on each node
+    (training/launch.py slurm_node_resources); `gpus_per_node` is what each node's trainer must see.
     """
     site = config["slurm"]
     own = site["rules"].get(rule) or {}
@@ -97,9 +107,16 @@ def job_resources(rule, gpu=0, cpus=1, cpus_per_gpu=None, **res):
     for key, resource in (("account", "slurm_account"), ("qos", "qos"), ("extra", "slurm_extra")):
         if own.get(key) or site[key]:
             res[resource] = own.get(key) or site[key]
-    # --gpus=<model>:<n>, only for jobs with GPUs
-    if site["gpu_model"] and (callable(gpu) or gpu):
-        res["gpu_model"] = lambda wc: site["gpu_model"] if n_gpu(wc) else ""
+    # --nodes, --gpus=[<model>:]<n> (one node) or --gres=gpu:[<model>:]<n> per node (several), only for GPU jobs
+    node_res = lambda wc: slurm_node_resources(
+        n_gpu(wc), call(nodes, wc), site["gpu_model"]
+    )
+    # per-run GPUs and nodes: decided per job (a key whose value is None is not sent)
+    if callable(gpu) or callable(nodes):
+        for key in NODE_RESOURCE_KEYS:
+            res[key] = lambda wc, key=key: node_res(wc)[key]
+    elif gpu:
+        res.update({k: v for k, v in node_res(None).items() if v is not None})
     return res
 
 

@@ -41,6 +41,7 @@ rule train_dynamics:
         **job_resources(
             "train_dynamics",
             gpu=lambda wc: _dyn(wc)["gpus"],
+            nodes=lambda wc: _dyn(wc)["nodes"],
             cpus=lambda wc: _dyn(wc)["cpus_per_task"],
             cpus_per_gpu=lambda wc: _dyn(wc)["cpus_per_gpu"],
             # the same on every attempt: retries resume after a deadline stop (job_sizing.py)
@@ -48,18 +49,18 @@ rule train_dynamics:
             runtime=lambda wc: _dyn(wc)["runtime_min"],
             deadline_margin_s=lambda wc: str(_dyn(wc)["deadline_margin_s"]),
             loader_workers=lambda wc: "auto" if _dyn(wc)["num_workers"] is None else _dyn(wc)["num_workers"],
+            launcher=lambda wc: run_launcher(_dyn(wc)),
         ),
     params:
-        launcher=launcher,
         ckpt_root=config["paths"]["ckpt_root"],
         run=lambda wc: json_arg(science(_dyn(wc))),  # scheduling keys travel as resources
         tok=_tok_arg,
         out=parent_of("checkpoint"),
     shell:
-        "{params.launcher} workflow_scripts/train_dynamics.py --variant {params.run}"
+        "{resources.launcher} workflow_scripts/train_dynamics.py --variant {params.run}"
         " --manifest {input.manifest} --train-split {input.train} {params.tok}"
         " --ckpt-root {params.ckpt_root} --out-dir {params.out} --time-limit-min {resources.runtime}"
-        " --expect-gpus {resources.gpu} --deadline-margin-s {resources.deadline_margin_s}"
+        " --expect-gpus {resources.gpus_per_node} --deadline-margin-s {resources.deadline_margin_s}"
         " --num-workers {resources.loader_workers}"
         " > {log} 2>&1"
 

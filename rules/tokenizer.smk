@@ -36,6 +36,7 @@ rule train_tokenizer:
         **job_resources(
             "train_tokenizer",
             gpu=lambda wc: _tok(wc)["gpus"],
+            nodes=lambda wc: _tok(wc)["nodes"],
             cpus=lambda wc: _tok(wc)["cpus_per_task"],
             cpus_per_gpu=lambda wc: _tok(wc)["cpus_per_gpu"],
             # the same on every attempt: retries resume after a deadline stop (job_sizing.py)
@@ -43,19 +44,19 @@ rule train_tokenizer:
             runtime=lambda wc: _tok(wc)["runtime_min"],
             deadline_margin_s=lambda wc: str(_tok(wc)["deadline_margin_s"]),
             loader_workers=lambda wc: "auto" if _tok(wc)["num_workers"] is None else _tok(wc)["num_workers"],
+            launcher=lambda wc: run_launcher(_tok(wc)),
         ),
     params:
-        launcher=launcher,
         ckpt_root=config["paths"]["ckpt_root"],
         tok=lambda wc: json_arg(science(_tok(wc))),  # scheduling keys travel as resources
         res=config["data"]["model_resolution"],
         lpips=lpips_cache_arg,
         out=parent_of("checkpoint"),
     shell:
-        "{params.launcher} workflow_scripts/train_tokenizer.py --tokenizer {params.tok}"
+        "{resources.launcher} workflow_scripts/train_tokenizer.py --tokenizer {params.tok}"
         " --manifest {input.manifest} --train-split {input.train} --resolution {params.res} {params.lpips}"
         " --ckpt-root {params.ckpt_root} --out-dir {params.out} --time-limit-min {resources.runtime}"
-        " --expect-gpus {resources.gpu} --deadline-margin-s {resources.deadline_margin_s}"
+        " --expect-gpus {resources.gpus_per_node} --deadline-margin-s {resources.deadline_margin_s}"
         " --num-workers {resources.loader_workers}"
         " > {log} 2>&1"
 

@@ -59,6 +59,8 @@ def validate(cfg: dict, schema: dict | None = None) -> dict:
             where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
             lines.append(f"config key '{where}': {err.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    if isinstance(cfg.get("tokenizer"), dict) and "nodes" in cfg["tokenizer"]:
+        check_launch(cfg["tokenizer"], "tokenizer")
     return cfg
 
 
@@ -185,7 +187,20 @@ def _validated(run: dict, sub: dict, where: str) -> dict:
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(
             f"config key '{where}.{'.'.join(str(p) for p in e.absolute_path)}': {e.message}" for e in errors))
+    if "nodes" in run:
+        check_launch(run, where)
     return run
+
+
+def check_launch(run: dict, where: str) -> None:
+    """A training run's `nodes` and `gpus` (GPUs per node) must be launchable (training/launch.py); the
+    error names `<where>.nodes`."""
+    from .training.launch import LaunchConfigError, check_nodes
+
+    try:
+        check_nodes(run, where)
+    except LaunchConfigError as e:
+        raise ConfigError(f"invalid configuration:\n  {e}") from None
 
 
 def dmcontrol_pretrain_runs(cfg: dict, schema: dict | None = None) -> dict[str, dict]:

@@ -341,6 +341,7 @@ class _Run:
         self.task, self.cfg = task, cfg
         self.rank, self.world, self.local_rank, self.device = rank, world, local_rank, device
         self.is_main = rank == 0
+        self.nodes = 1  # torchrun agents (train() sets it from GROUP_WORLD_SIZE)
         self.ckpt_dir = Path(cfg.ckpt_dir)
         self.pbar = None  # before the first log line
         self.amp_dtype, self.use_scaler = resolve_amp(cfg.amp, device)
@@ -410,7 +411,7 @@ class _Run:
         self.resolved = {
             "engine": to_json_plain(asdict(cfg)),
             "task": to_json_plain(_task_config(task)),
-            "runtime": {"world_size": self.world, "device": self.device.type,
+            "runtime": {"world_size": self.world, "nodes": self.nodes, "device": self.device.type,
                         "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
                         "grad_scaler": self.use_scaler, "backend": dist.get_backend() if self.world > 1 else None,
                         "torch": str(torch.__version__)},
@@ -506,7 +507,7 @@ class _Run:
             self.attempt = {"event": "start", "job_id": os.environ.get("SLURM_JOB_ID"),
                             "attempt": os.environ.get("SNAKEMAKE_ATTEMPT"), "start_step": step,
                             "resumed_from": str(path) if path else None, "pid": os.getpid(),
-                            "host": socket.gethostname(), "world_size": self.world,
+                            "host": socket.gethostname(), "world_size": self.world, "nodes": self.nodes,
                             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "max_steps": cfg.max_steps,
                             "code": code_version()}
             _append_jsonl(self.ckpt_dir / "attempts.jsonl", self.attempt)
@@ -516,8 +517,8 @@ class _Run:
             self.log(f"fresh start at step 0 (ckpt dir {self.ckpt_dir})")
         if self.is_main:
             n_params = sum(p.numel() for p in self.model.parameters())
-            self.log(f"world_size {self.world}, device {self.device}, amp {self.resolved['runtime']['amp']}, "
-                     f"params {n_params:,}, max_steps {cfg.max_steps}")
+            self.log(f"world_size {self.world} on {self.nodes} node(s), device {self.device}, "
+                     f"amp {self.resolved['runtime']['amp']}, params {n_params:,}, max_steps {cfg.max_steps}")
             if self.deadline is not None:
                 self.log(f"deadline {time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(self.deadline))} "
                          f"({self.deadline_source}), stopping {cfg.deadline_margin_s:g} s before it")
@@ -800,13 +801,21 @@ def train(task: Any, cfg: EngineConfig) -> int:
 
     Under torchrun (``WORLD_SIZE`` > 1) initialises the process group (NCCL if CUDA is available,
     gloo otherwise; device ``cuda:LOCAL_RANK`` or CPU — never from CUDA_VISIBLE_DEVICES), and
-    destroys it again before returning. Raises ``CheckpointLockError`` if another live trainer
-    holds the checkpoint dir, ``FloatingPointError`` on a non-finite loss.
+    destroys it again before returning. Several nodes (one torchrun agent each, training/launch.py)
+    change nothing here: ``RANK`` is the global rank (data shard, seed; rank 0 alone takes the lock and
+    writes files), ``LOCAL_RANK`` the GPU on this node, ``GROUP_WORLD_SIZE`` the node count (recorded).
+    Raises ``CheckpointLockError`` if another live trainer holds the checkpoint dir,
+    ``FloatingPointError`` on a non-finite loss.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0")) if world > 1 else 0
     local_rank = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1")) if world > 1 else 1  # torchrun agents = nodes
     use_cuda = torch.cuda.is_available()
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"LOCAL_RANK {local_rank} but this node sees {torch.cuda.device_count()} GPU(s) "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): torchrun's "
+                           f"--nproc_per_node must not exceed the GPUs per node (config `gpus`)")
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda and cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first cuBLAS handle
@@ -842,6 +851,7 @@ def train(task: Any, cfg: EngineConfig) -> int:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     run = _Run(task, cfg, rank, world, local_rank, device)
+    run.nodes = nodes
     lock = CheckpointLock(cfg.ckpt_dir)
     prev_handler = prev_int = None
     in_main_thread = threading.current_thread() is threading.main_thread()

@@ -32,8 +32,7 @@ from ..job_sizing import SCHEDULING_KEYS
 #: config keys that never change what a run learns (excluded from the identity)
 VOLATILE_KEYS = frozenset({
     "nonfinite", "nonfinite_max_skips",  # what to do after a NaN loss: a rerun may switch it and resume
-    "max_steps", "save_every", "keep_last", "log_every", "num_workers", "gpus", "cpus_per_task", "cpus_per_gpu", "mem_mb",
-    "runtime_min", "deadline_margin_s", "retries", "eval", "run_name", "enabled", "note", "stand_in_for",
+    "max_steps", "save_every", "keep_last", "log_every", "eval", "run_name", "enabled", "note", "stand_in_for",
     "label", "name", "runnable", "not_run_reason", "init_paths", "init_source", "init_note",
     "attention", "fused_adamw", "compile", "activation_checkpointing",  # kernels: the same maths, not bitwise the same floats
 }) | SCHEDULING_KEYS  # where, on what and how long it runs
@@ -80,9 +79,13 @@ def run_identity(section: dict, *, world_size: int, data_fingerprint: str, check
     return canonical_sha256(ident), ident
 
 
-def identity_dir(ckpt_root: str | os.PathLike, run_name: str, identity_hash: str, identity: dict) -> Path:
-    """`<ckpt_root>/<run_name>/<hash[:16]>/`, created with identity.json (checked when it exists)."""
+def identity_dir(ckpt_root: str | os.PathLike, run_name: str, identity_hash: str, identity: dict,
+                 write: bool = True) -> Path:
+    """`<ckpt_root>/<run_name>/<hash[:16]>/`, created with identity.json (checked when it exists).
+    `write=False` (every rank but global rank 0) only names the folder: one writer, on any number of nodes."""
     d = Path(ckpt_root) / run_name / identity_hash[:HASH_CHARS]
+    if not write:
+        return d
     path = d / "identity.json"
     if path.exists():
         old = read_json(path)
@@ -96,10 +99,19 @@ def identity_dir(ckpt_root: str | os.PathLike, run_name: str, identity_hash: str
 
 
 def world_size() -> int:
+    """All ranks of the run, over all nodes (torchrun's WORLD_SIZE): the global batch is per node-independent."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def global_rank() -> int:
+    """This process's rank over all nodes (torchrun's RANK; 0 outside torchrun), as the engine reads it."""
+    return int(os.environ.get("RANK", "0")) if world_size() > 1 else 0
+
+
 def resolve_run_dir(ckpt_root: str | os.PathLike, section: dict, identity_inputs: dict) -> Path:
-    """The identity folder of a run from its config section and its task's `identity_inputs()`."""
+    """The identity folder of a run from its config section and its task's `identity_inputs()`; only global
+    rank 0 creates it and writes identity.json (the engine's process group starts later; the others only
+    need the path, and read checkpoints from it once rank 0 has chosen one)."""
     h, ident = run_identity(section, world_size=world_size(), **identity_inputs)
-    return identity_dir(ckpt_root, section["run_name"] if "run_name" in section else section["name"], h, ident)
+    name = section["run_name"] if "run_name" in section else section["name"]
+    return identity_dir(ckpt_root, name, h, ident, write=global_rank() == 0)
