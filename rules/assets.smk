@@ -1,8 +1,11 @@
 # Stage 0: assets that jobs need but must never download themselves (compute nodes are often offline).
 # Localrules: they run in the Snakemake process's host (the submit / login node), before any job that
 # takes their outputs as input. Made only where some run needs them (the input functions decide).
-from dreamer4_libero.models.lpips_asset import ASSET_DIR as LPIPS_ASSET
-from dreamer4_libero.models.lpips_weights import SIDECAR_FILENAME, WEIGHTS_FILENAME
+from dreamer4_libero.models.lpips_files import (
+    ASSET_DIR as LPIPS_ASSET,
+    SIDECAR_FILENAME,
+    WEIGHTS_FILENAME,
+)
 
 LPIPS_FILES = {
     "lpips": f"{LPIPS_ASSET}/{WEIGHTS_FILENAME}",

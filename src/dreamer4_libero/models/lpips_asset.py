@@ -24,17 +24,14 @@ import shutil
 from pathlib import Path
 
 from dreamer4_libero.fileio import atomic_path, read_json, sha256_file, write_json
+from dreamer4_libero.models.lpips_files import ASSET_DIR, SIDECAR_FILENAME, WEIGHTS_FILENAME  # noqa: F401
 from dreamer4_libero.models.lpips_weights import (
-    SIDECAR_FILENAME,
-    WEIGHTS_FILENAME,
     LpipsWeightsError,
     _resolve_cache_dir,
     cache_is_valid,
     ensure_lpips_weights,
 )
 
-#: the study's asset folder (relative to the workflow's working directory), made by rule fetch_lpips
-ASSET_DIR = "results/assets/lpips"
 FETCH_HINT = ("make it on the submit (login) host, which has the network: `make fetch-lpips` fills the cache "
               "and the workflow's localrule `fetch_lpips` copies it into the study (it runs before every "
               "train_tokenizer job; `snakemake ... fetch_lpips` runs it alone). Offline login node too: put "

@@ -53,13 +53,10 @@ import numpy as np
 import torch
 
 from dreamer4_libero.fileio import atomic_path, read_json, sha256_bytes, sha256_file, write_json
+from dreamer4_libero.models.lpips_files import NETWORK, SIDECAR_FILENAME, VERSION, WEIGHTS_FILENAME  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-NETWORK = "alex"
-VERSION = "0.1"
-WEIGHTS_FILENAME = f"lpips_{NETWORK}_v{VERSION}.pt"
-SIDECAR_FILENAME = f"lpips_{NETWORK}_v{VERSION}.json"
 SOURCES_SUBDIR = "sources"
 FORMAT = 1  # bump when the converted layout changes; older caches are then rebuilt
 ENV_CACHE = "D4L_CACHE"
