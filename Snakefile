@@ -17,6 +17,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/assets.smk"
 include: "rules/preprocess.smk"
 include: "rules/dmcontrol.smk"
 include: "rules/tokenizer.smk"

@@ -132,9 +132,26 @@ def cpu_job(rule_name, mem_mb=None, cpus=1):
 
 
 def lpips_cache_arg(wildcards):
-    """--lpips-cache when paths.lpips_cache is set."""
+    """--cache-dir of rule fetch_lpips when paths.lpips_cache is set."""
     c = config["paths"].get("lpips_cache")
-    return f"--lpips-cache {c}" if c else ""
+    return f"--cache-dir {shlex.quote(c)}" if c else ""
+
+
+def lpips_inputs(run):
+    """The LPIPS asset files (rules/assets.smk) as inputs of a job of `run`, if its lpips_weight > 0.
+    ancient: a re-made asset (same content) never reruns a finished training."""
+    if run["lpips_weight"] > 0:
+        return {k: ancient(v) for k, v in LPIPS_FILES.items()}
+    return {}
+
+
+def lpips_asset_arg(wildcards, input):
+    """--lpips-cache: the folder fetch_lpips made, for a tokenizer run that uses LPIPS."""
+    return (
+        f"--lpips-cache {os.path.dirname(input.lpips)}"
+        if "lpips" in input.keys()
+        else ""
+    )
 
 
 # -- tokenizers (rules/tokenizer.smk) --
@@ -147,8 +164,10 @@ def _tok_inputs(wc):
         return {
             "manifest": f"{DMC_DATA}/manifest.json",
             "train": f"{DMC_DATA}/splits/train.json",
+            **lpips_inputs(_tok(wc)),
         }
     ins = {"manifest": f"{PRE}/manifest.json", "train": f"{PRE}/splits/train.json"}
+    ins.update(lpips_inputs(_tok(wc)))
     # the DMControl tokenizer's LIBERO fine-tune starts from it
     init = TOKS[wc.tok_run].get("init_from")
     if init:

@@ -50,7 +50,7 @@ rule train_tokenizer:
         ckpt_root=config["paths"]["ckpt_root"],
         tok=lambda wc: json_arg(science(_tok(wc))),  # scheduling keys travel as resources
         res=config["data"]["model_resolution"],
-        lpips=lpips_cache_arg,
+        lpips=lpips_asset_arg,
         out=parent_of("checkpoint"),
     shell:
         "{resources.launcher} workflow_scripts/train_tokenizer.py --tokenizer {params.tok}"

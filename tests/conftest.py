@@ -84,6 +84,15 @@ def tiny_tokenizer_ckpt(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def lpips_weights() -> Path:
+    """The LPIPS weights in the machine cache (<repo>/.cache/lpips or $D4L_CACHE/lpips), fetched once here, in the
+    test process, as `make fetch-lpips` does on a submit host: trainers never download them."""
+    from dreamer4_libero.models.lpips_weights import ensure_lpips_weights
+
+    return ensure_lpips_weights()
+
+
 def _repo_copy(dest: Path) -> Path:
     """The working tree (tracked and untracked, not ignored files) copied to `dest`: a clean checkout."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,

@@ -16,6 +16,8 @@ from dreamer4_libero.models.upstream import load_tokenizer_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "workflow_scripts" / "train_tokenizer.py"
+# the trainers use LPIPS (lpips_weight 0.2) and never fetch it: the machine cache is filled first
+pytestmark = pytest.mark.usefixtures("lpips_weights")
 
 
 def _tiny_cfg(**over) -> dict:

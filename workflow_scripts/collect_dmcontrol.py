@@ -3,6 +3,8 @@
 
 Writes <out>/shards/dmcontrol/<task>/, <out>/manifest.json and <out>/splits/train.json (every episode);
 a task whose shard folder is complete with the same options is reused, so a killed run resumes.
+Headless rendering is checked first (data/headless_gl.py): without EGL it exits 2 naming MUJOCO_GL, what
+was tried and the alternatives, before writing anything.
 """
 
 import argparse
@@ -11,6 +13,7 @@ import time
 
 from dreamer4_libero.cli import run_main
 from dreamer4_libero.data.dmcontrol import STOCK_TASKS, collect
+from dreamer4_libero.data.headless_gl import check_headless_rendering
 
 
 def main() -> int:
@@ -25,6 +28,9 @@ def main() -> int:
           f"episode(s) x {c['steps']} steps, policy {c['policy']}, rendered at {c['render_size']}", flush=True)
     if skipped:
         print(f"[collect_dmcontrol] stock tasks not collected: {', '.join(skipped)}", flush=True)
+    gl = check_headless_rendering()  # a node without EGL stops here, naming MUJOCO_GL and the alternatives
+    print(f"[collect_dmcontrol] headless rendering: MUJOCO_GL={gl['MUJOCO_GL']} works "
+          f"(probe frame in {gl['probe_s']:.2f} s)", flush=True)
     t0 = time.time()
     m = collect(a.out, c["tasks"], episodes=c["episodes_per_task"], steps=c["steps"], seed=c["seed"],
                 policy=c["policy"], policy_per_task=c["policy_per_task"], render_size=c["render_size"],

@@ -21,7 +21,8 @@ def main() -> int:
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--train-split", required=True)
     ap.add_argument("--resolution", type=int, required=True)
-    ap.add_argument("--lpips-cache", default=None)
+    ap.add_argument("--lpips-cache", default=None, help="folder of the LPIPS weights made beforehand (rule fetch_lpips: "
+                    "results/assets/lpips; default: the machine cache); never downloaded here")
     add_engine_args(ap)
     a = ap.parse_args()
     require_job_gpus(a, "train_tokenizer")  # before any data is loaded

@@ -2,7 +2,8 @@
 
 The released DMControl world model (nicklashansen/dreamer4) was trained on 30 tasks
 (dreamer4_model.md §9.1); this module renders episodes of the stock-dm_control subset with
-`dm_control` (dmcontrol_env.md: dm-control 1.0.50 + mujoco 3.17.0, headless EGL) and writes them
+`dm_control` (dmcontrol_env.md: dm-control 1.0.50 + mujoco 3.17.0, headless EGL, checked before any
+rendering work by data/headless_gl.py) and writes them
 in the shard format the training loader reads (data/shards.py), so the same trainers pretrain on it.
 
 Conventions, as the released data and as LIBERO:
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..fileio import atomic_dir, dumps_json, read_json, write_json
+from .headless_gl import check_headless_rendering
 from .shards import SHARD_FORMAT, NpyStreamWriter, demo_stats, npy_data_ok
 from .splits import SPLIT_FORMAT
 
@@ -106,15 +108,14 @@ def make_policy(kind: str, low: np.ndarray, high: np.ndarray, rng: np.random.Gen
 
 
 def load_env(name: str, seed: int):
-    """The dm_control environment of an upstream task name, headless (EGL unless MUJOCO_GL is set)."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    """The dm_control environment of an upstream task name, headless (EGL unless MUJOCO_GL is set).
+
+    The first call of a process proves that rendering works (headless_gl.check_headless_rendering):
+    a node without EGL fails here with the alternatives, not inside dm_control's import."""
     domain, task = dm_control_name(name)
-    try:
-        from dm_control import suite
-    except ImportError as e:  # pragma: no cover - the pinned requirements install it
-        raise DMControlError(f"dm_control is not importable ({e}); install requirements.txt "
-                             "(dm-control==1.0.50, mujoco==3.17.0)") from e
+    check_headless_rendering()
+    from dm_control import suite
+
     return suite.load(domain, task, task_kwargs={"random": int(seed)})
 
 
@@ -208,6 +209,7 @@ def collect(out_dir: str | os.PathLike, tasks: list[str], *, episodes: int, step
         raise DMControlError(f"dmcontrol_pretrain.collect.policy_per_task names tasks that are not collected: {unknown}")
     for t in tasks:
         dm_control_name(t)  # unknown or custom tasks fail before any rendering
+    check_headless_rendering()  # so does a node without a working headless OpenGL (no EGL): before any file
     out = Path(out_dir)
     shard_root = out / "shards"
     bar = tqdm(total=len(tasks) * episodes * (steps + 1), desc="collect_dmcontrol", unit="frame",

@@ -14,6 +14,7 @@ weighs the channels, and the result is averaged over space; the five taps are su
 Usage (the tokenizer loss, ``spec/dreamer4_model.md`` §2.5)::
 
     lpips = LPIPS.from_cache()                      # fetches/converts the weights once per machine
+    lpips = LPIPS.from_asset(dir)                   # in a job: weights made beforehand, no download
     d = lpips(recon.clamp(0, 1), target)            # images in [0, 1], (N, 3, H, W) -> (N,)
 
 Inputs are taken in **[0, 1]** and mapped to [-1, 1] inside ``forward`` (the caller clamps; clamping
@@ -92,6 +93,16 @@ class LPIPS(nn.Module):
     def from_cache(cls, cache_dir: str | os.PathLike | None = None, **ensure_kwargs) -> "LPIPS":
         """Build from the cached converted weights (fetching and converting them on first use)."""
         path = ensure_lpips_weights(cache_dir, **ensure_kwargs)
+        return cls.from_file(path, read_sidecar(path)["file_sha256"])
+
+    @classmethod
+    def from_asset(cls, asset_dir: str | os.PathLike | None = None, lpips_weight: float | None = None) -> "LPIPS":
+        """Build from weights already materialised in ``asset_dir`` (what jobs use: never downloads).
+
+        Raises ``lpips_asset.LpipsAssetMissing`` naming the missing file and how to make it."""
+        from dreamer4_libero.models.lpips_asset import require_lpips_weights
+
+        path = require_lpips_weights(asset_dir, lpips_weight=lpips_weight)
         return cls.from_file(path, read_sidecar(path)["file_sha256"])
 
     def describe(self) -> dict:

