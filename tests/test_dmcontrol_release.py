@@ -127,7 +127,7 @@ def test_paper_dry_run_stops_without_the_release_and_plans_no_pretraining_with_i
     assert "ConfigError" in out and f"{released}/dynamics_ckpt.pt" in out
     assert "`make fetch-dmcontrol`" in out and "`dmcontrol_init.source: pretrain`" in out and "216 GPU-hours" in out
 
-    # small stand-ins are enough for the plan: 33 jobs, the DMControl variants start from them
+    # small stand-ins are enough for the plan: 34 jobs (33 + the fetch_lpips localrule), the DMControl variants start from them
     released.mkdir()
     for name in (rel.TOKENIZER_FILE, rel.DYNAMICS_FILE):
         (released / name).write_bytes(b"stand-in")
@@ -137,13 +137,13 @@ def test_paper_dry_run_stops_without_the_release_and_plans_no_pretraining_with_i
     jobs = planned_jobs(out)
     assert "collect_dmcontrol" not in jobs and "pretrain_dmcontrol" not in jobs
     assert jobs["train_tokenizer"] == 1 and jobs["train_dynamics"] == 7 and jobs["probe"] == 7
-    assert sum(v for k, v in jobs.items() if k != "total") == jobs["total"] == 33
+    assert sum(v for k, v in jobs.items() if k != "total") == jobs["total"] == 34
     inputs = [ln for ln in out.splitlines() if ln.strip().startswith("input:") and "dynamics_ckpt.pt" in ln]
     assert len(inputs) == 2 and all(f"{released}/tokenizer_ckpt.pt, {released}/dynamics_ckpt.pt" in ln for ln in inputs)
 
-    # source: pretrain instead: the 4 jobs of the pretraining come back (37)
+    # source: pretrain instead: the 4 jobs of the pretraining come back (38)
     r = _paper_dry_run(tmp_path, {"dmcontrol_init": {"source": "pretrain", "released_dir": str(released)}})
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     jobs = planned_jobs(r.stdout + r.stderr)
     assert jobs["collect_dmcontrol"] == jobs["pretrain_dmcontrol"] == 1
-    assert jobs["train_tokenizer"] == 2 and jobs["train_dynamics"] == 8 and jobs["total"] == 37
+    assert jobs["train_tokenizer"] == 2 and jobs["train_dynamics"] == 8 and jobs["total"] == 38

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import snakemake_cmd, venv_env
+from conftest import dry_run_jobs, snakemake_cmd, venv_env
 from dreamer4_libero.config import demo_config, load_config
 from dreamer4_libero.evaluation import cost
 from dreamer4_libero.evaluation.runtime import eval_autocast, eval_device, precision_name, run_amp
@@ -180,23 +180,16 @@ def test_eval_scripts_given_gpus_without_cuda_stop_at_once(tmp_path, script, who
 
 
 def _planned(configfiles: list[str]) -> dict[str, list[tuple[str, str]]]:
-    """rule -> [(resources line, shell command)] of a dry run with printed shell commands."""
-    args = ["-n", "-p", "--forceall", "--cores", "1"] + (["--configfile", *configfiles] if configfiles else [])
+    """rule -> [(resources, shell command)] of a dry run with printed shell commands (the paper config: with
+    the DMControl pretraining, whose files a test machine lacks)."""
+    args = ["-n", "-p", "--forceall", "--cores", "1"] + (["--configfile", *configfiles] if configfiles else
+                                                         ["--config", "dmcontrol_init={source: pretrain}"])
     r = subprocess.run(snakemake_cmd(*args), cwd=REPO, env=venv_env(), capture_output=True, text=True)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    jobs, rule, res, shell = {}, None, None, []
-    lines = out.splitlines() + ["rule __end__:"]
-    for ln in lines:
-        s = ln.strip()
-        if s.startswith(("rule ", "localrule ")) and s.endswith(":"):
-            if rule:
-                jobs.setdefault(rule, []).append((res or "", " ".join(shell)))
-            rule, res, shell = s.split()[1][:-1], None, []
-        elif s.startswith("resources:") and rule:
-            res = s
-        elif rule and "workflow_scripts/" in s:
-            shell.append(s)
+    jobs = {}
+    for j in dry_run_jobs(out):
+        jobs.setdefault(j["rule"], []).append((j["resources"], j["shell"]))
     return jobs
 
 
@@ -209,7 +202,7 @@ def test_paper_dry_run_gives_every_network_eval_job_one_gpu():
             assert "--expect-gpus 1 " in sh, (rule, sh)
     assert len(jobs["probe"]) == len(jobs["rollout_eval"]) >= 7
     tok = jobs["tokenizer_eval"][0]
-    assert "--batch 16 " in tok[1] and "mem_mb=8000" in tok[0] and "runtime=120" in tok[0], tok
+    assert "--batch 16 " in tok[1] and "eval_batch=16" in tok[0] and "mem_mb=8000" in tok[0] and "runtime=120" in tok[0], tok
     # the rules that run no network stay CPU jobs
     for rule in ("data_sanity", "tables", "archive", "splits"):
         assert all(re.search(r"\bgpu=0\b", res) for res, _ in jobs.get(rule, [])), (rule, jobs.get(rule))

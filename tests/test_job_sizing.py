@@ -56,7 +56,9 @@ def test_scheduling_keys_leave_params_and_identity_alone():
 
 
 def _dry(*args):
-    r = subprocess.run(snakemake_cmd("-n", "--forceall", "-p", *args), cwd=REPO, env=venv_env(),
+    """A dry run of the paper config with the DMControl pretraining in the DAG (its runs are trained too)."""
+    r = subprocess.run(snakemake_cmd("-n", "--forceall", "-p", "--config", "dmcontrol_init={source: pretrain}", *args),
+                       cwd=REPO, env=venv_env(),
                        capture_output=True, text=True)
     return r.returncode, r.stdout + r.stderr
 

@@ -162,7 +162,8 @@ def two_node_dry_run(tmp_path_factory) -> list[dict]:
     layer = tmp / "nodes.yaml"
     layer.write_text("tokenizer: {nodes: 2, gpus: 2}\n"
                      "dynamics: {variants: {dynamics_phase3: {nodes: 2, gpus: 4, cpus_per_gpu: 8}}}\n"
-                     "slurm: {gpu_model: h100}\n")
+                     "slurm: {gpu_model: h100}\n"
+                     "dmcontrol_init: {source: pretrain}\n")
     r = subprocess.run(snakemake_cmd("--profile", "slurm", "-n", "--forceall", "-p", "--configfile", str(layer)),
                        cwd=REPO, env={**venv_env(), "XDG_CONFIG_HOME": str(tmp / "xdg")}, capture_output=True,
                        text=True)
@@ -187,7 +188,7 @@ def test_every_gpu_job_asks_for_exactly_its_nodes(two_node_dry_run):
             assert {"--nodes=2", "--ntasks=2", f"--cpus-per-task={cpus}", f"--gres=gpu:h100:{gpus}"} <= set(flags)
             assert not [f for f in flags if f.startswith(("--gpus", "--ntasks-per-gpu"))], flags
             assert j["shell"].startswith(launch.launcher(gpus, nodes=2, cpus_per_task=cpus) + " workflow_scripts/")
-            assert f"--expect-gpus {gpus} >" in j["shell"]
+            assert f"--expect-gpus {gpus} --deadline-margin-s" in j["shell"]
         elif res.get("gpu") or res.get("gres"):
             n_single_gpu += 1
             gpus = res["gpu"]
@@ -196,7 +197,7 @@ def test_every_gpu_job_asks_for_exactly_its_nodes(two_node_dry_run):
             assert not [f for f in flags if f.startswith(("--gres", "--ntasks"))], flags
             if j["rule"].startswith("train_"):
                 assert j["shell"].startswith(launch.launcher(gpus) + " workflow_scripts/") and gpus in (4, 5)
-                assert f"--expect-gpus {gpus} >" in j["shell"]
+                assert f"--expect-gpus {gpus} --deadline-margin-s" in j["shell"]
         else:  # CPU jobs: no node count, one task
             assert "nodes" not in res and "gpu_model" not in res, (k, res)
             assert "--ntasks=1" in flags and not [f for f in flags if f.startswith(("--nodes", "--gpus"))], flags

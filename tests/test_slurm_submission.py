@@ -23,7 +23,7 @@ from conftest import dry_run_jobs, snakemake_cmd, venv_env
 from dreamer4_libero.data.synthetic import cycle_task_ids, generate
 
 # rules whose scripts run a network: they must get a GPU at paper scale
-GPU_RULES = {"train_tokenizer", "train_dynamics"}
+GPU_RULES = {"train_tokenizer", "train_dynamics", "tokenizer_eval", "probe", "probe_baselines", "rollout_eval"}
 DOWNLOAD = re.compile(r"pip download|https?://|\bwget\b|\bcurl\b|huggingface|hf_hub|torch\.hub")
 
 SITE = """\
@@ -115,6 +115,13 @@ def submitted(snakemake_repo, tmp_path_factory):
                          env=env, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr[-3000:]
     jobs = [j for j in dry_run_jobs(dry.stdout + dry.stderr) if j["rule"] != "all"]
+    # which rules run on the submit host: Snakemake's own decision (a dry run does not print it)
+    rules = subprocess.run([sys.executable, "tests/snakemake_rules.py", str(site)], cwd=work, env=env,
+                           capture_output=True, text=True)
+    assert rules.returncode == 0, rules.stderr[-3000:]
+    local = {n for n, r in json.loads(rules.stdout.split("RULES_JSON ", 1)[1]).items() if r["local"]}
+    for j in jobs:
+        j["local"] = j["rule"] in local
     (state / "outputs.json").write_text(json.dumps({_comment(j): j["output"] + ([j["benchmark"]] if j["benchmark"] else [])
                                                       for j in jobs if not j["local"]}))
     t0 = time.time()
@@ -143,7 +150,11 @@ def test_every_job_submitted_twice_with_the_same_time_and_memory(submitted):
             assert _flag(a1, *flag) == _flag(a2, *flag), (comment, flag, _flag(a1, *flag), _flag(a2, *flag))
         assert _flag(a1, "-t") and _flag(a1, "--mem"), (comment, a1)
     rules = sorted({j["rule"] for j in remote})
-    print(f"[sbatch] rules: {', '.join(rules)}")
+    for rule in rules:                                        # one line per rule: its first job's two attempts
+        cs = next(v for k, v in by.items() if k.startswith(f"rule_{rule}"))
+        flags = lambda a: " ".join(f"{n}={_flag(a, n)}" for n in ("-t", "--mem", "--cpus-per-task", "--gpus",
+                                                                  "--nodes", "-p", "-C") if _flag(a, n))
+        print(f"[sbatch] {rule}: attempt 1 {flags(cs[0]['argv'])} | attempt 2 {flags(cs[1]['argv'])}")
     assert {"preprocess", "train_tokenizer", "train_dynamics", "probe", "rollout_eval", "collect_dmcontrol",
             "pretrain_dmcontrol", "tables", "archive"} <= set(rules)
 
@@ -160,8 +171,10 @@ def test_cluster_settings_reach_every_rule(submitted):
         assert _flag(argv, "-p", "--partition") == want_part, (rule, argv)
         want_c = "egl" if rule == "collect_dmcontrol" else ("h100" if gpus else None)
         assert _flag(argv, "-C", "--constraint") == want_c, (rule, argv)
-        if rule in GPU_RULES:
-            assert gpus and int(gpus) >= 1, (rule, argv)
+        if rule in GPU_RULES:                                  # one node, its GPUs (the model-less form here)
+            assert gpus and int(gpus) >= 1 and _flag(argv, "--nodes") == "1", (rule, argv)
+        else:
+            assert gpus is None and _flag(argv, "--nodes") is None, (rule, argv)
 
 
 def test_cpus_equal_the_workers_each_script_starts(submitted):

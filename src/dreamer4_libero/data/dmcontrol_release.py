@@ -78,7 +78,7 @@ def pretrain_cost_text(cfg: dict) -> str:
             f"{c['collect_frames_per_s']} frames/s, {c['shard_bytes'] / 1e9:.0f} GB of shards), then "
             f"{t['run']} trains {t['steps']:,} steps on {t['gpus']} GPUs and {d['run']} {d['steps']:,} steps on "
             f"{d['gpus']} GPUs: {c['gpu_hours']:.0f} GPU-hours requested ({t['gpus']} x {t['runtime_min']} min + "
-            f"{d['gpus']} x {d['runtime_min']} min, first attempts)")
+            f"{d['gpus']} x {d['runtime_min']} min per attempt)")
 
 
 def check_dmcontrol_files(cfg: dict) -> None:
