@@ -10,11 +10,12 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import planned_jobs, snakemake_cmd, venv_env
+from conftest import REPO, planned_jobs, snakemake_cmd, venv_env
 from dreamer4_libero.config import demo_config, dynamics_variants
 
 
 CFG = demo_config()
+README = (REPO / "README.md").read_text()
 RUN = [n for n, r in dynamics_variants(CFG).items() if r["runnable"]]
 
 
@@ -150,8 +151,10 @@ def test_paper_tables_and_archive(demo_study):
         assert np.isfinite(json.loads((card / "config.json").read_text())["d_model_dyn"])
 
 
-def _planned(root, *args):
-    r = subprocess.run(snakemake_cmd("-n", "--profile", "profiles/local", "--configfile", "config/demo.yaml", *args),
+def _planned(root, *args, layer=None):
+    """The jobs a dry run plans on the finished demo study (`layer`: a config file on top of the demo's)."""
+    configs = ["config/demo.yaml"] + ([str(layer)] if layer else [])
+    r = subprocess.run(snakemake_cmd("-n", "--profile", "profiles/local", *args, "--configfile", *configs),
                        cwd=root, env=venv_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout + r.stderr
@@ -160,11 +163,57 @@ def _planned(root, *args):
     return jobs
 
 
-@pytest.mark.parametrize("args,expected", [
-    ((), {}),                                                                    # a finished study plans nothing
-    (("-R", "rollout_eval"), {"rollout_eval": len(RUN), "tables": 1, "archive": 1, "report_assets": 1, "all": 1}),
-    (("-R", "probe", "--until", "probe"), {"probe": len(RUN)}),
-    (("-R", "tables"), {"tables": 1, "archive": 1, "report_assets": 1, "all": 1}),
-])
-def test_readme_rerun_commands_plan_the_right_jobs(demo_study, args, expected):
-    assert _planned(demo_study, *args) == expected
+N = len(RUN)
+TOK = CFG["tokenizer"]["run_name"]
+V = RUN[0]
+AFTER = {"tables": 1, "archive": 1, "report_assets": 1, "all": 1}
+# everything downstream of the splits: the LIBERO tokenizer, its evaluation, every LIBERO world model and
+# every evaluation (the DMControl pretraining reads no LIBERO split)
+AFTER_SPLITS = {"data_sanity": 1, "train_tokenizer": 1, "tokenizer_eval": 1, "train_dynamics": N, "probe": N,
+                "probe_baselines": 1, "rollout_eval": N, **AFTER}
+# README "Rerunning one stage": (the command as the README writes it, or None for a config edit; the
+# arguments run here; a config layer; the exact jobs planned on the finished demo study)
+RECIPES = [
+    ("snakemake --profile slurm -R rollout_eval", ("-R", "rollout_eval"), None, {"rollout_eval": N, **AFTER}),
+    ("snakemake --profile slurm -R tokenizer_eval --until tokenizer_eval",
+     ("-R", "tokenizer_eval", "--until", "tokenizer_eval"), None, {"tokenizer_eval": 1}),
+    ("snakemake --profile slurm -f results/train/<run>/checkpoint.json",
+     ("-f", f"results/train/{TOK}/checkpoint.json"), None, {"train_tokenizer": 1}),
+    ("snakemake --profile slurm -f results/probe/<variant>/summary.json",
+     ("-f", f"results/probe/{V}/summary.json"), None, {"probe": 1}),
+    ("snakemake --profile slurm -R probe --until probe", ("-R", "probe", "--until", "probe"), None, {"probe": N}),
+    ("snakemake --profile slurm -R splits", ("-R", "splits"), None, {"splits": 1, **AFTER_SPLITS}),
+    (None, (), f"tokenizer: {{fresh_tag: again}}\n", {k: v for k, v in AFTER_SPLITS.items() if k != "data_sanity"}),
+    ("snakemake --profile slurm results/train/<variant>/checkpoint.json", (f"results/train/{V}/checkpoint.json",),
+     None, {}),
+    (None, (), f"dynamics: {{variants: {{{V}: {{fresh_tag: again}}}}}}\n",
+     {"train_dynamics": 1, "probe": 1, "rollout_eval": 1, **AFTER}),
+    # scheduling keys: time limits, memory, GPUs, nodes, CPUs, retries, workers never rerun a finished job
+    (None, (), "tokenizer: {runtime_min: 999, mem_mb: 777, gpus: 1, cpus_per_task: 3, retries: 9, num_workers: 2,"
+               " deadline_margin_s: 11, steps_per_s: 5.0}\n"
+               "dynamics: {defaults: {runtime_min: 999, mem_mb: 777, gpus: 1, nodes: 1, cpus_per_task: 3, retries: 9}}\n"
+               "probe_eval: {runtime_min: 999, mem_mb: 777, cpus_per_task: 3}\n"
+               "rollout_eval: {runtime_min: 999, mem_mb: 777}\n"
+               "data: {workers: 1}\n"
+               "job_resources: {tokenizer_eval: {runtime_min: 999, mem_mb: 777, batch: 3}, tables: {runtime_min: 9}}\n",
+     {}),
+    ("snakemake --profile slurm --forcerun tables --until tables", ("--forcerun", "tables", "--until", "tables"), None,
+     {"tables": 1}),
+    ("snakemake --profile slurm --forcerun archive --until archive", ("--forcerun", "archive", "--until", "archive"),
+     None, {"archive": 1}),
+]
+
+
+def test_a_finished_study_plans_nothing(demo_study):
+    assert _planned(demo_study) == {}
+
+
+@pytest.mark.parametrize("readme,args,layer,expected", RECIPES, ids=[
+    "-R rollout_eval", "one-job stage", "one tokenizer", "one probe", "every probe", "splits", "tokenizer fresh_tag",
+    "one variant", "variant fresh_tag", "scheduling keys", "tables", "archive"])
+def test_readme_rerun_recipes_plan_exactly_their_jobs(demo_study, tmp_path, readme, args, layer, expected):
+    if readme:
+        assert readme in README, f"README 'Rerunning one stage' no longer has: {readme}"
+    if layer:
+        (tmp_path / "layer.yaml").write_text(layer)
+    assert _planned(demo_study, *args, layer=tmp_path / "layer.yaml" if layer else None) == expected

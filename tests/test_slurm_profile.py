@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snakemake_cmd, venv_env
+from conftest import planned_jobs, snakemake_cmd, venv_env
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "workflow_scripts" / "install_slurm_profile.py"
@@ -146,3 +146,40 @@ def test_every_job_asks_for_the_cpus_its_script_uses(tmp_path, workers):
     pre = [sh for rule, _, sh in jobs if rule == "preprocess"]
     assert cpus["preprocess"] == {n} and len(pre) == 1 and f"--workers {n} " in pre[0], pre
     assert cpus["collect_dmcontrol"] == cpus["rollout_eval"] == cpus["tokenizer_eval"] == {1}
+
+
+def test_profile_keeps_going_and_runs_the_widest_level_at_once():
+    """profiles/slurm: keep-going (a failed evaluation never stops independent training jobs) and `jobs` at least
+    the paper DAG's widest level (every probe, rollout evaluation, probe_baselines and tokenizer_eval at once)."""
+    import yaml
+
+    prof = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert prof["keep-going"] is True
+    r = subprocess.run(snakemake_cmd("-n", "--forceall", "--config", "dmcontrol_init={source: pretrain}"), cwd=REPO,
+                       env=venv_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = planned_jobs(r.stdout + r.stderr)
+    widest = jobs["probe"] + jobs["rollout_eval"] + jobs["probe_baselines"] + jobs["tokenizer_eval"]
+    assert widest == 16 and jobs["train_dynamics"] == 8, jobs
+    assert prof["jobs"] >= widest, (prof["jobs"], widest)
+
+
+def test_controller_wrapper_runs_snakemake_in_the_submit_dir(tmp_path):
+    """profiles/slurm/controller.sbatch (the controller as a Slurm job): from $SLURM_SUBMIT_DIR, the venv active,
+    `snakemake --profile slurm` with the arguments given to sbatch after the script."""
+    script = REPO / "profiles" / "slurm" / "controller.sbatch"
+    text = script.read_text()
+    assert "#SBATCH --cpus-per-task=1" in text and "#SBATCH --output=snakemake-controller-%j.log" in text
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "snakemake").write_text('#!/bin/sh\necho "cwd=$(pwd) venv=${VIRTUAL_ENV:-none} args=$*"\n')
+    (bin_ / "snakemake").chmod(0o755)
+    site = tmp_path / "study"
+    (site / ".venv" / "bin").mkdir(parents=True)
+    (site / ".venv" / "bin" / "activate").write_text(f'export VIRTUAL_ENV="{site}/.venv"\n')
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(PATH=f"{bin_}:/usr/bin:/bin", SLURM_SUBMIT_DIR=str(site))
+    r = subprocess.run(["bash", str(script), "--configfile", "my_site.yaml"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"cwd={site} venv={site}/.venv args=--profile slurm --configfile my_site.yaml"
