@@ -165,9 +165,9 @@ def test_profile_keeps_going_and_runs_the_widest_level_at_once():
 
 
 def test_controller_wrapper_runs_snakemake_in_the_submit_dir(tmp_path):
-    """profiles/slurm/controller.sbatch (the controller as a Slurm job): from $SLURM_SUBMIT_DIR, the venv active,
+    """profiles/slurm/controller.sh (the controller as a Slurm job): from $SLURM_SUBMIT_DIR, the venv active,
     `snakemake --profile slurm` with the arguments given to sbatch after the script."""
-    script = REPO / "profiles" / "slurm" / "controller.sbatch"
+    script = REPO / "profiles" / "slurm" / "controller.sh"
     text = script.read_text()
     assert "#SBATCH --cpus-per-task=1" in text and "#SBATCH --output=snakemake-controller-%j.log" in text
     bin_ = tmp_path / "bin"

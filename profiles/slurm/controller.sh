@@ -2,8 +2,8 @@
 # The Snakemake controller as a Slurm job of its own, for a study that runs for days (README "Running on
 # Slurm"): it only submits and watches jobs, so one CPU and little memory do. Submit from the repository
 # root, with extra snakemake arguments after the script:
-#     sbatch --partition=<long CPU partition> --time=7-00:00:00 profiles/slurm/controller.sbatch
-#     sbatch ... profiles/slurm/controller.sbatch --configfile my_site.yaml
+#     sbatch --partition=<long CPU partition> --time=7-00:00:00 profiles/slurm/controller.sh
+#     sbatch ... profiles/slurm/controller.sh --configfile my_site.yaml
 # Its own log: snakemake-controller-<job id>.log (repository root: Slurm opens it before the script runs). If it ends before the study does (time limit), the training jobs
 # it submitted keep running; resubmit it once they have ended (`squeue -u $USER`): finished outputs are
 # kept, incomplete ones rerun and the trainers resume from their checkpoints.
