@@ -164,6 +164,7 @@ def _planned(root, *args, layer=None):
 
 
 N = len(RUN)
+N_STUDY_TOK = sum(not (r["init_paths"] or {}).get("tokenizer") for n, r in dynamics_variants(CFG).items() if n in RUN)
 TOK = CFG["tokenizer"]["run_name"]
 V = RUN[0]
 AFTER = {"tables": 1, "archive": 1, "report_assets": 1, "all": 1}
@@ -183,7 +184,10 @@ RECIPES = [
      ("-f", f"results/probe/{V}/summary.json"), None, {"probe": 1}),
     ("snakemake --profile slurm -R probe --until probe", ("-R", "probe", "--until", "probe"), None, {"probe": N}),
     ("snakemake --profile slurm -R splits", ("-R", "splits"), None, {"splits": 1, **AFTER_SPLITS}),
-    (None, (), f"tokenizer: {{fresh_tag: again}}\n", {k: v for k, v in AFTER_SPLITS.items() if k != "data_sanity"}),
+    # a new study tokenizer: every world model that freezes it (not the two with the DMControl tokenizer), every
+    # probe of those, and every rollout evaluation (its tokenizer-ceiling reference uses the study tokenizer)
+    (None, (), f"tokenizer: {{fresh_tag: again}}\n",
+     {**{k: v for k, v in AFTER_SPLITS.items() if k != "data_sanity"}, "train_dynamics": N_STUDY_TOK, "probe": N_STUDY_TOK}),
     ("snakemake --profile slurm results/train/<variant>/checkpoint.json", (f"results/train/{V}/checkpoint.json",),
      None, {}),
     (None, (), f"dynamics: {{variants: {{{V}: {{fresh_tag: again}}}}}}\n",
