@@ -56,7 +56,11 @@ def run_launcher(run):
     (training/launch.py; snakemake_slurm.md §3). A resource of the job, not a param: a changed GPU or
     node count never reruns a finished run."""
     gpus = int(run["gpus"] or 0)
-    cpus = gpus * run["cpus_per_gpu"] if gpus and run["cpus_per_gpu"] else run["cpus_per_task"]
+    cpus = (
+        gpus * run["cpus_per_gpu"]
+        if gpus and run["cpus_per_gpu"]
+        else run["cpus_per_task"]
+    )
     return train_launcher(gpus, run["nodes"], cpus)
 
 
@@ -104,7 +108,11 @@ def job_resources(rule, gpu=0, cpus=1, cpus_per_gpu=None, nodes=1, **res):
         if own.get(key) or site[key] or (site[gpu_key] and (callable(gpu) or gpu)):
             value = pick(key, gpu_key)
             res[resource] = value if callable(gpu) else value(None)
-    for key, resource in (("account", "slurm_account"), ("qos", "qos"), ("extra", "slurm_extra")):
+    for key, resource in (
+        ("account", "slurm_account"),
+        ("qos", "qos"),
+        ("extra", "slurm_extra"),
+    ):
         if own.get(key) or site[key]:
             res[resource] = own.get(key) or site[key]
     # --nodes, --gpus=[<model>:]<n> (one node) or --gres=gpu:[<model>:]<n> per node (several), only for GPU jobs

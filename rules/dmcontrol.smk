@@ -35,7 +35,8 @@ rule collect_dmcontrol:
     resources:
         **job_resources(
             "collect_dmcontrol",
-            mem_mb=DMC["collect"]["mem_mb"], runtime=DMC["collect"]["runtime_min"]
+            mem_mb=DMC["collect"]["mem_mb"],
+            runtime=DMC["collect"]["runtime_min"],
         ),
     params:
         c=json_arg(science(DMC["collect"])),

@@ -48,7 +48,9 @@ rule train_dynamics:
             mem_mb=lambda wc: _dyn(wc)["mem_mb"],
             runtime=lambda wc: _dyn(wc)["runtime_min"],
             deadline_margin_s=lambda wc: str(_dyn(wc)["deadline_margin_s"]),
-            loader_workers=lambda wc: "auto" if _dyn(wc)["num_workers"] is None else _dyn(wc)["num_workers"],
+            loader_workers=lambda wc: (
+                "auto" if _dyn(wc)["num_workers"] is None else _dyn(wc)["num_workers"]
+            ),
             launcher=lambda wc: run_launcher(_dyn(wc)),
         ),
     params:

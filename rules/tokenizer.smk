@@ -9,8 +9,11 @@ TOK_EVAL_RES = config["job_resources"]["tokenizer_eval"]
 # one rule trains every tokenizer: the study's (LIBERO), the DMControl pretraining's and its LIBERO fine-tune
 # (rules/dmcontrol.smk)
 TOKS = {TOK_RUN: TOK, DMC_TOK_RUN: DMC_TOK, DMC_FT_RUN: DMC_FT}
-TOK_WHERE = {TOK_RUN: "tokenizer", DMC_TOK_RUN: "dmcontrol_pretrain.tokenizer",
-             DMC_FT_RUN: "dmcontrol_pretrain.finetune_tokenizer"}  # config key of each run, for errors
+TOK_WHERE = {
+    TOK_RUN: "tokenizer",
+    DMC_TOK_RUN: "dmcontrol_pretrain.tokenizer",
+    DMC_FT_RUN: "dmcontrol_pretrain.finetune_tokenizer",
+}  # config key of each run, for errors
 
 
 rule train_tokenizer:
@@ -43,7 +46,9 @@ rule train_tokenizer:
             mem_mb=lambda wc: _tok(wc)["mem_mb"],
             runtime=lambda wc: _tok(wc)["runtime_min"],
             deadline_margin_s=lambda wc: str(_tok(wc)["deadline_margin_s"]),
-            loader_workers=lambda wc: "auto" if _tok(wc)["num_workers"] is None else _tok(wc)["num_workers"],
+            loader_workers=lambda wc: (
+                "auto" if _tok(wc)["num_workers"] is None else _tok(wc)["num_workers"]
+            ),
             launcher=lambda wc: run_launcher(_tok(wc)),
         ),
     params:
