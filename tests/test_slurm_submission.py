@@ -42,10 +42,13 @@ slurm:
 
 SBATCH = r'''#!{python}
 """Stand-in sbatch: log the call, start nothing; attempt 2 of a job creates its outputs (empty)."""
-import json, os, sys
+import fcntl, json, os, sys
 from pathlib import Path
 state = Path(os.environ["SBATCH_STATE"])
 argv = sys.argv[1:]
+# the plugin submits from several threads at once: one call at a time (unique job ids, whole lines)
+lock = open(state / "sbatch.lock", "w")
+fcntl.flock(lock, fcntl.LOCK_EX)
 comment = argv[argv.index("--comment") + 1]
 calls = [json.loads(x) for x in (state / "calls.jsonl").read_text().splitlines()] if (state / "calls.jsonl").exists() else []
 attempt = 1 + sum(c["comment"] == comment for c in calls)
@@ -137,6 +140,7 @@ def submitted(snakemake_repo, tmp_path_factory):
 
 def test_every_job_submitted_twice_with_the_same_time_and_memory(submitted):
     calls, jobs, _ = submitted
+    assert len({c["jobid"] for c in calls}) == len(calls)      # the stand-in gave every submission its own id
     remote = [j for j in jobs if not j["local"]]
     by = {}
     for c in calls:
