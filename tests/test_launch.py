@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import snakemake_cmd, venv_env
+from conftest import dry_run_jobs, snakemake_cmd, venv_env
 from dreamer4_libero.config import ConfigError, dmcontrol_pretrain_runs, dynamics_variants, load_config
 from dreamer4_libero.training import launch
 from dreamer4_libero.training.identity import identity_dir, resolve_run_dir, run_identity
@@ -110,24 +110,14 @@ def test_only_global_rank_0_writes_the_identity_folder(tmp_path, monkeypatch):
 # -- the jobs of the paper config, with the real executor plugin's sbatch flags ----------------------------
 
 def _jobs(out: str) -> list[dict]:
-    """Every planned job of a dry run (-p): rule, wildcards, resources (ints where they are), shell."""
-    jobs, cur = [], None
-    for ln in out.splitlines():
-        s = ln.strip()
-        if s.startswith(("rule ", "localrule ")) and s.endswith(":"):
-            cur = {"rule": s.split()[1][:-1], "wildcards": {}, "resources": {}, "shell": ""}
-            jobs.append(cur)
-        elif cur is None:
-            continue
-        elif s.startswith("wildcards:"):
-            cur["wildcards"] = dict(kv.split("=", 1) for kv in s[len("wildcards:"):].strip().split(", "))
-        elif s.startswith("resources:"):
-            for kv in s[len("resources:"):].strip().split(", "):
-                k, v = kv.split("=", 1)
-                cur["resources"][k] = int(v) if v.isdigit() else v
-        elif s.startswith("Shell command:"):
-            cur["shell"] = s[len("Shell command:"):].strip()
-    return [j for j in jobs if j["resources"]]
+    """Every planned job of a dry run (-p) with resources (conftest.dry_run_jobs), resources as a dict (ints
+    where they are)."""
+    jobs = []
+    for j in dry_run_jobs(out):
+        if j["resources"]:
+            pairs = (kv.split("=", 1) for kv in j["resources"].split(", "))
+            jobs.append({**j, "resources": {k: int(v) if v.isdigit() else v for k, v in pairs}})
+    return jobs
 
 
 class _Resources(dict):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import planned_jobs, snakemake_cmd, venv_env
+from conftest import dry_run_jobs, planned_jobs, snakemake_cmd, venv_env
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "workflow_scripts" / "install_slurm_profile.py"
@@ -59,14 +59,11 @@ def test_site_default_resources_reach_every_job(tmp_path):
 
 
 def _planned_resources(out: str) -> dict[str, list[str]]:
-    """rule -> the `resources:` lines of its planned jobs, from a dry run's output."""
-    res, rule = {}, None
-    for ln in out.splitlines():
-        s = ln.strip()
-        if s.startswith(("rule ", "localrule ")) and s.endswith(":"):
-            rule = s.split()[1][:-1]
-        elif s.startswith("resources:") and rule:
-            res.setdefault(rule, []).append(s)
+    """rule -> the resources text of its planned jobs, from a dry run's output (conftest.dry_run_jobs)."""
+    res = {}
+    for j in dry_run_jobs(out):
+        if j["resources"]:
+            res.setdefault(j["rule"], []).append(j["resources"])
     return res
 
 
@@ -100,25 +97,6 @@ def test_config_slurm_settings_reach_the_jobs(tmp_path):
     assert all("cpus_per_task=2" in ln and "gpu=2" in ln for ln in res["train_tokenizer"])
 
 
-def _planned_jobs_with_shell(out: str) -> list[tuple[str, str, str]]:
-    """(rule, resources line, shell command or '') of every planned job of a dry run's output."""
-    jobs, rule, res = [], None, None
-    for ln in out.splitlines():
-        s = ln.strip()
-        if s.startswith(("rule ", "localrule ")) and s.endswith(":"):
-            if rule and res:
-                jobs.append((rule, res, ""))
-            rule, res = s.split()[1][:-1], None
-        elif s.startswith("resources:") and rule:
-            res = s
-        elif s.startswith("Shell command:") and rule and res:
-            jobs.append((rule, res, s))
-            rule, res = None, None
-    if rule and res:
-        jobs.append((rule, res, ""))
-    return jobs
-
-
 @pytest.mark.parametrize("workers", [None, 3])
 def test_every_job_asks_for_the_cpus_its_script_uses(tmp_path, workers):
     """The repo's Slurm profile (default-resources cpus_per_task: 1) on the paper config: every job sends its own
@@ -135,7 +113,7 @@ def test_every_job_asks_for_the_cpus_its_script_uses(tmp_path, workers):
     env = {**venv_env(), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
     r = subprocess.run(snakemake_cmd(*args), cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    jobs = _planned_jobs_with_shell(r.stdout + r.stderr)
+    jobs = [(j["rule"], j["resources"], j["shell"]) for j in dry_run_jobs(r.stdout + r.stderr) if j["resources"]]
     cpus = {}
     for rule, res, _ in jobs:
         m = re.search(r"\bcpus_per_task=(\d+)", res)
