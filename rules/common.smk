@@ -4,7 +4,7 @@ import json
 import os
 import shlex
 
-from dreamer4_libero.job_sizing import check_workers, retries_of, science
+from dreamer4_libero.job_sizing import check_workers, job_cpus, retries_of, science
 from dreamer4_libero.config import check_launch
 from dreamer4_libero.training.launch import launcher as train_launcher
 from dreamer4_libero.training.launch import NODE_RESOURCE_KEYS, slurm_node_resources
@@ -55,13 +55,7 @@ def run_launcher(run):
     """python / single-node torchrun / one torchrun agent per node under srun for a training run
     (training/launch.py; snakemake_slurm.md §3). A resource of the job, not a param: a changed GPU or
     node count never reruns a finished run."""
-    gpus = int(run["gpus"] or 0)
-    cpus = (
-        gpus * run["cpus_per_gpu"]
-        if gpus and run["cpus_per_gpu"]
-        else run["cpus_per_task"]
-    )
-    return train_launcher(gpus, run["nodes"], cpus)
+    return train_launcher(int(run["gpus"] or 0), run["nodes"], job_cpus(run))
 
 
 def job_resources(rule, gpu=0, cpus=1, cpus_per_gpu=None, nodes=1, **res):

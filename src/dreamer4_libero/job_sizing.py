@@ -90,12 +90,18 @@ def loader_workers(num_workers: int | None, *, local_ranks: int, cpus: int | Non
     return max(0, cpus // max(1, local_ranks) - 1)
 
 
+def job_cpus(run: dict) -> int:
+    """The CPUs a run's job asks for (per node): cpus_per_gpu x gpus for a GPU job that sets it, else cpus_per_task."""
+    gpus = int(run.get("gpus") or 0)
+    return gpus * run["cpus_per_gpu"] if gpus and run.get("cpus_per_gpu") else run["cpus_per_task"]
+
+
 def check_workers(run: dict, where: str) -> None:
     """An explicit `num_workers` on a GPU run must fit its CPUs: gpus x (num_workers + 1) <= CPUs."""
     n, gpus = run.get("num_workers"), int(run.get("gpus") or 0)
     if n is None or gpus == 0:
         return
-    cpus = gpus * run["cpus_per_gpu"] if run.get("cpus_per_gpu") else run["cpus_per_task"]
+    cpus = job_cpus(run)
     if gpus * (n + 1) > cpus:
         raise SizingError(f"config key '{where}.num_workers' = {n}: {gpus} ranks x ({n} workers + 1) = "
                           f"{gpus * (n + 1)} processes on a job of {cpus} CPUs; set it to null (= "
