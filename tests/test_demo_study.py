@@ -88,6 +88,9 @@ def test_rollout_references(demo_study):
             rows = block["rows"]
             assert {"model", "action_shuffled", "copy_last_context", "tokenizer_ceiling"} <= set(rows)
             n = block["n_windows"]
+            # issue 27: the ceiling also in chunks of the tokenizer's training length; the demo runs use whole windows
+            assert block["ceiling_chunk"] == rec["tokenizer_train_seq_len"] and block["tokenizer_chunk"] is None
+            assert rows["tokenizer_ceiling_chunked"]["n_frames"] == 24 * n
             assert all(len(w) == 24 for w in rows["copy_last_context"]["per_window_mse"]) and len(
                 rows["copy_last_context"]["per_window_mse"]) == n
             pairs = block["shuffle_pairs"]                      # [window id, partner id], id = <episode>@<start>

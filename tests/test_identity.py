@@ -205,3 +205,29 @@ def test_workflow_checkpoint_identity(dag_repo):
     for run, old in before.items():
         assert s.current(run) != old and "fresh start at step 0" in s.log(run), run
     assert "Nothing to be done" in s.run(dry=True)
+
+
+def test_tokenizer_chunk_default_keeps_the_identity_of_existing_variants():
+    from dreamer4_libero.config import dynamics_variants, load_config
+
+    variants = dynamics_variants(load_config())
+    assert variants and all(v["tokenizer_chunk"] is None for v in variants.values())   # the published default
+    for name, v in variants.items():
+        before = {k: x for k, x in v.items() if k != "tokenizer_chunk"}                # the section before the key
+        assert _ident(v) == _ident(before), name
+    v = next(iter(variants.values()))
+    chunked = {_ident({**v, "tokenizer_chunk": c}) for c in (2, 16, "train")}
+    assert len(chunked) == 3 and _ident(v) not in chunked                              # set: a new run
+
+
+def test_tokenizer_chunk_config_key_is_validated():
+    from dreamer4_libero.config import ConfigError, dynamics_variants, load_config
+
+    def variant(value):
+        cfg = load_config(overrides={"dynamics": {"variants": {"dynamics_phase3": {"tokenizer_chunk": value}}}})
+        return dynamics_variants(cfg)["dynamics_phase3"]["tokenizer_chunk"]
+
+    assert variant(16) == 16 and variant("train") == "train"
+    for bad in ("whole", 0):
+        with pytest.raises(ConfigError, match="dynamics_phase3.tokenizer_chunk"):
+            variant(bad)

@@ -279,6 +279,31 @@ def test_wm_features_equal_a_hand_built_window(wm_env, mode, extraction):
             assert np.abs(leaky[b - s] - sp[ti]).max() > 1e-4
 
 
+def test_wm_features_use_the_runs_tokenizer_chunks(wm_env):
+    """issue 27: with tokenizer_chunk c, each probe window's latents come from independent chunks of c frames."""
+    from dreamer4_libero.models.tokenizer_chunks import encode_chunked
+
+    e = wm_env["eps"][0]
+    frames, raw = wm_env["episodes"][e]
+    T = len(raw)
+    t = valid_targets(T, 1)
+    tok, dyn = wm_env["tok"]["tiny"], _dyn("wm_agent")
+    feats = {c: WorldModelFeatures(tok, dyn, packing=PACKING, window=C, resolution=RES, tokenizer_chunk=c)
+             .extract(frames, raw, t, "policy", "video_only")["wm_spatial"] for c in (None, C, 4)}
+    np.testing.assert_array_equal(feats[C], feats[None])                       # chunk >= window: one call
+    assert np.abs(feats[4] - feats[None]).max() > 1e-4                          # chunks change the latents
+
+    class Chunked(torch.nn.Module):                                             # hand-built chunked encoding
+        def encode(self, x, mae=False):
+            return encode_chunked(tok, x, 4)
+
+    starts = window_plan(T, C)
+    for ti in [0, 3, 4, 5, C - 1, 23, T - 2]:
+        s = readout_window(int(ti), starts, C)
+        _, h_sp = _direct(Chunked(), dyn, frames, raw, s, s + min(C, T), video_only=True)
+        np.testing.assert_allclose(feats[4][ti], h_sp[ti - s], atol=1e-5, rtol=0)
+
+
 def test_wm_features_differ_between_episodes_and_extractions(wm_env):
     wm = _wm(wm_env)
     (f0, r0), (f1, r1) = [wm_env["episodes"][e] for e in wm_env["eps"][:2]]

@@ -201,6 +201,54 @@ def test_copy_last_and_ceiling_rows(ood):
     assert c8["n_capped_frames"] == 46 and c8["per_window_mse"][0][0] > 0 and c8["per_step_psnr"][0] < 100
 
 
+class SpyTokenizer(PixelTokenizer):
+    """PixelTokenizer recording the time length of every encode / decode call."""
+
+    def __init__(self, corrupt=()):
+        super().__init__(corrupt)
+        self.calls = []
+
+    def encode(self, frames, mae=False):
+        self.calls.append(("encode", frames.shape[1]))
+        return super().encode(frames, mae)
+
+    def decode(self, z):
+        self.calls.append(("decode", z.shape[1]))
+        return super().decode(z)
+
+
+def test_chunked_ceiling_row_and_chunked_model_encoding(ood):
+    """issue 27: `tokenizer_ceiling_chunked` round-trips chunks of `ceiling_chunk` frames; `tokenizer_chunk`
+    makes the context encoding and the rollout decoding use chunks too (positions restart in each)."""
+    store, wins = ood
+    two = [wins[0], next(w for w in wins if w["task"] != wins[0]["task"])]
+    whole, _ = _eval(store, two, tok=PixelTokenizer([0]))                       # no chunks: the published setup
+    assert whole["tokenizer_chunk"] is None and whole["ceiling_chunk"] is None
+    assert whole["rows"]["tokenizer_ceiling"]["n_capped_frames"] == 48          # frame 0 is context: unscored
+    assert whole["rows"]["tokenizer_ceiling_chunked"]["per_window_mse"] == \
+        whole["rows"]["tokenizer_ceiling"]["per_window_mse"]                     # chunk None = the whole window
+    ch, _ = _eval(store, two, tok=PixelTokenizer([0]), ceiling_chunk=8)
+    assert ch["ceiling_chunk"] == 8
+    assert ch["rows"]["tokenizer_ceiling"]["n_capped_frames"] == 48             # the whole-window row is unchanged
+    c = ch["rows"]["tokenizer_ceiling_chunked"]
+    assert c["n_capped_frames"] == 48 - 2 * 3                                    # chunk starts 8, 16, 24 corrupted
+    bad = [u - 8 for u in (8, 16, 24)]
+    assert all(c["per_window_mse"][w][k] > 1e-4 for w in range(2) for k in bad)
+    assert ch["rows"]["model"]["per_window_mse"] == whole["rows"]["model"]["per_window_mse"]   # the run: unchanged
+    # the run's own chunks: context encoded in chunks of 4, the 32 generated latents decoded in chunks of 4
+    spy = SpyTokenizer([0])
+    run, _ = _eval(store, two, tok=spy, tokenizer_chunk=4, ceiling_chunk=8)
+    assert run["tokenizer_chunk"] == 4
+    assert ("encode", 32) in spy.calls and ("encode", 8) in spy.calls           # the two ceiling rows
+    assert ("encode", 4) in spy.calls and ("decode", 4) in spy.calls            # the model rows
+    m = np.array(run["rows"]["model"]["per_window_mse"])
+    m0 = np.array(whole["rows"]["model"]["per_window_mse"])
+    grey = [k for k in range(24) if (k + 8) % 4 == 0]                            # frames 8, 12, ..., 28: chunk starts
+    other = [k for k in range(24) if k not in grey]
+    np.testing.assert_allclose(m[:, other], m0[:, other], rtol=1e-6, atol=1e-9)
+    assert (np.abs(m[:, grey] - m0[:, grey]) > 1e-6).any()
+
+
 def test_common_random_numbers_and_action_rows(ood):
     store, wins = ood
     a, ex = _eval(store, wins, batch_size=4, n_examples=2)
@@ -236,14 +284,15 @@ def test_common_random_numbers_and_action_rows(ood):
 # the command-line entry point
 
 
-def _ckpt(tmp_path: Path, tok: Path) -> Path:
+def _ckpt(tmp_path: Path, tok: Path, **extra_args) -> Path:
     torch.manual_seed(0)
     dyn = Dynamics(DynamicsConfig(d_model=32, depth=1, n_heads=2, n_spatial=2, d_spatial=16))
     for p in dyn.parameters():
         torch.nn.init.normal_(p, std=0.05)
     ck = upstream_dynamics_checkpoint(dyn, step=7, args={
         "tokenizer_ckpt": str(tok), "tokenizer_sha256": sha256_file(tok), "packing_factor": 2, "n_spatial": 2,
-        "n_heads": 2, "k_max": 8, "n_agent": 1, "space_mode": "wm_agent_isolated", "variant": "dyn_tiny"})
+        "n_heads": 2, "k_max": 8, "n_agent": 1, "space_mode": "wm_agent_isolated", "variant": "dyn_tiny",
+        **extra_args})
     ck["aux_head"] = InverseDynamicsHead(32).state_dict()                       # present in the file, never loaded
     torch.save(ck, tmp_path / "step_0000007.pt")
     cj = tmp_path / "checkpoint.json"
@@ -280,7 +329,9 @@ def test_cli_end_to_end(preprocessed, tiny_tokenizer_ckpt, tmp_path):
         s = rec["sets"][name]
         assert {"windows_file", "windows_sha256", "n_windows", "n_episodes", "rows", "delta_action",
                 "delta_copy_last", "shuffle_pairs"} <= set(s)
-        assert set(s["rows"]) == {"model", "action_shuffled", "null_actions", "copy_last_context", "tokenizer_ceiling"}
+        assert set(s["rows"]) == {"model", "action_shuffled", "null_actions", "copy_last_context", "tokenizer_ceiling",
+                                  "tokenizer_ceiling_chunked"}
+        assert s["tokenizer_chunk"] is None and s["ceiling_chunk"] == rec["tokenizer_train_seq_len"]
         for row in s["rows"].values():
             assert ROW_KEYS <= set(row) and len(row["per_step_psnr"]) == 24
             assert len(row["per_window_mse"]) == s["n_windows"]
@@ -295,6 +346,20 @@ def test_cli_end_to_end(preprocessed, tiny_tokenizer_ckpt, tmp_path):
     from PIL import Image
     with Image.open(out / "rollout.gif") as im:
         assert im.format == "GIF" and im.n_frames == 32
+
+
+def test_load_run_reads_the_runs_tokenizer_chunk(tiny_tokenizer_ckpt, tmp_path):
+    from dreamer4_libero.evaluation.loading import load_run
+
+    _, _, info = load_run(str(_ckpt(tmp_path, tiny_tokenizer_ckpt)))
+    assert info["tokenizer_chunk"] is None                                       # older checkpoints: whole window
+    assert info["tokenizer_train_seq_len"] == 8                                  # not in its args: upstream default
+    (tmp_path / "b").mkdir()
+    _, _, info = load_run(str(_ckpt(tmp_path / "b", tiny_tokenizer_ckpt, tokenizer_chunk=4)))
+    assert info["tokenizer_chunk"] == 4
+    (tmp_path / "c").mkdir()
+    with pytest.raises(ValueError, match=r"\['tokenizer_chunk'\]"):
+        load_run(str(_ckpt(tmp_path / "c", tiny_tokenizer_ckpt, tokenizer_chunk=0)))
 
 
 def test_cli_bad_input_names_file_and_key(preprocessed, tiny_tokenizer_ckpt, tmp_path):

@@ -154,8 +154,9 @@ def rollout_record(variant, pooled=13.0, frame_mean=14.0, copy_last=12.0):
                 "n_capped_frames": 0, "per_window_mse": [[0.01] * 24, [0.02] * 24]}
     rows = {"model": row(frame_mean, pooled), "action_shuffled": row(frame_mean - 0.7, pooled - 0.7),
             "null_actions": row(frame_mean - 1.0, pooled - 1.0), "copy_last_context": row(copy_last, copy_last - 0.5),
-            "tokenizer_ceiling": row(22.0, 21.5)}
+            "tokenizer_ceiling": row(22.0, 21.5), "tokenizer_ceiling_chunked": row(23.25, 22.75)}
     test = {"windows_file": "results/rollout/windows.json", "windows_sha256": "w" * 64, "n_windows": 2,
+            "tokenizer_chunk": None, "ceiling_chunk": 2,
             "n_episodes": 2, "rows": rows, "delta_action": {"mean": 0.7, "ci": [0.2, 1.2]},
             "delta_copy_last": {"mean": frame_mean - copy_last, "ci": [frame_mean - copy_last - 0.4,
                                                                       frame_mean - copy_last + 0.4]},
@@ -436,6 +437,36 @@ def test_missing_record_gives_dash(results, tmp_path):
     assert r[2:6] == ["—", "—", "—", "—"]
     t2 = _md_rows((out / "table2_quality.md").read_text())
     assert _row(t2, "dynamics_aux_phase6")[2:6] == ["—", "—", "—", "—"]
+
+
+def test_table2_reports_the_tokenizer_ceiling_both_ways(results, built, tmp_path):
+    """issue 27: whole-window ceiling and the ceiling in chunks of the tokenizer's training length."""
+    t2 = _md_rows((built / "table2_quality.md").read_text())
+    whole = _row(t2, "tokenizer reconstruction ceiling")
+    chunked = _row(t2, "tokenizer reconstruction ceiling, chunks of 2 frames (its training length)")
+    assert whole[2:4] == ["22.00", "21.50"] and chunked[2:4] == ["23.25", "22.75"]
+    rows = list(csv.reader(io.StringIO((built / "table2_quality.csv").read_text())))
+    head = rows[0]
+    r = next(x for x in rows if "tokenizer_ceiling_chunked" in x)
+    assert float(r[head.index("psnr_frame_mean_ci_lo")]) == 22.75
+    # an older rollout record without the row: the row stays, with dashes
+    res = dict(results)
+    old = tmp_path / "rollout"
+    res["rollout"] = []
+    for p in results["rollout"]:
+        rec = json.loads(Path(p).read_text())
+        for s in rec["sets"].values():
+            s["rows"].pop("tokenizer_ceiling_chunked")
+            s.pop("ceiling_chunk")
+        q = old / Path(p).relative_to(Path(p).parents[1])
+        q.parent.mkdir(parents=True, exist_ok=True)
+        q.write_text(json.dumps(rec))
+        res["rollout"].append(q)
+    out = tmp_path / "out"
+    T.write_tables(load(res), out, plots=False)
+    r = _row(_md_rows((out / "table2_quality.md").read_text()),
+             "tokenizer reconstruction ceiling, chunks of its training length")
+    assert r[1:] == ["—"] * 7
 
 
 # ---------------------------------------------------------------------------- numbers

@@ -72,8 +72,10 @@ def main() -> None:
         tok, dyn, info = load_run(a.checkpoint_json, a.resolution, device)
         window = info["seq_len"]
         wm = WorldModelFeatures(tok, dyn, packing=info["packing_factor"], window=window,
-                                resolution=a.resolution, batch=ev["batch"], device=device)
+                                resolution=a.resolution, batch=ev["batch"], device=device,
+                                tokenizer_chunk=info["tokenizer_chunk"])
         identity = {"variant": info["variant"], "checkpoint_sha256": info["checkpoint_sha256"],
+                    "tokenizer_chunk": info["tokenizer_chunk"],
                     "tokenizer_sha256": info["tokenizer_sha256"], "space_mode": info["space_mode"],
                     "n_params": info["n_params"], "null_action": NULL_ACTION, "window": window,
                     "n_agent": dyn.cfg.n_agent}

@@ -23,7 +23,8 @@ from dreamer4_libero.evaluation.rollout import (NOISE_RULE, NULL_ACTION, PROTOCO
 from dreamer4_libero.evaluation.tokenizer_psnr import evaluate_tokenizer
 from dreamer4_libero.fileio import read_json, sha256_file, write_json
 from dreamer4_libero.models.sampling import tau_schedule
-from dreamer4_libero.models.upstream import load_tokenizer_checkpoint, read_checkpoint
+from dreamer4_libero.models.tokenizer_chunks import tokenizer_train_seq_len
+from dreamer4_libero.models.upstream import load_tokenizer_checkpoint
 from dreamer4_libero.reporting.plots import copy_last_frames, per_step_psnr, rollout_gif, rollout_strips, to_uint8
 from dreamer4_libero.evaluation.loading import load_run, versions
 from dreamer4_libero.evaluation.runtime import eval_autocast, eval_device, precision_name, run_amp
@@ -31,7 +32,6 @@ from dreamer4_libero.evaluation.runtime import eval_autocast, eval_device, preci
 EVAL_REQUIRED = ("eps_per_task", "context", "horizon", "euler_steps", "rollout_seed", "bootstrap_B",
                  "max_val_windows", "n_strips")
 EVAL_OPTIONAL = {"bootstrap_seed": 0, "batch_size": 8, "stride": 40, "per_episode": 2, "device": "auto"}
-UPSTREAM_TOKENIZER_SEQ_LEN = 8  # train_tokenizer.py default: the §3 chunk when a checkpoint does not say
 
 
 def parse_eval(text: str) -> dict:
@@ -65,9 +65,7 @@ def tokenizer_block(tok_path: str, store, sets: dict, resolution: int, seed: int
     Runs on `device`, `batch` chunks per pass, under the caller's autocast, as the tokenizer_eval rule does."""
     model, _ = load_tokenizer_checkpoint(tok_path)
     model = model.to(device)
-    _, args, _ = read_checkpoint(tok_path, keys=("model", "tokenizer", "state_dict"))
-    chunk, origin = (int(args["seq_len"]), "checkpoint args") if args.get("seq_len") else (
-        UPSTREAM_TOKENIZER_SEQ_LEN, "upstream train_tokenizer default (not in the checkpoint's args)")
+    chunk, origin = tokenizer_train_seq_len(tok_path)
     res = evaluate_tokenizer(model, store, sets, resolution=resolution, chunk=chunk, seed=seed, progress=bar,
                              batch=batch)
     return {"checkpoint": os.path.abspath(tok_path), "checkpoint_sha256": sha256_file(tok_path), "chunk": chunk,
@@ -144,7 +142,9 @@ def main() -> None:
                                           context=ev["context"], horizon=ev["horizon"], d=d,
                                           rollout_seed=ev["rollout_seed"], B=ev["bootstrap_B"],
                                           bootstrap_seed=ev["bootstrap_seed"], set_name=name,
-                                          batch_size=ev["batch_size"], n_examples=ev["n_strips"], progress=bar)
+                                          batch_size=ev["batch_size"], n_examples=ev["n_strips"], progress=bar,
+                                          tokenizer_chunk=info["tokenizer_chunk"],
+                                          ceiling_chunk=info["tokenizer_train_seq_len"])
             results[name] = {"windows_file": s["windows_file"], "windows_sha256": s["windows_sha256"],
                              "split": s["split"], "split_sha256": s["split_sha256"], **block}
             examples[name] = ex
@@ -158,6 +158,7 @@ def main() -> None:
         "tokenizer_checkpoint": os.path.abspath(tok_path), "tokenizer_sha256": tok_sha,
         "study_tokenizer_sha256": a.study_tokenizer_sha256, "packing_factor": packing,
         "space_mode": dyn.cfg.space_mode, "resolution": a.resolution,
+        "tokenizer_chunk": info["tokenizer_chunk"], "tokenizer_train_seq_len": info["tokenizer_train_seq_len"],
         "n_params": {"tokenizer": sum(p.numel() for p in tok.parameters()),
                      "dynamics": sum(p.numel() for p in dyn.parameters())},
         "context": ev["context"], "horizon": ev["horizon"], "euler_steps": ev["euler_steps"], "k_max": dyn.cfg.k_max,
@@ -177,7 +178,9 @@ def main() -> None:
               f"{rows['action_shuffled']['psnr_frame_mean']:.2f} (Δ_action {da['mean']:+.2f} "
               f"[{da['ci'][0]:+.2f}, {da['ci'][1]:+.2f}]); null {rows['null_actions']['psnr_frame_mean']:.2f}; "
               f"copy-last {rows['copy_last_context']['psnr_frame_mean']:.2f}; "
-              f"ceiling {rows['tokenizer_ceiling']['psnr_frame_mean']:.2f}", flush=True)
+              f"ceiling {rows['tokenizer_ceiling']['psnr_frame_mean']:.2f} (whole window), "
+              f"{rows['tokenizer_ceiling_chunked']['psnr_frame_mean']:.2f} (chunks of "
+              f"{info['tokenizer_train_seq_len']})", flush=True)
     if tok_eval is not None:
         for name, r in tok_eval["sets"].items():
             print(f"tokenizer {name}: PSNR frame-mean {r['tok_psnr_frame_mean']:.2f} dB (chunk {tok_eval['chunk']})")

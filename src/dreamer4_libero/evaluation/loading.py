@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..fileio import read_json, sha256_file
+from ..models.tokenizer_chunks import resolve_chunk, tokenizer_train_seq_len
 from ..models.upstream import load_dynamics_checkpoint, read_checkpoint
 from ..training.dynamics_task import load_frozen_tokenizer
 
@@ -29,6 +30,8 @@ def load_run(checkpoint_json: str, resolution: int | None = None, device: str = 
     The tokenizer is the one the run was trained with (`args.tokenizer_ckpt`), checked against the
     sha256 recorded in the checkpoint's args. Only the `dynamics` state dict is loaded (strict), so an
     aux head cannot enter the features or rollouts; this is asserted. `device` "auto" = CUDA if present.
+    info["tokenizer_chunk"]: the chunk length the run encodes its windows in (`args.tokenizer_chunk`, recorded
+    resolved by the trainer; absent = None, the whole window); info["tokenizer_train_seq_len"]: the tokenizer's own.
     """
     if not os.path.exists(checkpoint_json):
         raise FileNotFoundError(f"checkpoint json not found: {checkpoint_json}")
@@ -65,6 +68,8 @@ def load_run(checkpoint_json: str, resolution: int | None = None, device: str = 
             "checkpoint_sha256": need(ck, "sha256", checkpoint_json), "step": ck.get("step"),
             "tokenizer_path": tok_path, "tokenizer_sha256": tok_sha, "space_mode": dyn.cfg.space_mode,
             "seq_len": int(args.get("seq_len", 32)), "packing_factor": packing,
+            "tokenizer_chunk": resolve_chunk(args.get("tokenizer_chunk"), tok_path, f"{where}['tokenizer_chunk']"),
+            "tokenizer_train_seq_len": tokenizer_train_seq_len(tok_path)[0],
             "n_params": {"tokenizer": sum(p.numel() for p in tok.parameters()),
                          "dynamics": sum(p.numel() for p in dyn.parameters())},
             "dynamics_config": dyn.cfg.to_dict(), "args": args, "load_report": report, "device": str(dev)}

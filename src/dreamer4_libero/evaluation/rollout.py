@@ -18,7 +18,11 @@ evaluation.md §0/§2). Protocol (`evaluate_rollouts`):
   paired window pi(w), a derangement across tasks, `shuffle_pairing`), `null_actions` (every
   block the null token: zero action, zero mask), `copy_last_context` (every prediction = o_{s+7}),
   `tokenizer_ceiling` (all 32 ground-truth frames encoded in one call and decoded in one call;
-  the last 24 scored);
+  the last 24 scored), `tokenizer_ceiling_chunked` (the same frames encoded and decoded in
+  independent chunks of `ceiling_chunk` frames, the tokenizer's training seq_len; issue 27);
+- the context and the generated latents are encoded / decoded in chunks of `tokenizer_chunk`
+  frames (the run's `tokenizer_chunk`, models/tokenizer_chunks.py; None = one call each, as
+  published);
 - metrics per row (`row_metrics`): per (window, step) MSE over H x W x 3 in float64, PSNR =
   10 log10(1 / max(MSE, 1e-10)) (cap 100 dB, capped frames counted), psnr_frame_mean (headline),
   psnr_pooled, psnr_pooled_h16, per-step and per-task means, episode-cluster bootstrap CI
@@ -47,6 +51,7 @@ from ..data.shards import ShardStore, parse_episode_id
 from ..fileio import sha256_file, write_json
 from ..models.dynamics import pack_latents, unpack_latents
 from ..models.sampling import rollout
+from ..models.tokenizer_chunks import decode_chunked, encode_chunked
 from .bootstrap import mean_replicates, percentile_ci, resample_counts
 from .tokenizer_psnr import PSNR_CAP, psnr, psnr_of_mse, rollout_episode_list
 
@@ -54,7 +59,8 @@ PROTOCOL = "eval-protocol-v1"
 NULL_ACTION = "zero action, zero mask (as block 0 of every training window)"
 NOISE_RULE = ("initial noise of generated frame u (window frame index) ~ N(0, I) from a CPU torch.Generator "
               "seeded by sha256('<rollout_seed>|<window id>|<u>'); identical for every row and variant")
-ROWS = ("model", "action_shuffled", "null_actions", "copy_last_context", "tokenizer_ceiling")
+ROWS = ("model", "action_shuffled", "null_actions", "copy_last_context", "tokenizer_ceiling",
+        "tokenizer_ceiling_chunked")
 
 
 def window_starts(T: int, length: int, stride: int = 40, per_episode: int = 2) -> list[int]:
@@ -300,8 +306,13 @@ def _batch_actions(store: ShardStore, windows: list[dict], L: int):
 def evaluate_rollouts(tokenizer, dyn, store: ShardStore, windows: list[dict], *, resolution: int, packing: int,
                       context: int = 8, horizon: int = 24, d: float = 0.25, rollout_seed: int = 0, B: int = 1000,
                       bootstrap_seed: int = 0, set_name: str = "test_ood", batch_size: int = 8,
-                      n_examples: int = 0, use_cache: bool = True, progress=None) -> tuple[dict, list[dict]]:
+                      n_examples: int = 0, use_cache: bool = True, progress=None, tokenizer_chunk: int | None = None,
+                      ceiling_chunk: int | None = None) -> tuple[dict, list[dict]]:
     """All rows of evaluation.md §2 on `windows` (see the module docstring).
+
+    tokenizer_chunk: chunk length of the run's encoding and decoding (None = the whole window in one call);
+    ceiling_chunk: chunk length of the `tokenizer_ceiling_chunked` row (the tokenizer's training seq_len;
+    None = the whole window, i.e. the same as `tokenizer_ceiling`).
 
     Returns (block, examples): block = {"n_windows", "n_episodes", "n_tasks", "episodes", "rows",
     "delta_action", "delta_copy_last", "shuffle_pairs", ...} as in docs/results_format.md (the caller
@@ -331,16 +342,17 @@ def evaluate_rollouts(tokenizer, dyn, store: ShardStore, windows: list[dict], *,
         gt = frames[:, context:]
         # reference rows: copy the last context frame; tokenizer round trip of the whole window
         mse["copy_last_context"][idx] = frame_mse(frames[:, context - 1:context].expand_as(gt), gt)
-        ceiling = tokenizer.decode(tokenizer.encode(frames, mae=False)).float().clamp(0, 1)
-        mse["tokenizer_ceiling"][idx] = frame_mse(ceiling[:, context:], gt)
+        for row, c in (("tokenizer_ceiling", None), ("tokenizer_ceiling_chunked", ceiling_chunk)):
+            ceiling = decode_chunked(tokenizer, encode_chunked(tokenizer, frames, c), c).float().clamp(0, 1)
+            mse[row][idx] = frame_mse(ceiling[:, context:], gt)
         # model rows: true / shuffled / null actions, one batch, identical context and noise
-        z_ctx = pack_latents(tokenizer.encode(frames[:, :context], mae=False).float(), packing)
+        z_ctx = pack_latents(encode_chunked(tokenizer, frames[:, :context], tokenizer_chunk).float(), packing)
         noise = torch.stack([window_noise(rollout_seed, windows[i]["id"], range(context, L),
                                           (cfg.n_spatial, cfg.d_spatial)) for i in idx]).to(dev)
         zeros = torch.zeros_like(act)
         lat = rollout(dyn, z_ctx.repeat(3, 1, 1, 1), torch.cat([act, act_p, zeros]), torch.cat([mask, mask_p, zeros]),
                       horizon, d=d, window=L, use_cache=use_cache, noise=noise.repeat(3, 1, 1, 1))
-        video = tokenizer.decode(unpack_latents(lat, packing)).float().clamp(0, 1)   # one decoder call per window
+        video = decode_chunked(tokenizer, unpack_latents(lat, packing), tokenizer_chunk).float().clamp(0, 1)
         for k, row in enumerate(("model", "action_shuffled", "null_actions")):
             mse[row][idx] = frame_mse(video[k * b:(k + 1) * b, context:], gt)
         for j, i in enumerate(idx):
@@ -362,5 +374,6 @@ def evaluate_rollouts(tokenizer, dyn, store: ShardStore, windows: list[dict], *,
         "bootstrap": {"B": int(B), "seed": int(bootstrap_seed), "set_name": f"rollout:{set_name}",
                       "level": "episode"},
         "batch_size": int(batch_size),
+        "tokenizer_chunk": tokenizer_chunk, "ceiling_chunk": ceiling_chunk,
     }
     return block, examples

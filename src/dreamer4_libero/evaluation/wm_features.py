@@ -1,7 +1,8 @@
 """World-model features for the action probe (evaluation.md §1.3): no noise, no leakage.
 
 Context latents are the tokenizer's encodings of ground-truth frames, each window encoded in one
-causal call (as in training); every block is clean context (step index e_max, signal index
+causal call, or in independent chunks of the run's `tokenizer_chunk` frames (as in training;
+models/tokenizer_chunks.py); every block is clean context (step index e_max, signal index
 k_max − 1); eval mode, fp32, no noise, so extraction is deterministic. Windows hold at most C
 frames (the dynamics run's seq_len); positions restart at 0 in every window.
 
@@ -28,6 +29,7 @@ import torch
 
 from ..data.loader import model_frames, window_actions
 from ..models.dynamics import pack_latents
+from ..models.tokenizer_chunks import encode_chunked
 from .features import FeatureSet, check_mode, readout_frame, readout_window, window_plan
 
 EXTRACTIONS = ("past_actions", "video_only")
@@ -63,10 +65,11 @@ class WorldModelFeatures:
     """Extracts wm_agent / wm_spatial for one episode at a time (batched model passes)."""
 
     def __init__(self, tokenizer, dyn, *, packing: int, window: int, resolution: int, batch: int = 16,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", tokenizer_chunk: int | None = None):
         self.tok = tokenizer.eval()
         self.dyn = dyn.eval()
         self.packing = packing
+        self.tok_chunk = tokenizer_chunk                    # frames per encoder call (None = the whole window)
         self.C = int(window)
         self.res = resolution
         self.batch = batch
@@ -78,7 +81,7 @@ class WorldModelFeatures:
     def _pass(self, frames: torch.Tensor, act: torch.Tensor, mask: torch.Tensor):
         """frames (B,L,3,r,r), act/mask (B,L,16) -> (h_agent (B,L,n_agent*D) or None, h_spatial mean (B,L,D))."""
         cfg = self.dyn.cfg
-        z = pack_latents(self.tok.encode(frames, mae=False).float(), self.packing)      # (B,L,N,D) one call
+        z = pack_latents(encode_chunked(self.tok, frames, self.tok_chunk).float(), self.packing)  # (B,L,N,D)
         B, L = z.shape[:2]
         step = torch.full((B, L), cfg.emax, dtype=torch.long, device=z.device)
         sig = torch.full((B, L), cfg.k_max - 1, dtype=torch.long, device=z.device)

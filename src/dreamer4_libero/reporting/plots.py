@@ -144,7 +144,8 @@ def rollout_gif(clips: list[dict], path: str | Path, context: int = 8, min_side:
 def per_step_psnr(curves: dict[str, dict[str, list[float]]], path: str | Path, title: str) -> None:
     """PSNR per predicted step, one panel per set, one line per row ({set: {row: [values]}})."""
     styles = {"model": ("C0", "-"), "action_shuffled": ("C3", "--"), "null_actions": ("C4", ":"),
-              "copy_last_context": ("0.4", "-."), "tokenizer_ceiling": ("C2", "-")}
+              "copy_last_context": ("0.4", "-."), "tokenizer_ceiling": ("C2", "-"),
+              "tokenizer_ceiling_chunked": ("C2", ":")}
     fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 3.4), squeeze=False)
     for ax, (name, rows) in zip(axes[0], curves.items()):
         for row, vals in rows.items():

@@ -1,8 +1,9 @@
 """The dynamics trainer: a task for the shared engine (dreamer4_model.md §3-4, §8, §10; issue 12).
 
-Per step: the frozen tokenizer (eval, no MAE, no grad) encodes each training window in one call
-(positions are window-relative and the encoder is causal, so a frame's latent depends on where
-its window starts; probe and rollout windows are encoded the same way), latents are packed, and
+Per step: the frozen tokenizer (eval, no MAE, no grad) encodes each training window in one call,
+or in independent chunks of the run's `tokenizer_chunk` frames (models/tokenizer_chunks.py; positions
+are window-relative and the encoder is causal, so a frame's latent depends on where its window or
+chunk starts; probe and rollout windows are encoded the same way), latents are packed, and
 `WorldModel` computes the shortcut-forcing loss plus the optional inverse-dynamics aux loss in
 ONE forward call (so DDP sees one forward and one backward). Checkpoints keep upstream's keys:
 `dynamics` is the aux-free world model; the aux head is a separate top-level `aux_head` entry
@@ -22,6 +23,7 @@ from .identity import training_data_fingerprint
 from ..data.loader import WindowDataset, make_loader
 from ..fileio import atomic_path, sha256_file
 from ..models.dynamics import Dynamics, DynamicsConfig, InverseDynamicsHead, pack_latents
+from ..models.tokenizer_chunks import encode_chunked, resolve_chunk
 from ..models.upstream import (DYNAMICS_TRAIN_DEFAULTS, checkpoint_file, load_dynamics_checkpoint,
                                load_tokenizer_checkpoint)
 from ..objectives.shortcut import shortcut_loss
@@ -98,6 +100,9 @@ class DynamicsTask:
         self.tok_path, self.tok_origin = resolve_tokenizer_path(self.run, tokenizer_ckpt)
         self.tokenizer, self.tok_report = load_frozen_tokenizer(self.tok_path)
         self.tok_sha = sha256_file(self.tok_path)
+        # frames per independent encoder call (None = the whole window); "train" = the tokenizer's own seq_len
+        self.tok_chunk = resolve_chunk(self.run.get("tokenizer_chunk"), self.tok_path,
+                                       f"dynamics variant {self.run.get('name')}: tokenizer_chunk")
         self.resolution = self.tokenizer.cfg.H
         self.packing = self.run["model"]["packing_factor"]
         self.dataset = WindowDataset(manifest, train_split, seq_len=self.run["seq_len"],
@@ -134,7 +139,8 @@ class DynamicsTask:
         """`args` in train_dynamics.py's names (§6.2) plus ours (aux, init, tokenizer hash)."""
         r, c = self.run, self.dyn_cfg
         return {"seq_len": r["seq_len"], "batch_size": r["batch_size"], "tokenizer_ckpt": os.path.abspath(self.tok_path),
-                "tokenizer_sha256": self.tok_sha, "scale_pos_embeds": c.scale_pos_embeds, "d_model_dyn": c.d_model,
+                "tokenizer_sha256": self.tok_sha, "tokenizer_chunk": self.tok_chunk,  # ours: None = whole window
+                "scale_pos_embeds": c.scale_pos_embeds, "d_model_dyn": c.d_model,
                 "dyn_depth": c.depth, "n_heads": c.n_heads, "dropout": c.dropout, "mlp_ratio": c.mlp_ratio,
                 "time_every": c.time_every, "packing_factor": self.packing, "n_register": c.n_register,
                 "n_spatial": c.n_spatial,  # ours: upstream derives it from the tokenizer at load time
@@ -173,8 +179,8 @@ class DynamicsTask:
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames (B,T,3,r,r) in [0,1] -> packed clean latents (B,T,N,D), one encoder call per window."""
-        z = self.tokenizer.encode(frames.float(), mae=False)
+        """frames (B,T,3,r,r) in [0,1] -> packed clean latents (B,T,N,D), one encoder call per window or chunk."""
+        z = encode_chunked(self.tokenizer, frames.float(), self.tok_chunk)
         return pack_latents(z.float(), self.packing)
 
     def loss(self, model, batch, step):

@@ -5,7 +5,8 @@ output, so Snakemake's retries (and forced reruns, and extended runs with more `
 The hash is sha256 of the canonical JSON of everything that changes what the run learns:
 
 - the run's config section without the keys that only say how long, how often or where it runs
-  (`VOLATILE_KEYS`: max_steps, save_every, logging, resources, workers, retries, ...);
+  (`VOLATILE_KEYS`: max_steps, save_every, logging, resources, workers, retries, ...), and without
+  later-added keys at their default (`NEUTRAL_DEFAULTS`: tokenizer_chunk null);
 - the global batch (per-process batch × world size);
 - a fingerprint of its own training data: sha256 over its sorted training episodes' ids with their
   manifest fingerprints (T, first-frame sha256, raw action sums), so regenerated or real data with
@@ -36,6 +37,8 @@ VOLATILE_KEYS = frozenset({
     "label", "name", "runnable", "not_run_reason", "init_paths", "init_source", "init_note",
     "attention", "fused_adamw", "compile", "activation_checkpointing",  # kernels: the same maths, not bitwise the same floats
 }) | SCHEDULING_KEYS  # where, on what and how long it runs
+#: keys added after runs existed, left out of the identity while at their default (so those runs keep their folder)
+NEUTRAL_DEFAULTS = {"tokenizer_chunk": None}
 IDENTITY_VERSION = 1
 HASH_CHARS = 16
 
@@ -66,7 +69,8 @@ def training_data_fingerprint(manifest_path: str | os.PathLike, episodes: list[s
 def run_identity(section: dict, *, world_size: int, data_fingerprint: str, checkpoints: dict | None = None,
                  tokenizer_choice: str | None = None) -> tuple[str, dict]:
     """(hash, identity dict) of one training run; see the module docstring for what enters it."""
-    cfg = {k: v for k, v in sorted(section.items()) if k not in VOLATILE_KEYS}
+    cfg = {k: v for k, v in sorted(section.items())
+           if k not in VOLATILE_KEYS and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
     ident = {
         "version": IDENTITY_VERSION,
         "config": cfg,
