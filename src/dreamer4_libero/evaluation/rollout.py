@@ -56,6 +56,7 @@ from ..models.dynamics import pack_latents, unpack_latents
 from ..models.sampling import rollout
 from ..models.tokenizer_chunks import decode_chunked, encode_chunked
 from .bootstrap import mean_replicates, percentile_ci, resample_counts
+from .horizon_bins import horizon_bins
 from .tokenizer_psnr import PSNR_CAP, psnr, psnr_of_mse, rollout_episode_list
 
 PROTOCOL = "eval-protocol-v1"
@@ -279,24 +280,6 @@ def paired_delta(mse_a: np.ndarray, mse_b: np.ndarray, windows: list[dict], coun
     eps, _, ep_idx = _episodes(windows)
     sums, n = _episode_sums(diff, ep_idx, len(eps))
     return {"mean": float(diff.mean()), "ci": percentile_ci(mean_replicates(counts, sums, n))}
-
-
-N_HORIZON_BINS = 3
-
-
-def horizon_bins(horizon: int, n_bins: int = N_HORIZON_BINS) -> list[tuple[int, int]]:
-    """Predicted-frame bins of a horizon as 1-based inclusive (first, last) frame numbers.
-
-    The horizon is cut into `n_bins` consecutive bins (thirds by default) as np.array_split does: when
-    it is not divisible, the earlier bins are one frame longer; a horizon shorter than `n_bins` gives
-    one bin per frame. horizon 24 -> [(1, 8), (9, 16), (17, 24)]."""
-    if horizon < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon}")
-    out, start = [], 0
-    for part in np.array_split(np.arange(horizon), min(n_bins, horizon)):
-        out.append((start + 1, start + len(part)))
-        start += len(part)
-    return out
 
 
 def binned_delta(mse_a: np.ndarray, mse_b: np.ndarray, windows: list[dict], counts: np.ndarray,

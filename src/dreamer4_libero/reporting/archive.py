@@ -255,7 +255,8 @@ def render_readme(run: str, kind: str, weights: str, args: dict, sd_info: dict, 
     out += ["", "## Results", ""]
     if kind == "dynamics":
         for key, refs in (("table1_probe", False), ("paper_table_probe", False), ("table2_quality", True),
-                          ("paper_table_rollout", False), ("degeneracy", False), ("quality_bars", False)):
+                          ("paper_table_rollout", False), ("degeneracy", False), ("quality_bars", False),
+                          ("power", False)):
             if key in by_key:
                 out.append(_md_table(_subset(by_key[key], run, keep_refs=refs and key == "table2_quality")))
         if "controls" in by_key:
