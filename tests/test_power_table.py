@@ -239,3 +239,27 @@ def test_table2_last_third_column_and_older_records(cases, tmp_path):
     pw = _md_rows((tmp_path / "out" / "power.md").read_text())
     assert _row(pw, "dynamics_phase3", "wm_spatial")[5] == "—"
     assert _row(pw, "dynamics_phase3", "wm_spatial")[8] == P.CASE_EXPOSED
+
+
+# ---------------------------------------------------------------------------- the workflow declares the files
+
+def test_tables_rule_outputs_the_power_table(tmp_path):
+    """A dry run asked for results/tables/power.md plans the `tables` job, whose outputs list power.{md,csv,tex}."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import dry_run_jobs, venv_env
+
+    repo = Path(__file__).resolve().parents[1]
+    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
+    r = subprocess.run([snakemake, "results/tables/power.md", "-n", "-p", "--forceall", "--cores", "1",
+                        "--directory", str(repo), "--snakefile", str(repo / "Snakefile"),
+                        "--configfile", str(repo / "config/demo.yaml")],
+                       capture_output=True, text=True, cwd=tmp_path, env=venv_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = [j for j in dry_run_jobs(r.stdout + r.stderr) if j["rule"] == "tables"]
+    assert len(jobs) == 1
+    for ext in ("md", "csv", "tex"):
+        assert f"results/tables/power.{ext}" in jobs[0]["output"]
+    assert "results/tables/tables.md" in jobs[0]["output"] and "results/tables/tables.html" in jobs[0]["output"]
