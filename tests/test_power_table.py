@@ -124,8 +124,8 @@ def test_power_files_and_the_three_cases(cases):
     assert '<section id="power">' in (out / "tables.html").read_text()
     rows = _md_rows(md)
     assert rows[0] == ["Model", "Features", "idm R² held-out [95% CI]", "policy R² held-out [95% CI]",
-                       "Δ vs copy-last (dB)", "Δ vs copy-last, frames 17–24 (dB)", "Δ true − shuffled actions (dB)",
-                       "Exposes actions (idm)", "Case", "Flag"]
+                       "Δ vs copy-last (dB)", "Δ vs copy-last, frames 17–24 (dB)",
+                       "Δ true − shuffled actions (dB)", "Exposes actions (idm)", "Case", "Flag"]
     want = {"dynamics_phase3": P.CASE_EXPOSED, "dynamics_aux_phase6": P.CASE_UNUSED,
             "dynamics_aux_param_matched_276M ‡": P.CASE_HIDDEN}
     for name, case in want.items():
@@ -168,7 +168,8 @@ def test_power_csv_and_tex(cases):
     rows = list(csv.reader(io.StringIO((out / "power.csv").read_text())))
     head = rows[0]
     assert head[:10] == P.HEADER_POWER
-    r = next(x for x in rows if x[head.index("variant")] == "dynamics_phase3" and x[head.index("feature")] == "wm_spatial")
+    r = next(x for x in rows
+             if x[head.index("variant")] == "dynamics_phase3" and x[head.index("feature")] == "wm_spatial")
     assert r[head.index("case")] == P.CASE_EXPOSED and r[head.index("exposes")] == "true"
     assert float(r[head.index("delta_action_ci_lo")]) == 0.2
     assert float(r[head.index("delta_copy_last_f17_24")]) == 3.5 and float(r[head.index("delta_action_f1_8")]) == 0.3
@@ -225,7 +226,8 @@ def test_table2_last_third_column_and_older_records(cases, tmp_path):
     rows = list(csv.reader(io.StringIO((cases["out"] / "table2_quality.csv").read_text())))
     head = rows[0]
     r = next(x for x in rows if "dynamics_phase3" in x)
-    assert [float(r[head.index(f"delta_copy_last_f{a}_{b}")]) for a, b in ((1, 8), (9, 16), (17, 24))] == [0.5, 2.0, 3.5]
+    thirds = [float(r[head.index(f"delta_copy_last_f{a}_{b}")]) for a, b in ((1, 8), (9, 16), (17, 24))]
+    assert thirds == [0.5, 2.0, 3.5]
     assert float(r[head.index("delta_action_f9_16_ci_hi")]) == pytest.approx(1.1)
     # records written before issue 27 (no *_bins): the columns stay, with dashes, in Table 2 and the power table
     res = write_synthetic_results(tmp_path / "old")

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .tables import (BASELINES, MISSING, TEST, WM_FEATURES, Agg, Inputs, ProbeView, Row, Table, _bin_extra,
-                     _bin_extra_header, _dig, _finite, _model_name, _num_str, _not_run_row, _variant_notes, bin_delta,
+from .tables import (BASELINES, MISSING, TEST, WM_FEATURES, Agg, Inputs, ProbeView, Row, Table, bin_extra,
+                     bin_extra_header, _dig, _finite, _model_name, _num_str, _not_run_row, _variant_notes, bin_delta,
                      flag_text, frames_label, study_bins)
 
 POWER_EXTRACTION = "video_only"
@@ -130,7 +130,7 @@ def build_power(inp: Inputs, pv: ProbeView) -> Table:
                      "idm_ci_hi", "idm_n_seeds", "policy_r2", "policy_ci_lo", "policy_ci_hi", "policy_n_seeds",
                      "delta_copy_last", "delta_copy_last_ci_lo", "delta_copy_last_ci_hi", "delta_action",
                      "delta_action_ci_lo", "delta_action_ci_hi", "exposes", "case", "bar_tok_latent_idm_r2"]
-                    + _bin_extra_header(bins))
+                    + bin_extra_header(bins))
 
     def probe(variant: str, feat: str, ext: str) -> tuple[Agg, Agg]:
         return tuple(pv.cell(variant, feat, ext, mode, POWER_H, POWER_SCORING, TEST) for mode in POWER_MODES)
@@ -168,7 +168,7 @@ def build_power(inp: Inputs, pv: ProbeView) -> Table:
             extra = (["ok" if (idm.records and rec) else "missing", name, feat, POWER_EXTRACTION, POWER_H,
                       POWER_SCORING, idm.mean, *idm.ci, idm.n_seeds, pol.mean, *pol.ci, pol.n_seeds,
                       dcl.get("mean"), *(dcl.get("ci") or [None, None]), dact.get("mean"),
-                      *(dact.get("ci") or [None, None]), ex, case, bar] + _bin_extra(rec, bins))
+                      *(dact.get("ci") or [None, None]), ex, case, bar] + bin_extra(rec, bins))
             rows.append(Row(cells, extra, variant=name))
     for feat in POWER_BASELINES:
         idm, pol = probe(BASELINES, feat, "none")

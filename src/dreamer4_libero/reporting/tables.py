@@ -957,12 +957,12 @@ def frames_label(frames: tuple[int, int]) -> str:
     return f"frames {frames[0]}–{frames[1]}" if frames[0] != frames[1] else f"frame {frames[0]}"
 
 
-def _bin_extra_header(bins: Sequence[tuple[int, int]]) -> list[str]:
+def bin_extra_header(bins: Sequence[tuple[int, int]]) -> list[str]:
     return [f"{k}_f{a}_{b}{suf}" for k in ("delta_copy_last", "delta_action") for a, b in bins
             for suf in ("", "_ci_lo", "_ci_hi")]
 
 
-def _bin_extra(rec: dict | None, bins: Sequence[tuple[int, int]]) -> list:
+def bin_extra(rec: dict | None, bins: Sequence[tuple[int, int]]) -> list:
     out = []
     for k in ("delta_copy_last_bins", "delta_action_bins"):
         for fr in bins:
@@ -979,7 +979,7 @@ def build_table2(inp: Inputs) -> Table:
     header[5] = f"Δ vs copy-last, {frames_label(last)} (dB)"
     extra_header = ["status", "variant", "psnr_frame_mean_ci_lo", "psnr_frame_mean_ci_hi", "psnr_pooled_h16",
                     "delta_copy_last_ci_lo", "delta_copy_last_ci_hi", "delta_action_ci_lo", "delta_action_ci_hi",
-                    "n_windows", "tokenizer_source", "n_params", "archived_rollout"] + _bin_extra_header(bins)
+                    "n_windows", "tokenizer_source", "n_params", "archived_rollout"] + bin_extra_header(bins)
     rows = []
     for v in inp.variants:
         name = v["name"]
@@ -1004,7 +1004,7 @@ def build_table2(inp: Inputs) -> Table:
                  ("psnr", archived) if archived is not None else MISSING]
         extra = ["ok" if rec else "missing", name, ci[0], ci[1], m.get("psnr_pooled_h16"),
                  *(dcl.get("ci") or [None, None]), *(dact.get("ci") or [None, None]), test.get("n_windows"),
-                 "own (rollout record)" if own_tok else "study tokenizer", params, archived, *_bin_extra(rec, bins)]
+                 "own (rollout record)" if own_tok else "study tokenizer", params, archived, *bin_extra(rec, bins)]
         rows.append(Row(cells, extra, variant=name))
     ref_name, ref = _reference_rollout(inp)
     cl, ceil = _rollout_row(ref, "copy_last_context") or {}, _rollout_row(ref, "tokenizer_ceiling") or {}
