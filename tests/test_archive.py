@@ -153,6 +153,8 @@ def test_readme_contents(arch):
     # only this run's rows (plus references) in its result tables
     assert "dynamics_phase3 | wm_agent" not in text and "dynamics_aux_phase6 | wm_agent" in text
     assert "−0.039" in text
+    # issue 27: the method-power rows and case sentence of this run only
+    assert "#### Method power" in text and "dynamics_aux_phase6: " in text and "dynamics_phase3: " not in text
     tok = (arch["out"] / "tokenizer_demo" / "README.md").read_text()
     assert "load_tokenizer_checkpoint" in tok and "26.10" in tok and "25.18" in tok
 

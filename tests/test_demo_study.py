@@ -91,6 +91,13 @@ def test_rollout_references(demo_study):
             # issue 27: the ceiling also in chunks of the tokenizer's training length; the demo runs use whole windows
             assert block["ceiling_chunk"] == rec["tokenizer_train_seq_len"] and block["tokenizer_chunk"] is None
             assert rows["tokenizer_ceiling_chunked"]["n_frames"] == 24 * n
+            # issue 27: paired deltas per third of the horizon, each the mean of its steps' differences
+            for key, ref in (("delta_copy_last_bins", "copy_last_context"), ("delta_action_bins", "action_shuffled")):
+                assert [b["frames"] for b in block[key]] == [[1, 8], [9, 16], [17, 24]]
+                diff = np.subtract(rows["model"]["per_step_psnr"], rows[ref]["per_step_psnr"])
+                for b in block[key]:
+                    assert b["mean"] == pytest.approx(diff[b["frames"][0] - 1:b["frames"][1]].mean(), abs=1e-6)
+                    assert b["ci"][0] <= b["mean"] <= b["ci"][1]
             assert all(len(w) == 24 for w in rows["copy_last_context"]["per_window_mse"]) and len(
                 rows["copy_last_context"]["per_window_mse"]) == n
             pairs = block["shuffle_pairs"]                      # [window id, partner id], id = <episode>@<start>
@@ -152,6 +159,34 @@ def test_paper_tables_and_archive(demo_study):
         assert (card / "README.md").exists() and (card / "config.json").exists()
         assert (card / "dynamics.pt").exists()
         assert np.isfinite(json.loads((card / "config.json").read_text())["d_model_dyn"])
+
+
+def test_power_table(demo_study):
+    """issue 27: the method-power table, one row per run variant and feature plus the model-free baselines;
+    the inert agent token of every wm_agent_isolated variant keeps its DEGENERATE flag."""
+    import csv
+    import io
+
+    from dreamer4_libero.reporting.power import CASE_EXPOSED, CASE_HIDDEN, CASE_UNUSED
+
+    tables = demo_study / "results" / "tables"
+    for ext in ("md", "csv", "tex"):
+        assert (tables / f"power.{ext}").stat().st_size > 0
+    assert "## Method power" in (tables / "tables.md").read_text()
+    rows = list(csv.reader(io.StringIO((tables / "power.csv").read_text())))
+    head, body = rows[0], [r for r in rows[1:] if r and not r[0].startswith("#")]
+    col = {h: i for i, h in enumerate(head)}
+    by = {(r[col["variant"]], r[col["feature"]]): r for r in body if len(r) > col["feature"]}
+    assert {(v, f) for v in RUN for f in ("wm_spatial", "wm_agent")} <= set(by)
+    assert {("baselines", "tok_latent"), ("baselines", "frame_diff")} <= set(by)
+    assert float(by[("baselines", "frame_diff")][col["idm_r2"]]) > 0.3
+    isolated = [v for v in RUN if dynamics_variants(CFG)[v]["model"]["space_mode"] in (None, "wm_agent_isolated")]
+    for v in isolated:
+        assert "DEGENERATE" in by[(v, "wm_agent")][col["Flag"]], v
+        assert by[(v, "wm_agent")][col["exposes"]] == "false", v
+    for v in RUN:
+        assert by[(v, "wm_spatial")][col["Case"]] in (CASE_EXPOSED, CASE_HIDDEN, CASE_UNUSED), v
+        assert by[(v, "wm_spatial")][col["delta_copy_last_f17_24"]] != ""
 
 
 def _planned(root, *args, layer=None):

@@ -266,6 +266,16 @@ def test_common_random_numbers_and_action_rows(ood):
     assert p["delta_action"]["mean"] == pytest.approx(p["rows"]["model"]["psnr_frame_mean"]
                                                       - p["rows"]["action_shuffled"]["psnr_frame_mean"])
     assert p["delta_action"]["ci"][0] <= p["delta_action"]["mean"] <= p["delta_action"]["ci"][1]
+    # issue 27: the same deltas per third of the horizon, each the mean of its steps' per-step differences
+    for key, ref in (("delta_copy_last_bins", "copy_last_context"), ("delta_action_bins", "action_shuffled")):
+        bins = p[key]
+        assert [b["frames"] for b in bins] == [[1, 8], [9, 16], [17, 24]]
+        diff = np.subtract(p["rows"]["model"]["per_step_psnr"], p["rows"][ref]["per_step_psnr"])
+        for b in bins:
+            assert b["mean"] == pytest.approx(diff[b["frames"][0] - 1:b["frames"][1]].mean(), abs=1e-9)
+            assert b["ci"][0] <= b["mean"] <= b["ci"][1]
+        whole = p["delta_copy_last" if ref == "copy_last_context" else "delta_action"]["mean"]
+        assert np.mean([b["mean"] for b in bins]) == pytest.approx(whole, abs=1e-9)
     pairs = dict(map(tuple, a["shuffle_pairs"]))
     task = {w["id"]: w["task"] for w in wins}
     assert set(pairs) == set(task) and all(task[k] != task[v] for k, v in pairs.items())
@@ -328,7 +338,8 @@ def test_cli_end_to_end(preprocessed, tiny_tokenizer_ckpt, tmp_path):
     for name in ("test_ood", "val"):
         s = rec["sets"][name]
         assert {"windows_file", "windows_sha256", "n_windows", "n_episodes", "rows", "delta_action",
-                "delta_copy_last", "shuffle_pairs"} <= set(s)
+                "delta_copy_last", "delta_copy_last_bins", "delta_action_bins", "shuffle_pairs"} <= set(s)
+        assert [b["frames"] for b in s["delta_copy_last_bins"]] == [[1, 8], [9, 16], [17, 24]]
         assert set(s["rows"]) == {"model", "action_shuffled", "null_actions", "copy_last_context", "tokenizer_ceiling",
                                   "tokenizer_ceiling_chunked"}
         assert s["tokenizer_chunk"] is None and s["ceiling_chunk"] == rec["tokenizer_train_seq_len"]

@@ -160,6 +160,12 @@ def rollout_record(variant, pooled=13.0, frame_mean=14.0, copy_last=12.0):
             "n_episodes": 2, "rows": rows, "delta_action": {"mean": 0.7, "ci": [0.2, 1.2]},
             "delta_copy_last": {"mean": frame_mean - copy_last, "ci": [frame_mean - copy_last - 0.4,
                                                                       frame_mean - copy_last + 0.4]},
+            # issue 27: per third of the horizon (copy-last wins early, the model late)
+            "delta_copy_last_bins": [{"frames": [1 + 8 * k, 8 + 8 * k], "mean": frame_mean - copy_last - 1.5 + 1.5 * k,
+                                      "ci": [frame_mean - copy_last - 1.9 + 1.5 * k,
+                                             frame_mean - copy_last - 1.1 + 1.5 * k]} for k in range(3)],
+            "delta_action_bins": [{"frames": [1 + 8 * k, 8 + 8 * k], "mean": 0.3 + 0.4 * k,
+                                   "ci": [-0.1 + 0.4 * k, 0.7 + 0.4 * k]} for k in range(3)],
             "shuffle_pairs": [[0, 1], [1, 0]]}
     return {"protocol": T.PROTOCOL, "variant": variant, "checkpoint_sha256": "c" * 64, "tokenizer_sha256": "t" * 64,
             "n_params": {"tokenizer": TOK_PARAMS, "dynamics": DYN_PARAMS}, "context": 8, "horizon": 24,
@@ -289,7 +295,8 @@ def test_verbatim_headers(built):
     assert ("| Model | Features | Held-out-task R² (H=1) | ± std (3 seeds) | 95% CI | Seen-task R² | Params | "
             "Archived | Flag |") in md["table1_probe"]
     assert ("| Model | Tokenizer PSNR (dB) | Rollout PSNR (dB, 8→24) | Pooled PSNR (dB) | Δ vs copy-last (dB) | "
-            "Δ true − shuffled actions (dB) | Params | Archived rollout |") in md["table2_quality"]
+            "Δ vs copy-last, frames 17–24 (dB) | Δ true − shuffled actions (dB) | Params | Archived rollout |"
+            ) in md["table2_quality"]
     assert "| Variant | params | test R² (action probe, H=1, mean of 3 seeds) |" in md["paper_table_probe"]
     assert "| Variant | rollout PSNR (LIBERO test_ood) |" in md["paper_table_rollout"]
     rows = _md_rows(md["paper_table_probe"])[1:]
@@ -306,7 +313,7 @@ def test_verbatim_headers(built):
     head = next(csv.reader(io.StringIO((built / "table1_probe.csv").read_text())))
     assert head[:9] == T.HEADER_TABLE1
     head2 = next(csv.reader(io.StringIO((built / "table2_quality.csv").read_text())))
-    assert head2[:8] == T.HEADER_TABLE2
+    assert head2[:9] == T.HEADER_TABLE2
 
 
 def test_stand_in_is_said(built):
@@ -394,9 +401,9 @@ def test_archived_only_on_archive_wm_agent_rows(built):
     nr = _row(rows, "dynamics_aux_dmcontrol_pretrained")
     assert "−0.040" not in " ".join(nr)
     t2 = _md_rows((built / "table2_quality.md").read_text())[1:]
-    assert _row(t2, "dynamics_phase3")[7] == "13.41" and _row(t2, "dynamics_aux_param_matched_276M ‡")[7] == "13.05"
-    assert _row(t2, "dynamics_aux_agent_reads_leakfree")[7] == "—"
-    assert _row(t2, "copy-last-context frame")[7] == "—"
+    assert _row(t2, "dynamics_phase3")[8] == "13.41" and _row(t2, "dynamics_aux_param_matched_276M ‡")[8] == "13.05"
+    assert _row(t2, "dynamics_aux_agent_reads_leakfree")[8] == "—"
+    assert _row(t2, "copy-last-context frame")[8] == "—"
 
 
 def test_not_run_rows_everywhere(built):
@@ -466,7 +473,7 @@ def test_table2_reports_the_tokenizer_ceiling_both_ways(results, built, tmp_path
     T.write_tables(load(res), out, plots=False)
     r = _row(_md_rows((out / "table2_quality.md").read_text()),
              "tokenizer reconstruction ceiling, chunks of its training length")
-    assert r[1:] == ["—"] * 7
+    assert r[1:] == ["—"] * 8
 
 
 # ---------------------------------------------------------------------------- numbers

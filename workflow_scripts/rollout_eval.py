@@ -177,7 +177,9 @@ def main() -> None:
               f"[{m['ci'][0]:.2f}, {m['ci'][1]:.2f}], pooled {m['psnr_pooled']:.2f}; shuffled "
               f"{rows['action_shuffled']['psnr_frame_mean']:.2f} (Δ_action {da['mean']:+.2f} "
               f"[{da['ci'][0]:+.2f}, {da['ci'][1]:+.2f}]); null {rows['null_actions']['psnr_frame_mean']:.2f}; "
-              f"copy-last {rows['copy_last_context']['psnr_frame_mean']:.2f}; "
+              f"copy-last {rows['copy_last_context']['psnr_frame_mean']:.2f} (Δ frames "
+              + ", ".join(f"{b['frames'][0]}-{b['frames'][1]} {b['mean']:+.2f} [{b['ci'][0]:+.2f}, {b['ci'][1]:+.2f}]"
+                          for b in r["delta_copy_last_bins"]) + "); "
               f"ceiling {rows['tokenizer_ceiling']['psnr_frame_mean']:.2f} (whole window), "
               f"{rows['tokenizer_ceiling_chunked']['psnr_frame_mean']:.2f} (chunks of "
               f"{info['tokenizer_train_seq_len']})", flush=True)

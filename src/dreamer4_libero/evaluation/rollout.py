@@ -27,7 +27,10 @@ evaluation.md §0/§2). Protocol (`evaluate_rollouts`):
   10 log10(1 / max(MSE, 1e-10)) (cap 100 dB, capped frames counted), psnr_frame_mean (headline),
   psnr_pooled, psnr_pooled_h16, per-step and per-task means, episode-cluster bootstrap CI
   (`bootstrap.resample_counts`; one count matrix per set, shared by all rows, so differences
-  between rows are paired).
+  between rows are paired);
+- paired deltas model − action_shuffled / copy_last_context / null_actions over the whole horizon,
+  and model − copy_last_context / action_shuffled per bin of predicted frames (`horizon_bins`:
+  thirds, frames 1-8, 9-16, 17-24 at horizon 24), all from the same count matrix (`binned_delta`).
 
 Several windows (and the three model rows of a window) run as one batch; batching changes results
 only at float round-off.
@@ -53,6 +56,7 @@ from ..models.dynamics import pack_latents, unpack_latents
 from ..models.sampling import rollout
 from ..models.tokenizer_chunks import decode_chunked, encode_chunked
 from .bootstrap import mean_replicates, percentile_ci, resample_counts
+from .horizon_bins import horizon_bins
 from .tokenizer_psnr import PSNR_CAP, psnr, psnr_of_mse, rollout_episode_list
 
 PROTOCOL = "eval-protocol-v1"
@@ -278,6 +282,22 @@ def paired_delta(mse_a: np.ndarray, mse_b: np.ndarray, windows: list[dict], coun
     return {"mean": float(diff.mean()), "ci": percentile_ci(mean_replicates(counts, sums, n))}
 
 
+def binned_delta(mse_a: np.ndarray, mse_b: np.ndarray, windows: list[dict], counts: np.ndarray,
+                 bins: list[tuple[int, int]]) -> list[dict]:
+    """`paired_delta` on the predicted frames of each bin: [{"frames": [first, last], "mean", "ci"}].
+
+    mse_a, mse_b: (windows, horizon); bins as `horizon_bins` (1-based, inclusive); the same count
+    matrix as the whole-horizon delta, so every bin is paired over the same episode resamples."""
+    mse_a, mse_b = np.asarray(mse_a, dtype=np.float64), np.asarray(mse_b, dtype=np.float64)
+    out = []
+    for first, last in bins:
+        if not 1 <= first <= last <= mse_a.shape[1]:
+            raise ValueError(f"bin frames {first}..{last} outside the horizon 1..{mse_a.shape[1]}")
+        d = paired_delta(mse_a[:, first - 1:last], mse_b[:, first - 1:last], windows, counts)
+        out.append({"frames": [int(first), int(last)], **d})
+    return out
+
+
 def score_predictions(pred: torch.Tensor, gt: torch.Tensor, windows: list[dict], **kw) -> dict:
     """Score predicted frames (n_windows, horizon, 3, H, W) in [0,1] against ground truth: a ROW.
 
@@ -315,7 +335,8 @@ def evaluate_rollouts(tokenizer, dyn, store: ShardStore, windows: list[dict], *,
     None = the whole window, i.e. the same as `tokenizer_ceiling`).
 
     Returns (block, examples): block = {"n_windows", "n_episodes", "n_tasks", "episodes", "rows",
-    "delta_action", "delta_copy_last", "shuffle_pairs", ...} as in docs/results_format.md (the caller
+    "delta_action", "delta_copy_last", "delta_copy_last_bins", "delta_action_bins", "shuffle_pairs", ...}
+    as in docs/results_format.md (the caller
     adds the windows file and hash); examples = the first `n_examples` windows' frames (numpy float32
     (L,3,H,W) in [0,1]: "gt", "model", "action_shuffled") for pictures.
     `progress.update(k)` is called after every batch of k windows.
@@ -364,12 +385,16 @@ def evaluate_rollouts(tokenizer, dyn, store: ShardStore, windows: list[dict], *,
     counts = bootstrap_counts(windows, B, bootstrap_seed, f"rollout:{set_name}")
     eps, tasks, _ = _episodes(windows)
     rows = {r: row_metrics(mse[r], windows, counts=counts) for r in ROWS}
+    bins = horizon_bins(horizon)
     block = {
         "n_windows": n, "n_episodes": len(eps), "n_tasks": len(set(tasks)), "episodes": eps,
         "rows": rows,
         "delta_action": paired_delta(mse["model"], mse["action_shuffled"], windows, counts),
         "delta_copy_last": paired_delta(mse["model"], mse["copy_last_context"], windows, counts),
         "delta_null_actions": paired_delta(mse["model"], mse["null_actions"], windows, counts),
+        # issue 27: the same paired deltas per bin of predicted frames (thirds of the horizon)
+        "delta_copy_last_bins": binned_delta(mse["model"], mse["copy_last_context"], windows, counts, bins),
+        "delta_action_bins": binned_delta(mse["model"], mse["action_shuffled"], windows, counts, bins),
         "shuffle_pairs": [[windows[i]["id"], windows[partner[i]]["id"]] for i in range(n)],
         "bootstrap": {"B": int(B), "seed": int(bootstrap_seed), "set_name": f"rollout:{set_name}",
                       "level": "episode"},

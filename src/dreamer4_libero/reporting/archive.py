@@ -255,9 +255,14 @@ def render_readme(run: str, kind: str, weights: str, args: dict, sd_info: dict, 
     out += ["", "## Results", ""]
     if kind == "dynamics":
         for key, refs in (("table1_probe", False), ("paper_table_probe", False), ("table2_quality", True),
-                          ("paper_table_rollout", False), ("degeneracy", False), ("quality_bars", False)):
+                          ("paper_table_rollout", False), ("degeneracy", False), ("quality_bars", False),
+                          ("power", False)):
             if key in by_key:
-                out.append(_md_table(_subset(by_key[key], run, keep_refs=refs and key == "table2_quality")))
+                sub = _subset(by_key[key], run, keep_refs=refs and key == "table2_quality")
+                if key == "power":          # the case sentences of the other variants do not belong on this card
+                    others = tuple(f"{v['name']}: " for v in inp.variants if v["name"] != run)
+                    sub = replace(sub, notes=[n for n in sub.notes if not n.startswith(others)])
+                out.append(_md_table(sub))
         if "controls" in by_key:
             ctl = by_key["controls"]
             rows = [r for r in ctl.rows if r.variant == run

@@ -8,7 +8,7 @@ Nothing else is read, so the tables depend on declared files only.
 Outputs (`write_tables`): one file per table per format under the output folder
 
     table1_probe, table2_quality, paper_table_probe, paper_table_rollout, controls, degeneracy,
-    quality_bars                                    (.md / .csv / .tex each)
+    quality_bars, power (reporting/power.py)        (.md / .csv / .tex each)
     tables.md                                       (every table, the plots, one footer)
     plots/{loss_curves,aux_mse,probe_r2,h_curves,rollout_per_step}.png
 
@@ -41,6 +41,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..evaluation import bootstrap
+from ..evaluation.horizon_bins import horizon_bins
 from ..fileio import atomic_path, sha256_file
 from ..training.metrics import read_metrics
 
@@ -81,12 +82,13 @@ QUOTED_NOTE = "† quoted from the paper, not recomputed; its probe convention (
 HEADER_TABLE1 = ["Model", "Features", "Held-out-task R² (H=1)", "± std (3 seeds)", "95% CI", "Seen-task R²",
                  "Params", "Archived", "Flag"]
 HEADER_TABLE2 = ["Model", "Tokenizer PSNR (dB)", "Rollout PSNR (dB, 8→24)", "Pooled PSNR (dB)",
-                 "Δ vs copy-last (dB)", "Δ true − shuffled actions (dB)", "Params", "Archived rollout"]
+                 "Δ vs copy-last (dB)", "Δ vs copy-last, frames 17–24 (dB)", "Δ true − shuffled actions (dB)",
+                 "Params", "Archived rollout"]
 HEADER_PAPER_PROBE = ["Variant", "params", "test R² (action probe, H=1, mean of 3 seeds)"]
 HEADER_PAPER_ROLLOUT = ["Variant", "rollout PSNR (LIBERO test_ood)"]
 
 TABLE_KEYS = ("table1_probe", "table2_quality", "paper_table_probe", "paper_table_rollout", "controls",
-              "degeneracy", "quality_bars")
+              "degeneracy", "quality_bars", "power")
 PLOT_NAMES = ("loss_curves", "aux_mse", "probe_r2", "h_curves", "rollout_per_step")
 
 # quality bars (§4)
@@ -928,11 +930,56 @@ def _reference_rollout(inp: Inputs) -> tuple[str | None, dict | None]:
     return None, None
 
 
+def study_bins(inp: Inputs, set_name: str = "test_ood") -> list[tuple[int, int]]:
+    """Predicted-frame bins of the per-horizon deltas: those of the first rollout record (config order) that
+    has them, else `horizon_bins` of the records' horizon (24 if none says)."""
+    horizon = None
+    for v in inp.variants:
+        rec = inp.rollout.get(v["name"])
+        bins = _dig(rec, ("sets", set_name, "delta_copy_last_bins")) if rec else None
+        if isinstance(bins, list) and bins and all(isinstance(_dig(b, ("frames",)), list) for b in bins):
+            return [tuple(int(x) for x in b["frames"]) for b in bins]
+        if rec and horizon is None and _is_num(rec.get("horizon")):
+            horizon = int(rec["horizon"])
+    return horizon_bins(horizon or 24)
+
+
+def bin_delta(rec: dict | None, key: str, frames: tuple[int, int], set_name: str = "test_ood") -> dict:
+    """{"mean", "ci"} of one bin of `delta_copy_last_bins` / `delta_action_bins` ({} if absent: older records)."""
+    found = _dig(rec, ("sets", set_name, key)) if rec else None
+    for b in found if isinstance(found, list) else []:
+        if isinstance(b, dict) and tuple(b.get("frames") or ()) == tuple(frames):
+            return b
+    return {}
+
+
+def frames_label(frames: tuple[int, int]) -> str:
+    return f"frames {frames[0]}–{frames[1]}" if frames[0] != frames[1] else f"frame {frames[0]}"
+
+
+def bin_extra_header(bins: Sequence[tuple[int, int]]) -> list[str]:
+    return [f"{k}_f{a}_{b}{suf}" for k in ("delta_copy_last", "delta_action") for a, b in bins
+            for suf in ("", "_ci_lo", "_ci_hi")]
+
+
+def bin_extra(rec: dict | None, bins: Sequence[tuple[int, int]]) -> list:
+    out = []
+    for k in ("delta_copy_last_bins", "delta_action_bins"):
+        for fr in bins:
+            d = bin_delta(rec, k, fr)
+            out += [d.get("mean"), *(d.get("ci") or [None, None])]
+    return out
+
+
 def build_table2(inp: Inputs) -> Table:
     tok = _study_tokenizer(inp)
+    bins = study_bins(inp)
+    last = bins[-1]
+    header = list(HEADER_TABLE2)
+    header[5] = f"Δ vs copy-last, {frames_label(last)} (dB)"
     extra_header = ["status", "variant", "psnr_frame_mean_ci_lo", "psnr_frame_mean_ci_hi", "psnr_pooled_h16",
                     "delta_copy_last_ci_lo", "delta_copy_last_ci_hi", "delta_action_ci_lo", "delta_action_ci_hi",
-                    "n_windows", "tokenizer_source", "n_params", "archived_rollout"]
+                    "n_windows", "tokenizer_source", "n_params", "archived_rollout"] + bin_extra_header(bins)
     rows = []
     for v in inp.variants:
         name = v["name"]
@@ -946,28 +993,30 @@ def build_table2(inp: Inputs) -> Table:
         m = _rollout_row(rec, "model") or {}
         test = _dig(rec, ("sets", "test_ood")) or {}
         dcl, dact = test.get("delta_copy_last") or {}, test.get("delta_action") or {}
+        dlast = bin_delta(rec, "delta_copy_last_bins", last)
         params = n_params_of(inp, name)
         archived = ARCHIVED_ROLLOUT.get(name)
         ci = m.get("ci") or [None, None]
         cells = [("text", _model_name(v)), ("psnr", tok_val), ("psnr", m.get("psnr_frame_mean")),
                  ("psnr", m.get("psnr_pooled")), ("dpsnr_ci", dcl.get("mean"), tuple(dcl.get("ci") or (None, None))),
+                 ("dpsnr_ci", dlast.get("mean"), tuple(dlast.get("ci") or (None, None))),
                  ("dpsnr_ci", dact.get("mean"), tuple(dact.get("ci") or (None, None))), ("params", params),
                  ("psnr", archived) if archived is not None else MISSING]
         extra = ["ok" if rec else "missing", name, ci[0], ci[1], m.get("psnr_pooled_h16"),
                  *(dcl.get("ci") or [None, None]), *(dact.get("ci") or [None, None]), test.get("n_windows"),
-                 "own (rollout record)" if own_tok else "study tokenizer", params, archived]
+                 "own (rollout record)" if own_tok else "study tokenizer", params, archived, *bin_extra(rec, bins)]
         rows.append(Row(cells, extra, variant=name))
     ref_name, ref = _reference_rollout(inp)
     cl, ceil = _rollout_row(ref, "copy_last_context") or {}, _rollout_row(ref, "tokenizer_ceiling") or {}
     tok_params = next((int(r["n_params"]["tokenizer"]) for r in [ref or {}] + list(inp.probe.values())
                        if _is_num(_dig(r, ("n_params", "tokenizer")))), None)
     rows.append(Row([("text", "copy-last-context frame"), MISSING, ("psnr", cl.get("psnr_frame_mean")),
-                     ("psnr", cl.get("psnr_pooled")), MISSING, MISSING, MISSING, MISSING],
+                     ("psnr", cl.get("psnr_pooled")), MISSING, MISSING, MISSING, MISSING, MISSING],
                     ["reference", "copy_last_context", *(cl.get("ci") or [None, None]), cl.get("psnr_pooled_h16"),
                      None, None, None, None, None, None, None, None]))
     rows.append(Row([("text", "tokenizer reconstruction ceiling"), ("psnr", _tok_psnr(tok)),
                      ("psnr", ceil.get("psnr_frame_mean")), ("psnr", ceil.get("psnr_pooled")), MISSING, MISSING,
-                     ("params", tok_params), MISSING],
+                     MISSING, ("params", tok_params), MISSING],
                     ["reference", "tokenizer_ceiling", *(ceil.get("ci") or [None, None]), ceil.get("psnr_pooled_h16"),
                      None, None, None, None, None, "study tokenizer", tok_params, None]))
     # issue 27: the same round trip in independent chunks of the tokenizer's training length ("—" in older records)
@@ -976,7 +1025,7 @@ def build_table2(inp: Inputs) -> Table:
     rows.append(Row([("text", "tokenizer reconstruction ceiling, chunks of "
                       + (f"{n_chunk} frames (its training length)" if n_chunk else "its training length")),
                      MISSING, ("psnr", chk.get("psnr_frame_mean")), ("psnr", chk.get("psnr_pooled")), MISSING, MISSING,
-                     ("params", tok_params) if chk else MISSING, MISSING],
+                     MISSING, ("params", tok_params) if chk else MISSING, MISSING],
                     ["reference", "tokenizer_ceiling_chunked", *(chk.get("ci") or [None, None]),
                      chk.get("psnr_pooled_h16"), None, None, None, None, None, "study tokenizer",
                      tok_params if chk else None, None]))
@@ -984,8 +1033,11 @@ def build_table2(inp: Inputs) -> Table:
     caption = ("World-model quality on the LIBERO test_ood rollout windows: 8 context → 24 predicted frames, "
                "K = 4 shortcut steps, common random numbers across variants. Tokenizer PSNR = tok_psnr_frame_mean "
                "(all frames, no masking). Rollout PSNR = psnr_frame_mean (mean of per-frame PSNR, headline); "
-               "Pooled PSNR = psnr_pooled (10·log10 of 1/mean MSE; ≤ frame mean). Both Δ columns use "
-               "psnr_frame_mean with paired episode-bootstrap 95% CIs. Archived rollout values are compared with "
+               "Pooled PSNR = psnr_pooled (10·log10 of 1/mean MSE; ≤ frame mean). The Δ columns use "
+               f"psnr_frame_mean with paired episode-bootstrap 95% CIs; Δ vs copy-last, {frames_label(last)} is the "
+               "same difference over the last third of the predicted frames only (copy-last is strongest at short "
+               "horizons; the CSV has every third, the power table too; — for records without per-bin deltas). "
+               "Archived rollout values are compared with "
                "Pooled PSNR; the archive's convention is not stated. Reference rows are on the same windows "
                f"(from {ref_name or '—'}'s rollout record); the tokenizer ceiling encodes and decodes the 32-frame "
                "window in one call (as the published world models do), its chunked row in independent chunks "
@@ -994,8 +1046,8 @@ def build_table2(inp: Inputs) -> Table:
              "masked-patch train-style PSNR of §3"
              + (f", which is {masked:.2f} dB for our tokenizer)." if _finite(masked) else ").")]
     notes += _variant_notes(inp.variants)
-    return Table("table2_quality", "Table 2 — World-model quality (extended)", caption, list(HEADER_TABLE2),
-                 "lrrrrrrr", rows, notes, extra_header)
+    return Table("table2_quality", "Table 2 — World-model quality (extended)", caption, header,
+                 "lrrrrrrrr", rows, notes, extra_header)
 
 
 def _paper_order(inp: Inputs) -> list[dict]:
@@ -1510,9 +1562,11 @@ def plot_rollout_per_step(inp: Inputs, path: Path) -> None:
 # ============================================================================ driver
 
 def build_tables(inp: Inputs) -> list[Table]:
+    from .power import build_power           # reporting/power.py builds on this module (issue 27)
+
     pv = ProbeView(inp)
     return [build_table1(inp, pv), build_table2(inp), build_paper_probe(inp, pv), build_paper_rollout(inp),
-            build_controls(inp, pv), build_degeneracy(inp), build_quality_bars(inp)]
+            build_controls(inp, pv), build_degeneracy(inp), build_quality_bars(inp), build_power(inp, pv)]
 
 
 def _write_text(path: Path, text: str) -> None:
