@@ -283,6 +283,23 @@ def test_tasks_differ_robot_same(demo_root):
 # ---------------------------------------------------------------------------------------------
 # determinism
 # ---------------------------------------------------------------------------------------------
+def test_regenerating_into_a_root_removes_only_the_earlier_generations_files(tmp_path):
+    """A smaller task set generated into the same root leaves no stale task file for preprocess to pick up;
+    files the generator did not write stay."""
+    kw = dict(n_demos=2, len_range=(12, 14), progress=False)
+    tids = sy.cycle_task_ids(4)
+    sy.generate(tmp_path, tids, traps=[{"trap": "non_hdf5_file", "task": tids[3]}], **kw)
+    mine = tmp_path / tids[0].split("/")[0] / "my_notes.txt"
+    mine.write_text("keep me")
+    first = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert len([p for p in first if p.endswith(".hdf5")]) == 4 and any(p.endswith("README.txt") for p in first)
+    out = sy.generate(tmp_path, tids[:2], **kw)
+    now = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert sorted(p for p in now if p.endswith(".hdf5")) == sorted(out["files"])
+    assert not any(p.endswith(("README.txt", "notes.json")) for p in now)    # the earlier trap's side files
+    assert mine.read_text() == "keep me"
+
+
 def test_determinism(tmp_path):
     tids = sy.cycle_task_ids(3)
     kw = dict(n_demos=11, len_range=(12, 20), progress=False,

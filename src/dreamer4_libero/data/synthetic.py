@@ -1011,6 +1011,23 @@ def _apply_byte_trap(path: Path, name: str, rng: np.random.Generator, demo: int 
 # --------------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------------
+def _stale_files(root: Path, gt_path: Path, files: list[str]) -> list[str]:
+    """Task files (and trap side files) that an earlier generation into `root` wrote and this one did not.
+
+    Only files named in the earlier ground-truth record are candidates, so nothing the user put there
+    is ever removed; an unreadable earlier record removes nothing."""
+    try:
+        old = json.loads(gt_path.read_text())
+    except (OSError, ValueError):
+        return []
+    old_files: set[str] = set()
+    for rec in (old.get("tasks") or {}).values():
+        old_files.update(rec.get("files") or [])
+        for tr in rec.get("traps") or []:
+            old_files.update(tr.get("paths") or [])
+    return sorted(old_files - set(files) - {GROUND_TRUTH_NAME})
+
+
 def generate(root: str | os.PathLike, task_ids: Sequence[str], n_demos: int = 12,
              len_range: tuple[int, int] = (48, 80), seed: int = 0, traps: Iterable[Any] = (),
              progress: bool = True) -> dict:
@@ -1191,7 +1208,10 @@ def generate(root: str | os.PathLike, task_ids: Sequence[str], n_demos: int = 12
         },
     }
     gt_path = root / GROUND_TRUTH_NAME
+    stale = _stale_files(root, gt_path, files + [q for a in applied for q in a.get("paths") or []])
     _write_text(gt_path, dumps_json(gt))
+    for rel in stale:  # files of an earlier generation into the same root: readers would take them as tasks
+        (root / rel).unlink(missing_ok=True)
     return {
         "root": str(root),
         "n_tasks": len(task_ids),
