@@ -4,16 +4,22 @@ Writes ``<root>/<suite>/<stem>_demo.hdf5`` files with the exact layout, dtypes, 
 time convention of the released LIBERO files, filled with a toy 2-D world in which every action
 dimension has a linearly decodable visual effect:
 
-* the gripper is a bright Gaussian-edged disc whose image position follows (x, y)
-  (2 px per step at |a| = 1, actions are clipped to ±0.9375 so ≤ 1.875 px);
-* z and the three rotation angles are the *positions* of four indicator blobs (radius 6 px,
-  ~3 px soft edge) on tracks of a fixed dark panel (bottom band: z, rx; right band: ry, rz);
+* the gripper is a bright Gaussian-edged disc (radius 10 px) whose image position follows (x, y)
+  (5 px per step at |a| = 1, actions are clipped to ±0.9375 so ≤ 4.7 px: ≥ 1 px at the demo's 32 px
+  model resolution for |a| ≥ 0.8; world v1 moved 2 px, 0.5 px at 32 px, too little for a world model
+  to be rewarded for using its actions, issue 27);
+* z and the three rotation angles are the *positions* of four indicator blobs (radius 8 px,
+  ~3 px soft edge) on tracks of a fixed dark panel (bottom band: z, rx; right band: ry, rz), with
+  the same 5 px per unit;
 * two finger blobs below the gripper whose gap follows the opening;
 * 2–3 coloured objects per task; an object under a closing gripper attaches and moves with it,
   and detaches when the gripper opens; a static goal ring per task;
 * per-task layout, colours, goals and rotation targets (so action statistics differ by task),
   while the robot and the panel look identical in every task; backgrounds stay in a range whose
-  contrast sign against the robot is fixed.
+  contrast sign against the robot is fixed. Held-out tasks are made of the same ingredients as
+  training tasks (as in LIBERO): one robot, three shapes, object colours from one 12-colour palette,
+  table and wall colours from six scene families with small jitter (±6 per scene, ±4 per task);
+  what is new is the arrangement, the goal and the rotation targets.
 
 Time convention (real files, §3.2): ``obs/*[k]`` and ``robot_states[k]`` show the state *after*
 ``actions[k]``; ``states[k]`` is the state *before* it, so ``obs/joint_states[k] ==
