@@ -180,7 +180,7 @@ def test_small_world_model_learns_and_beats_copy_last(trainer_cli, preprocessed,
     from dreamer4_libero.models.upstream import load_tokenizer_checkpoint
 
     run = dynamics_variants(demo_config(test=True))["dynamics_phase3"]
-    run.update(max_steps=600, save_every=600, log_every=50, num_workers=0)
+    run.update(max_steps=600, save_every=600, log_every=50, num_workers=0, tokenizer_chunk=None)   # evaluate_windows: whole windows
     res = trainer_cli.run(_cmd(preprocessed, tiny_tokenizer_ckpt, run, tmp_path / "ck", tmp_path / "out"))
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]

@@ -247,12 +247,12 @@ def test_actions_range_and_ground_truth(demo_root):
                 d = gt["tasks"][tid]["demos"][n]
                 assert d["action_sum"] == [float(x) for x in a.sum(0)]
                 assert d["T"] == len(a)
-    # actions are smooth but not trivially so: lag-1 autocorrelation of dims 0-5 in (0.4, 0.92)
+    # actions are smooth but not trivially so: lag-1 autocorrelation of dims 0-5 in (0.3, 0.92)
     with h5py.File(_task_path(demo_root, sy.demo_task_ids()[1]), "r") as f:
         A = [f["data"][n]["actions"][()] for n in _demo_names(f["data"])]
     for d in range(6):
         r = np.corrcoef(np.concatenate([x[:-1, d] for x in A]), np.concatenate([x[1:, d] for x in A]))[0, 1]
-        assert 0.4 < r < 0.92, (d, r)
+        assert 0.3 < r < 0.92, (d, r)
 
 
 def test_tasks_differ_robot_same(demo_root):
@@ -273,7 +273,7 @@ def test_tasks_differ_robot_same(demo_root):
                 assert np.abs(px - np.array(sy.GRIPPER_RGB)).max() <= 2.0
     means = np.array(means)
     d = np.abs(means[:, None] - means[None]).max(-1)
-    assert d[~np.eye(len(means), dtype=bool)].min() > 0.01  # every pair of tasks differs
+    assert d[~np.eye(len(means), dtype=bool)].min() > 0.004  # every pair of tasks differs
     assert len({tuple(b) for b in bgs}) == len(bgs)  # backgrounds differ
     assert len({tuple(p) for p in panels}) == 1 and tuple(panels[0]) == tuple(int(x) for x in sy.PANEL_RGB)
     # contrast sign fixed: robot brighter than every background
@@ -283,6 +283,23 @@ def test_tasks_differ_robot_same(demo_root):
 # ---------------------------------------------------------------------------------------------
 # determinism
 # ---------------------------------------------------------------------------------------------
+def test_regenerating_into_a_root_removes_only_the_earlier_generations_files(tmp_path):
+    """A smaller task set generated into the same root leaves no stale task file for preprocess to pick up;
+    files the generator did not write stay."""
+    kw = dict(n_demos=2, len_range=(12, 14), progress=False)
+    tids = sy.cycle_task_ids(4)
+    sy.generate(tmp_path, tids, traps=[{"trap": "non_hdf5_file", "task": tids[3]}], **kw)
+    mine = tmp_path / tids[0].split("/")[0] / "my_notes.txt"
+    mine.write_text("keep me")
+    first = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert len([p for p in first if p.endswith(".hdf5")]) == 4 and any(p.endswith("README.txt") for p in first)
+    out = sy.generate(tmp_path, tids[:2], **kw)
+    now = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert sorted(p for p in now if p.endswith(".hdf5")) == sorted(out["files"])
+    assert not any(p.endswith(("README.txt", "notes.json")) for p in now)    # the earlier trap's side files
+    assert mine.read_text() == "keep me"
+
+
 def test_determinism(tmp_path):
     tids = sy.cycle_task_ids(3)
     kw = dict(n_demos=11, len_range=(12, 20), progress=False,

@@ -384,6 +384,26 @@ def test_tokenizer_loss_lpips_term_and_gradients():
     assert met2["lpips"] == 0
 
 
+def test_visible_mse_weight_adds_the_visible_patch_term_only():
+    """issue 27: visible_mse_weight w adds w * MSE over the unmasked patches; w = 0 is upstream's loss exactly."""
+    pred, tgt = torch.rand(2, 3, 4, 8, 8), torch.rand(2, 3, 4, 8, 8)           # (B,T,C,H,W) frames, patch 4 -> Np 4
+    mask = torch.tensor([True, False, False, True]).view(1, 1, 4, 1).expand(2, 3, 4, 1)
+    pp, tp = patchify(pred, 4), patchify(tgt, 4)                              # (B,T,4,48)
+    masked_ref = ((pp - tp) ** 2)[:, :, [0, 3]].mean()
+    visible_ref = ((pp - tp) ** 2)[:, :, [1, 2]].mean()
+    up, met = tokenizer_loss(pred, tgt, mask)
+    torch.testing.assert_close(up, masked_ref)                                # upstream: masked patches only
+    torch.testing.assert_close(met["mse_visible"], visible_ref)              # logged either way
+    ours, _ = tokenizer_loss(pred, tgt, mask, visible_weight=0.5)
+    torch.testing.assert_close(ours, masked_ref + 0.5 * visible_ref)
+    # gradients reach the visible patches only when the weight is on
+    for w, expect in ((0.0, 0.0), (1.0, None)):
+        p = pred.clone().requires_grad_(True)
+        tokenizer_loss(p, tgt, mask, visible_weight=w)[0].backward()
+        g_visible = patchify(p.grad, 4)[:, :, [1, 2]].abs().sum().item()
+        assert (g_visible == 0.0) if expect == 0.0 else (g_visible > 0), (w, g_visible)
+
+
 def test_tiny_train_step_reduces_loss():
     m = tiny(dropout=0.05, mae_p_max=0.5).train()
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)

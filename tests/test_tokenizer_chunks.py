@@ -81,7 +81,8 @@ def test_dynamics_task_encodes_training_windows_in_the_runs_chunks(preprocessed,
     run.update(model={**run["model"], "d_model": 32, "depth": 1, "n_heads": 2}, seq_len=8, batch_size=2, num_workers=0)
     kw = dict(manifest=str(preprocessed / "manifest.json"), train_split=str(preprocessed / "splits" / "train.json"),
               tokenizer_ckpt=str(path))
-    default, chunked = DynamicsTask(run, **kw), DynamicsTask({**run, "tokenizer_chunk": "train"}, **kw)
+    default = DynamicsTask({**run, "tokenizer_chunk": None}, **kw)
+    chunked = DynamicsTask({**run, "tokenizer_chunk": "train"}, **kw)
     assert default.tok_chunk is None and default.upstream_args()["tokenizer_chunk"] is None
     assert chunked.tok_chunk == 4 and chunked.upstream_args()["tokenizer_chunk"] == 4
     x = torch.rand(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(2))

@@ -4,16 +4,22 @@ Writes ``<root>/<suite>/<stem>_demo.hdf5`` files with the exact layout, dtypes, 
 time convention of the released LIBERO files, filled with a toy 2-D world in which every action
 dimension has a linearly decodable visual effect:
 
-* the gripper is a bright Gaussian-edged disc whose image position follows (x, y)
-  (2 px per step at |a| = 1, actions are clipped to ±0.9375 so ≤ 1.875 px);
-* z and the three rotation angles are the *positions* of four indicator blobs (radius 6 px,
-  ~3 px soft edge) on tracks of a fixed dark panel (bottom band: z, rx; right band: ry, rz);
+* the gripper is a bright Gaussian-edged disc (radius 10 px) whose image position follows (x, y)
+  (5 px per step at |a| = 1, actions are clipped to ±0.9375 so ≤ 4.7 px: ≥ 1 px at the demo's 32 px
+  model resolution for |a| ≥ 0.8; world v1 moved 2 px, 0.5 px at 32 px, too little for a world model
+  to be rewarded for using its actions, issue 27);
+* z and the three rotation angles are the *positions* of four indicator blobs (radius 8 px,
+  ~3 px soft edge) on tracks of a fixed dark panel (bottom band: z, rx; right band: ry, rz), with
+  the same 5 px per unit;
 * two finger blobs below the gripper whose gap follows the opening;
 * 2–3 coloured objects per task; an object under a closing gripper attaches and moves with it,
   and detaches when the gripper opens; a static goal ring per task;
 * per-task layout, colours, goals and rotation targets (so action statistics differ by task),
   while the robot and the panel look identical in every task; backgrounds stay in a range whose
-  contrast sign against the robot is fixed.
+  contrast sign against the robot is fixed. Held-out tasks are made of the same ingredients as
+  training tasks (as in LIBERO): one robot, three shapes, object colours from one 12-colour palette,
+  table and wall colours from six scene families with small jitter (±6 per scene, ±4 per task);
+  what is new is the arrangement, the goal and the rotation targets.
 
 Time convention (real files, §3.2): ``obs/*[k]`` and ``robot_states[k]`` show the state *after*
 ``actions[k]``; ``states[k]`` is the state *before* it, so ``obs/joint_states[k] ==
@@ -57,7 +63,7 @@ __all__ = [
     "PANEL_RGB",
 ]
 
-GENERATOR_VERSION = "synthetic-libero-v1"
+GENERATOR_VERSION = "synthetic-libero-v2"
 GROUND_TRUTH_NAME = "_synthetic_ground_truth.json"
 IMAGE_SIZE = 128
 
@@ -127,7 +133,7 @@ _TRAP_PARAMS = {"too_short": {"length"}, "duplicate_suite": {"suite"}, "duplicat
 # Rendering geometry (upright image coordinates, pixel centres at integers)
 # --------------------------------------------------------------------------------------------
 _SCENE = 92  # scene occupies rows/cols [0, 92); the rest is the robot's fixed panel
-PX_PER_UNIT = 2.0  # image displacement of one full-scale (|a| = 1) step, every dim
+PX_PER_UNIT = 5.0  # image displacement of one full-scale (|a| = 1) step, every dim (1.25 px at 32 px)
 _XY_CENTRE = 46.0  # scene pixel of x = y = 0
 _Z_MID = -1.0  # z value drawn at the middle of its track
 _H_TRACK_C = 64.0  # horizontal tracks (z, rx): column of value 0
@@ -136,8 +142,8 @@ _Z_ROW, _RX_ROW = 101.0, 119.0
 _RY_COL, _RZ_COL = 101.0, 119.0
 
 # state limits in "step units" (one unit = effect of one step at |a| = 1)
-_LIM_LO = np.array([-16.0, -16.0, -24.0, -26.0, -17.0, -17.0])
-_LIM_HI = np.array([16.0, 16.0, 22.0, 26.0, 17.0, 17.0])
+_LIM_LO = np.array([-8.0, -8.0, -12.0, -11.0, -8.0, -8.0])
+_LIM_HI = np.array([8.0, 8.0, 10.0, 11.0, 8.0, 8.0])
 
 GRIPPER_RGB = (235.0, 235.0, 228.0)
 FINGER_RGB = (225.0, 25.0, 15.0)
@@ -149,16 +155,16 @@ _INDICATOR_RGB = (
     (240.0, 80.0, 235.0),  # ry
     (90.0, 240.0, 90.0),  # rz
 )
-_GRIPPER_R, _GRIPPER_S = 7.0, 1.5
-_FINGER_R, _FINGER_S = 3.0, 1.2
-_FINGER_DY = 9.0
-_IND_R, _IND_S = 6.0, 1.5
+_GRIPPER_R, _GRIPPER_S = 10.0, 1.5
+_FINGER_R, _FINGER_S = 4.0, 1.2
+_FINGER_DY = 13.0
+_IND_R, _IND_S = 8.0, 1.5
 
 # physical mapping (metres / radians per unit): 0.05 m and 0.5 rad per step at |a| = 1 times gain
 _POS_GAIN = 0.2  # 0.01 m per unit
 _ROT_GAIN = 0.1  # 0.05 rad per unit
 _EE_BASE = np.array([-0.05, 0.0, 1.05])
-_Z_TABLE = -10.0  # object resting height (units)
+_Z_TABLE = -5.0  # object resting height (units)
 
 # demonstrator
 _RHO, _NOISE_STD = 0.8, 0.5
@@ -310,13 +316,13 @@ def _make_task(index: int, task_id: str, seed: int) -> _Task:
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 0x7A5C]))
     # backgrounds: family base + scene jitter + task jitter, kept in [45, 120] per channel so the
     # robot (bright) is always lighter and the fingers' G/B channels always darker
-    table_rgb = np.clip(np.array(table, float) + srng.uniform(-10, 10, 3) + rng.uniform(-7, 7, 3), 45, 120)
-    wall_rgb = np.clip(np.array(wall, float) + srng.uniform(-10, 10, 3) + rng.uniform(-7, 7, 3), 45, 120)
+    table_rgb = np.clip(np.array(table, float) + srng.uniform(-6, 6, 3) + rng.uniform(-4, 4, 3), 45, 120)
+    wall_rgb = np.clip(np.array(wall, float) + srng.uniform(-6, 6, 3) + rng.uniform(-4, 4, 3), 45, 120)
     # object layout: separated points in the scene
     pts: list[np.ndarray] = []
     while len(pts) < n_obj + 1:  # last one is the goal
-        p = rng.uniform(-12.0, 12.0, 2)
-        if all(np.abs(p - q).max() > 8.0 for q in pts) and (len(pts) < n_obj or np.linalg.norm(p - pts[0]) > 10.0):
+        p = rng.uniform(-6.0, 6.0, 2)
+        if all(np.abs(p - q).max() > 4.0 for q in pts) and (len(pts) < n_obj or np.linalg.norm(p - pts[0]) > 5.0):
             pts.append(p)
     obj_xy = np.array(pts[:n_obj])
     goal_xy = pts[n_obj]
@@ -325,20 +331,20 @@ def _make_task(index: int, task_id: str, seed: int) -> _Task:
     goal_rgb = _OBJ_COLOURS[cidx[n_obj]] * 0.8 + 20
     shapes = [_SHAPES[int(i)] for i in rng.integers(0, len(_SHAPES), n_obj)]
     home = np.zeros(6)
-    home[:2] = rng.uniform(-10.0, 10.0, 2)
-    z_start = float(rng.uniform(1.0, 6.0))
+    home[:2] = rng.uniform(-5.0, 5.0, 2)
+    z_start = float(rng.uniform(0.5, 3.0))
     home[2] = z_start
-    home[3:] = rng.uniform(-2.0, 2.0, 3)
+    home[3:] = rng.uniform(-1.0, 1.0, 3)
     return _Task(
         index=index, task_id=task_id, suite=suite, stem=stem, family=fam, scene=scene,
         instruction=instruction_for(suite, stem), env_name=env_name, problem_name=problem_name,
         state_dim=S, table_rgb=table_rgb, wall_rgb=wall_rgb, n_obj=n_obj, obj_xy=obj_xy,
         obj_rgb=np.clip(obj_rgb, 0, 215), obj_shape=shapes,
-        obj_radius=rng.uniform(4.5, 6.5, n_obj), target=0, goal_xy=goal_xy,
+        obj_radius=rng.uniform(7.0, 9.0, n_obj), target=0, goal_xy=goal_xy,
         goal_rgb=np.clip(goal_rgb, 0, 220), home=home,
-        rot_grasp=np.array([rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-7, 7)]),
-        rot_place=np.array([rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-7, 7)]),
-        z_start=z_start, z_carry=float(rng.uniform(0.0, 5.0)), z_place=float(rng.uniform(-7.0, -3.0)),
+        rot_grasp=np.array([rng.uniform(-1.5, 1.5), rng.uniform(-1.5, 1.5), rng.uniform(-3.5, 3.5)]),
+        rot_place=np.array([rng.uniform(-1.5, 1.5), rng.uniform(-1.5, 1.5), rng.uniform(-3.5, 3.5)]),
+        z_start=z_start, z_carry=float(rng.uniform(0.0, 2.5)), z_place=float(rng.uniform(-3.5, -1.5)),
         fixture_q=srng.uniform(-0.1, 0.1, 64),
     )
 
@@ -356,11 +362,11 @@ class _Rollout:
 def _rollout(task: _Task, rng: np.random.Generator, T: int) -> _Rollout:
     """Scripted reach → close → lift → carry → open → retreat with AR(1) noise."""
     n = task.n_obj
-    obj_xy = task.obj_xy + rng.uniform(-2.0, 2.0, (n, 2))
-    goal = task.goal_xy + rng.uniform(-2.0, 2.0, 2)
+    obj_xy = task.obj_xy + rng.uniform(-1.0, 1.0, (n, 2))
+    goal = task.goal_xy + rng.uniform(-1.0, 1.0, 2)
     pose = np.zeros((T + 1, 6))
-    pose[0] = task.home + np.concatenate([rng.uniform(-3, 3, 3), rng.uniform(-1.5, 1.5, 3)])
-    pose[0] = np.clip(pose[0], _LIM_LO + 2, _LIM_HI - 2)
+    pose[0] = task.home + np.concatenate([rng.uniform(-1.5, 1.5, 3), rng.uniform(-0.75, 0.75, 3)])
+    pose[0] = np.clip(pose[0], _LIM_LO + 1, _LIM_HI - 1)
     opening = np.ones(T + 1)
     obj = np.zeros((T + 1, n, 3))
     obj[0, :, :2] = obj_xy
@@ -378,9 +384,9 @@ def _rollout(task: _Task, rng: np.random.Generator, T: int) -> _Rollout:
         # ---- phase logic (waypoints are copies, never live references)
         while True:
             if phase == 0:  # reach the target object
-                wp = np.concatenate([obj[k, task.target, :2], [_Z_TABLE + 2.0], task.rot_grasp]).copy()
+                wp = np.concatenate([obj[k, task.target, :2], [_Z_TABLE + 1.0], task.rot_grasp]).copy()
                 err = wp - s
-                if (np.abs(err[:2]).max() < 1.5 and abs(err[2]) < 2.0) or t_phase >= t_reach:
+                if (np.abs(err[:2]).max() < 0.75 and abs(err[2]) < 1.0) or t_phase >= t_reach:
                     phase, t_phase = 1, 0
                     continue
                 grip = -1.0
@@ -395,7 +401,7 @@ def _rollout(task: _Task, rng: np.random.Generator, T: int) -> _Rollout:
                 if t_phase == 0:
                     wp = s.copy()
                     wp[2] = task.z_carry
-                if abs(wp[2] - s[2]) < 1.5 or t_phase >= t_lift:
+                if abs(wp[2] - s[2]) < 0.75 or t_phase >= t_lift:
                     phase, t_phase = 3, 0
                     continue
                 grip = 1.0
@@ -403,7 +409,7 @@ def _rollout(task: _Task, rng: np.random.Generator, T: int) -> _Rollout:
                 if t_phase == 0:
                     wp = np.concatenate([goal, [task.z_place], task.rot_place]).copy()
                 err = wp - s
-                if (np.abs(err[:2]).max() < 1.5 and abs(err[2]) < 2.0) or t_phase >= t_carry:
+                if (np.abs(err[:2]).max() < 0.75 and abs(err[2]) < 1.0) or t_phase >= t_carry:
                     phase, t_phase = 4, 0
                     continue
                 grip = 1.0
@@ -439,7 +445,7 @@ def _rollout(task: _Task, rng: np.random.Generator, T: int) -> _Rollout:
             o_next = float(np.clip(opening[k] - 0.3 * grip, 0.0, 1.0))
         if attached < 0 and grip > 0 and o_next < 0.6:
             d = np.abs(ob[:, :2] - s_next[:2]).max(axis=1)
-            near = np.where((d < 4.0) & (s_next[2] - ob[:, 2] < 5.0))[0]
+            near = np.where((d < 2.0) & (s_next[2] - ob[:, 2] < 2.5))[0]
             if near.size:
                 attached = int(near[np.argmin(d[near])])
                 o_next = max(o_next, 0.35)
@@ -509,7 +515,7 @@ def _static_background(task: _Task, goal_xy: np.ndarray) -> np.ndarray:
     bg[0, 8:86, int(_RZ_COL) - 1:int(_RZ_COL) + 2] = g
     gy = np.array([_XY_CENTRE - PX_PER_UNIT * goal_xy[1]])
     gx = np.array([_XY_CENTRE + PX_PER_UNIT * goal_xy[0]])
-    _blend(bg, gy, gx, 8.0, 1.0, task.goal_rgb, ring=True)
+    _blend(bg, gy, gx, 11.0, 1.5, task.goal_rgb, ring=True)
     return bg
 
 
@@ -527,7 +533,7 @@ def _render(task: _Task, goal_xy: np.ndarray, pose: np.ndarray, opening: np.ndar
     gy = _XY_CENTRE - PX_PER_UNIT * pose[:, 1]
     gx = _XY_CENTRE + PX_PER_UNIT * pose[:, 0]
     _blend(img, gy, gx, _GRIPPER_R, _GRIPPER_S, GRIPPER_RGB)
-    half_gap = 3.0 + 5.0 * opening
+    half_gap = 4.0 + 10.0 * opening
     _blend(img, gy + _FINGER_DY, gx - half_gap, _FINGER_R, _FINGER_S, FINGER_RGB)
     _blend(img, gy + _FINGER_DY, gx + half_gap, _FINGER_R, _FINGER_S, FINGER_RGB)
     # indicators: z, rx on horizontal tracks; ry, rz on vertical tracks
@@ -1011,6 +1017,23 @@ def _apply_byte_trap(path: Path, name: str, rng: np.random.Generator, demo: int 
 # --------------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------------
+def _stale_files(root: Path, gt_path: Path, files: list[str]) -> list[str]:
+    """Task files (and trap side files) that an earlier generation into `root` wrote and this one did not.
+
+    Only files named in the earlier ground-truth record are candidates, so nothing the user put there
+    is ever removed; an unreadable earlier record removes nothing."""
+    try:
+        old = json.loads(gt_path.read_text())
+    except (OSError, ValueError):
+        return []
+    old_files: set[str] = set()
+    for rec in (old.get("tasks") or {}).values():
+        old_files.update(rec.get("files") or [])
+        for tr in rec.get("traps") or []:
+            old_files.update(tr.get("paths") or [])
+    return sorted(old_files - set(files) - {GROUND_TRUTH_NAME})
+
+
 def generate(root: str | os.PathLike, task_ids: Sequence[str], n_demos: int = 12,
              len_range: tuple[int, int] = (48, 80), seed: int = 0, traps: Iterable[Any] = (),
              progress: bool = True) -> dict:
@@ -1191,7 +1214,10 @@ def generate(root: str | os.PathLike, task_ids: Sequence[str], n_demos: int = 12
         },
     }
     gt_path = root / GROUND_TRUTH_NAME
+    stale = _stale_files(root, gt_path, files + [q for a in applied for q in a.get("paths") or []])
     _write_text(gt_path, dumps_json(gt))
+    for rel in stale:  # files of an earlier generation into the same root: readers would take them as tasks
+        (root / rel).unlink(missing_ok=True)
     return {
         "root": str(root),
         "n_tasks": len(task_ids),

@@ -3,6 +3,10 @@
 loss = MSE over the *masked* patches only + lpips_weight * LPIPS(composite, target), where the
 composite image is the prediction at masked patches and the ground truth at visible ones, on every
 int(1/lpips_frac)-th frame. The LPIPS network is passed in as a callable (models/lpips.py).
+
+Ours (issue 27, off by default): `visible_weight` w > 0 adds w * MSE over the *visible* patches, so the
+decoder is also trained to reconstruct what the encoder saw (upstream trains it on masked patches only,
+so a visible patch is learnt only through the times it is masked). The demo uses w = 1.
 """
 
 from __future__ import annotations
@@ -57,13 +61,14 @@ def psnr(mse: torch.Tensor) -> torch.Tensor:
 
 def tokenizer_loss(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                    lpips_fn: Callable | None = None, lpips_weight: float = 0.2, lpips_frac: float = 0.5,
-                   patch: int | None = None, keep_prob: torch.Tensor | None = None):
+                   patch: int | None = None, keep_prob: torch.Tensor | None = None, visible_weight: float = 0.0):
     """Tokenizer training loss (§2.5).
 
     recon, target: frames (B,T,C,H,W) (recon = decoder output, target = input in [0,1]);
     mask: MAE mask (B,T,Np,1) bool, True = masked; patch: patch size (default: inferred from Np);
     lpips_fn: callable (x, y) -> per-image distance for images in [0,1] (it maps to [-1,1]
-    itself, like models/lpips.LPIPS); None = no LPIPS term.
+    itself, like models/lpips.LPIPS); None = no LPIPS term;
+    visible_weight: weight of the MSE over visible patches (0 = upstream: none; `mse_visible` is logged).
     Returns (loss, metrics); metrics are detached 0-dim tensors: loss, mse (masked patches),
     mse_all (all patches), lpips, psnr (from the masked mse), masked_frac, keep_prob (if given).
     """
@@ -77,8 +82,12 @@ def tokenizer_loss(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
         lp = lpips_term(comp, target, lpips_fn, lpips_frac)
     else:
         lp = torch.zeros((), device=recon.device)
+    vis = masked_mse(pred_p, tgt_p, ~mask)                                    # MSE over the visible patches
     loss = mse + lpips_weight * lp
+    if visible_weight:
+        loss = loss + visible_weight * vis
     metrics = {"loss": loss.detach(), "mse": mse.detach(), "lpips": lp.detach(), "psnr": psnr(mse),
+               "mse_visible": vis.detach(),
                "mse_all": (recon.detach().float() - target.float()).pow(2).mean(),
                "masked_frac": mask.float().mean()}
     if keep_prob is not None:

@@ -110,7 +110,8 @@ def tokenizer_step(tok_cfg: dict, resolution: int, batch: int, seq_len: int, dev
         out = model(x)
         value, _ = tokenizer_loss(out["recon"], x, out["mae_mask"], lpips_fn=lp,
                                   lpips_weight=tok_cfg["lpips_weight"] if lp is not None else 0.0,
-                                  lpips_frac=tok_cfg["lpips_frac"], keep_prob=out["keep_prob"])
+                                  lpips_frac=tok_cfg["lpips_frac"], keep_prob=out["keep_prob"],
+                                  visible_weight=tok_cfg.get("visible_mse_weight", 0.0))
         return value
 
     return TrainStep(model, [lp] if lp is not None else [], loss,

@@ -89,7 +89,9 @@ class TokenizerTask:
                 "lr": t["lr"], "lr_mult": dict(t["lr_mult"]), "lr_schedule": t["lr_schedule"], "init_scale": dict(t["init_scale"]), "weight_decay": t["weight_decay"], "max_steps": t["max_steps"],
                 "save_every": t["save_every"], "seed": t["seed"], "lpips_weight": float(t["lpips_weight"]),
                 "init_from": self.init_path, "init_sha256": self.init_sha,
-                "lpips_frac": float(t["lpips_frac"]), "lpips_net": self.lpips_info["network"],
+                "lpips_frac": float(t["lpips_frac"]),
+                "visible_mse_weight": float(t["visible_mse_weight"]),  # ours (0 = upstream)
+                "lpips_net": self.lpips_info["network"],
                 "lpips_weights_sha256": self.lpips_info.get("weights_sha256"), "lpips_resolution": self.resolution}
 
     def build_model(self) -> torch.nn.Module:
@@ -119,5 +121,5 @@ class TokenizerTask:
         out = model(frames)  # train mode: MAE masking on
         loss, m = tokenizer_loss(out["recon"], frames, out["mae_mask"], lpips_fn=self.lpips,
                                  lpips_weight=self.tok_cfg["lpips_weight"], lpips_frac=self.tok_cfg["lpips_frac"],
-                                 keep_prob=out["keep_prob"])
+                                 keep_prob=out["keep_prob"], visible_weight=self.tok_cfg["visible_mse_weight"])
         return loss, {f"train/{k}": float(v) for k, v in m.items() if k != "loss"}
