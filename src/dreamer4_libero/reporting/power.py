@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .tables import (BASELINES, MISSING, TEST, WM_FEATURES, Agg, Inputs, ProbeView, Row, Table, bin_extra,
-                     bin_extra_header, _dig, _finite, _model_name, _num_str, _not_run_row, _variant_notes, bin_delta,
-                     flag_text, frames_label, study_bins)
+                     bin_extra_header, _dig, _finite, _model_name, _num_str, _variant_notes, bin_delta,
+                     flag_text, frames_label, run_variants, study_bins)
 
 POWER_EXTRACTION = "video_only"
 POWER_H = 1
@@ -138,12 +138,8 @@ def build_power(inp: Inputs, pv: ProbeView) -> Table:
     bar_agg = pv.cell(BASELINES, BAR_BASELINE, "none", "idm", POWER_H, POWER_SCORING, TEST, ci=False)
     bar = bar_agg.mean if _finite(bar_agg.mean) else None
     rows, notes = [], []
-    for v in inp.variants:
+    for v in run_variants(inp, rows):
         name = v["name"]
-        reason = inp.not_run_reason(name)
-        if reason is not None:
-            rows.append(_not_run_row(_model_name(v), reason, 2, [("text", _model_name(v)), MISSING], variant=name))
-            continue
         rec = inp.rollout.get(name)
         test = _dig(rec, ("sets", "test_ood")) or {}
         dcl, dact = test.get("delta_copy_last") or {}, test.get("delta_action") or {}

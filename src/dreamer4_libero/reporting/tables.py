@@ -36,7 +36,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -836,6 +836,16 @@ def _model_name(v: dict) -> str:
     return v["name"] + (" ‡" if v.get("stand_in_for") else "")
 
 
+def run_variants(inp: "Inputs", rows: list) -> Iterator[dict]:
+    """The variants that ran, in table order; each one that did not gets its two-label-cell not-run row in `rows`."""
+    for v in inp.variants:
+        reason = inp.not_run_reason(v["name"])
+        if reason is None:
+            yield v
+        else:
+            rows.append(_not_run_row(_model_name(v), reason, 2, [("text", _model_name(v)), MISSING], variant=v["name"]))
+
+
 def _variant_notes(variants: Sequence[dict]) -> list[str]:
     """Stand-in notes (‡), then which DMControl weights each initialised variant loaded."""
     return ([f"‡ {v['name']} is a stand-in: {v['stand_in_for']}" for v in variants if v.get("stand_in_for")]
@@ -858,12 +868,8 @@ def build_table1(inp: Inputs, pv: ProbeView) -> Table:
                      "n_seeds"] + [f"heldout_r2_seed{s}" for s in seeds] + ["ci_task_lo", "ci_task_hi"]
                     + [f"seen_r2_seed{s}" for s in seeds] + ["n_params", "archived"])
     rows, all_recs = [], []
-    for v in inp.variants:
+    for v in run_variants(inp, rows):
         name = v["name"]
-        reason = inp.not_run_reason(name)
-        if reason is not None:
-            rows.append(_not_run_row(_model_name(v), reason, 2, [("text", _model_name(v)), MISSING], variant=name))
-            continue
         params = n_params_of(inp, name)
         for feat in WM_FEATURES:
             held = pv.cell(name, feat, "past_actions", "policy", 1, "all_valid", TEST)
