@@ -686,6 +686,15 @@ def test_cross_record_flags_H2_above_H1_ci():
     assert recs[1]["flags"]["LEAK?"] and "exceeds the H=1 CI upper bound +0.350" in recs[1]["flag_reasons"]["LEAK?"]
     assert recs[0]["flag_reasons"]["LEAK?"].startswith("leak test failed: future_actions; R² at H=2")
     assert not any(r["flags"]["LEAK?"] for r in recs[2:])
+    # a no-signal feature (pixels in the demo: R² -0.03 [-0.05, -0.02] at H=1, -0.000 at H=2) is not a leak
+    quiet = [_fake("d", "idm", 1, -0.03, (-0.05, -0.022)), _fake("d", "idm", 2, -0.0002, (-0.01, 0.01))]
+    for r in quiet:
+        r["flags"]["NO-SIGNAL"] = True
+    cross_record_flags(quiet)
+    assert not any(r["flags"]["LEAK?"] for r in quiet)
+    quiet[1]["flags"]["NO-SIGNAL"] = False                       # the same numbers with a signal at H=2: flagged
+    cross_record_flags(quiet)
+    assert quiet[1]["flags"]["LEAK?"]
 
 
 # =============================================================================================

@@ -285,7 +285,8 @@ def _add_leak(rec: dict, why: str) -> None:
 
 def cross_record_flags(records: list[dict]) -> None:
     """LEAK? from comparisons across records of the same features: idm < policy − 0.02 (where the policy-mode
-    record is not NO-SIGNAL); R²(H=2) above the upper end of H=1's episode-level CI."""
+    record is not NO-SIGNAL); R²(H=2) above the upper end of H=1's episode-level CI (where the H=2 record is
+    not NO-SIGNAL)."""
     idx = {(r["feature"], r["extraction"], r["probe_mode"], r["H"], r["seed"]): r for r in records}
     for (feat, ext, mode, H, seed), r in idx.items():
         if mode == "idm" and (feat, ext, "policy", H, seed) in idx:
@@ -299,7 +300,8 @@ def cross_record_flags(records: list[dict]) -> None:
         if H == 2 and (feat, ext, mode, 1, seed) in idx:
             h1 = idx[(feat, ext, mode, 1, seed)]
             a, hi = headline(r), h1["scorings"]["common_Hmax"]["probe_eval_test"]["probe"]["ci"][1]
-            if a is not None and hi is not None and a > hi:
+            # only where H=2 has a signal: a no-signal R² just under 0 can sit above an H=1 CI that lies below 0
+            if a is not None and hi is not None and a > hi and not r["flags"]["NO-SIGNAL"]:
                 why = f"R² at H=2 {a:+.3f} exceeds the H=1 CI upper bound {hi:+.3f} (seed {seed})"
                 _add_leak(r, why)
                 _add_leak(h1, why)
