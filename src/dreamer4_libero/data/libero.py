@@ -39,13 +39,14 @@ run while iterating.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -163,6 +164,34 @@ def normalise_file_name(name: str) -> tuple[str, list[str]]:
     return stem, notes
 
 
+def _is_dir_loop(here: Path, d: str, rel_dir: Path, warnings: list[str]) -> bool:
+    """True (and a warning) if folder `here/d` is a symbolic link back to itself or to a folder above it."""
+    sub = here / d
+    if not sub.is_symlink():
+        return False
+    target, cur = os.path.realpath(sub), os.path.realpath(here)
+    if cur == target or cur.startswith(target.rstrip(os.sep) + os.sep):
+        msg = (f"{(rel_dir / d).as_posix()}: symbolic link loop (points to {os.readlink(sub)!r}, a folder above it): "
+               "not followed")
+        warnings.append(msg)
+        log.warning(msg)
+        return True
+    return False
+
+
+def _broken_link(path: Path) -> str | None:
+    """A description if `path` is a symbolic link that cannot be followed (dangling or a loop), else None."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"symbolic link loop ({os.readlink(path)!r})"
+        return f"dangling symbolic link to {os.readlink(path)!r} ({e.strerror})"
+    return None
+
+
 def discover_task_files(root: str | os.PathLike) -> tuple[list[TaskFile], list[str]]:
     """Find one HDF5 file per task under ``root``; return (files sorted by task id, warnings).
 
@@ -178,9 +207,9 @@ def discover_task_files(root: str | os.PathLike) -> tuple[list[TaskFile], list[s
     warnings: list[str] = []
     found: list[TaskFile] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
         rel_dir = here.relative_to(root)
+        dirnames[:] = [d for d in sorted(dirnames) if not d.startswith(".") and not _is_dir_loop(here, d, rel_dir, warnings)]
         for fname in sorted(filenames):
             if fname.startswith("."):
                 continue
@@ -189,7 +218,16 @@ def discover_task_files(root: str | os.PathLike) -> tuple[list[TaskFile], list[s
                 continue
             path = here / fname
             if not path.is_file():
-                continue
+                link = _broken_link(path)
+                if link is None:  # a FIFO, socket or device with an HDF5 name: never opened
+                    msg = f"{(rel_dir / fname).as_posix()}: not a regular file: ignored"
+                    warnings.append(msg)
+                    log.warning(msg)
+                    continue
+                # a dangling link or a link loop: kept, so that reading it fails (error, or a counted skip)
+                msg = f"{(rel_dir / fname).as_posix()}: unreadable: {link}"
+                warnings.append(msg)
+                log.warning(msg)
             rel_path = (rel_dir / fname).as_posix()
             stem, notes = normalise_file_name(fname)
             depth = len(rel_dir.parts)
@@ -347,6 +385,20 @@ def resize_hwc(frames: np.ndarray, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # Reader
 # --------------------------------------------------------------------------------------
+
+
+def missing_ids(ids: Sequence[int], limit: int) -> tuple[int, list[int]]:
+    """(how many of 0..max(ids) are absent, the first `limit` of them) for sorted unique ids >= 0.
+
+    Walks the gaps between consecutive ids, so a huge id (demo_999...9) costs nothing."""
+    n, shown, prev = 0, [], -1
+    for k in ids:
+        gap = k - prev - 1
+        if gap > 0:
+            n += gap
+            shown.extend(range(prev + 1, min(k, prev + 1 + limit - len(shown))))
+        prev = k
+    return n, shown
 
 
 def _open_h5(path: Path) -> Any:
@@ -625,10 +677,9 @@ class TaskFileReader:
             out.append((names[0], f"demo_{k}", k))
         ids = sorted(by_index)
         if ids:
-            missing = sorted(set(range(ids[-1] + 1)) - set(ids))
-            if missing:
-                shown = missing[:20]
-                more = f" … ({len(missing)} in all)" if len(missing) > 20 else ""
+            n_missing, shown = missing_ids(ids, 20)
+            if n_missing:
+                more = f" … ({n_missing} in all)" if n_missing > len(shown) else ""
                 self._warn(f"data: demo ids not contiguous from 0: missing {shown}{more}")
         return out
 

@@ -1,0 +1,78 @@
+"""Bad input outside the trap table (issue 29): huge demo ids, broken file links, folder link loops."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+from dreamer4_libero.data import synthetic
+from dreamer4_libero.data.libero import LiberoFormatError, TaskFileReader, discover_task_files, missing_ids
+from dreamer4_libero.data.preprocess import preprocess
+
+
+@pytest.fixture()
+def one_task(tmp_path) -> Path:
+    root = tmp_path / "libero"
+    synthetic.generate(root, synthetic.cycle_task_ids(2), n_demos=2, len_range=(6, 6), seed=0, progress=False)
+    return root
+
+
+def test_missing_ids_counts_gaps_without_building_the_range():
+    assert missing_ids([0, 1, 2], 20) == (0, [])
+    assert missing_ids([0, 3, 5], 20) == (3, [1, 2, 4])
+    assert missing_ids([2], 1) == (2, [0])
+    huge = int("9" * 30)
+    t0 = time.perf_counter()
+    n, shown = missing_ids([0, huge], 20)
+    assert n == huge - 1 and shown == list(range(1, 21))
+    assert time.perf_counter() - t0 < 0.1
+
+
+def test_a_demo_id_of_thirty_nines_is_a_warning_not_a_memory_error(one_task):
+    task = discover_task_files(one_task)[0][0]
+    huge = "demo_" + "9" * 30
+    with h5py.File(task.path, "r+") as f:
+        f["data"].move("demo_1", huge)
+    t0 = time.perf_counter()
+    with TaskFileReader(task) as r:
+        recs = list(r.demos())
+    assert time.perf_counter() - t0 < 10
+    assert [x.name for x in recs] == ["demo_0", huge]
+    gap = [w for w in r.report.warnings if "not contiguous" in w]
+    assert len(gap) == 1 and f"({int('9' * 30) - 1} in all)" in gap[0] and "missing [1, 2, 3" in gap[0]
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_a_broken_file_link_is_an_unreadable_file_not_a_missing_task(one_task, tmp_path, kind):
+    suite = sorted(p for p in one_task.iterdir() if p.is_dir())[0]
+    link = suite / "ghost_task_demo.hdf5"
+    if kind == "dangling":
+        os.symlink(suite / "nowhere.hdf5", link)
+    else:
+        os.symlink(link, link)                                          # a link to itself: ELOOP
+    tasks, warnings = discover_task_files(one_task)
+    assert any(t.path == link for t in tasks), "the link must not be dropped silently"
+    words = "dangling symbolic link" if kind == "dangling" else "symbolic link loop"
+    assert any(w.startswith(f"{suite.name}/ghost_task_demo.hdf5: unreadable: {words}") for w in warnings), warnings
+    out = tmp_path / "pre"
+    with pytest.raises(LiberoFormatError) as e:                        # error policy: the file is named
+        preprocess(one_task, out, progress=False)
+    assert "ghost_task_demo.hdf5" in str(e.value) and "readable HDF5" in str(e.value)
+    assert not (out / "manifest.json").exists()
+    man = preprocess(one_task, tmp_path / "pre_skip", on_bad_demo="skip", progress=False)   # skip: counted
+    assert man["totals"]["files_skipped"] == 1 and man["totals"]["tasks"] == 2
+
+
+def test_a_folder_link_loop_is_not_followed(one_task):
+    suite = sorted(p for p in one_task.iterdir() if p.is_dir())[0]
+    os.symlink("..", suite / "again")                                    # suite/again -> the root
+    os.symlink(".", suite / "self")                                      # suite/self -> suite
+    tasks, warnings = discover_task_files(one_task)
+    assert len(tasks) == 2
+    loops = [w for w in warnings if "symbolic link loop" in w]
+    assert sorted(w.split(":")[0] for w in loops) == [f"{suite.name}/again", f"{suite.name}/self"], warnings
+    assert not any("nested" in w or "duplicate" in w for w in warnings)
