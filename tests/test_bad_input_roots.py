@@ -76,3 +76,17 @@ def test_a_folder_link_loop_is_not_followed(one_task):
     loops = [w for w in warnings if "symbolic link loop" in w]
     assert sorted(w.split(":")[0] for w in loops) == [f"{suite.name}/again", f"{suite.name}/self"], warnings
     assert not any("nested" in w or "duplicate" in w for w in warnings)
+
+
+def test_nothing_usable_under_skip_repeats_the_skip_reasons(one_task, tmp_path):
+    """issue 29 item 7: the final error says why everything was skipped, with counts per reason."""
+    suite = sorted(p for p in one_task.iterdir() if p.is_dir())[0]
+    os.symlink(suite / "nowhere.hdf5", suite / "ghost_task_demo.hdf5")
+    out = tmp_path / "pre"
+    with pytest.raises(LiberoFormatError) as e:     # every demo is 6 frames, shorter than min_demo_len 10
+        preprocess(one_task, out, on_bad_demo="skip", min_demo_len=10, progress=False)
+    msg = str(e.value)
+    assert "no usable demo left" in msg and "4 demos and 3 files skipped" in msg, msg
+    assert "Skip reasons: 4 x too short: expected T >= 10, found T=6; 1 x libero_10/ghost_task_demo.hdf5: " \
+        "expected a readable HDF5 file, found FileNotFoundError" in msg, msg
+    assert not (out / "manifest.json").exists()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -99,6 +101,22 @@ def process_file(task: TaskFile, shard_root: Path, options: dict, size: int, sha
         (tmp / "entry.json").write_text(dumps_json(entry))
     entry["_reused"] = False
     return entry
+
+
+def skip_reasons(files: list[dict], limit: int = 5) -> str:
+    """The most common skip reasons of manifest file entries, with counts, as one sentence."""
+    reasons = Counter()
+    for f in files:
+        demos = f.get("demos_skipped") or []
+        for d in demos:   # "data/demo_3: too short: ..." -> "too short: ..." (counted over demos and files)
+            reasons[re.sub(r"^data/[^:]+: ", "", d["reason"])] += 1
+        if f.get("skipped_file") and not (demos and f["skipped_file"].startswith("data: expected at least one usable")):
+            reasons[f"{f.get('rel_path') or '?'}: {f['skipped_file']}"] += 1   # a file-level reason of its own
+    if not reasons:
+        return "No skip was recorded."
+    top = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(limit))
+    more = f" (and {len(reasons) - limit} other reasons)" if len(reasons) > limit else ""
+    return f"Skip reasons: {top}{more}."
 
 
 def unreadable_entry(task: TaskFile, err: OSError, options: dict) -> dict:
@@ -226,7 +244,8 @@ def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, wo
     if kept == 0:
         raise LiberoFormatError(f"{root}: no usable demo left after validation "
                                 f"({sum(len(f['demos_skipped']) for f in files)} demos and "
-                                f"{sum(bool(f.get('skipped_file')) for f in files)} files skipped; see the warnings)")
+                                f"{sum(bool(f.get('skipped_file')) for f in files)} files skipped). "
+                                + skip_reasons(files))
     manifest = {
         "format": MANIFEST_FORMAT,
         "reader_version": READER_VERSION,
