@@ -90,3 +90,19 @@ def test_nothing_usable_under_skip_repeats_the_skip_reasons(one_task, tmp_path):
     assert "Skip reasons: 4 x too short: expected T >= 10, found T=6; 1 x libero_10/ghost_task_demo.hdf5: " \
         "expected a readable HDF5 file, found FileNotFoundError" in msg, msg
     assert not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("trap", ["actions_nan", "missing_actions"])
+def test_a_skipped_demo_still_counts_in_the_total_check(tmp_path, trap):
+    """issue 29 item 4: under skip, a skipped demo's frames are in the file's `total`: no false warning."""
+    root = tmp_path / "libero"
+    tid = synthetic.cycle_task_ids(1)
+    synthetic.generate(root, tid, n_demos=3, len_range=(6, 6), seed=0, progress=False,
+                       traps=[{"trap": trap, "task": tid[0], "demo": 1}])
+    task = discover_task_files(root)[0][0]
+    with h5py.File(task.path, "r") as f:
+        assert int(f["data"].attrs["total"]) == 18                      # the file's own total is right
+    with TaskFileReader(task, on_bad_demo="skip") as r:
+        recs = list(r.demos())
+    assert [x.name for x in recs] == ["demo_0", "demo_2"] and len(r.report.demos_skipped) == 1
+    assert not any("attr total" in w for w in r.report.warnings), r.report.warnings

@@ -699,7 +699,8 @@ class TaskFileReader:
         except LiberoFormatError as e:
             if e.level == "demo" and self.skip:
                 self._skip_demo(name, e)
-                return None, getattr(e, "_T", 0)
+                # a skipped demo's frames are still in the file's `total` (issue 29): its T, else the images' length
+                return None, getattr(e, "_T", None) or self._peek_T(source)
             raise
 
     def _scan_demo_inner(self, data: Any, source: str, name: str, k: int) -> tuple[_DemoPlan | None, int]:
