@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from dreamer4_libero.data import synthetic
@@ -106,3 +107,25 @@ def test_a_skipped_demo_still_counts_in_the_total_check(tmp_path, trap):
         recs = list(r.demos())
     assert [x.name for x in recs] == ["demo_0", "demo_2"] and len(r.report.demos_skipped) == 1
     assert not any("attr total" in w for w in r.report.warnings), r.report.warnings
+
+
+@pytest.mark.parametrize("how", ["vlen_utf8", "fixed_bytes"])
+def test_non_utf8_problem_info_is_replaced_and_warned(one_task, tmp_path, how):
+    """issue 29 item 5: undecodable bytes in problem_info become U+FFFD with a warning naming file and
+    attribute; the manifest stays writable as UTF-8."""
+    task = discover_task_files(one_task)[0][0]
+    raw = b'{"language_instruction": "pick \xff\xfe bowl"}'
+    with h5py.File(task.path, "r+") as f:
+        del f["data"].attrs["problem_info"]
+        if how == "vlen_utf8":
+            f["data"].attrs.create("problem_info", data=raw, dtype=h5py.string_dtype("utf-8"))
+        else:
+            f["data"].attrs["problem_info"] = np.bytes_(raw)
+    with TaskFileReader(task) as r:
+        list(r.demos())
+    assert r.report.instruction == "pick \ufffd\ufffd bowl"
+    bad = [w for w in r.report.warnings if "problem_info" in w and "UTF-8" in w]
+    assert len(bad) == 1, r.report.warnings
+    man = preprocess(one_task, tmp_path / "pre", progress=False)
+    text = (tmp_path / "pre" / "manifest.json").read_bytes().decode("utf-8")      # strict: no surrogates
+    assert "\\udc" not in text and any("problem_info" in w for f in man["files"] for w in f["warnings"])

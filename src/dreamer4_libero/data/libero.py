@@ -315,6 +315,16 @@ def canonical_demo_name(name: str) -> tuple[str, int] | None:
     return f"demo_{k}", k
 
 
+def _is_clean_text(v: str) -> bool:
+    """False if `v` holds lone surrogates (h5py's surrogateescape for bytes that are not UTF-8) or U+FFFD."""
+    return "\ufffd" not in v and not any("\ud800" <= c <= "\udfff" for c in v)
+
+
+def _clean_text(v: str) -> str:
+    """`v` with lone surrogates (undecodable bytes) replaced by U+FFFD: safe for any UTF-8 writer."""
+    return v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _decode(v: Any) -> Any:
     """Decode an HDF5 attribute: bytes/np.bytes_ → str, size-1 arrays → scalar."""
     if h5py is not None and isinstance(v, h5py.Empty):
@@ -548,6 +558,9 @@ class TaskFileReader:
             return {k: _decode(data.attrs[k]) for k in _DATA_ATTRS if k in present}
 
         attrs = self._h5("data", "attribute set", read_attrs)
+        for key in sorted(k for k, v in attrs.items() if isinstance(v, str) and not _is_clean_text(v)):
+            attrs[key] = _clean_text(attrs[key])
+            self._warn(f"data attr {key}: not valid UTF-8; the undecodable bytes are replaced by U+FFFD")
         self._read_convention(attrs)
         self._read_metadata(attrs)
         members = self._h5("data", "group", lambda: list(data.keys()))
