@@ -129,3 +129,25 @@ def test_non_utf8_problem_info_is_replaced_and_warned(one_task, tmp_path, how):
     man = preprocess(one_task, tmp_path / "pre", progress=False)
     text = (tmp_path / "pre" / "manifest.json").read_bytes().decode("utf-8")      # strict: no surrogates
     assert "\\udc" not in text and any("problem_info" in w for f in man["files"] for w in f["warnings"])
+
+
+@pytest.mark.parametrize("how", ["soft_link", "copy"])
+def test_a_linked_or_copied_demo_is_a_duplicate(one_task, tmp_path, how):
+    """issue 29 item 6: demo_2 -> demo_0 (soft link) or a byte copy: an error naming both under `error`,
+    one kept under `skip`."""
+    task = discover_task_files(one_task)[0][0]
+    with h5py.File(task.path, "r+") as f:
+        if how == "soft_link":
+            f["data/demo_2"] = h5py.SoftLink("/data/demo_0")
+        else:
+            f.copy(f["data/demo_0"], f["data"], name="demo_2")
+        f["data"].attrs["num_demos"] = 3
+    with pytest.raises(LiberoFormatError) as e:
+        with TaskFileReader(task) as r:
+            list(r.demos())
+    assert "data/demo_2" in str(e.value) and "demo_0" in str(e.value) and "distinct demo" in str(e.value)
+    with TaskFileReader(task, on_bad_demo="skip") as r:
+        recs = list(r.demos())
+    assert [x.name for x in recs] == ["demo_0", "demo_1"]
+    assert [d["demo"] for d in r.report.demos_skipped] == ["demo_2"]
+    assert ("a link" if how == "soft_link" else "the same actions") in r.report.demos_skipped[0]["reason"]

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -571,16 +572,40 @@ class TaskFileReader:
                 "data", f"expected demo groups 'demo_<k>', found none (members: {sorted(members)})", "file"
             )
         total = self._collided_T
+        seen: dict[tuple, str] = {}  # demo identity (object address, content digest) -> first demo with it
         for source_name, name, k in demos:
             plan = self._scan_demo(data, source_name, name, k)
             if plan is None:
                 continue
             total += plan[1]
-            if plan[0] is not None:
+            if plan[0] is not None and not self._is_duplicate_demo(data, source_name, name, seen):
                 self._plans.append(plan[0])
         self._check_counts(attrs, n_named, total)
         if not self._plans:
             self._no_usable_demos()
+
+    def _is_duplicate_demo(self, data: Any, source: str, name: str, seen: dict[tuple, str]) -> bool:
+        """A demo that is the same HDF5 object as an earlier one (a soft or hard link) or has the same actions
+        array (every value; teleoperated demos never repeat one): an error naming both, or under `skip` a
+        skipped demo (issue 29). Images are not read here: a corrupt image chunk surfaces when it is read."""
+        def identity() -> list[tuple]:
+            g = data[source]
+            a = np.ascontiguousarray(g["actions"][()])
+            digest = hashlib.sha256(str((a.dtype.str, a.shape)).encode() + a.tobytes()).hexdigest()
+            return [("object", h5py.h5o.get_info(g.id).addr), ("content", digest)]
+
+        keys = self._h5(f"data/{source}", "demo group", identity, name)
+        first = next((seen[k] for k in keys if k in seen), None)
+        if first is None:
+            for k in keys:
+                seen[k] = name
+            return False
+        how = "the same HDF5 object (a link)" if keys[0] in seen else "the same actions"
+        err = self._err(f"data/{source}", f"expected a distinct demo, found {how} as {first}", "demo", name)
+        if not self.skip:
+            raise err
+        self._skip_demo(name, err)
+        return True
 
     def _no_usable_demos(self) -> None:
         skipped = ", ".join(f"{d['demo']} ({d['reason']})" for d in self.report.demos_skipped) or "none"
