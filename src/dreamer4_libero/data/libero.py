@@ -39,13 +39,15 @@ run while iterating.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -163,6 +165,34 @@ def normalise_file_name(name: str) -> tuple[str, list[str]]:
     return stem, notes
 
 
+def _is_dir_loop(here: Path, d: str, rel_dir: Path, warnings: list[str]) -> bool:
+    """True (and a warning) if folder `here/d` is a symbolic link back to itself or to a folder above it."""
+    sub = here / d
+    if not sub.is_symlink():
+        return False
+    target, cur = os.path.realpath(sub), os.path.realpath(here)
+    if cur == target or cur.startswith(target.rstrip(os.sep) + os.sep):
+        msg = (f"{(rel_dir / d).as_posix()}: symbolic link loop (points to {os.readlink(sub)!r}, a folder above it): "
+               "not followed")
+        warnings.append(msg)
+        log.warning(msg)
+        return True
+    return False
+
+
+def _broken_link(path: Path) -> str | None:
+    """A description if `path` is a symbolic link that cannot be followed (dangling or a loop), else None."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"symbolic link loop ({os.readlink(path)!r})"
+        return f"dangling symbolic link to {os.readlink(path)!r} ({e.strerror})"
+    return None
+
+
 def discover_task_files(root: str | os.PathLike) -> tuple[list[TaskFile], list[str]]:
     """Find one HDF5 file per task under ``root``; return (files sorted by task id, warnings).
 
@@ -178,9 +208,9 @@ def discover_task_files(root: str | os.PathLike) -> tuple[list[TaskFile], list[s
     warnings: list[str] = []
     found: list[TaskFile] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
         rel_dir = here.relative_to(root)
+        dirnames[:] = [d for d in sorted(dirnames) if not d.startswith(".") and not _is_dir_loop(here, d, rel_dir, warnings)]
         for fname in sorted(filenames):
             if fname.startswith("."):
                 continue
@@ -189,7 +219,16 @@ def discover_task_files(root: str | os.PathLike) -> tuple[list[TaskFile], list[s
                 continue
             path = here / fname
             if not path.is_file():
-                continue
+                link = _broken_link(path)
+                if link is None:  # a FIFO, socket or device with an HDF5 name: never opened
+                    msg = f"{(rel_dir / fname).as_posix()}: not a regular file: ignored"
+                    warnings.append(msg)
+                    log.warning(msg)
+                    continue
+                # a dangling link or a link loop: kept, so that reading it fails (error, or a counted skip)
+                msg = f"{(rel_dir / fname).as_posix()}: unreadable: {link}"
+                warnings.append(msg)
+                log.warning(msg)
             rel_path = (rel_dir / fname).as_posix()
             stem, notes = normalise_file_name(fname)
             depth = len(rel_dir.parts)
@@ -277,6 +316,16 @@ def canonical_demo_name(name: str) -> tuple[str, int] | None:
     return f"demo_{k}", k
 
 
+def _is_clean_text(v: str) -> bool:
+    """False if `v` holds lone surrogates (h5py's surrogateescape for bytes that are not UTF-8) or U+FFFD."""
+    return "\ufffd" not in v and not any("\ud800" <= c <= "\udfff" for c in v)
+
+
+def _clean_text(v: str) -> str:
+    """`v` with lone surrogates (undecodable bytes) replaced by U+FFFD: safe for any UTF-8 writer."""
+    return v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _decode(v: Any) -> Any:
     """Decode an HDF5 attribute: bytes/np.bytes_ → str, size-1 arrays → scalar."""
     if h5py is not None and isinstance(v, h5py.Empty):
@@ -347,6 +396,20 @@ def resize_hwc(frames: np.ndarray, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # Reader
 # --------------------------------------------------------------------------------------
+
+
+def missing_ids(ids: Sequence[int], limit: int) -> tuple[int, list[int]]:
+    """(how many of 0..max(ids) are absent, the first `limit` of them) for sorted unique ids >= 0.
+
+    Walks the gaps between consecutive ids, so a huge id (demo_999...9) costs nothing."""
+    n, shown, prev = 0, [], -1
+    for k in ids:
+        gap = k - prev - 1
+        if gap > 0:
+            n += gap
+            shown.extend(range(prev + 1, min(k, prev + 1 + limit - len(shown))))
+        prev = k
+    return n, shown
 
 
 def _open_h5(path: Path) -> Any:
@@ -496,6 +559,9 @@ class TaskFileReader:
             return {k: _decode(data.attrs[k]) for k in _DATA_ATTRS if k in present}
 
         attrs = self._h5("data", "attribute set", read_attrs)
+        for key in sorted(k for k, v in attrs.items() if isinstance(v, str) and not _is_clean_text(v)):
+            attrs[key] = _clean_text(attrs[key])
+            self._warn(f"data attr {key}: not valid UTF-8; the undecodable bytes are replaced by U+FFFD")
         self._read_convention(attrs)
         self._read_metadata(attrs)
         members = self._h5("data", "group", lambda: list(data.keys()))
@@ -506,16 +572,40 @@ class TaskFileReader:
                 "data", f"expected demo groups 'demo_<k>', found none (members: {sorted(members)})", "file"
             )
         total = self._collided_T
+        seen: dict[tuple, str] = {}  # demo identity (object address, content digest) -> first demo with it
         for source_name, name, k in demos:
             plan = self._scan_demo(data, source_name, name, k)
             if plan is None:
                 continue
             total += plan[1]
-            if plan[0] is not None:
+            if plan[0] is not None and not self._is_duplicate_demo(data, source_name, name, seen):
                 self._plans.append(plan[0])
         self._check_counts(attrs, n_named, total)
         if not self._plans:
             self._no_usable_demos()
+
+    def _is_duplicate_demo(self, data: Any, source: str, name: str, seen: dict[tuple, str]) -> bool:
+        """A demo that is the same HDF5 object as an earlier one (a soft or hard link) or has the same actions
+        array (every value; teleoperated demos never repeat one): an error naming both, or under `skip` a
+        skipped demo (issue 29). Images are not read here: a corrupt image chunk surfaces when it is read."""
+        def identity() -> list[tuple]:
+            g = data[source]
+            a = np.ascontiguousarray(g["actions"][()])
+            digest = hashlib.sha256(str((a.dtype.str, a.shape)).encode() + a.tobytes()).hexdigest()
+            return [("object", h5py.h5o.get_info(g.id).addr), ("content", digest)]
+
+        keys = self._h5(f"data/{source}", "demo group", identity, name)
+        first = next((seen[k] for k in keys if k in seen), None)
+        if first is None:
+            for k in keys:
+                seen[k] = name
+            return False
+        how = "the same HDF5 object (a link)" if keys[0] in seen else "the same actions"
+        err = self._err(f"data/{source}", f"expected a distinct demo, found {how} as {first}", "demo", name)
+        if not self.skip:
+            raise err
+        self._skip_demo(name, err)
+        return True
 
     def _no_usable_demos(self) -> None:
         skipped = ", ".join(f"{d['demo']} ({d['reason']})" for d in self.report.demos_skipped) or "none"
@@ -625,10 +715,9 @@ class TaskFileReader:
             out.append((names[0], f"demo_{k}", k))
         ids = sorted(by_index)
         if ids:
-            missing = sorted(set(range(ids[-1] + 1)) - set(ids))
-            if missing:
-                shown = missing[:20]
-                more = f" … ({len(missing)} in all)" if len(missing) > 20 else ""
+            n_missing, shown = missing_ids(ids, 20)
+            if n_missing:
+                more = f" … ({n_missing} in all)" if n_missing > len(shown) else ""
                 self._warn(f"data: demo ids not contiguous from 0: missing {shown}{more}")
         return out
 
@@ -648,7 +737,8 @@ class TaskFileReader:
         except LiberoFormatError as e:
             if e.level == "demo" and self.skip:
                 self._skip_demo(name, e)
-                return None, getattr(e, "_T", 0)
+                # a skipped demo's frames are still in the file's `total` (issue 29): its T, else the images' length
+                return None, getattr(e, "_T", None) or self._peek_T(source)
             raise
 
     def _scan_demo_inner(self, data: Any, source: str, name: str, k: int) -> tuple[_DemoPlan | None, int]:

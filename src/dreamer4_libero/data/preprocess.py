@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -101,6 +103,36 @@ def process_file(task: TaskFile, shard_root: Path, options: dict, size: int, sha
     return entry
 
 
+def skip_reasons(files: list[dict], limit: int = 5) -> str:
+    """The most common skip reasons of manifest file entries, with counts, as one sentence."""
+    reasons = Counter()
+    for f in files:
+        demos = f.get("demos_skipped") or []
+        for d in demos:   # "data/demo_3: too short: ..." -> "too short: ..." (counted over demos and files)
+            reasons[re.sub(r"^data/[^:]+: ", "", d["reason"])] += 1
+        if f.get("skipped_file") and not (demos and f["skipped_file"].startswith("data: expected at least one usable")):
+            reasons[f"{f.get('rel_path') or '?'}: {f['skipped_file']}"] += 1   # a file-level reason of its own
+    if not reasons:
+        return "No skip was recorded."
+    top = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(limit))
+    more = f" (and {len(reasons) - limit} other reasons)" if len(reasons) > limit else ""
+    return f"Skip reasons: {top}{more}."
+
+
+def unreadable_entry(task: TaskFile, err: OSError, options: dict) -> dict:
+    """The manifest entry of a task file that cannot even be opened (a dangling link, a link loop): under
+    `skip` a skipped file (no shard folder); under `error` a LiberoFormatError naming the file."""
+    reason = f"expected a readable HDF5 file, found {type(err).__name__}: {err.strerror or err}"
+    if options["on_bad_demo"] != "skip":
+        raise LiberoFormatError(reason, file=task.rel_path, level="file")
+    log.warning("%s: skipping file: %s", task.rel_path, reason)
+    with TaskFileReader(task, on_bad_demo="skip") as reader:   # the reader's own skip report, same fields
+        report = reader.report.to_manifest()
+    report["skipped_file"] = reason
+    return {**report, "size": None, "sha256": None, "options": options, "reader_version": READER_VERSION,
+            "demos": [], "_reused": False}
+
+
 def find_duplicates(tasks: list[TaskFile], known: dict[str, tuple[int, str | None, int]]) -> list[dict]:
     """Task files whose content equals an earlier one's (``tasks`` order): the same file under two names (a
     symlink or hard link) or a copy with the same sha256. Only files that share their size with another are
@@ -158,8 +190,14 @@ def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, wo
     _clean_stale(shard_root)
     options = _options(on_bad_demo, min_demo_len, convert_dtype, resize)
     cache = ChecksumCache(out / ".cache" / "input_sha256.json")
-    known = {t.task_id: cache.lookup(t.path) for t in tasks}
-    dups = find_duplicates(tasks, known)
+    entries: dict[str, dict] = {}
+    for t in tasks:  # a dangling link or a link loop: an unreadable file (error, or a counted skip)
+        try:
+            t.path.stat()
+        except OSError as e:
+            entries[t.task_id] = unreadable_entry(t, e, options)
+    known = {t.task_id: cache.lookup(t.path) for t in tasks if t.task_id not in entries}
+    dups = find_duplicates([t for t in tasks if t.task_id in known], known)
     if dups:
         lines = [f"{d['rel_path']} is {d['how']} {d['duplicate_of']} (sha256 {d['sha256'][:16]}...)" for d in dups]
         if on_bad_demo != "skip":
@@ -173,25 +211,25 @@ def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, wo
         dup_ids = {d["task_id"] for d in dups}
         tasks = [t for t in tasks if t.task_id not in dup_ids]
 
-    entries: dict[str, dict] = {}
-    bar = tqdm(total=len(tasks), desc="preprocess", unit="file", disable=not progress, dynamic_ncols=True)
+    todo = [t for t in tasks if t.task_id not in entries]
+    bar = tqdm(total=len(todo), desc="preprocess", unit="file", disable=not progress, dynamic_ncols=True)
     try:
         if workers <= 1:
-            for t in tasks:
+            for t in todo:
                 entries[t.task_id] = process_file(t, shard_root, options, known[t.task_id][0], known[t.task_id][1])
                 bar.set_postfix(frames=sum(e["frames"] for e in entries.values()))
                 bar.update()
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
                 futs = {pool.submit(process_file, t, shard_root, options, known[t.task_id][0], known[t.task_id][1]): t
-                        for t in tasks}
+                        for t in todo}
                 for fut in as_completed(futs):
                     entries[futs[fut].task_id] = fut.result()
                     bar.set_postfix(frames=sum(e["frames"] for e in entries.values()))
                     bar.update()
     finally:
         bar.close()
-        for t in tasks:  # remember checksums even when a later file failed
+        for t in todo:  # remember checksums even when a later file failed
             if t.task_id in entries:
                 size, _, mtime = known[t.task_id]
                 cache.store(t.path, size, mtime, entries[t.task_id]["sha256"])
@@ -206,7 +244,8 @@ def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, wo
     if kept == 0:
         raise LiberoFormatError(f"{root}: no usable demo left after validation "
                                 f"({sum(len(f['demos_skipped']) for f in files)} demos and "
-                                f"{sum(bool(f.get('skipped_file')) for f in files)} files skipped; see the warnings)")
+                                f"{sum(bool(f.get('skipped_file')) for f in files)} files skipped). "
+                                + skip_reasons(files))
     manifest = {
         "format": MANIFEST_FORMAT,
         "reader_version": READER_VERSION,
