@@ -139,14 +139,14 @@ def test_corrupt_hdf5_fails_naming_the_file_and_writes_no_manifest(tmp_path, how
     root, out = tmp_path / "root", tmp_path / "out"
     demo = (np.zeros((40, 128, 128, 3), np.uint8), np.zeros((40, 7)))
     for i, name in enumerate(("a_first_task_demo.hdf5", "b_second_task_demo.hdf5")):  # two different files
-        write_libero_file(root / "libero_goal" / name, [demo, (demo[0], demo[1] + 0.1 * i)])
+        write_libero_file(root / "libero_goal" / name, [demo, (demo[0], demo[1] + 0.1 * i + 0.05)])  # distinct demos
     bad = root / "libero_goal" / "z_broken_task_demo.hdf5"   # sorted last: the good files are done first
     raw = (root / "libero_goal" / "a_first_task_demo.hdf5").read_bytes()
     rng = random.Random(5)
     if how == "corrupt_chunk":
         import h5py
 
-        write_libero_file(bad, [demo, demo, demo])
+        write_libero_file(bad, [(demo[0], demo[1] + 0.01 * k) for k in range(3)])   # 3 distinct demos
         key = "data/demo_2/obs/agentview_rgb"
         with h5py.File(bad, "r+") as f:  # demo_2's frames chunked + gzip, then one chunk's bytes flipped
             del f[key]
