@@ -67,9 +67,14 @@ def main() -> None:
     for roll in sorted((res / "rollout").glob("*/rollout.json")):
         b = json.loads(roll.read_text())["sets"]["test_ood"]
         rows = b["rows"]
+        # the ceiling of the encoding the run uses: chunks of the tokenizer's training length, or the whole window
+        chunked = b.get("tokenizer_chunk") and b.get("tokenizer_chunk") == b.get("ceiling_chunk")
+        ceil = (f"ceiling ({b['tokenizer_chunk']}-frame chunks) {rows['tokenizer_ceiling_chunked']['psnr_frame_mean']:.2f}"
+                if chunked and "tokenizer_ceiling_chunked" in rows
+                else f"ceiling {rows['tokenizer_ceiling']['psnr_frame_mean']:.2f}")
         print(f"  rollout: {roll.parent}/  test_ood PSNR {rows['model']['psnr_frame_mean']:.2f} dB (pooled "
               f"{rows['model']['psnr_pooled']:.2f}; copy-last {rows['copy_last_context']['psnr_frame_mean']:.2f}, "
-              f"ceiling {rows['tokenizer_ceiling']['psnr_frame_mean']:.2f}, shuffled actions "
+              f"{ceil}, shuffled actions "
               f"{rows['action_shuffled']['psnr_frame_mean']:.2f})")
     if (res / "tables" / "tables.md").exists():
         print(f"  tables:       {res}/tables/  (tables.md; *.md, *.csv, *.tex; plots/)")
