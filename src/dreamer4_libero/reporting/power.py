@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .tables import (BASELINES, MISSING, TEST, WM_FEATURES, Agg, Inputs, ProbeView, Row, Table, bin_extra,
-                     bin_extra_header, _dig, _finite, _model_name, _num_str, _variant_notes, bin_delta,
-                     flag_text, frames_label, run_variants, study_bins)
+                     bin_extra_header, _dig, _finite, _fmt_num, _model_name, _variant_notes, bin_delta,
+                     flag_text, frames_label, render_cell, run_variants, study_bins)
 
 POWER_EXTRACTION = "video_only"
 POWER_H = 1
@@ -78,14 +78,12 @@ def classify(delta_action: dict | None, evidence: Sequence[Evidence], bar: float
 
 
 def _signed(x: float | None, nd: int) -> str:
-    return "—" if not _finite(x) else _num_str(float(x), nd, True).replace("-", "−")
+    return _fmt_num(x, nd, True, "md")
 
 
 def _with_ci(x, ci, nd: int) -> str:
-    s = _signed(x, nd)
-    if _finite(x) and ci and _finite(ci[0]) and _finite(ci[1]):
-        s += f" [{_signed(ci[0], nd)}, {_signed(ci[1], nd)}]"
-    return s
+    """`x [lo, hi]` as the tables' Markdown cells write it (render_cell)."""
+    return render_cell(("r2_ci" if nd == 3 else "dpsnr_ci", x, tuple(ci or (None, None))), "md")
 
 
 def _flags(idm: Agg, pol: Agg) -> tuple:
