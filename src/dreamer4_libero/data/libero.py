@@ -84,6 +84,9 @@ log = logging.getLogger("dreamer4_libero.data.libero")
 # because h5py raises it for some corrupt datatype messages.
 _H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 
+#: the start of a file's skip reason when every one of its demos was skipped (preprocess counts those demos instead)
+NO_USABLE_DEMOS = "expected at least one usable demo"
+
 # the /data attributes the reader uses (others are extras: never read, trap 15)
 _DATA_ATTRS = ("macros_image_convention", "problem_info", "env_args", "bddl_file_content", "num_demos", "total")
 _DEMO_RE = re.compile(r"^demo_(\d+)$")
@@ -609,7 +612,7 @@ class TaskFileReader:
 
     def _no_usable_demos(self) -> None:
         skipped = ", ".join(f"{d['demo']} ({d['reason']})" for d in self.report.demos_skipped) or "none"
-        err = self._err("data", f"expected at least one usable demo, found none; skipped: {skipped}", "file")
+        err = self._err("data", f"{NO_USABLE_DEMOS}, found none; skipped: {skipped}", "file")
         if self.skip:
             self._skip_file(err)
         else:

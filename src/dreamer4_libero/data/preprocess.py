@@ -22,7 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..fileio import atomic_dir, dumps_json, read_json, sha256_file, write_json
-from .libero import READER_VERSION, LiberoFormatError, TaskFile, TaskFileReader, discover_task_files
+from .libero import (NO_USABLE_DEMOS, READER_VERSION, FileReport, LiberoFormatError, TaskFile, TaskFileReader,
+                     discover_task_files)
 from .shards import SHARD_FORMAT, NpyStreamWriter, demo_stats, npy_data_ok
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def skip_reasons(files: list[dict], limit: int = 5) -> str:
         demos = f.get("demos_skipped") or []
         for d in demos:   # "data/demo_3: too short: ..." -> "too short: ..." (counted over demos and files)
             reasons[re.sub(r"^data/[^:]+: ", "", d["reason"])] += 1
-        if f.get("skipped_file") and not (demos and f["skipped_file"].startswith("data: expected at least one usable")):
+        if f.get("skipped_file") and not (demos and NO_USABLE_DEMOS in f["skipped_file"]):
             reasons[f"{f.get('rel_path') or '?'}: {f['skipped_file']}"] += 1   # a file-level reason of its own
     if not reasons:
         return "No skip was recorded."
@@ -126,9 +127,8 @@ def unreadable_entry(task: TaskFile, err: OSError, options: dict) -> dict:
     if options["on_bad_demo"] != "skip":
         raise LiberoFormatError(reason, file=task.rel_path, level="file")
     log.warning("%s: skipping file: %s", task.rel_path, reason)
-    with TaskFileReader(task, on_bad_demo="skip") as reader:   # the reader's own skip report, same fields
-        report = reader.report.to_manifest()
-    report["skipped_file"] = reason
+    report = FileReport(rel_path=task.rel_path, suite=task.suite, stem=task.stem, task_id=task.task_id,
+                        warnings=list(task.notes), skipped_file=reason).to_manifest()   # as a reader's skip report
     return {**report, "size": None, "sha256": None, "options": options, "reader_version": READER_VERSION,
             "demos": [], "_reused": False}
 
@@ -191,12 +191,12 @@ def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, wo
     options = _options(on_bad_demo, min_demo_len, convert_dtype, resize)
     cache = ChecksumCache(out / ".cache" / "input_sha256.json")
     entries: dict[str, dict] = {}
-    for t in tasks:  # a dangling link or a link loop: an unreadable file (error, or a counted skip)
+    known: dict[str, tuple[int, str | None, int]] = {}
+    for t in tasks:
         try:
-            t.path.stat()
-        except OSError as e:
+            known[t.task_id] = cache.lookup(t.path)
+        except OSError as e:  # a dangling link or a link loop: an unreadable file (error, or a counted skip)
             entries[t.task_id] = unreadable_entry(t, e, options)
-    known = {t.task_id: cache.lookup(t.path) for t in tasks if t.task_id not in entries}
     dups = find_duplicates([t for t in tasks if t.task_id in known], known)
     if dups:
         lines = [f"{d['rel_path']} is {d['how']} {d['duplicate_of']} (sha256 {d['sha256'][:16]}...)" for d in dups]
