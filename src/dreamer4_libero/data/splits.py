@@ -58,9 +58,18 @@ class Split:
     test_ood: list[str]
     source: str = "default"  # or "user"
     user_files: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    user_paths: dict[str, str] = field(default_factory=dict)  # name -> path given in the config (for messages)
 
     def tasks(self, name: str) -> list[str]:
         return sorted({parse_episode_id(e)[0] for e in getattr(self, name)})
+
+
+def _per_suite(tasks) -> dict[str, int]:
+    """suite -> number of tasks, for messages."""
+    out: dict[str, int] = defaultdict(int)
+    for t in tasks:
+        out[suite_of(t)] += 1
+    return dict(sorted(out.items()))
 
 
 def default_split(available: dict[str, list[int]], split_seed: int = 0, ood_fraction: float = 0.2,
@@ -80,8 +89,17 @@ def default_split(available: dict[str, list[int]], split_seed: int = 0, ood_frac
             n_train = round_half_up(train_demo_fraction * len(demos))
             train += [episode_id(t, k) for k in demos[:n_train]]
             val += [episode_id(t, k) for k in demos[n_train:]]
+    pool = f"the {len(available)} preprocessed tasks (per suite {_per_suite(available)})"
     if not train:
-        raise SplitError(f"no train task left: {len(available)} tasks, ood_fraction={ood_fraction}")
+        raise SplitError(f"split.ood_fraction = {ood_fraction} leaves no train task: round({ood_fraction} x n) of "
+                         f"each suite's n tasks go to test_ood, from {pool}; lower split.ood_fraction"
+                         + ("" if ood else " (or raise split.train_demo_fraction: it keeps 0 demos per task)"))
+    if not ood:
+        biggest = max(len(v) for v in by_suite.values())
+        raise SplitError(f"split.ood_fraction = {ood_fraction} gives an empty test_ood: round({ood_fraction} x n) "
+                         f"is 0 for every suite of {pool}; the task-OOD evaluation needs at least one held-out "
+                         f"task: set split.ood_fraction >= {0.5 / biggest:.3g}, or give split.train_file, "
+                         f"split.val_file and split.test_ood_file")
     return Split(sorted(train), sorted(val), sorted(ood))
 
 
@@ -116,17 +134,27 @@ def probe_lists(split: Split, seed: int, *, probe_task_seed: int = 0, reseed_tas
                 n_eval_train: int = 200, n_eval_test: int = 200) -> dict[str, list[str]]:
     """The three probe lists of one seed (evaluation.md §1.1, §1.6)."""
     task_seed = seed if reseed_tasks else probe_task_seed
+    for key, n, name in (("probe.n_train_tasks", n_train_tasks, "train"),
+                         ("probe.n_ood_tasks", n_ood_tasks, "test_ood")):
+        pool = split.tasks(name)
+        if n > len(pool):
+            raise SplitError(f"{key} = {n} cannot be met: its pool, the tasks of {name}.json, holds {len(pool)} "
+                             f"tasks (per suite {_per_suite(pool)}); set {key} <= {len(pool)}"
+                             + (", or lower split.ood_fraction" if name == "train" else
+                                ", or raise split.ood_fraction"))
     train_tasks = set(choose_probe_tasks(split.tasks("train"), n_train_tasks, task_seed))
     ood_tasks = set(choose_probe_tasks(split.tasks("test_ood"), n_ood_tasks, task_seed))
     rank = lambda eps: sorted(eps, key=lambda e: _h(f"{seed}:{e}"))  # noqa: E731
     tr = rank([e for e in split.train if parse_episode_id(e)[0] in train_tasks])
     te = rank([e for e in split.test_ood if parse_episode_id(e)[0] in ood_tasks])
     if len(tr) < n_probe_train + n_eval_train:
-        raise SplitError(f"probe seed {seed}: {n_train_tasks} train tasks hold {len(tr)} train.json episodes, "
-                         f"need n_probe_train + n_eval_train = {n_probe_train} + {n_eval_train}")
+        raise SplitError(f"probe seed {seed}: the {n_train_tasks} probe train tasks (probe.n_train_tasks) hold "
+                         f"{len(tr)} train.json episodes, need probe.n_probe_train + probe.n_eval_train = "
+                         f"{n_probe_train} + {n_eval_train}; lower those or raise probe.n_train_tasks")
     if len(te) < n_eval_test:
-        raise SplitError(f"probe seed {seed}: {n_ood_tasks} OOD tasks hold {len(te)} test_ood.json episodes, "
-                         f"need n_eval_test = {n_eval_test}")
+        raise SplitError(f"probe seed {seed}: the {n_ood_tasks} probe OOD tasks (probe.n_ood_tasks) hold {len(te)} "
+                         f"test_ood.json episodes, need probe.n_eval_test = {n_eval_test}; lower it or raise "
+                         f"probe.n_ood_tasks")
     return {"probe_train": sorted(tr[:n_probe_train]),
             "probe_eval_train": sorted(tr[n_probe_train:n_probe_train + n_eval_train]),
             "probe_eval_test": sorted(te[:n_eval_test])}
@@ -198,8 +226,12 @@ def user_split(train_file, val_file, test_ood_file, available) -> Split:
     if missing:
         raise SplitError(f"user-provided split needs all of train_file, val_file, test_ood_file; missing {missing}")
     eps = {k: load_episode_file(v, available) for k, v in files.items()}
+    for k in ("train", "test_ood"):
+        if not eps[k]:
+            raise SplitError(f"{files[k]}: split.{k}_file names no episode; {k} needs at least one task")
     return Split(eps["train"], eps["val"], eps["test_ood"], source="user",
-                 user_files={k: sha256_file(v) for k, v in files.items()})
+                 user_files={k: sha256_file(v) for k, v in files.items()},
+                 user_paths={k: str(v) for k, v in files.items()})
 
 
 def validate_split(split: Split) -> None:
@@ -212,6 +244,16 @@ def validate_split(split: Split) -> None:
     shared = sorted(set(split.tasks("train")) & set(split.tasks("test_ood")))
     if shared:
         raise SplitError(f"task {shared[0]} is in both train and test_ood ({len(shared)} shared tasks)")
+    # val = unseen demos of train tasks (§7.2 step 4): a val episode of any other task is refused
+    train_tasks, ood_tasks = set(split.tasks("train")), set(split.tasks("test_ood"))
+    where = f"{split.user_paths['val']} (split.val_file)" if "val" in split.user_paths else "val.json"
+    task_of = {e: parse_episode_id(e)[0] for e in split.val}
+    for what, bad in (("a test_ood task", sorted(e for e, t in task_of.items() if t in ood_tasks)),
+                      ("not a train task", sorted(e for e, t in task_of.items() if t not in train_tasks))):
+        if bad:
+            n_tasks = len({task_of[e] for e in bad})
+            raise SplitError(f"{where}: episode {bad[0]} is of task {task_of[bad[0]]}, {what}; val must hold unseen "
+                             f"demos of train tasks only ({len(bad)} such episodes from {n_tasks} tasks)")
 
 
 def validate_probe(lists: dict[str, list[str]], split: Split) -> None:
@@ -237,7 +279,12 @@ def _doc(episodes: list[str], header: dict, **extra) -> dict:
 
 
 def build_and_write(manifest_path: str | Path, out_dir: str | Path, *, split_cfg: dict, probe_cfg: dict) -> dict:
-    """Make (or load) the split and the probe lists for every seed; write them; return a summary."""
+    """Make (or load) the split and the probe lists for every seed; write them; return a summary.
+
+    Every document is built and validated before the first file is written, so a setting that
+    fails (an empty test_ood, a probe pool too small) leaves no split file behind; summary.json,
+    written last, marks a complete set.
+    """
     from ..fileio import read_json
 
     manifest_path, out = Path(manifest_path), Path(out_dir)
@@ -253,10 +300,11 @@ def build_and_write(manifest_path: str | Path, out_dir: str | Path, *, split_cfg
               "source_manifest_sha256": sha256_file(manifest_path), "split_source": split.source}
     if split.user_files:
         header["user_file_sha256"] = split.user_files
+    docs: dict[Path, dict] = {}  # relative path -> document, written only once all are built
     summary: dict = {"split_source": split.source, "sets": {}, "probe": {}}
     for name in ("train", "val", "test_ood"):
         eps = getattr(split, name)
-        write_json(out / f"{name}.json", _doc(eps, header))
+        docs[Path(f"{name}.json")] = _doc(eps, header)
         summary["sets"][name] = {"episodes": len(eps), "tasks": len(split.tasks(name))}
 
     user_probe = {k: probe_cfg.get(f) for k, f in
@@ -264,7 +312,8 @@ def build_and_write(manifest_path: str | Path, out_dir: str | Path, *, split_cfg
                    ("probe_eval_test", "eval_test_file"))}
     fixed = any(user_probe.values())
     if fixed and not all(user_probe.values()):
-        raise SplitError("user-provided probe lists need all of probe_train_file, eval_train_file, eval_test_file")
+        raise SplitError("user-provided probe lists need all of probe.probe_train_file, probe.eval_train_file, "
+                         "probe.eval_test_file")
     for s in probe_cfg["seeds"]:
         if fixed:
             lists = {k: load_episode_file(v, available) for k, v in user_probe.items()}
@@ -276,10 +325,25 @@ def build_and_write(manifest_path: str | Path, out_dir: str | Path, *, split_cfg
         validate_probe(lists, split)
         task_seed = s if probe_cfg["reseed_tasks"] else probe_cfg["task_seed"]
         for k, eps in lists.items():
-            write_json(out / "probe" / f"seed{s}" / f"{k}.json",
-                       _doc(eps, header, probe_seed=s, probe_task_seed=task_seed, seeds_vary_episodes=not fixed))
+            docs[Path("probe") / f"seed{s}" / f"{k}.json"] = _doc(
+                eps, header, probe_seed=s, probe_task_seed=task_seed, seeds_vary_episodes=not fixed)
         summary["probe"][f"seed{s}"] = {k: {"episodes": len(v), "tasks": len({parse_episode_id(e)[0] for e in v})}
                                         for k, v in lists.items()}
     summary["seeds_vary_episodes"] = not fixed
-    write_json(out / "summary.json", summary)
+    _write_set(out, docs, summary)
     return summary
+
+
+def _write_set(out: Path, docs: dict[Path, dict], summary: dict) -> None:
+    """Write a complete split set: summary.json goes first out and last in, so a set cut short by
+    a failing write never looks complete; probe seed folders of an earlier run are removed."""
+    import shutil
+
+    (out / "summary.json").unlink(missing_ok=True)
+    keep = {rel.parts[1] for rel in docs if rel.parts[0] == "probe"}
+    for old in sorted((out / "probe").glob("seed*")) if (out / "probe").is_dir() else []:
+        if old.is_dir() and old.name not in keep:
+            shutil.rmtree(old)
+    for rel, doc in docs.items():
+        write_json(out / rel, doc)
+    write_json(out / "summary.json", summary)
