@@ -151,3 +151,39 @@ def test_a_linked_or_copied_demo_is_a_duplicate(one_task, tmp_path, how):
     assert [x.name for x in recs] == ["demo_0", "demo_1"]
     assert [d["demo"] for d in r.report.demos_skipped] == ["demo_2"]
     assert ("a link" if how == "soft_link" else "the same actions") in r.report.demos_skipped[0]["reason"]
+
+
+def _break(root: Path, case: str) -> None:
+    suite = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    if case == "dangling_link":
+        os.symlink(suite / "nowhere.hdf5", suite / "ghost_task_demo.hdf5")
+    elif case == "linked_demo":
+        task = discover_task_files(root)[0][0]
+        with h5py.File(task.path, "r+") as f:
+            f["data/demo_2"] = h5py.SoftLink("/data/demo_0")
+            f["data"].attrs["num_demos"] = 3
+
+
+@pytest.mark.parametrize("case,args,words", [
+    ("dangling_link", [], ["ghost_task_demo.hdf5", "expected a readable HDF5 file, found FileNotFoundError"]),
+    ("linked_demo", [], ["data/demo_2", "demo_0", "distinct demo"]),
+    ("dangling_link", ["--on-bad-demo", "skip", "--min-demo-len", "10"],
+     ["no usable demo left", "4 x too short: expected T >= 10, found T=6", "ghost_task_demo.hdf5"]),
+])
+def test_the_preprocess_cli_exits_2_naming_the_problem_and_writes_no_manifest(one_task, tmp_path, case, args, words):
+    """The same cases through `workflow_scripts/preprocess.py` (what rule `preprocess` runs)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, venv_env
+
+    _break(one_task, case)
+    out = tmp_path / "pre"
+    r = subprocess.run([sys.executable, str(REPO / "workflow_scripts/preprocess.py"), "--libero-root", str(one_task),
+                        "--out", str(out), "--no-progress", *args], capture_output=True, text=True, env=venv_env())
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.split("ERROR: ", 1)[1]
+    for w in words:
+        assert w in err, err
+    assert "Traceback" not in r.stderr
+    assert not (out / "manifest.json").exists()
