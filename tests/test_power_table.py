@@ -16,6 +16,8 @@ import pytest
 import test_tables as TT
 from dreamer4_libero.fileio import sha256_file, write_json
 from dreamer4_libero.reporting import power as P
+from dreamer4_libero.reporting import render as RD
+from dreamer4_libero.reporting import results as RS
 from dreamer4_libero.reporting import tables as T
 from test_tables import _md_rows, _row, load, write_synthetic_results
 
@@ -79,13 +81,13 @@ def _rewrite_rollout(path: Path, mutate) -> None:
 
 def _add_baselines(res: dict, feats) -> None:
     """Probe records of extra model-free baselines (tok_latent, frame_diff) in the baselines summary."""
-    summ = next(p for p in res["probe_summaries"] if p.parent.name == T.BASELINES)
+    summ = next(p for p in res["probe_summaries"] if p.parent.name == RS.BASELINES)
     data = json.loads(summ.read_text())
     for f in feats:
         for mode, H in TT.MODES:
             for s in TT.SEEDS:
                 name = f"{f}__none__{mode}__H{H}__seed{s}.json"
-                write_json(summ.parent / name, TT.probe_record(T.BASELINES, f, "none", mode, H, s))
+                write_json(summ.parent / name, TT.probe_record(RS.BASELINES, f, "none", mode, H, s))
                 data["records"].append({"path": name, "sha256": sha256_file(summ.parent / name), "feature": f,
                                         "extraction": "none", "probe_mode": mode, "H": H, "seed": s})
     write_json(summ, data)
@@ -183,11 +185,11 @@ def test_power_csv_and_tex(cases):
 def test_power_probe_numbers_match_table_mean_and_ci(cases):
     """The R² cells are ProbeView.cell of (video_only, H = 1, all_valid, held-out) as Table 1 aggregates."""
     inp = load(cases["res"])
-    pv = T.ProbeView(inp)
+    pv = RS.ProbeView(inp)
     rows = _md_rows(cases["md"])
     for mode, col in (("idm", 2), ("policy", 3)):
-        agg = pv.cell("dynamics_phase3", "wm_spatial", "video_only", mode, 1, "all_valid", T.TEST)
-        assert _row(rows, "dynamics_phase3", "wm_spatial")[col] == T.render_cell(("r2_ci", agg.mean, agg.ci), "md")
+        agg = pv.cell("dynamics_phase3", "wm_spatial", "video_only", mode, 1, "all_valid", RS.TEST)
+        assert _row(rows, "dynamics_phase3", "wm_spatial")[col] == RD.render_cell(("r2_ci", agg.mean, agg.ci), "md")
 
 
 def test_power_baselines_set_the_bar(tmp_path, monkeypatch):
@@ -197,9 +199,9 @@ def test_power_baselines_set_the_bar(tmp_path, monkeypatch):
     _add_baselines(res, ("tok_latent", "frame_diff"))
     T.write_tables(load(res), tmp_path / "out_weak", plots=False)
     rows = _md_rows((tmp_path / "out_weak" / "power.md").read_text())
-    pv = T.ProbeView(load(res))
-    bar = pv.cell(T.BASELINES, "tok_latent", "none", "idm", 1, "all_valid", T.TEST).mean
-    sp = pv.cell("dynamics_phase3", "wm_spatial", "video_only", "idm", 1, "all_valid", T.TEST)
+    pv = RS.ProbeView(load(res))
+    bar = pv.cell(RS.BASELINES, "tok_latent", "none", "idm", 1, "all_valid", RS.TEST).mean
+    sp = pv.cell("dynamics_phase3", "wm_spatial", "video_only", "idm", 1, "all_valid", RS.TEST)
     assert sp.ci[0] > bar > 0                                        # the constructed weak tok_latent
     assert _row(rows, "baseline", "tok_latent")[2] != "—" and _row(rows, "baseline", "frame_diff")[3] != "—"
     assert _row(rows, "dynamics_phase3", "wm_spatial")[8] == P.CASE_EXPOSED
@@ -209,7 +211,7 @@ def test_power_baselines_set_the_bar(tmp_path, monkeypatch):
     T.write_tables(load(res), tmp_path / "out_strong", plots=False)
     md = (tmp_path / "out_strong" / "power.md").read_text()
     rows = _md_rows(md)
-    bar = T.ProbeView(load(res)).cell(T.BASELINES, "tok_latent", "none", "idm", 1, "all_valid", T.TEST).mean
+    bar = RS.ProbeView(load(res)).cell(RS.BASELINES, "tok_latent", "none", "idm", 1, "all_valid", RS.TEST).mean
     assert bar > sp.ci[0]
     assert _row(rows, "dynamics_phase3", "wm_spatial")[7] == "no"
     assert _row(rows, "dynamics_phase3", "wm_spatial")[8] == P.CASE_HIDDEN

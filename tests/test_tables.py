@@ -24,6 +24,11 @@ import pytest
 
 from dreamer4_libero.evaluation import bootstrap
 from dreamer4_libero.fileio import sha256_file, write_json
+from dreamer4_libero.reporting import builders as BL
+from dreamer4_libero.reporting import labels as LB
+from dreamer4_libero.reporting import quality as QB
+from dreamer4_libero.reporting import render as RD
+from dreamer4_libero.reporting import results as RS
 from dreamer4_libero.reporting import tables as T
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +68,8 @@ def _rng(*key) -> np.random.Generator:
 
 
 def _episodes(seed: int, set_name: str):
-    n_tasks, per = (3, 2) if set_name == T.TEST else (4, 2)
-    tag = "ood" if set_name == T.TEST else "seen"
+    n_tasks, per = (3, 2) if set_name == RS.TEST else (4, 2)
+    tag = "ood" if set_name == RS.TEST else "seen"
     tasks = [f"suite/{tag}_task{t}" for t in range(n_tasks) for _ in range(per)]
     eps = [f"{t}/demo_{(i % per) + 3 * seed}" for i, t in enumerate(tasks)]
     return eps, tasks
@@ -109,9 +114,9 @@ def _block(seed, set_name, scoring, mode, H, feature, variant):
 
 
 def probe_record(variant, feature, extraction, mode, H, seed, *, seeds_vary=True, flags=None):
-    base = variant == T.BASELINES
+    base = variant == RS.BASELINES
     rec = {
-        "protocol": T.PROTOCOL, "variant": variant, "checkpoint_sha256": None if base else "c" * 64,
+        "protocol": RS.PROTOCOL, "variant": variant, "checkpoint_sha256": None if base else "c" * 64,
         "tokenizer_sha256": "t" * 64, "space_mode": None if base else "wm_agent_isolated",
         "n_params": {"tokenizer": TOK_PARAMS, "dynamics": None if base else DYN_PARAMS},
         "feature": feature, "extraction": extraction, "probe_mode": mode, "H": H, "seed": seed,
@@ -125,7 +130,7 @@ def probe_record(variant, feature, extraction, mode, H, seed, *, seeds_vary=True
         "alpha": {"task": 10.0, "episode": 3.16}, "alpha_on_grid_edge": {"task": False, "episode": False},
         "cv_curve": {"task": {"alphas": [1.0, 10.0], "mean_r2": [-0.1, 0.0]},
                      "episode": {"alphas": [1.0, 10.0], "mean_r2": [-0.1, 0.0]}},
-        "scorings": {sc: {s: _block(seed, s, sc, mode, H, feature, variant) for s in (T.TEST, T.TRAIN)}
+        "scorings": {sc: {s: _block(seed, s, sc, mode, H, feature, variant) for s in (RS.TEST, RS.TRAIN)}
                      for sc in ("all_valid", "common_Hmax")},
         "degeneracy": {"total_variance": 64.0 * (1 + seed), "relative_variation": 0.8, "n_columns_raw": 64,
                        "n_nonconstant": 64 - seed, "effective_rank": 10.0 + seed, "time_explained": 0.1,
@@ -167,7 +172,7 @@ def rollout_record(variant, pooled=13.0, frame_mean=14.0, copy_last=12.0):
             "delta_action_bins": [{"frames": [1 + 8 * k, 8 + 8 * k], "mean": 0.3 + 0.4 * k,
                                    "ci": [-0.1 + 0.4 * k, 0.7 + 0.4 * k]} for k in range(3)],
             "shuffle_pairs": [[0, 1], [1, 0]]}
-    return {"protocol": T.PROTOCOL, "variant": variant, "checkpoint_sha256": "c" * 64, "tokenizer_sha256": "t" * 64,
+    return {"protocol": RS.PROTOCOL, "variant": variant, "checkpoint_sha256": "c" * 64, "tokenizer_sha256": "t" * 64,
             "n_params": {"tokenizer": TOK_PARAMS, "dynamics": DYN_PARAMS}, "context": 8, "horizon": 24,
             "euler_steps": 4, "k_max": 8, "decode_window": 32, "rollout_seeds": [0], "bootstrap_B": 1000,
             "sets": {"test_ood": test, "val": copy.deepcopy(test)}, "tokenizer_eval": None}
@@ -233,12 +238,12 @@ def write_synthetic_results(root: Path, variants=None) -> dict:
             train_dirs.append(d)
             continue
         flags_for = {("wm_spatial", 1): {"LEAK?": True}} if v["name"] == "dynamics_aux_phase6" else None
-        write_variant(v["name"], T.WM_FEATURES, T.EXTRACTIONS, flags_for)
+        write_variant(v["name"], RS.WM_FEATURES, RS.EXTRACTIONS, flags_for)
         p = root / "rollout" / v["name"] / "rollout.json"
         write_json(p, rollout_record(v["name"], pooled=18.5 if v["name"] == "dynamics_phase3" else 13.0))
         rollouts.append(p)
         train_dirs.append(write_train_dir(root, v["name"], aux=v["aux_weight"] > 0))
-    write_variant(T.BASELINES, BASE_FEATS, ("none",))
+    write_variant(RS.BASELINES, BASE_FEATS, ("none",))
     tok = root / "tokenizer_eval" / "tokenizer_demo" / "psnr.json"
     write_json(tok, tokenizer_record())
     train_dirs.insert(0, write_train_dir(root, "tokenizer_demo", aux=False))
@@ -248,8 +253,8 @@ def write_synthetic_results(root: Path, variants=None) -> dict:
             "train_dirs": train_dirs, "root": root}
 
 
-def load(res: dict) -> T.Inputs:
-    return T.load_inputs(res["config"], res["probe_summaries"], res["rollout"], res["tokenizer_eval"],
+def load(res: dict) -> RS.Inputs:
+    return RS.load_inputs(res["config"], res["probe_summaries"], res["rollout"], res["tokenizer_eval"],
                          res["train_dirs"], root=res["root"])
 
 
@@ -311,9 +316,9 @@ def test_verbatim_headers(built):
                                      "D4 param-matched 276M + aux", "D4 + aux (leak-free aux) (agent reads frame)"]
     # CSV keeps the verbatim header first
     head = next(csv.reader(io.StringIO((built / "table1_probe.csv").read_text())))
-    assert head[:9] == T.HEADER_TABLE1
+    assert head[:9] == BL.HEADER_TABLE1
     head2 = next(csv.reader(io.StringIO((built / "table2_quality.csv").read_text())))
-    assert head2[:9] == T.HEADER_TABLE2
+    assert head2[:9] == BL.HEADER_TABLE2
 
 
 def test_stand_in_is_said(built):
@@ -326,14 +331,31 @@ def test_stand_in_is_said(built):
 
 def test_derived_labels():
     v = {"name": "dynamics_dmcontrol_pretrained", "aux_weight": 0.0, "init_from": "dmcontrol"}
-    assert T.variant_label(v, "rollout") == "D4 + DMControl pretrain (no aux)"
-    assert T.variant_label(v, "probe") == "D4 + DMControl pretrain (no aux) (agent)"
+    assert LB.variant_label(v, "rollout") == "D4 + DMControl pretrain (no aux)"
+    assert LB.variant_label(v, "probe") == "D4 + DMControl pretrain (no aux) (agent)"
     v = {"name": "dynamics_aux_phase6_leakfree", "aux_weight": 0.05, "aux_input": "action_free"}
-    assert T.variant_label(v, "probe") == "D4 dynamics + aux λ=0.05 (leak-free aux) (agent)"
-    assert T.variant_label(v, "rollout") == "D4 + aux (leak-free aux)"
-    assert T.variant_label({**v, "label": "my label"}, "rollout") == "my label"
+    assert LB.variant_label(v, "probe") == "D4 dynamics + aux λ=0.05 (leak-free aux) (agent)"
+    assert LB.variant_label(v, "rollout") == "D4 + aux (leak-free aux)"
+    assert LB.variant_label({**v, "label": "my label"}, "rollout") == "my label"
     # archive rows keep the archive's label whatever the config says
-    assert T.variant_label({"name": "dynamics_phase3", "label": "x"}, "probe") == "D4 dynamics (scratch, agent token)"
+    assert LB.variant_label({"name": "dynamics_phase3", "label": "x"}, "probe") == "D4 dynamics (scratch, agent token)"
+    # a per-table label from the config; the run name is never parsed (issue 30)
+    lab = {"probe": "P276 (agent)", "rollout": "P276"}
+    v = {"name": "dynamics_aux_param_matched_276M_leakfree", "aux_weight": 0.05, "aux_input": "action_free"}
+    assert LB.variant_label({**v, "label": lab}, "probe") == "P276 (agent)"
+    assert LB.variant_label({**v, "label": lab}, "rollout") == "P276"
+    assert LB.variant_label(v, "rollout") == "D4 + aux (leak-free aux)"
+    with pytest.raises(ValueError, match="table must be one of"):
+        LB.variant_label(v, "table1")
+
+
+def test_config_labels_the_276m_leakfree_variant_as_the_archive_style():
+    """config.yaml gives the disabled 276M leak-free variant its labels (they used to come from its name)."""
+    from dreamer4_libero.config import load_config
+
+    v = load_config()["dynamics"]["variants"]["dynamics_aux_param_matched_276M_leakfree"]
+    assert v["label"] == {"probe": "D4 param-matched 276M + aux (leak-free aux) (agent)",
+                          "rollout": "D4 param-matched 276M + aux (leak-free aux)"}
 
 
 # ---------------------------------------------------------------------------- signs and formats
@@ -350,16 +372,16 @@ def test_sign_formats(built):
     assert arch[7] == "-0.039000"
     assert [r for r in rows[1:] if r[0].startswith("V-JEPA")][0][2] == "0.845000"
     assert "\u2212" not in csv_t
-    assert T.render_cell(("r2", -0.0391), "md") == "\u22120.039"
-    assert T.render_cell(("r2", -0.0391), "tex") == "$-$0.039"
-    assert T.render_cell(("r2", -0.039), "csv") == "-0.039000"
-    assert T.render_cell(("r2", 0.8451), "md") == "+0.845"
-    assert T.render_cell(("r2", -0.0001), "md") == "+0.000"          # no negative zero
-    assert T.render_cell(("psnr", 13.4149), "md") == "13.41"
-    assert T.render_cell(("dpsnr", -0.5), "md") == "\u22120.50"
-    assert T.render_cell(("ci_r2", (-0.1, 0.02)), "md") == "[\u22120.100, +0.020]"
-    assert T.render_cell(("ci_r2", (-0.1, 0.02)), "tex") == "[$-$0.100, +0.020]"
-    assert T.render_cell(("r2", None), "md") == "—" and T.render_cell(("r2", float("nan")), "csv") == ""
+    assert RD.render_cell(("r2", -0.0391), "md") == "\u22120.039"
+    assert RD.render_cell(("r2", -0.0391), "tex") == "$-$0.039"
+    assert RD.render_cell(("r2", -0.039), "csv") == "-0.039000"
+    assert RD.render_cell(("r2", 0.8451), "md") == "+0.845"
+    assert RD.render_cell(("r2", -0.0001), "md") == "+0.000"          # no negative zero
+    assert RD.render_cell(("psnr", 13.4149), "md") == "13.41"
+    assert RD.render_cell(("dpsnr", -0.5), "md") == "\u22120.50"
+    assert RD.render_cell(("ci_r2", (-0.1, 0.02)), "md") == "[\u22120.100, +0.020]"
+    assert RD.render_cell(("ci_r2", (-0.1, 0.02)), "tex") == "[$-$0.100, +0.020]"
+    assert RD.render_cell(("r2", None), "md") == "—" and RD.render_cell(("r2", float("nan")), "csv") == ""
 
 
 def test_tex_is_ascii_booktabs_and_escaped(built):
@@ -483,9 +505,9 @@ def test_mean_std_and_pooled_ci(results, built):
     vals, reps = [], []
     for s in SEEDS:
         rec = inp.probe[("dynamics_aux_phase6", "wm_spatial", "past_actions", "policy", 1, s)]
-        blk = rec["scorings"]["all_valid"][T.TEST]
+        blk = rec["scorings"]["all_valid"][RS.TEST]
         vals.append(blk["probe"]["r2_uniform"])
-        reps.append(bootstrap.r2_replicates(blk["stats"], "probe", "task", s, T.TEST, B))
+        reps.append(bootstrap.r2_replicates(blk["stats"], "probe", "task", s, RS.TEST, B))
     mean = sum(vals) / 3
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / 2)
     lo, hi = bootstrap.percentile_ci(np.concatenate(reps))
@@ -502,22 +524,22 @@ def test_mean_std_and_pooled_ci(results, built):
     assert float(r["ci_task_hi"]) == pytest.approx(hi, abs=1e-6)
     # seen-task column = mean of probe_eval_train values
     seen = [inp.probe[("dynamics_aux_phase6", "wm_spatial", "past_actions", "policy", 1, s)]["scorings"]["all_valid"]
-            [T.TRAIN]["probe"]["r2_uniform"] for s in SEEDS]
+            [RS.TRAIN]["probe"]["r2_uniform"] for s in SEEDS]
     assert row[5] == fmt(sum(seen) / 3)
     assert row[6] == "64.0M"
 
 
 def test_cached_bootstrap_equals_library(results):
     inp = load(results)
-    cache = T.BootstrapCache(B)
-    a = inp.probe[("dynamics_phase3", "wm_spatial", "past_actions", "policy", 2, 1)]["scorings"]["common_Hmax"][T.TEST]
-    b = inp.probe[(T.BASELINES, "lagged_actions", "none", "policy", 2, 1)]["scorings"]["common_Hmax"][T.TEST]
+    cache = RS.BootstrapCache(B)
+    a = inp.probe[("dynamics_phase3", "wm_spatial", "past_actions", "policy", 2, 1)]["scorings"]["common_Hmax"][RS.TEST]
+    b = inp.probe[(RS.BASELINES, "lagged_actions", "none", "policy", 2, 1)]["scorings"]["common_Hmax"][RS.TEST]
     for level in ("task", "episode"):
-        np.testing.assert_array_equal(cache.replicates(a["stats"], "probe", level, 1, T.TEST),
-                                      bootstrap.r2_replicates(a["stats"], "probe", level, 1, T.TEST, B))
-        np.testing.assert_array_equal(cache.paired(a["stats"], "probe", b["stats"], "probe", level, 1, T.TEST),
+        np.testing.assert_array_equal(cache.replicates(a["stats"], "probe", level, 1, RS.TEST),
+                                      bootstrap.r2_replicates(a["stats"], "probe", level, 1, RS.TEST, B))
+        np.testing.assert_array_equal(cache.paired(a["stats"], "probe", b["stats"], "probe", level, 1, RS.TEST),
                                       bootstrap.paired_r2_diff(a["stats"], "probe", b["stats"], "probe", level, 1,
-                                                               T.TEST, B))
+                                                               RS.TEST, B))
 
 
 def test_fixed_lists_std(results, tmp_path):
@@ -562,25 +584,25 @@ def test_controls_table(results, built):
     for f in BASE_FEATS:
         assert any(r[0] == "baseline" and r[1] == f for r in rows)
     wm = [r for r in rows if r[0] == "dynamics_phase3"]
-    assert {(r[1], r[2], r[3], r[4]) for r in wm} == {(f, e, m, str(h)) for f in T.WM_FEATURES
-                                                      for e in T.EXTRACTIONS for m, h in MODES}
+    assert {(r[1], r[2], r[3], r[4]) for r in wm} == {(f, e, m, str(h)) for f in RS.WM_FEATURES
+                                                      for e in RS.EXTRACTIONS for m, h in MODES}
     # paired Δ vs lagged_actions on common_Hmax, by hand for one row
     inp = load(results)
     diffs, reps = [], []
     for s in SEEDS:
         a = inp.probe[("dynamics_phase3", "wm_spatial", "video_only", "policy", 2, s)]["scorings"]["common_Hmax"]
-        a = a[T.TEST]
-        b = inp.probe[(T.BASELINES, "lagged_actions", "none", "policy", 2, s)]["scorings"]["common_Hmax"][T.TEST]
+        a = a[RS.TEST]
+        b = inp.probe[(RS.BASELINES, "lagged_actions", "none", "policy", 2, s)]["scorings"]["common_Hmax"][RS.TEST]
         diffs.append(a["probe"]["r2_uniform"] - b["probe"]["r2_uniform"])
-        reps.append(bootstrap.paired_r2_diff(a["stats"], "probe", b["stats"], "probe", "task", s, T.TEST, B))
+        reps.append(bootstrap.paired_r2_diff(a["stats"], "probe", b["stats"], "probe", "task", s, RS.TEST, B))
     lo, hi = bootstrap.percentile_ci(np.concatenate(reps))
     fmt = lambda x: f"{x:+.3f}".replace("-", "\u2212")  # noqa: E731
     r = [x for x in wm if x[1:5] == ["wm_spatial", "video_only", "policy", "2"]][0]
     assert r[9] == f"{fmt(np.mean(diffs))} [{fmt(lo)}, {fmt(hi)}]"
     # controls use common_Hmax, not all_valid
     tm = [x for x in rows if x[0] == "train_mean" and x[3] == "policy" and x[4] == "1"][0]
-    v = np.mean([inp.probe[(T.BASELINES, "lagged_actions", "none", "policy", 1, s)]["scorings"]["common_Hmax"]
-                 [T.TEST]["train_mean"]["r2_uniform"] for s in SEEDS])
+    v = np.mean([inp.probe[(RS.BASELINES, "lagged_actions", "none", "policy", 1, s)]["scorings"]["common_Hmax"]
+                 [RS.TEST]["train_mean"]["r2_uniform"] for s in SEEDS])
     assert tm[5] == fmt(v)
     assert "off-distribution" in md and "not training variance" in md
 
@@ -589,19 +611,19 @@ def test_controls_table(results, built):
 
 def test_quality_bar_functions():
     recs = [json.loads(x) for x in metrics_lines(aux=True).splitlines()]
-    assert T.loss_smoothness(recs)["result"] is True
-    assert T.aux_mse_drop(recs)["result"] is True
+    assert QB.loss_smoothness(recs)["result"] is True
+    assert QB.aux_mse_drop(recs)["result"] is True
     nan = [json.loads(x) for x in metrics_lines(nan_at=20).splitlines()]
-    assert T.loss_smoothness(nan)["result"] is False
+    assert QB.loss_smoothness(nan)["result"] is False
     nulled = [dict(r) for r in recs]
     nulled[5]["loss"] = None                      # metrics.jsonl stores NaN/Inf as null
-    assert T.loss_smoothness(nulled)["result"] is False
-    assert T.aux_mse_drop([json.loads(x) for x in metrics_lines(aux_flat=True).splitlines()])["result"] is False
-    assert T.aux_mse_drop(recs[:9])["result"] is None           # fewer than 10 points: n/a
+    assert QB.loss_smoothness(nulled)["result"] is False
+    assert QB.aux_mse_drop([json.loads(x) for x in metrics_lines(aux_flat=True).splitlines()])["result"] is False
+    assert QB.aux_mse_drop(recs[:9])["result"] is None           # fewer than 10 points: n/a
     spike = [dict(r) for r in recs] + [{"step": 1000 + i, "loss": 1e6} for i in range(20)]
-    assert T.loss_smoothness(spike)["result"] is False
+    assert QB.loss_smoothness(spike)["result"] is False
     rising = [{"step": i, "loss": 1.0 + 0.1 * i} for i in range(40)]
-    assert T.loss_smoothness(rising)["result"] is False
+    assert QB.loss_smoothness(rising)["result"] is False
 
 
 def test_quality_bars_table_flips(results, built, tmp_path):
@@ -701,7 +723,7 @@ def test_cli_malformed_record_names_file(results, tmp_path):
     data = json.loads(summ.read_text())
     victim = summ.parent / data["records"][3]["path"]
     rec = json.loads(victim.read_text())
-    del rec["scorings"]["all_valid"][T.TEST]["probe"]
+    del rec["scorings"]["all_valid"][RS.TEST]["probe"]
     write_json(victim, rec)
     data["records"][3]["sha256"] = sha256_file(victim)
     write_json(summ, data)
@@ -723,5 +745,5 @@ def test_summary_hash_mismatch_is_an_error(results, tmp_path):
     data = json.loads((root / "summary.json").read_text())
     victim = root / data["records"][0]["path"]
     victim.write_text(victim.read_text().replace('"seed": 0', '"seed": 0 '))
-    with pytest.raises(T.TablesError, match="sha256 differs"):
-        T.load_inputs(results["config"], [root / "summary.json"])
+    with pytest.raises(RS.TablesError, match="sha256 differs"):
+        RS.load_inputs(results["config"], [root / "summary.json"])

@@ -9,7 +9,7 @@ dynamics variant that was run, and results/archive/README.md with the tables and
 import argparse
 
 from dreamer4_libero.cli import run_main
-from dreamer4_libero.reporting.tables import add_result_args, parse_tables_config
+from dreamer4_libero.reporting.results import add_result_args, parse_tables_config
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ dimension, data summary, runtime and memory per job, provenance. CPU only, secon
 import argparse
 
 from dreamer4_libero.cli import run_main
-from dreamer4_libero.reporting.tables import add_result_args, parse_tables_config
+from dreamer4_libero.reporting.results import add_result_args, parse_tables_config
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ plots/*.png under --out-dir, byte-identical on a rerun. A malformed input exits 
 import argparse
 
 from dreamer4_libero.cli import run_main
-from dreamer4_libero.reporting.tables import add_result_args, parse_tables_config
+from dreamer4_libero.reporting.results import add_result_args, parse_tables_config
 
 
 def main() -> None:

@@ -30,7 +30,11 @@ from typing import Iterable, Sequence
 
 from ..fileio import atomic_dir, atomic_path, dumps_json, read_json, safe_torch_load, sha256_file
 from ..training.metrics import plot_metrics
-from . import tables as T
+from .plots import aux_mse_png
+from .reference import ARCHIVED_TOKENIZER_PSNR, DAGGER
+from .render import Table, render_cell, render_md
+from .results import PROTOCOL, Inputs, load_inputs
+from .tables import build_tables, render_all_md, write_plots
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +135,19 @@ def split_files(splits_dir: str | os.PathLike | None, manifest: str | os.PathLik
 
 # ============================================================================ README
 
-def _subset(table: T.Table, variant: str | None, keep_refs: bool = False) -> T.Table:
+def _subset(table: Table, variant: str | None, keep_refs: bool = False) -> Table:
     """The rows of one run (and, with keep_refs, the reference rows); notes about absent rows dropped."""
     rows = [r for r in table.rows if r.variant == variant or (keep_refs and r.variant is None)]
     text = " ".join(str(c[1]) for r in rows for c in r.cells if c and c[0] == "text")
     labels = {str(r.cells[0][1]) for r in rows if r.cells and r.cells[0][0] == "text"}
-    notes = [n for n in table.notes if not (n.startswith(T.DAGGER) and T.DAGGER not in text)
+    notes = [n for n in table.notes if not (n.startswith(DAGGER) and DAGGER not in text)
              and not (n.startswith("‡") and "‡" not in text)
              and not (n.startswith("Row “") and n[len("Row “"):].split("”", 1)[0] not in labels)]
     return replace(table, rows=rows, notes=notes)
 
 
-def _md_table(table: T.Table) -> str:
-    return T.render_md(table, None, level=4)
+def _md_table(table: Table) -> str:
+    return render_md(table, None, level=4)
 
 
 def _fmt_int(n) -> str:
@@ -233,8 +237,8 @@ def _load_section(kind: str, weights: str, sd_info: dict, args: dict, has_aux: b
     return "\n".join(lines)
 
 
-def render_readme(run: str, kind: str, weights: str, args: dict, sd_info: dict, inp: T.Inputs,
-                  tables: Sequence[T.Table], splits: list[dict], files: list[tuple[str, int, str]],
+def render_readme(run: str, kind: str, weights: str, args: dict, sd_info: dict, inp: Inputs,
+                  tables: Sequence[Table], splits: list[dict], files: list[tuple[str, int, str]],
                   step, has_aux: bool, rollout_seeds) -> str:
     variant = inp.variant(run)
     by_key = {t.key: t for t in tables}
@@ -276,14 +280,14 @@ def render_readme(run: str, kind: str, weights: str, args: dict, sd_info: dict, 
         out += ["| set | tok_psnr_frame_mean (dB) | tok_psnr_pooled (dB) | tok_psnr_masked_train_style (dB) |",
                 "|---|---|---|---|"]
         for sname, s in sorted(((tok or {}).get("sets") or {}).items()):
-            out.append(f"| {sname} | {T.render_cell(('psnr', s.get('tok_psnr_frame_mean')), 'md')} | "
-                       f"{T.render_cell(('psnr', s.get('tok_psnr_pooled')), 'md')} | "
-                       f"{T.render_cell(('psnr', s.get('tok_psnr_masked_train_style')), 'md')} |")
-        out.append(f"\nArchived tokenizer PSNR: {T.ARCHIVED_TOKENIZER_PSNR:.2f} dB (convention not stated).\n")
+            out.append(f"| {sname} | {render_cell(('psnr', s.get('tok_psnr_frame_mean')), 'md')} | "
+                       f"{render_cell(('psnr', s.get('tok_psnr_pooled')), 'md')} | "
+                       f"{render_cell(('psnr', s.get('tok_psnr_masked_train_style')), 'md')} |")
+        out.append(f"\nArchived tokenizer PSNR: {ARCHIVED_TOKENIZER_PSNR:.2f} dB (convention not stated).\n")
         if "quality_bars" in by_key:
             out.append(_md_table(_subset(by_key["quality_bars"], run)))
     out += ["## Evaluation protocol and seeds", "",
-            f"Protocol version `{T.PROTOCOL}` (evaluation.md). Probe seeds: {', '.join(map(str, inp.seeds))} "
+            f"Protocol version `{PROTOCOL}` (evaluation.md). Probe seeds: {', '.join(map(str, inp.seeds))} "
             f"(bootstrap B = {inp.B} per seed); H ∈ {{{', '.join(map(str, inp.H_list))}}}; rollout seeds: "
             f"{rollout_seeds if rollout_seeds else '—'}; training seed: {args.get('seed', '—')} "
             "(one training run).",
@@ -298,32 +302,14 @@ def render_readme(run: str, kind: str, weights: str, args: dict, sd_info: dict, 
 
 # ============================================================================ driver
 
-def _plot_aux(records: list[dict], path: Path, title: str) -> bool:
-    pts = [(r["step"], r["train/aux_mse"]) for r in records if T._finite(r.get("train/aux_mse"))]
-    if not pts:
-        return False
-    plt = T._plt()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    xs, ys = zip(*pts)
-    ax.plot(xs, ys, lw=1.2)
-    if min(ys) > 0:
-        ax.set_yscale("log")
-    ax.set_xlabel("update step")
-    ax.set_ylabel("train/aux_mse")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    T.save_png(fig, path)
-    return True
-
-
-def _run_records(inp: T.Inputs, run: str) -> dict:
+def _run_records(inp: Inputs, run: str) -> dict:
     probe = {inp.probe_paths[k]: inp.probe[k] for k in sorted(inp.probe, key=lambda k: inp.probe_paths[k])
              if k[0] == run}
-    return {"protocol": T.PROTOCOL, "run": run, "probe": probe, "rollout": inp.rollout.get(run),
+    return {"protocol": PROTOCOL, "run": run, "probe": probe, "rollout": inp.rollout.get(run),
             "tokenizer_eval": inp.tokenizer.get(run)}
 
 
-def build_run_archive(run: str, out_dir: str | os.PathLike, inp: T.Inputs, tables: Sequence[T.Table],
+def build_run_archive(run: str, out_dir: str | os.PathLike, inp: Inputs, tables: Sequence[Table],
                       rollout_dir: str | os.PathLike | None = None, splits: list[dict] | None = None,
                       verify: bool = True) -> Path:
     """Write `<out_dir>/<run>/` atomically; returns the folder."""
@@ -358,7 +344,7 @@ def build_run_archive(run: str, out_dir: str | os.PathLike, inp: T.Inputs, table
                                           + "\n")
         if train.has_metrics:
             plot_metrics(train.metrics, tmp, prefix="curve_", title=run)
-            _plot_aux(train.metrics, tmp / "curve_aux_mse.png", f"{run} aux head MSE")
+            aux_mse_png(train.metrics, tmp / "curve_aux_mse.png", f"{run} aux head MSE")
         if rollout_dir and Path(rollout_dir).is_dir():
             for p in sorted(Path(rollout_dir).iterdir()):
                 if p.is_file() and p.suffix.lower() in ROLLOUT_MEDIA:
@@ -371,8 +357,8 @@ def build_run_archive(run: str, out_dir: str | os.PathLike, inp: T.Inputs, table
     return final
 
 
-def render_index(inp: T.Inputs, runs: Sequence[str], tables_md: str) -> str:
-    out = [f"# Model archive ({T.PROTOCOL})", "",
+def render_index(inp: Inputs, runs: Sequence[str], tables_md: str) -> str:
+    out = [f"# Model archive ({PROTOCOL})", "",
            "One folder per trained run (model card `README.md`, upstream-format weights, config, records, curves).", ""]
     out += ["| run | card |", "|---|---|"]
     out += [f"| {r} | [{r}/README.md]({r}/README.md) |" for r in runs]
@@ -391,8 +377,8 @@ def make_archive(tables_config: dict, out_dir: str | os.PathLike, probe_summarie
                  splits_dir: str | os.PathLike | None = None, manifest: str | os.PathLike | None = None,
                  root: str | os.PathLike | None = None, verify: bool = True) -> list[Path]:
     """Every run's card folder plus `<out_dir>/README.md` (tables and plots); returns the paths written."""
-    inp = T.load_inputs(tables_config, probe_summaries, rollout, tokenizer_eval, train_dirs, root=root)
-    tables = T.build_tables(inp)
+    inp = load_inputs(tables_config, probe_summaries, rollout, tokenizer_eval, train_dirs, root=root)
+    tables = build_tables(inp)
     splits = split_files(splits_dir, manifest)
     rdirs = {Path(d).name: Path(d) for d in rollout_dirs}
     out_dir = Path(out_dir)
@@ -409,14 +395,14 @@ def make_archive(tables_config: dict, out_dir: str | os.PathLike, probe_summarie
         tables_md = (tdir / "tables.md").read_text()
         src_plots = tdir / "plots"
     else:
-        tables_md = T.render_all_md(tables, inp)
+        tables_md = render_all_md(tables, inp)
         src_plots = None
     with atomic_dir(out_dir / "plots") as tmp:
         if src_plots is not None and src_plots.is_dir():
             for p in sorted(src_plots.glob("*.png")):
                 shutil.copyfile(p, tmp / p.name)
         else:
-            T.write_plots(inp, tmp)
+            write_plots(inp, tmp)
     with atomic_path(out_dir / "README.md") as tmp:
         tmp.write_text(render_index(inp, runs, tables_md))
     written.append(out_dir / "README.md")

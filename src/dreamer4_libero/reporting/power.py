@@ -24,9 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .tables import (BASELINES, MISSING, TEST, WM_FEATURES, Agg, Inputs, ProbeView, Row, Table, bin_extra,
-                     bin_extra_header, _dig, _finite, _fmt_num, _model_name, _variant_notes, bin_delta,
-                     flag_text, frames_label, render_cell, run_variants, study_bins)
+from .builders import bin_extra, bin_extra_header, frames_label, run_variants, variant_notes
+from .labels import model_name
+from .reference import caption as caption_text
+from .render import MISSING, Row, Table, fmt_num, render_cell
+from .results import (BASELINES, TEST, WM_FEATURES, Agg, Inputs, ProbeView, bin_delta, dig, finite, flag_text,
+                      study_bins)
 
 POWER_EXTRACTION = "video_only"
 POWER_H = 1
@@ -56,16 +59,16 @@ class Evidence:
 
 def exposes(ev: Evidence, bar: float | None) -> bool | None:
     """True / False by the rule of the module docstring; None when the feature has no R² or CI."""
-    if not (_finite(ev.mean) and _finite(ev.ci_lo)):
+    if not (finite(ev.mean) and finite(ev.ci_lo)):
         return None
     return (not ev.degenerate) and ev.ci_lo > 0 and (bar is None or ev.ci_lo > bar)
 
 
 def classify(delta_action: dict | None, evidence: Sequence[Evidence], bar: float | None) -> str | None:
     """The variant's case (one of the three CASE_ sentences), or None when the inputs do not decide it."""
-    lo = _dig(delta_action, ("ci",))
+    lo = dig(delta_action, ("ci",))
     lo = lo[0] if isinstance(lo, (list, tuple)) and lo else None
-    if not _finite(lo):
+    if not finite(lo):
         return None
     if lo <= 0:
         return CASE_UNUSED
@@ -78,7 +81,7 @@ def classify(delta_action: dict | None, evidence: Sequence[Evidence], bar: float
 
 
 def _signed(x: float | None, nd: int) -> str:
-    return _fmt_num(x, nd, True, "md")
+    return fmt_num(x, nd, True, "md")
 
 
 def _with_ci(x, ci, nd: int) -> str:
@@ -113,7 +116,7 @@ def _sentence(name: str, case: str | None, dact: dict, evidence: Sequence[Eviden
     head = f"{name}: " + (case if case else f"case undetermined ({reason_missing})")
     probes = "; ".join(f"{e.feature} {_with_ci(e.mean, (e.ci_lo, e.ci_hi), 3)}{' DEGENERATE' if e.degenerate else ''}"
                        for e in evidence)
-    bar_txt = (f"CI lower bound > 0 and > {BAR_BASELINE}'s {_signed(bar, 3)}" if _finite(bar)
+    bar_txt = (f"CI lower bound > 0 and > {BAR_BASELINE}'s {_signed(bar, 3)}" if finite(bar)
                else f"CI lower bound > 0 ({BAR_BASELINE} missing)")
     return (f"{head} — Δ true − shuffled {_with_ci(dact.get('mean'), dact.get('ci'), 2)} dB; idm-mode "
             f"{POWER_EXTRACTION} held-out R²: {probes or '—'}; bar: {bar_txt}.")
@@ -134,12 +137,12 @@ def build_power(inp: Inputs, pv: ProbeView) -> Table:
         return tuple(pv.cell(variant, feat, ext, mode, POWER_H, POWER_SCORING, TEST) for mode in POWER_MODES)
 
     bar_agg = pv.cell(BASELINES, BAR_BASELINE, "none", "idm", POWER_H, POWER_SCORING, TEST, ci=False)
-    bar = bar_agg.mean if _finite(bar_agg.mean) else None
+    bar = bar_agg.mean if finite(bar_agg.mean) else None
     rows, notes = [], []
     for v in run_variants(inp, rows):
         name = v["name"]
         rec = inp.rollout.get(name)
-        test = _dig(rec, ("sets", "test_ood")) or {}
+        test = dig(rec, ("sets", "test_ood")) or {}
         dcl, dact = test.get("delta_copy_last") or {}, test.get("delta_action") or {}
         dlast = bin_delta(rec, "delta_copy_last_bins", last)
         per_feat = []
@@ -150,11 +153,11 @@ def build_power(inp: Inputs, pv: ProbeView) -> Table:
         evidence = [ev for _, idm, _, ev in per_feat if idm.records]
         case = classify(dact, evidence, bar)
         missing = "no rollout record" if rec is None else (
-            "no Δ true − shuffled CI" if not _finite((dact.get("ci") or [None])[0]) else "no idm probe records")
+            "no Δ true − shuffled CI" if not finite((dact.get("ci") or [None])[0]) else "no idm probe records")
         notes.append(_sentence(name, case, dact, evidence, bar, missing))
         for feat, idm, pol, ev in per_feat:
             ex = exposes(ev, bar) if idm.records else None
-            cells = [("text", _model_name(v)), ("text", feat), ("r2_ci", idm.mean, idm.ci), ("r2_ci", pol.mean, pol.ci),
+            cells = [("text", model_name(v)), ("text", feat), ("r2_ci", idm.mean, idm.ci), ("r2_ci", pol.mean, pol.ci),
                      ("dpsnr_ci", dcl.get("mean"), tuple(dcl.get("ci") or (None, None))),
                      ("dpsnr_ci", dlast.get("mean"), tuple(dlast.get("ci") or (None, None))),
                      ("dpsnr_ci", dact.get("mean"), tuple(dact.get("ci") or (None, None))),
@@ -172,19 +175,7 @@ def build_power(inp: Inputs, pv: ProbeView) -> Table:
                  *idm.ci, idm.n_seeds, pol.mean, *pol.ci, pol.n_seeds] + [None] * 9 + [bar if feat == BAR_BASELINE
                                                                                        else None]
         rows.append(Row(cells, extra))
-    caption = (
-        "Method power: can the pipeline find action information where it exists? Probe R² on probe-eval-test "
-        f"(held-out tasks), H = {POWER_H}, {POWER_SCORING} frames, mean over probe seeds with the task-level "
-        "bootstrap 95% CI pooled over seeds (as Table 1); world-model features with the video_only extraction "
-        "(every action token nulled), idm mode = features of o_≤t+1, policy mode = o_≤t. Rollout columns from the "
-        "test_ood rollout record (psnr_frame_mean differences, paired episode-bootstrap 95% CIs): Δ vs copy-last "
-        f"over all predicted frames and over {frames_label(last)} (the last third), Δ true − shuffled actions "
-        "over all. Rule: a variant USES its actions if the CI of Δ true − shuffled has lower bound > 0; a feature "
-        "EXPOSES them (column Exposes) if the lower bound of its idm R² CI is > 0 and > tok_latent's idm R² "
-        "(without a tok_latent record: > 0 only) and no seed flags it DEGENERATE. Case: "
-        f"'{CASE_EXPOSED}' = uses and at least one of wm_spatial / wm_agent exposes; '{CASE_HIDDEN}' = uses "
-        f"and no feature with records exposes; '{CASE_UNUSED}' = the Δ CI includes 0 or lies below it; "
-        "— = undetermined (inputs missing). Baselines are model-free: no rollout, no case. Flags per "
-        "evaluation.md §1.9 (idm and policy records).")
-    return Table("power", "Method power", caption, header, "llllllllll", rows, notes + _variant_notes(inp.variants),
+    caption = caption_text("power", H=POWER_H, scoring=POWER_SCORING, last_frames=frames_label(last),
+                           case_exposed=CASE_EXPOSED, case_hidden=CASE_HIDDEN, case_unused=CASE_UNUSED)
+    return Table("power", "Method power", caption, header, "llllllllll", rows, notes + variant_notes(inp.variants),
                  extra_header)

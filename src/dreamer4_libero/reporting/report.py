@@ -21,17 +21,12 @@ import numpy as np
 
 from ..fileio import read_json, write_bytes
 from ..provenance import code_version
-from . import tables as T
+from .plots import probe_per_dim_png, runtime_png, training_curves_png
+from .render import HTML_STYLE
+from .results import BASELINES, TEST, WM_FEATURES, Inputs, baseline_features, dig, finite, load_inputs
 from .runtime import read_benchmarks, stage_totals
 
-#: endpoints of the published runs' curves (first logged value -> final value), drawn on our curves
-PUBLISHED_ENDPOINTS = {
-    "loss": {"kind": "dynamics", "start": 0.20, "end": 0.005, "label": "published shortcut loss"},
-    "train/aux_mse": {"kind": "dynamics", "start": 0.22, "end": 0.0004, "label": "published aux MSE"},
-}
-#: logged keys that are counters or schedule values, not losses
-NOT_LOSS = {"train/b_self", "train/sigma_mean", "train/keep_prob", "train/mae_p"}
-PAGE_STYLE = T.HTML_STYLE + "pre{font-size:11px;background:#f6f6f6;padding:6px;max-height:30em;overflow:auto}"
+PAGE_STYLE = HTML_STYLE + "pre{font-size:11px;background:#f6f6f6;padding:6px;max-height:30em;overflow:auto}"
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -53,11 +48,6 @@ def _html_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _series(records: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
-    pts = [(r["step"], r[key]) for r in records if T._finite(r.get(key)) and T._finite(r.get("step"))]
-    return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
-
-
 # ---------------------------------------------------------------------------------------- training
 
 def run_kind(config: dict) -> str:
@@ -66,50 +56,9 @@ def run_kind(config: dict) -> str:
     return "dynamics" if "dynamics_model" in task or "variant" in task else "tokenizer"
 
 
-def training_curves_png(run: str, kind: str, records: Sequence[dict], path: str | os.PathLike) -> list[str]:
-    """Loss (+ published endpoints), aux MSE (+ endpoints), the loss terms and the learning rate of one run.
-
-    Returns the panel titles drawn (the tests read them)."""
-    plt = T._plt()
-    keys = sorted({k for r in records for k in r if k.startswith("train/")} - NOT_LOSS - {"train/aux_mse"})
-    panels = [("loss", "training loss")]
-    if any(T._finite(r.get("train/aux_mse")) for r in records):
-        panels.append(("train/aux_mse", "aux head (inverse dynamics) MSE"))
-    panels += [("terms", "loss terms"), ("lr", "learning rate")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.2))
-    for ax, (key, title) in zip(np.atleast_1d(axes), panels):
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("update step", fontsize=8)
-        ax.grid(alpha=0.3)
-        if key == "terms":
-            series = [(k, *_series(records, k)) for k in keys]
-        else:
-            series = [(key, *_series(records, key))]
-        series = [s for s in series if s[1]]
-        if not series:
-            T._no_data(ax, key)
-            continue
-        for name, xs, ys in series:
-            ax.plot(xs, ys, lw=1.0, label=name.replace("train/", ""))
-        pub = PUBLISHED_ENDPOINTS.get(key)
-        if pub and pub["kind"] == kind:
-            x_end = max(series[0][1])
-            ax.scatter([series[0][1][0], x_end], [pub["start"], pub["end"]], marker="*", s=90, color="crimson",
-                       zorder=5, label=f"{pub['label']} {pub['start']:g} → {pub['end']:g} (start, end)")
-            ax.axhline(pub["end"], color="crimson", lw=0.8, ls="--")
-        if all(min(s[2]) > 0 for s in series) and key != "lr":
-            ax.set_yscale("log")
-        ax.legend(fontsize=6)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(f"{run} ({kind})", fontsize=10)
-    fig.tight_layout()
-    T.save_png(fig, path)
-    return [t for _, t in panels]
-
-
 # ------------------------------------------------------------------------------------------- probe
 
-def probe_per_dim(inp: T.Inputs, feature_sets: Sequence[str] | None = None) -> list[dict]:
+def probe_per_dim(inp: Inputs, feature_sets: Sequence[str] | None = None) -> list[dict]:
     """Held-out-task R² per action dimension (H = 1, policy mode, all_valid) per variant/feature and control.
 
     One entry per (model, feature): label, per-seed lists of per-dim R², mean and ddof=1 std per dim."""
@@ -117,18 +66,18 @@ def probe_per_dim(inp: T.Inputs, feature_sets: Sequence[str] | None = None) -> l
     sets = []
     for v in inp.variants:
         if inp.not_run_reason(v["name"]) is None:
-            sets += [(v["name"], f, "past_actions") for f in (feature_sets or T.WM_FEATURES)]
-    for f in T._baseline_features(inp):
-        exts = sorted({k[2] for k in inp.probe if k[0] == T.BASELINES and k[1] == f})
+            sets += [(v["name"], f, "past_actions") for f in (feature_sets or WM_FEATURES)]
+    for f in baseline_features(inp):
+        exts = sorted({k[2] for k in inp.probe if k[0] == BASELINES and k[1] == f})
         if exts:
-            sets.append((T.BASELINES, f, exts[0]))
+            sets.append((BASELINES, f, exts[0]))
     for model, feat, ext in sets:
         per_seed = {}
         for s in inp.seeds:
             rec = inp.probe.get((model, feat, ext, "policy", 1, s))
-            dims = T._dig(rec, ("scorings", "all_valid", T.TEST, "probe", "r2_per_dim")) if rec else None
+            dims = dig(rec, ("scorings", "all_valid", TEST, "probe", "r2_per_dim")) if rec else None
             if dims:
-                per_seed[s] = [float(d) if T._finite(d) else float("nan") for d in dims]
+                per_seed[s] = [float(d) if finite(d) else float("nan") for d in dims]
         if not per_seed:
             continue
         arr = np.array(list(per_seed.values()), dtype=float)  # (seeds, dims)
@@ -136,43 +85,10 @@ def probe_per_dim(inp: T.Inputs, feature_sets: Sequence[str] | None = None) -> l
             mean = np.nanmean(arr, axis=0)
             std = np.nanstd(arr, axis=0, ddof=1) if arr.shape[0] > 1 else np.full(arr.shape[1], np.nan)
         out.append({"model": model, "feature": feat, "extraction": ext,
-                    "label": f"{feat}" if model == T.BASELINES else f"{model} / {feat}",
-                    "control": model == T.BASELINES, "per_seed": per_seed,
+                    "label": f"{feat}" if model == BASELINES else f"{model} / {feat}",
+                    "control": model == BASELINES, "per_seed": per_seed,
                     "mean": [float(x) for x in mean], "std": [float(x) for x in std]})
     return out
-
-
-def probe_per_dim_png(entries: Sequence[dict], path: str | os.PathLike, clip: float = -1.0) -> int:
-    """Grouped bars: one group per action dimension, one bar per model/feature (controls hatched),
-    error bars = seed std. R² below `clip` is drawn at `clip` (the value is printed). Returns bars drawn."""
-    plt = T._plt()
-    fig, ax = plt.subplots(figsize=(10.0, 4.2))
-    if not entries:
-        T._no_data(ax, "probe records")
-        T.save_png(fig, path)
-        return 0
-    n_dims = max(len(e["mean"]) for e in entries)
-    width = 0.8 / len(entries)
-    cmap = plt.get_cmap("tab20")
-    drawn = 0
-    for i, e in enumerate(entries):
-        xs = np.arange(len(e["mean"])) + (i - (len(entries) - 1) / 2) * width
-        m = np.array(e["mean"])
-        shown = np.where(np.isfinite(m), np.maximum(m, clip), 0.0)
-        err = np.nan_to_num(np.array(e["std"]), nan=0.0)
-        ax.bar(xs, shown, width, yerr=err, capsize=1.5, color=cmap(i % 20), label=e["label"],
-               hatch="//" if e["control"] else None, edgecolor="black" if e["control"] else None, linewidth=0.3)
-        drawn += len(xs)
-    ax.axhline(0.0, color="black", lw=0.8)
-    ax.set_xticks(range(n_dims))
-    ax.set_xticklabels([f"a[{d}]" for d in range(n_dims)])
-    ax.set_ylabel(f"held-out-task R² (clipped at {clip:g})")
-    ax.set_title("Probe R² per action dimension (H = 1, policy, past_actions; controls hatched; bars: seed std)",
-                 fontsize=9)
-    ax.legend(fontsize=6, ncol=3, loc="lower left")
-    ax.grid(alpha=0.3, axis="y")
-    T.save_png(fig, path)
-    return drawn
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -236,30 +152,6 @@ def runtime_html(rows: Sequence[dict]) -> str:
     return _page("Runtime and memory", "\n".join(body))
 
 
-def runtime_png(rows: Sequence[dict], path: str | os.PathLike) -> int:
-    plt = T._plt()
-    rows = [r for r in rows if r["s"] >= 0.5] or list(rows)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.0, max(3.0, 0.22 * len(rows) + 1.0)))
-    labels = [f"{r['rule']}/{r['job']}" for r in rows]
-    y = np.arange(len(rows))
-    a1.barh(y, [r["s"] for r in rows], color="steelblue")
-    a1.set_yticks(y)
-    a1.set_yticklabels(labels, fontsize=6)
-    a1.invert_yaxis()
-    a1.set_xlabel("wall seconds")
-    a2.barh(y, [r["max_rss_mb"] or 0.0 for r in rows], color="darkorange")
-    a2.set_yticks(y)
-    a2.set_yticklabels([])
-    a2.invert_yaxis()
-    a2.set_xlabel("max RSS (MB)")
-    for a in (a1, a2):
-        a.grid(alpha=0.3, axis="x")
-    fig.suptitle("Runtime and peak memory per job", fontsize=10)
-    fig.tight_layout()
-    T.save_png(fig, path)
-    return len(rows)
-
-
 # -------------------------------------------------------------------------------------- provenance
 
 def _codes(conf: dict) -> list[str]:
@@ -307,7 +199,7 @@ def build_assets(*, tables_config: dict, out_dir: str | os.PathLike, runs: Seque
     out = Path(out_dir)
     train_root = Path(train_root)
     names = dict.fromkeys([tables_config["tokenizer_run"], *[v["name"] for v in tables_config["variants"]], *runs])
-    inp = T.load_inputs(tables_config, probe_summaries, rollout, tokenizer_eval, [train_root / n for n in names])
+    inp = load_inputs(tables_config, probe_summaries, rollout, tokenizer_eval, [train_root / n for n in names])
     confs = {run: read_json(train_root / run / "config.json") for run in runs}
     written: dict[str, Any] = {"training": []}
     for run in runs:
