@@ -206,17 +206,24 @@ def _variant_row_notes(rows_vs: Sequence[tuple[dict, str]]) -> list[str]:
             + [f"Row “{label}”: {v['init_note']}" for v, label in rows_vs if v.get("init_note") and v.get("runnable")])
 
 
+def _paper_rows(inp: Inputs, table: str, rows: list, labelled: list) -> Iterator[tuple[dict, str]]:
+    """(variant, label) of the paper table's variants that ran, in paper order; every variant's (variant,
+    label) goes to `labelled` and each one that did not run gets its not-run row in `rows`."""
+    for v in _paper_order(inp):
+        label = variant_label(v, table)
+        labelled.append((v, label))
+        reason = _reason(inp, v)
+        if reason is None:
+            yield v, label
+        else:
+            rows.append(not_run_row(label, reason, 1, variant=v["name"]))
+
+
 def build_paper_probe(inp: Inputs, pv: ProbeView) -> Table:
     header = list(HEADER_PAPER_PROBE)
     header[2] = f"test R² (action probe, H=1, mean of {len(inp.seeds)} seeds)"
     rows, labelled = [], []
-    for v in _paper_order(inp):
-        label = variant_label(v, "probe")
-        labelled.append((v, label))
-        reason = _reason(inp, v)
-        if reason is not None:
-            rows.append(not_run_row(label, reason, 1, variant=v["name"]))
-            continue
+    for v, label in _paper_rows(inp, "probe", rows, labelled):
         agg = pv.cell(v["name"], "wm_agent", "past_actions", "policy", 1, "all_valid", TEST, ci=False)
         rows.append(Row([("text", label), ("params", n_params_of(inp, v["name"])), ("r2", agg.mean)],
                         ["ok" if agg.records else "missing", v["name"], agg.n_seeds], variant=v["name"]))
@@ -230,13 +237,7 @@ def build_paper_probe(inp: Inputs, pv: ProbeView) -> Table:
 
 def build_paper_rollout(inp: Inputs) -> Table:
     rows, labelled = [], []
-    for v in _paper_order(inp):
-        label = variant_label(v, "rollout")
-        labelled.append((v, label))
-        reason = _reason(inp, v)
-        if reason is not None:
-            rows.append(not_run_row(label, reason, 1, variant=v["name"]))
-            continue
+    for v, label in _paper_rows(inp, "rollout", rows, labelled):
         m = rollout_row(inp.rollout.get(v["name"]), "model") or {}
         rows.append(Row([("text", label), ("psnr", m.get("psnr_pooled"))],
                         ["ok" if m else "missing", v["name"], m.get("psnr_frame_mean")], variant=v["name"]))
