@@ -8,10 +8,10 @@ was tried and the alternatives, before writing anything.
 """
 
 import argparse
-import json
 import time
 
 from dreamer4_libero.cli import run_main
+from dreamer4_libero.config import parse_section
 from dreamer4_libero.data.dmcontrol import STOCK_TASKS, collect
 from dreamer4_libero.data.headless_gl import check_headless_rendering
 
@@ -22,7 +22,7 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--progress", default="true")
     a = ap.parse_args()
-    c = json.loads(a.collect)
+    c = parse_section(a.collect, "dmcontrol_pretrain.collect", "--collect")
     skipped = [t for t in STOCK_TASKS if t not in c["tasks"]]
     print(f"[collect_dmcontrol] {len(c['tasks'])} task(s): {', '.join(c['tasks'])}; {c['episodes_per_task']} "
           f"episode(s) x {c['steps']} steps, policy {c['policy']}, rendered at {c['render_size']}", flush=True)

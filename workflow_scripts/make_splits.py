@@ -2,9 +2,9 @@
 """Manifest -> train/val/test_ood split files and per-seed probe lists (rule `splits`)."""
 
 import argparse
-import json
 
 from dreamer4_libero.cli import run_main
+from dreamer4_libero.config import parse_section
 from dreamer4_libero.data.splits import build_and_write
 
 
@@ -15,7 +15,8 @@ def main() -> None:
     ap.add_argument("--split", required=True, help="JSON of the config's `split` section")
     ap.add_argument("--probe", required=True, help="JSON of the config's `probe` section")
     a = ap.parse_args()
-    summary = build_and_write(a.manifest, a.out, split_cfg=json.loads(a.split), probe_cfg=json.loads(a.probe))
+    summary = build_and_write(a.manifest, a.out, split_cfg=parse_section(a.split, "split", "--split"),
+                              probe_cfg=parse_section(a.probe, "probe", "--probe"))
     for name, s in summary["sets"].items():
         print(f"{name:10s} {s['episodes']:6d} episodes from {s['tasks']:4d} tasks")
     for seed, lists in summary["probe"].items():

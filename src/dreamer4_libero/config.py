@@ -192,6 +192,39 @@ def _validated(run: dict, sub: dict, where: str) -> dict:
     return run
 
 
+def section_schema(where: str, schema: dict | None = None) -> dict:
+    """The schema fragment of the config section at dotted path `where` (e.g. "rollout_eval",
+    "tokenizer.eval") without its scheduling keys (job_sizing.SCHEDULING_KEYS: they travel as Slurm
+    resources, never inside an algorithm section)."""
+    from .job_sizing import SCHEDULING_KEYS
+
+    node = schema or load_schema()
+    for part in where.split("."):
+        props = node.get("properties") or {}
+        if part not in props:
+            raise ConfigError(f"{SCHEMA_PATH.name} has no config section {where!r}")
+        node = props[part]
+    node = copy.deepcopy(node)
+    node["properties"] = {k: v for k, v in (node.get("properties") or {}).items() if k not in SCHEDULING_KEYS}
+    return node
+
+
+def parse_section(text: str, where: str, arg: str) -> dict:
+    """A config section handed to a workflow script as one JSON argument (rules/common.smk `json_arg`):
+    parsed, its defaults filled from the schema fragment at `where`, validated against it. The one way
+    a script reads config; errors name the argument and the key (`<where>.<key>`)."""
+    import json
+
+    try:
+        section = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{arg}: not valid JSON ({exc}); expected the config section {where!r}") from None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{arg}: expected the config section {where!r} as a JSON object, "
+                          f"found {type(section).__name__}")
+    return _validated(section, section_schema(where), where)
+
+
 def check_launch(run: dict, where: str) -> None:
     """A training run's `nodes` and `gpus` (GPUs per node) must be launchable (training/launch.py); the
     error names `<where>.nodes`."""
