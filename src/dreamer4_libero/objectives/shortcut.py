@@ -42,10 +42,10 @@ def sample_levels(B: int, T: int, B_self: int, k_max: int, device=None, generato
     step_idx = torch.full((B, T), emax, dtype=torch.long, device=device)
     if B_self > 0:
         step_idx[B - B_self:] = torch.randint(0, emax, (B_self, T), device=device, generator=generator)
-    K = torch.pow(2, step_idx)                                                    # (B,T) frames per unit
+    K = torch.pow(2, step_idx)                  # (B,T) Euler steps from noise to data at this level (d = 1/K)
     j = torch.floor(torch.rand(B, T, device=device, generator=generator) * K).long()
     tau = j.float() / K.float()
-    signal_idx = j * (k_max // K)
+    signal_idx = j * (k_max // K)               # (B,T) tau on the finest grid, in units of 1/k_max
     return step_idx, signal_idx, tau
 
 
