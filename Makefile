@@ -11,7 +11,7 @@ CORES ?= 2
 TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup demo report test test-int test-fast bench lint dag clean-demo slurm-profile check-gpu fetch-dmcontrol fetch-lpips
+.PHONY: setup demo report test test-int test-fast bench lint dag compare-trees clean-demo slurm-profile check-gpu fetch-dmcontrol fetch-lpips
 
 setup: $(VENV)/.setup-done
 
@@ -87,6 +87,10 @@ slurm-profile:
 lint: setup
 	snakemake --lint --configfile config/demo.yaml
 	snakefmt --check .
+
+# Byte-for-byte comparison of two results/ folders (a refactor must change no output): A=old/results B=results
+compare-trees: setup
+	$(PY) workflow_scripts/compare_trees.py $(A) $(B)
 
 dag: setup
 	snakemake --configfile config/demo.yaml --rulegraph | dot -Tpng > docs/rulegraph.png

@@ -1,0 +1,77 @@
+"""Compare two result trees file by file (`make compare-trees A=... B=...`): are two runs' outputs byte-identical?
+
+For a refactor that must change no output (issue 30), run the demo before and after in the same
+folder and compare `results/` trees. Each file of either tree is `same` (equal bytes), `differs` or
+missing on one side. For JSON files that differ, the differing key paths are listed with both values,
+so a difference can be explained (e.g. a commit hash in a training history) or found.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+#: the outputs whose bytes must not change under a refactor (relative to results/)
+DEFAULT_PATTERNS = ("tables/*", "tables/plots/*", "archive/*/config.json", "probe/*/*.json", "rollout/*/rollout.json",
+                    "rollout/*/windows_*.json", "tokenizer_eval/*/psnr.json")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _json_diffs(a: Any, b: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            p = f"{path}.{k}" if path else str(k)
+            if k not in a or k not in b:
+                yield p, a.get(k, "<absent>"), b.get(k, "<absent>")
+            else:
+                yield from _json_diffs(a[k], b[k], p)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            yield from _json_diffs(x, y, f"{path}[{i}]")
+    elif a != b:
+        yield path, a, b
+
+
+def selected(root: Path, patterns: tuple[str, ...]) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
+            and any(fnmatch.fnmatchcase(p.relative_to(root).as_posix(), pat) for pat in patterns)}
+
+
+def compare_trees(a: str | Path, b: str | Path, patterns: tuple[str, ...] = DEFAULT_PATTERNS,
+                  max_paths: int = 8) -> dict:
+    """{"same": [...], "differs": {rel: [key-path lines] or []}, "only_a": [...], "only_b": [...]}."""
+    a, b = Path(a), Path(b)
+    fa, fb = selected(a, patterns), selected(b, patterns)
+    out: dict = {"same": [], "differs": {}, "only_a": sorted(fa - fb), "only_b": sorted(fb - fa)}
+    for rel in sorted(fa & fb):
+        if _sha(a / rel) == _sha(b / rel):
+            out["same"].append(rel)
+            continue
+        lines: list[str] = []
+        if rel.endswith(".json"):
+            try:
+                diffs = list(_json_diffs(json.loads((a / rel).read_text()), json.loads((b / rel).read_text())))
+            except ValueError:
+                diffs = []
+            lines = [f"{p}: {va!r} -> {vb!r}" for p, va, vb in diffs[:max_paths]]
+            if len(diffs) > max_paths:
+                lines.append(f"... {len(diffs) - max_paths} more")
+        out["differs"][rel] = lines
+    return out
+
+
+def report_lines(res: dict) -> list[str]:
+    n = len(res["same"]) + len(res["differs"]) + len(res["only_a"]) + len(res["only_b"])
+    lines = [f"{n} files: {len(res['same'])} byte-identical, {len(res['differs'])} differ, "
+             f"{len(res['only_a'])} only in A, {len(res['only_b'])} only in B"]
+    for rel, paths in res["differs"].items():
+        lines.append(f"DIFFERS {rel}")
+        lines += [f"    {p}" for p in paths]
+    lines += [f"ONLY IN A {rel}" for rel in res["only_a"]] + [f"ONLY IN B {rel}" for rel in res["only_b"]]
+    return lines

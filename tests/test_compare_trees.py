@@ -1,0 +1,43 @@
+"""reporting/compare.py: the before/after check of a refactor that must change no output byte."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from dreamer4_libero.reporting.compare import compare_trees, report_lines
+
+from conftest import REPO, venv_env
+
+
+def _tree(root, rollout_step=7, extra=False):
+    (root / "tables").mkdir(parents=True)
+    (root / "tables" / "table1_probe.md").write_text("| a | b |\n")
+    (root / "rollout" / "v").mkdir(parents=True)
+    (root / "rollout" / "v" / "rollout.json").write_text(json.dumps({"step": rollout_step, "sets": {"x": [1, 2]}}))
+    (root / "logs.txt").write_text("not compared")
+    if extra:
+        (root / "tables" / "power.md").write_text("new")
+
+
+def test_identical_trees_and_a_json_difference_named_by_key(tmp_path):
+    _tree(tmp_path / "a")
+    _tree(tmp_path / "b")
+    res = compare_trees(tmp_path / "a", tmp_path / "b")
+    assert res["same"] == ["rollout/v/rollout.json", "tables/table1_probe.md"] and not res["differs"]
+    _tree(tmp_path / "c", rollout_step=8, extra=True)
+    res = compare_trees(tmp_path / "a", tmp_path / "c")
+    assert res["differs"] == {"rollout/v/rollout.json": ["step: 7 -> 8"]} and res["only_b"] == ["tables/power.md"]
+    assert report_lines(res)[0] == "3 files: 1 byte-identical, 1 differ, 0 only in A, 1 only in B"
+
+
+def test_the_script_exits_1_on_a_difference(tmp_path):
+    _tree(tmp_path / "a")
+    _tree(tmp_path / "b")
+    run = lambda x, y: subprocess.run([sys.executable, str(REPO / "workflow_scripts/compare_trees.py"), str(x), str(y)],  # noqa: E731
+                                      capture_output=True, text=True, env=venv_env())
+    assert run(tmp_path / "a", tmp_path / "b").returncode == 0
+    (tmp_path / "b" / "tables" / "table1_probe.md").write_text("| a | c |\n")
+    r = run(tmp_path / "a", tmp_path / "b")
+    assert r.returncode == 1 and "DIFFERS tables/table1_probe.md" in r.stdout
