@@ -123,7 +123,7 @@ def test_code_map_checker_finds_functions_classes_and_methods():
 
 def test_readme_is_under_20_kib():
     size = len(README.read_bytes())
-    assert size < MAX_README_BYTES, f"README.md is {size} bytes; move reference material to docs/ (limit {MAX_README_BYTES})"
+    assert size < MAX_README_BYTES, f"README.md is {size} bytes (limit {MAX_README_BYTES}): move material to docs/"
 
 
 @pytest.mark.parametrize("page", [README, *DOC_PAGES], ids=lambda p: str(p.relative_to(REPO)))
