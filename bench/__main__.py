@@ -77,7 +77,7 @@ def _f(x, spec=".3g"):
 
 
 def table(res: dict) -> str:
-    """The short Markdown table (README "Performance")."""
+    """The short Markdown table (docs/performance.md)."""
     m = res["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cpus']} CPUs, {_f(m['ram_GiB'], '.0f')} GiB RAM"
              + (f", {m['gpu']}" if m.get("gpu") else ", no GPU") + f"; torch {m['torch']}; {res['date']}.", ""]

@@ -15,7 +15,8 @@ from dreamer4_libero.config import demo_config, dynamics_variants
 
 
 CFG = demo_config()
-README = (REPO / "README.md").read_text()
+# the full rerun recipes (the README keeps a short version and links there)
+RERUN_DOC = (REPO / "docs" / "slurm.md").read_text()
 RUN = [n for n, r in dynamics_variants(CFG).items() if r["runnable"]]
 CHUNK = {n: r.get("tokenizer_chunk") for n, r in dynamics_variants(CFG).items()}
 # issue 27: the variants the demo trains long enough to learn action-conditioned dynamics (demo.yaml)
@@ -249,7 +250,7 @@ AFTER = {"tables": 1, "archive": 1, "report_assets": 1, "all": 1}
 # every evaluation (the DMControl pretraining reads no LIBERO split)
 AFTER_SPLITS = {"data_sanity": 1, "train_tokenizer": 1, "tokenizer_eval": 1, "train_dynamics": N, "probe": N,
                 "probe_baselines": 1, "rollout_eval": N, **AFTER}
-# README "Rerunning one stage": (the command as the README writes it, or None for a config edit; the
+# docs/slurm.md "Rerunning one stage": (the command as the page writes it, or None for a config edit; the
 # arguments run here; a config layer; the exact jobs planned on the finished demo study)
 RECIPES = [
     ("snakemake --profile slurm -R rollout_eval", ("-R", "rollout_eval"), None, {"rollout_eval": N, **AFTER}),
@@ -294,7 +295,7 @@ def test_a_finished_study_plans_nothing(demo_study):
     "one variant", "variant fresh_tag", "scheduling keys", "tables", "archive"])
 def test_readme_rerun_recipes_plan_exactly_their_jobs(demo_study, tmp_path, readme, args, layer, expected):
     if readme:
-        assert readme in README, f"README 'Rerunning one stage' no longer has: {readme}"
+        assert readme in RERUN_DOC, f"docs/slurm.md 'Rerunning one stage' no longer has: {readme}"
     if layer:
         (tmp_path / "layer.yaml").write_text(layer)
     assert _planned(demo_study, *args, layer=tmp_path / "layer.yaml" if layer else None) == expected

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 COLLECT = {"tasks": ["reacher-easy"], "episodes_per_task": 1, "steps": 3, "seed": 0, "policy": "random",
            "policy_per_task": {}, "render_size": 224}
 ALTERNATIVES = ("a GPU node", "libegl-mesa0", "MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa", "libosmesa6",
-                "make fetch-dmcontrol", "dmcontrol_init.source: pretrain", 'README, "DMControl pretraining"')
+                "make fetch-dmcontrol", "dmcontrol_init.source: pretrain", 'docs/variants.md, "DMControl pretraining"')
 
 
 @pytest.mark.fault(fault="collect_dmcontrol on a node whose libEGL has no vendor driver (no usable EGL)",

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The Snakemake controller as a Slurm job of its own, for a study that runs for days (README "Running on
-# Slurm"): it only submits and watches jobs, so one CPU and little memory do. Submit from the repository
+# Slurm", docs/slurm.md): it only submits and watches jobs, so one CPU and little memory do. Submit from the repository
 # root, with extra snakemake arguments after the script:
 #     sbatch --partition=<long CPU partition> --time=7-00:00:00 profiles/slurm/controller.sh
 #     sbatch ... profiles/slurm/controller.sh --configfile my_site.yaml

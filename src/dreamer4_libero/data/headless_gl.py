@@ -9,7 +9,7 @@ without an OSMesa library fails with ``'NoneType' object has no attribute 'glGet
 
 :func:`check_headless_rendering` renders one 16x16 frame of a one-sphere model (well under a second
 where it works) and, where it fails, raises :class:`HeadlessRenderingError` naming the backend
-variables, what was tried, the error, and the documented alternatives (README, "DMControl pretraining");
+variables, what was tried, the error, and the documented alternatives (docs/variants.md, "DMControl pretraining");
 a ``cli.SetupError``, so a workflow script exits 2 with that message and no traceback.
 """
 
@@ -30,7 +30,7 @@ PROBE_SIZE = 16
 _PROBE_XML = ("<mujoco><worldbody><light pos='0 0 1'/>"
               "<geom type='sphere' size='0.1' rgba='1 0 0 1'/></worldbody></mujoco>")
 ALTERNATIVES = (
-    "Alternatives (README, \"DMControl pretraining\"):\n"
+    "Alternatives (docs/variants.md, \"DMControl pretraining\"):\n"
     "  - run collect_dmcontrol where EGL works: a GPU node (the NVIDIA driver ships libEGL) or a node with "
     "Mesa's EGL (Debian/Ubuntu packages libegl1 and libegl-mesa0; CPU rendering, about 18-34 steps/s at "
     "128x128): on Slurm, a partition whose nodes have it;\n"

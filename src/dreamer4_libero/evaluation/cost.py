@@ -1,6 +1,6 @@
 """Counted forward FLOPs of the evaluation networks, and the job size they imply.
 
-The evaluation jobs are sized from these counts (config.yaml comments, README "Running on Slurm"):
+The evaluation jobs are sized from these counts (config.yaml comments, docs/slurm.md "Evaluation jobs"):
 
 * ``tokenizer_eval`` (evaluation.md §3) passes every frame of its episodes through the tokenizer twice:
   encode + decode with MAE off (the reconstruction PSNR) and once more with the training-style MAE mask

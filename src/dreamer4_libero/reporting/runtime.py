@@ -1,7 +1,8 @@
 """Per-job runtime and memory from Snakemake's `benchmark:` files (benchmarks/<rule>/<job>.tsv).
 
-One place maps rules to the README's stages; `make demo` (workflow_scripts/stage_times.py) prints the
-per-stage sums and the report shows the same numbers as a table and a chart.
+One place maps rules to the stages of the demo's time-per-stage table (docs/tests.md); `make demo`
+(workflow_scripts/stage_times.py) prints the per-stage sums and the report shows the same numbers as a table
+and a chart.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ ORDER = ["data", "tokenizer", "DMControl collection and pretraining", "dynamics"
 
 
 def stage_of(rule: str, job: str) -> str:
-    """The README stage of one benchmark file (rule folder, file stem)."""
+    """The stage (docs/tests.md) of one benchmark file (rule folder, file stem)."""
     return "DMControl collection and pretraining" if job in DMCONTROL_RUNS else STAGES.get(rule, rule)
 
 

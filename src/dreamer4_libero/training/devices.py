@@ -27,7 +27,7 @@ ALLOW_CPU_FALLBACK_ENV = "D4L_ALLOW_CPU_FALLBACK"
 TORCH_PIN = "2.13.0"
 FIX = (f"install the CUDA build of the pinned torch=={TORCH_PIN} (`pip uninstall -y torch; pip install "
        f"torch=={TORCH_PIN} --index-url https://download.pytorch.org/whl/cu<XYZ>` with a CUDA version your "
-       f"driver supports; README \"Running on Slurm\"), check that the job really got GPUs (`make check-gpu` on "
+       f"driver supports; docs/slurm.md, \"GPUs: the CUDA build of torch\"), check that the job really got GPUs (`make check-gpu` on "
        f"a GPU node), or - only where the GPUs are fake on purpose - set `allow_cpu_fallback: true` in the "
        f"config")
 
