@@ -16,16 +16,8 @@ import h5py
 import numpy as np
 import pytest
 
-from dreamer4_libero.data.libero import (
-    READER_VERSION,
-    DemoRecord,
-    FileReport,
-    LiberoFormatError,
-    TaskFile,
-    TaskFileReader,
-    discover_task_files,
-    normalise_file_name,
-)
+from dreamer4_libero.data.libero import READER_VERSION, DemoRecord, FileReport, TaskFileReader
+from dreamer4_libero.data.libero_discovery import LiberoFormatError, TaskFile, discover_task_files, normalise_file_name
 from dreamer4_libero.fileio import sha256_bytes
 
 synthetic = pytest.importorskip("dreamer4_libero.data.synthetic")
