@@ -24,7 +24,7 @@ from dreamer4_libero.evaluation.probe_study import (PROTOCOL, FeatureGroup, load
 from dreamer4_libero.evaluation.wm_features import EXTRACTIONS, NULL_ACTION, TokenizerFeatures, WorldModelFeatures
 from dreamer4_libero.fileio import atomic_dir, dumps_json, read_json, sha256_file
 from dreamer4_libero.evaluation.runtime import eval_autocast, eval_device, precision_name, run_amp
-from dreamer4_libero.training.dynamics_task import load_frozen_tokenizer
+from dreamer4_libero.models.upstream import load_frozen_tokenizer
 
 
 def main() -> None:
