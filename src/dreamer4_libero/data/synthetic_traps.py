@@ -6,7 +6,7 @@ three moments of writing one task file (``synthetic.generate``):
 
 1. where the file goes (:func:`task_file_path`: ``h5_extension``, ``no_demo_suffix``, ``outside_suite``);
 2. on the clean temporary file, before it is renamed into place (:func:`trap_task_file`: h5py-level
-   mutations first, then byte-level corruption, which needs a readable file);
+   mutations first, then byte-level corruption, the dataset-header one first as it needs a readable file);
 3. copies of the final file (``duplicate_suite``, ``duplicate_copy_name``) and side files
    (``non_hdf5_file``), after it is in place (:func:`write_copies_and_side_files`).
 
@@ -91,9 +91,8 @@ _SIDE_TRAPS = frozenset({"non_hdf5_file"})
 _TRAP_PARAMS = {"too_short": {"length"}, "duplicate_suite": {"suite"}, "duplicate_copy_name": {"name"}}
 
 
-
 # --------------------------------------------------------------------------------------------
-# Traps
+# Trap specs and the mutations of one file
 # --------------------------------------------------------------------------------------------
 def parse_trap_spec(spec: Any) -> dict:
     """Normalise one trap spec: a name, ``"NAME:TASK:K[:key=value...]"``, a (name, task, demo)
@@ -333,6 +332,9 @@ def _apply_byte_trap(path: Path, name: str, rng: np.random.Generator, demo: int 
     return notes
 
 
+# --------------------------------------------------------------------------------------------
+# The traps of one generate() call: validation up front, then per task file
+# --------------------------------------------------------------------------------------------
 def resolve_traps(traps: Iterable[Any], task_ids: Sequence[str], n_demos: int, min_len: int) -> dict[str, list[dict]]:
     """Parse and validate every trap spec up front (nothing is written on a bad one): task id -> its traps.
 
