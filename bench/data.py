@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from dreamer4_libero.config import demo_config, dynamics_variants
-from dreamer4_libero.data.libero import discover_task_files
+from dreamer4_libero.data.libero_discovery import discover_task_files
 from dreamer4_libero.data.loader import WindowDataset, make_loader
 from dreamer4_libero.data.preprocess import preprocess
 from dreamer4_libero.data.splits import build_and_write

@@ -88,7 +88,7 @@ def tiny_tokenizer_ckpt(tmp_path_factory) -> Path:
 def lpips_weights() -> Path:
     """The LPIPS weights in the machine cache (<repo>/.cache/lpips or $D4L_CACHE/lpips), fetched once here, in the
     test process, as `make fetch-lpips` does on a submit host: trainers never download them."""
-    from dreamer4_libero.models.lpips_weights import ensure_lpips_weights
+    from dreamer4_libero.assets.lpips_weights import ensure_lpips_weights
 
     return ensure_lpips_weights()
 

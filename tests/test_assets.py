@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import planned_jobs, snakemake_cmd, venv_env
+from dreamer4_libero.assets import lpips_asset
+from dreamer4_libero.assets import lpips_weights as weights_mod
+from dreamer4_libero.assets.lpips_asset import LpipsAssetMissing, materialise, require_lpips_weights
+from dreamer4_libero.assets.lpips_files import ASSET_DIR, SIDECAR_FILENAME, WEIGHTS_FILENAME
 from dreamer4_libero.config import demo_config
-from dreamer4_libero.models import lpips_asset
-from dreamer4_libero.models import lpips_weights as weights_mod
-from dreamer4_libero.models.lpips_asset import ASSET_DIR, LpipsAssetMissing, materialise, require_lpips_weights
-from dreamer4_libero.models.lpips_weights import SIDECAR_FILENAME, WEIGHTS_FILENAME
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("config/demo.yaml", "config/test.yaml")

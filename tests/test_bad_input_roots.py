@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from dreamer4_libero.data import synthetic
-from dreamer4_libero.data.libero import LiberoFormatError, TaskFileReader, discover_task_files, missing_ids
+from dreamer4_libero.data.libero import TaskFileReader
+from dreamer4_libero.data.libero_discovery import LiberoFormatError, discover_task_files
+from dreamer4_libero.data.libero_values import missing_ids
 from dreamer4_libero.data.preprocess import preprocess
 
 

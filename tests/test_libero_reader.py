@@ -16,19 +16,12 @@ import h5py
 import numpy as np
 import pytest
 
-from dreamer4_libero.data.libero import (
-    READER_VERSION,
-    DemoRecord,
-    FileReport,
-    LiberoFormatError,
-    TaskFile,
-    TaskFileReader,
-    discover_task_files,
-    normalise_file_name,
-)
+from dreamer4_libero.data.libero import READER_VERSION, DemoRecord, FileReport, TaskFileReader
+from dreamer4_libero.data.libero_discovery import LiberoFormatError, TaskFile, discover_task_files, normalise_file_name
 from dreamer4_libero.fileio import sha256_bytes
 
 synthetic = pytest.importorskip("dreamer4_libero.data.synthetic")
+synthetic_traps = pytest.importorskip("dreamer4_libero.data.synthetic_traps")
 
 K = 2  # the demo every demo-level trap hits (not the default 0)
 N_TRAP_DEMOS = 4
@@ -107,10 +100,10 @@ EXPECT: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def test_expect_table_covers_every_generator_trap():
-    assert set(EXPECT) == set(synthetic.TRAP_NAMES)
+    assert set(EXPECT) == set(synthetic_traps.TRAP_NAMES)
 
 
-IN_ROOT_TRAPS = [t for t in synthetic.TRAP_NAMES if EXPECT[t][0] != "dup"]
+IN_ROOT_TRAPS = [t for t in synthetic_traps.TRAP_NAMES if EXPECT[t][0] != "dup"]
 
 
 # -------------------------------------------------------------------------------------------
@@ -138,7 +131,7 @@ def trap_root(tmp_path_factory) -> tuple[Path, dict, dict[str, str]]:
     traps = []
     for name, tid in owner.items():
         spec = {"trap": name, "task": tid}
-        if name in synthetic._DEMO_TRAPS:
+        if name in synthetic_traps.DEMO_TRAPS:
             spec["demo"] = K
         traps.append(spec)
     synthetic.generate(root, tids, n_demos=N_TRAP_DEMOS, len_range=TRAP_LEN, seed=1, traps=traps, progress=False)

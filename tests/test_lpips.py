@@ -18,19 +18,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dreamer4_libero.fileio import read_json, sha256_file
-from dreamer4_libero.models.lpips import LPIPS, MIN_SIZE
-from dreamer4_libero.models.lpips_weights import (
+from dreamer4_libero.assets.lpips_files import SIDECAR_FILENAME, WEIGHTS_FILENAME
+from dreamer4_libero.assets.lpips_weights import (
     ALEXNET_SOURCE,
     HEADS_SOURCE,
-    SIDECAR_FILENAME,
     SOURCES_SUBDIR,
-    WEIGHTS_FILENAME,
     LpipsWeightsError,
     ensure_lpips_weights,
     restricted_loads,
     state_dict_sha256,
 )
+from dreamer4_libero.fileio import read_json, sha256_file
+from dreamer4_libero.models.lpips import LPIPS, MIN_SIZE
 
 
 @pytest.fixture(scope="module")

@@ -194,7 +194,7 @@ def _root_with_duplicates(tmp_path) -> Path:
                    guarantee="error naming both files of each pair (exit non-zero, no manifest); under skip the "
                              "first of each is kept, the others warned about and listed in the manifest")
 def test_duplicate_task_files_are_an_error_naming_both(tmp_path):
-    from dreamer4_libero.data.libero import LiberoFormatError
+    from dreamer4_libero.data.libero_discovery import LiberoFormatError
 
     root = _root_with_duplicates(tmp_path)
     with pytest.raises(LiberoFormatError) as e:

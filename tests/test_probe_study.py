@@ -33,7 +33,7 @@ from dreamer4_libero.evaluation.probe_study import (FeatureGroup, FeatureTable, 
 from dreamer4_libero.evaluation.wm_features import WorldModelFeatures, window_jobs
 from dreamer4_libero.fileio import read_json, sha256_file
 from dreamer4_libero.models.dynamics import Dynamics, DynamicsConfig, pack_latents
-from dreamer4_libero.training.dynamics_task import load_frozen_tokenizer
+from dreamer4_libero.models.upstream import load_frozen_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "workflow_scripts" / "probe.py"

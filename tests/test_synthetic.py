@@ -15,6 +15,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from dreamer4_libero.data import synthetic as sy
+from dreamer4_libero.data import synthetic_traps as traps_mod
+from dreamer4_libero.data import synthetic_world as world
 from dreamer4_libero.data.tasks import SUITES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,8 +63,8 @@ TRAP_N_DEMOS = 3
 def trap_root(tmp_path_factory) -> tuple[Path, dict[str, str], dict]:
     """One trap per task (trap i on task i), 3 short demos per task; demo traps hit demo_1."""
     root = tmp_path_factory.mktemp("syn_traps")
-    tids = sy.cycle_task_ids(len(sy.TRAP_NAMES))
-    assign = dict(zip(sy.TRAP_NAMES, tids))
+    tids = sy.cycle_task_ids(len(traps_mod.TRAP_NAMES))
+    assign = dict(zip(traps_mod.TRAP_NAMES, tids))
     traps = [{"trap": n, "task": t, "demo": TRAP_DEMO} for n, t in assign.items()]
     summary = sy.generate(root, tids, n_demos=TRAP_N_DEMOS, len_range=(12, 16), seed=5, traps=traps,
                           progress=False)
@@ -229,9 +231,9 @@ def test_images_stored_flipped(demo_root):
                 # the gripper centre: upright pixel (row, col) from ee_pos has the robot's colour,
                 # i.e. a vertical flip only (no left-right mirror)
                 up = g["obs/agentview_rgb"][()][:, ::-1]
-                rc = np.rint(sy.pixel_of_ee_pos(g["obs/ee_pos"][()])).astype(int)
+                rc = np.rint(world.pixel_of_ee_pos(g["obs/ee_pos"][()])).astype(int)
                 px = up[np.arange(len(up)), rc[:, 0], rc[:, 1]].astype(float)
-                assert np.abs(px - np.array(sy.GRIPPER_RGB)).max() <= 2.0
+                assert np.abs(px - np.array(world.GRIPPER_RGB)).max() <= 2.0
                 assert gt["tasks"][tid]["stored_image_orientation"] == "upside_down"
 
 
@@ -268,16 +270,16 @@ def test_tasks_differ_robot_same(demo_root):
             for n in names[:3]:
                 g = f["data"][n]
                 frames = g["obs/agentview_rgb"][()][:, ::-1]
-                rc = np.rint(sy.pixel_of_ee_pos(g["obs/ee_pos"][()])).astype(int)
+                rc = np.rint(world.pixel_of_ee_pos(g["obs/ee_pos"][()])).astype(int)
                 px = frames[np.arange(len(frames)), rc[:, 0], rc[:, 1]].astype(float)
-                assert np.abs(px - np.array(sy.GRIPPER_RGB)).max() <= 2.0
+                assert np.abs(px - np.array(world.GRIPPER_RGB)).max() <= 2.0
     means = np.array(means)
     d = np.abs(means[:, None] - means[None]).max(-1)
     assert d[~np.eye(len(means), dtype=bool)].min() > 0.004  # every pair of tasks differs
     assert len({tuple(b) for b in bgs}) == len(bgs)  # backgrounds differ
-    assert len({tuple(p) for p in panels}) == 1 and tuple(panels[0]) == tuple(int(x) for x in sy.PANEL_RGB)
+    assert len({tuple(p) for p in panels}) == 1 and tuple(panels[0]) == tuple(int(x) for x in world.PANEL_RGB)
     # contrast sign fixed: robot brighter than every background
-    assert all((np.array(sy.GRIPPER_RGB) > b).all() for b in bgs)
+    assert all((np.array(world.GRIPPER_RGB) > b).all() for b in bgs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +502,7 @@ def _check_trap(name: str, root: Path, tid: str, gt: dict) -> None:  # noqa: C90
             raise AssertionError(f"no check for trap {name}")
 
 
-@pytest.mark.parametrize("name", sy.TRAP_NAMES)
+@pytest.mark.parametrize("name", traps_mod.TRAP_NAMES)
 def test_trap(name, trap_root):
     root, assign, summary = trap_root
     gt = _gt(root)
@@ -513,14 +515,14 @@ def test_trap(name, trap_root):
 def test_trap_table_complete():
     doc = (REPO / "docs" / "data_contracts.md").read_text()
     table = re.findall(r"^\| ([a-z0-9_]+) \| \d+[ab]? \|", doc, flags=re.M)
-    assert table and tuple(table) == sy.TRAP_NAMES
+    assert table and tuple(table) == traps_mod.TRAP_NAMES
 
 
 def test_demo_traps_touch_only_demo_k(trap_root):
     """Demo-level traps (demo_1 here) leave demo_0 of the same file exactly as generated."""
     root, assign, _ = trap_root
     gt = _gt(root)
-    demo_level = [n for n in sy.TRAP_NAMES if n.startswith(("missing_", "length_", "num_samples_", "too_short",
+    demo_level = [n for n in traps_mod.TRAP_NAMES if n.startswith(("missing_", "length_", "num_samples_", "too_short",
                                                              "images_", "actions_", "gripper_", "demo_name_",
                                                              "extra_keys", "corrupt_dataset_header"))]
     assert len(demo_level) == 26

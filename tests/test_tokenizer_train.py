@@ -10,6 +10,7 @@ import torch
 
 import faults
 
+from dreamer4_libero.cli import ConfigError
 from dreamer4_libero.config import demo_config
 from dreamer4_libero.fileio import read_json
 from dreamer4_libero.models.upstream import load_tokenizer_checkpoint
@@ -114,7 +115,7 @@ def test_init_scale_and_lr_mult_are_applied_and_recorded(trainer_cli, preprocess
     torch.manual_seed(0)
     plain = plain_task.build_model()
     assert torch.allclose(scaled, 8.0 * plain.encoder.patch_proj.weight)
-    with pytest.raises(KeyError, match="init_scale"):
+    with pytest.raises(ConfigError, match="init_scale"):
         TokenizerTask({**t, "init_scale": {"nope": 2.0}}, manifest=preprocessed / "manifest.json",
                       train_split=preprocessed / "splits" / "train.json", resolution=32).build_model()
     res = trainer_cli.run(_cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out"))

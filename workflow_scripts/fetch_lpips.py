@@ -12,7 +12,7 @@ import argparse
 import json
 
 from dreamer4_libero.cli import run_main
-from dreamer4_libero.models.lpips_weights import clear_cache, ensure_lpips_weights, read_sidecar
+from dreamer4_libero.assets.lpips_weights import clear_cache, ensure_lpips_weights, read_sidecar
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     if a.force:
         clear_cache(cache)
     if a.materialise:
-        from dreamer4_libero.models.lpips_asset import materialise
+        from dreamer4_libero.assets.lpips_asset import materialise
 
         path = materialise(a.materialise, cache, sources_dir=a.sources, allow_download=not a.no_download)
     else:

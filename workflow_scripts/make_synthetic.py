@@ -19,7 +19,7 @@ import sys
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    from dreamer4_libero.data.synthetic import TRAP_NAMES
+    from dreamer4_libero.data.synthetic_traps import TRAP_NAMES
 
     p = argparse.ArgumentParser(
         prog="make_synthetic.py",
@@ -47,6 +47,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     from dreamer4_libero.data import synthetic as sy
+    from dreamer4_libero.data.synthetic_traps import parse_trap_spec
 
     try:
         if args.tasks == "demo":
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 raise ValueError(f"--tasks must be 'demo' or an integer, got {args.tasks!r}") from None
             task_ids = sy.cycle_task_ids(n)
-        traps = [sy.parse_trap_spec(t) for t in args.trap]
+        traps = [parse_trap_spec(t) for t in args.trap]
         summary = sy.generate(args.root, task_ids, n_demos=args.demos,
                               len_range=(args.len_min, args.len_max), seed=args.seed,
                               traps=traps, progress=not args.no_progress)

@@ -1,12 +1,13 @@
-"""Reader for LIBERO demonstration files (``<suite>/<task>_demo.hdf5``).
+"""Reader for one LIBERO demonstration file (``<suite>/<task>_demo.hdf5``).
 
-Implements ``/work/shared/spec/libero_data.md`` §1–§5 and the reader API of
-``docs/data_contracts.md``:
+Implements ``/work/shared/spec/libero_data.md`` §2–§5 and the reader API of ``docs/data_contracts.md``.
+Finding the files under a root is ``libero_discovery.py`` (:func:`discover_task_files`,
+:class:`TaskFile`, :class:`LiberoFormatError`); interpreting stored values (demo names, attributes,
+image resizing) is ``libero_values.py``. Trap names below are the rows of the trap table,
+libero_data.md §5.
 
-* :func:`discover_task_files` finds one HDF5 file per task under a root with suite folders
-  (traps 11 and 16) and returns them sorted by task id ``<suite>/<stem>``.
 * :class:`TaskFileReader` opens one task file, checks it against every row of the trap table
-  (§5) under the policy ``on_bad_demo`` (``"error"`` or ``"skip"``), and yields
+  under the policy ``on_bad_demo`` (``"error"`` or ``"skip"``), and yields
   :class:`DemoRecord` s in numeric demo order with **upright** ``(T, 128, 128, 3)`` uint8
   agentview frames and the **raw, unshifted** ``(T, 7)`` float64 actions
   (the +1 action shift of §3.2 belongs to the training/probe accessor, not here).
@@ -21,13 +22,17 @@ Policies (``on_bad_demo``):
   :class:`LiberoFormatError`, whose message names the file (path relative to the root),
   the demo, the key, and expected vs found, e.g.
   ``libero_10/X_demo.hdf5: data/demo_3/actions: expected shape (T, 7) with T=57, found (57, 6)``.
-* ``"skip"``: file-level problems (traps 1, 2, 9a, 10-unknown) set ``report.skipped_file`` to
-  the reason and yield no demo; demo-level problems (traps 3, 4, 6, 7, 8, 12) append
-  ``{"demo": name, "reason": ...}`` to ``report.demos_skipped`` and go on.
-* Under both: too-short demos (``T < max(2, min_len)``) are skipped, listed in
-  ``demos_skipped`` and warned about (trap 5); out-of-range actions are warned about and
-  counted, never skipped (trap 9b); metadata problems (13, 14) and unusual names (16) are
-  warnings; extra keys are ignored (15). A file left with no usable demo raises under
+* ``"skip"``: file-level problems (row 1, unreadable file; row 2, no ``/data`` or no demo groups;
+  row 9a, actions of the wrong width or dtype; row 10, an unknown image convention) set
+  ``report.skipped_file`` to the reason and yield no demo; demo-level problems (row 3, missing images
+  or actions; row 4, length mismatch; row 6, images not uint8; row 7, wrong image shape; row 8,
+  NaN/Inf actions; row 12, bad or colliding demo names) append ``{"demo": name, "reason": ...}`` to
+  ``report.demos_skipped`` and go on.
+* Under both: too-short demos (``T < max(2, min_len)``, row 5) are skipped, listed in
+  ``demos_skipped`` and warned about; out-of-range actions (row 9b) are warned about and counted,
+  never skipped; metadata problems (row 13, attributes as bytes or missing/malformed JSON; row 14,
+  ``num_demos``/``total`` disagreeing with the contents) and unusual file names (row 16) are
+  warnings; extra keys are ignored (row 15). A file left with no usable demo raises under
   ``"error"`` and is marked ``skipped_file`` under ``"skip"``.
 
 Structural checks (keys, shapes, dtypes, lengths, names) of every demo run when the reader is
@@ -39,17 +44,19 @@ run while iterating.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
+
+from .libero_discovery import LiberoFormatError, TaskFile
+from .libero_values import (attr_as_int, canonical_demo_name, clean_text, decode_attr, is_clean_text, missing_ids,
+                            resize_hwc)
 
 try:  # h5py is a hard dependency of the reader, imported lazily for discovery-only users
     import h5py
@@ -60,212 +67,30 @@ __all__ = [
     "READER_VERSION",
     "IMAGE_SIZE",
     "ACTION_DIM",
-    "LiberoFormatError",
-    "TaskFile",
+    "NO_USABLE_DEMOS",
     "DemoRecord",
     "FileReport",
     "TaskFileReader",
-    "discover_task_files",
-    "normalise_file_name",
-    "canonical_demo_name",
 ]
 
 READER_VERSION = "1"
 IMAGE_SIZE = 128
 ACTION_DIM = 7
-KNOWN_SUITES = ("libero_90", "libero_10", "libero_spatial", "libero_object", "libero_goal")
-UNKNOWN_SUITE = "unknown"
-HDF5_EXTENSIONS = (".hdf5", ".h5")
 ACTION_RANGE_TOL = 1e-6
 
+# one logger name for the whole LIBERO reader (discovery in libero_discovery.py, per-file reading here)
 log = logging.getLogger("dreamer4_libero.data.libero")
 
-# Anything h5py / HDF5 may raise for an unreadable object (trap 1). TypeError is included
-# because h5py raises it for some corrupt datatype messages.
+# Anything h5py / HDF5 may raise for an unreadable object (§5 row 1, unreadable file). TypeError is
+# included because h5py raises it for some corrupt datatype messages.
 _H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 
 #: the start of a file's skip reason when every one of its demos was skipped (preprocess counts those demos instead)
 NO_USABLE_DEMOS = "expected at least one usable demo"
 
-# the /data attributes the reader uses (others are extras: never read, trap 15)
+# the /data attributes the reader uses (others are extras: never read, §5 row 15)
 _DATA_ATTRS = ("macros_image_convention", "problem_info", "env_args", "bddl_file_content", "num_demos", "total")
-_DEMO_RE = re.compile(r"^demo_(\d+)$")
-_COPY_MARKER_RE = re.compile(r"(?: \(\d+\)| copy(?: \d+)?|-\d+)$")
 _LANGUAGE_RE = re.compile(r"\(:language\s+([^()]*?)\s*\)", re.IGNORECASE | re.DOTALL)
-
-
-class LiberoFormatError(ValueError):
-    """A LIBERO file violates the format. ``str(err)`` names file, demo, key, expected/found.
-
-    Attributes: ``file`` (path relative to the root, or None), ``demo`` (demo group name as
-    stored, or None), ``key`` (HDF5 path such as ``data/demo_3/actions``, or None),
-    ``reason`` (the message without the file prefix), ``level`` (``"file"``, ``"demo"`` or
-    ``"dataset"`` for discovery problems).
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        file: str | None = None,
-        demo: str | None = None,
-        key: str | None = None,
-        level: str = "file",
-    ) -> None:
-        self.reason = reason
-        self.file = file
-        self.demo = demo
-        self.key = key
-        self.level = level
-        super().__init__(f"{file}: {reason}" if file else reason)
-
-
-# --------------------------------------------------------------------------------------
-# Discovery (traps 11, 16)
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TaskFile:
-    """One task file found on disk. ``notes`` = discovery warnings about its name."""
-
-    path: Path
-    rel_path: str
-    suite: str
-    stem: str
-    task_id: str
-    notes: tuple[str, ...] = field(default=(), compare=False)
-
-
-def normalise_file_name(name: str) -> tuple[str, list[str]]:
-    """Task stem of an HDF5 file name, and notes about what had to be normalised.
-
-    Strip the extension, any trailing copy marker (`` (n)``, `` copy``, ``-n``), then
-    ``_demo`` (libero_data.md §5 rows 11 and 16).
-    """
-    notes: list[str] = []
-    base = name
-    lower = base.lower()
-    ext = next((e for e in HDF5_EXTENSIONS if lower.endswith(e)), None)
-    if ext is None:
-        raise ValueError(f"not an HDF5 file name: {name!r}")
-    base = base[: -len(ext)]
-    if name[-len(ext):] != ".hdf5":
-        notes.append(f"extension {name[-len(ext):]!r} instead of '.hdf5' (accepted)")
-    stripped = base
-    while True:
-        m = _COPY_MARKER_RE.search(stripped)
-        if not m or m.start() == 0:
-            break
-        stripped = stripped[: m.start()]
-    if stripped != base:
-        notes.append(f"copy marker {base[len(stripped):]!r} stripped from the file name")
-    if stripped.endswith("_demo") and len(stripped) > len("_demo"):
-        stem = stripped[: -len("_demo")]
-    else:
-        stem = stripped
-        notes.append("file name lacks the '_demo' suffix (accepted)")
-    return stem, notes
-
-
-def _is_dir_loop(here: Path, d: str, rel_dir: Path, warnings: list[str]) -> bool:
-    """True (and a warning) if folder `here/d` is a symbolic link back to itself or to a folder above it."""
-    sub = here / d
-    if not sub.is_symlink():
-        return False
-    target, cur = os.path.realpath(sub), os.path.realpath(here)
-    if cur == target or cur.startswith(target.rstrip(os.sep) + os.sep):
-        msg = (f"{(rel_dir / d).as_posix()}: symbolic link loop (points to {os.readlink(sub)!r}, a folder above it): "
-               "not followed")
-        warnings.append(msg)
-        log.warning(msg)
-        return True
-    return False
-
-
-def _broken_link(path: Path) -> str | None:
-    """A description if `path` is a symbolic link that cannot be followed (dangling or a loop), else None."""
-    if not path.is_symlink():
-        return None
-    try:
-        os.stat(path)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return f"symbolic link loop ({os.readlink(path)!r})"
-        return f"dangling symbolic link to {os.readlink(path)!r} ({e.strerror})"
-    return None
-
-
-def discover_task_files(root: str | os.PathLike) -> tuple[list[TaskFile], list[str]]:
-    """Find one HDF5 file per task under ``root``; return (files sorted by task id, warnings).
-
-    Suite = the folder the file sits in (``libero_90/`` … or any other name); files directly
-    under ``root`` get suite ``unknown`` (warning). Non-HDF5 files, hidden files and folders
-    (names starting with ``.``, e.g. temp files) are ignored. ``.h5`` and names without
-    ``_demo`` are accepted with a warning. The same normalised stem twice anywhere raises
-    :class:`LiberoFormatError` listing both paths, whatever the policy (never pick one).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise LiberoFormatError(f"dataset root: expected a folder, found {'a file' if root.exists() else 'nothing'} at {root}", level="dataset")
-    warnings: list[str] = []
-    found: list[TaskFile] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        here = Path(dirpath)
-        rel_dir = here.relative_to(root)
-        dirnames[:] = [d for d in sorted(dirnames) if not d.startswith(".") and not _is_dir_loop(here, d, rel_dir, warnings)]
-        for fname in sorted(filenames):
-            if fname.startswith("."):
-                continue
-            if not fname.lower().endswith(HDF5_EXTENSIONS):
-                log.debug("ignoring non-HDF5 file %s", rel_dir / fname)
-                continue
-            path = here / fname
-            if not path.is_file():
-                link = _broken_link(path)
-                if link is None:  # a FIFO, socket or device with an HDF5 name: never opened
-                    msg = f"{(rel_dir / fname).as_posix()}: not a regular file: ignored"
-                    warnings.append(msg)
-                    log.warning(msg)
-                    continue
-                # a dangling link or a link loop: kept, so that reading it fails (error, or a counted skip)
-                msg = f"{(rel_dir / fname).as_posix()}: unreadable: {link}"
-                warnings.append(msg)
-                log.warning(msg)
-            rel_path = (rel_dir / fname).as_posix()
-            stem, notes = normalise_file_name(fname)
-            depth = len(rel_dir.parts)
-            if depth == 0:
-                suite = UNKNOWN_SUITE
-                notes.append(f"file is not inside a suite folder: suite {UNKNOWN_SUITE!r} assumed")
-            else:
-                suite = rel_dir.parts[-1]
-                if depth > 1:
-                    notes.append(f"file is nested {depth} folders deep: suite {suite!r} taken from its parent folder")
-            notes_t = tuple(notes)
-            for n in notes_t:
-                msg = f"{rel_path}: {n}"
-                warnings.append(msg)
-                log.warning(msg)
-            found.append(
-                TaskFile(path=path, rel_path=rel_path, suite=suite, stem=stem, task_id=f"{suite}/{stem}", notes=notes_t)
-            )
-    by_stem: dict[str, list[TaskFile]] = {}
-    for tf in found:
-        by_stem.setdefault(tf.stem, []).append(tf)
-    dups = {s: tfs for s, tfs in by_stem.items() if len(tfs) > 1}
-    if dups:
-        lines = [
-            f"task stem {s!r}: expected one file, found {len(tfs)}: " + ", ".join(sorted(t.rel_path for t in tfs))
-            for s, tfs in sorted(dups.items())
-        ]
-        raise LiberoFormatError("duplicate task files: " + "; ".join(lines), level="dataset")
-    found.sort(key=lambda t: t.task_id)
-    if not found:
-        msg = f"no HDF5 task files under {root}"
-        warnings.append(msg)
-        log.warning(msg)
-    return found, warnings
 
 
 # --------------------------------------------------------------------------------------
@@ -283,7 +108,7 @@ class DemoRecord:
     frames: np.ndarray  # (T, 128, 128, 3) uint8, upright, C-contiguous
     actions: np.ndarray  # (T, 7) float64, raw (actions[k] produced frames[k])
     source_name: str = ""  # group name as stored in the file (e.g. "demo_01")
-    action_range_violations: int = 0  # values with |a| > 1+1e-6 or gripper not ±1 (trap 9b)
+    action_range_violations: int = 0  # values with |a| > 1+1e-6 or gripper not ±1 (§5 row 9b: warned, kept)
 
 
 @dataclass
@@ -310,109 +135,9 @@ class FileReport:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def canonical_demo_name(name: str) -> tuple[str, int] | None:
-    """``demo_01`` → (``demo_1``, 1); None if the name does not match ``^demo_\\d+$``."""
-    m = _DEMO_RE.match(name)
-    if not m:
-        return None
-    k = int(m.group(1))
-    return f"demo_{k}", k
-
-
-def _is_clean_text(v: str) -> bool:
-    """False if `v` holds lone surrogates (h5py's surrogateescape for bytes that are not UTF-8) or U+FFFD."""
-    return "\ufffd" not in v and not any("\ud800" <= c <= "\udfff" for c in v)
-
-
-def _clean_text(v: str) -> str:
-    """`v` with lone surrogates (undecodable bytes) replaced by U+FFFD: safe for any UTF-8 writer."""
-    return v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _decode(v: Any) -> Any:
-    """Decode an HDF5 attribute: bytes/np.bytes_ → str, size-1 arrays → scalar."""
-    if h5py is not None and isinstance(v, h5py.Empty):
-        return None
-    if isinstance(v, np.ndarray):
-        if v.size == 1:
-            v = v.reshape(-1)[0]
-        else:
-            return v
-    if isinstance(v, (bytes, np.bytes_)):
-        return bytes(v).decode("utf-8", errors="replace")
-    if isinstance(v, np.str_):
-        return str(v)
-    return v
-
-
-def _as_int(v: Any) -> int | None:
-    v = _decode(v)
-    if isinstance(v, (bool, np.bool_)):
-        return None
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return int(v)
-    if isinstance(v, str) and v.strip().lstrip("+-").isdigit():
-        return int(v.strip())
-    return None
-
-
-# --------------------------------------------------------------------------------------
-# Image helpers (traps 6, 7)
-# --------------------------------------------------------------------------------------
-
-
-def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights: area averaging when shrinking, bilinear (half-pixel) when growing."""
-    w = np.zeros((n_out, n_in), dtype=np.float64)
-    if n_in == n_out:
-        np.fill_diagonal(w, 1.0)
-    elif n_in > n_out:
-        scale = n_in / n_out
-        for i in range(n_out):
-            lo, hi = i * scale, (i + 1) * scale
-            for j in range(int(np.floor(lo)), min(n_in, int(np.ceil(hi)))):
-                w[i, j] = min(hi, j + 1) - max(lo, j)
-        w /= scale
-    else:
-        src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-        j0 = np.floor(src).astype(int)
-        j1 = np.minimum(j0 + 1, n_in - 1)
-        f = src - j0
-        np.add.at(w, (np.arange(n_out), j0), 1 - f)
-        np.add.at(w, (np.arange(n_out), j1), f)
-    return w
-
-
-def resize_hwc(frames: np.ndarray, size: int) -> np.ndarray:
-    """Resize (T, H, W, 3) frames to (T, size, size, 3) uint8 (area down / bilinear up)."""
-    T, H, W, C = frames.shape
-    wh = _resize_matrix(H, size).astype(np.float32)
-    ww = _resize_matrix(W, size).astype(np.float32)
-    x = frames.astype(np.float32, copy=False)
-    y = np.einsum("oh,thwc->towc", wh, x, optimize=True)
-    z = np.einsum("pw,towc->topc", ww, y, optimize=True)
-    return np.clip(np.rint(z), 0, 255).astype(np.uint8)
-
-
 # --------------------------------------------------------------------------------------
 # Reader
 # --------------------------------------------------------------------------------------
-
-
-def missing_ids(ids: Sequence[int], limit: int) -> tuple[int, list[int]]:
-    """(how many of 0..max(ids) are absent, the first `limit` of them) for sorted unique ids >= 0.
-
-    Walks the gaps between consecutive ids, so a huge id (demo_999...9) costs nothing."""
-    n, shown, prev = 0, [], -1
-    for k in ids:
-        gap = k - prev - 1
-        if gap > 0:
-            n += gap
-            shown.extend(range(prev + 1, min(k, prev + 1 + limit - len(shown))))
-        prev = k
-    return n, shown
 
 
 def _open_h5(path: Path) -> Any:
@@ -492,7 +217,7 @@ class TaskFileReader:
         return LiberoFormatError(reason, file=self.task.rel_path, demo=demo, key=key or None, level=level)
 
     def _h5(self, key: str, what: str, fn, demo: str | None = None):
-        """Run an h5py access; any h5py exception is trap 1 (file-level)."""
+        """Run an h5py access; any h5py exception is an unreadable file (§5 row 1: file-level)."""
         try:
             return fn()
         except LiberoFormatError:
@@ -559,11 +284,11 @@ class TaskFileReader:
             raise self._err("data", f"expected a group, found {type(data).__name__}", "file")
         def read_attrs() -> dict[str, Any]:
             present = set(data.attrs.keys())
-            return {k: _decode(data.attrs[k]) for k in _DATA_ATTRS if k in present}
+            return {k: decode_attr(data.attrs[k]) for k in _DATA_ATTRS if k in present}
 
         attrs = self._h5("data", "attribute set", read_attrs)
-        for key in sorted(k for k, v in attrs.items() if isinstance(v, str) and not _is_clean_text(v)):
-            attrs[key] = _clean_text(attrs[key])
+        for key in sorted(k for k, v in attrs.items() if isinstance(v, str) and not is_clean_text(v)):
+            attrs[key] = clean_text(attrs[key])
             self._warn(f"data attr {key}: not valid UTF-8; the undecodable bytes are replaced by U+FFFD")
         self._read_convention(attrs)
         self._read_metadata(attrs)
@@ -645,7 +370,7 @@ class TaskFileReader:
             if not isinstance(parsed, dict):
                 self._warn(f"data attr problem_info: expected a JSON object, found {str(pi)[:60]!r}")
             else:
-                li = _decode(parsed.get("language_instruction"))
+                li = decode_attr(parsed.get("language_instruction"))
                 if isinstance(li, str) and li.strip():
                     instruction = li.strip()
                     self.report.instruction_source = "problem_info"
@@ -680,13 +405,13 @@ class TaskFileReader:
             raw = attrs.get(key)
             if raw is None:
                 continue  # not required
-            v = _as_int(raw)
+            v = attr_as_int(raw)
             if v != actual:
                 shown = v if v is not None else repr(raw)
                 self._warn(f"data attr {key}: says {shown}, contents have {actual} (contents win)")
 
     def _resolve_demo_names(self, members: list[str]) -> list[tuple[str, str, int]]:
-        """Trap 12: valid names sorted numerically; bad names / collisions per policy; gaps warn."""
+        """Demo names (§5 row 12): valid names sorted numerically; bad names / collisions per policy; gaps warn."""
         by_index: dict[int, list[str]] = {}
         for m in members:
             parsed = canonical_demo_name(m)
@@ -749,7 +474,7 @@ class TaskFileReader:
         g = self._h5(gk, "group", lambda: data[source], source)
         if not isinstance(g, h5py.Group):
             raise self._err(gk, f"expected a group, found {type(g).__name__}", "demo", source)
-        # trap 3: required keys
+        # §5 row 3, missing images or actions: required keys
         has_obs = self._h5(gk, "group", lambda: "obs" in g, source)
         obs = None
         if has_obs:
@@ -772,7 +497,7 @@ class TaskFileReader:
         act_shape = tuple(self._h5(act_key, "dataset", lambda: act.shape, source) or ())
         act_dtype = self._h5(act_key, "dataset", lambda: act.dtype, source)
 
-        # T: num_samples, else the images' first dim (trap 4)
+        # T: num_samples, else the images' first dim (§5 row 4, length mismatch)
         ns_raw = self._h5(gk, "attribute set", lambda: g.attrs.get("num_samples"), source)
         img_T = img_shape[0] if len(img_shape) >= 1 else None
         if ns_raw is None:
@@ -781,9 +506,9 @@ class TaskFileReader:
             T = int(img_T)
             self._warn(f"{gk}: attr num_samples missing: using T={T} from obs/agentview_rgb")
         else:
-            T_attr = _as_int(ns_raw)
+            T_attr = attr_as_int(ns_raw)
             if T_attr is None or T_attr < 0:
-                raise self._err(f"{gk} attr num_samples", f"expected a non-negative integer, found {_decode(ns_raw)!r}", "demo", source)
+                raise self._err(f"{gk} attr num_samples", f"expected a non-negative integer, found {decode_attr(ns_raw)!r}", "demo", source)
             T = T_attr
         content_T = int(img_T) if img_T is not None else T
 
@@ -792,13 +517,13 @@ class TaskFileReader:
             e._T = content_T  # type: ignore[attr-defined]
             return e
 
-        # trap 9a (file-level): actions width / dtype
+        # §5 row 9a (file-level): actions width / dtype
         if len(act_shape) != 2 or act_shape[1] != ACTION_DIM:
             raise fail(act_key, f"expected shape (T, {ACTION_DIM}) with T={T}, found {act_shape}", "file")
         if act_dtype.kind != "f":
             raise fail(act_key, f"expected a float dtype (float64), found {act_dtype}", "file")
 
-        # trap 4: first dims of every per-step array
+        # §5 row 4, length mismatch: first dims of every per-step array
         firsts: list[tuple[str, int | None]] = [("obs/agentview_rgb", img_T), ("actions", act_shape[0])]
         for rel in ("states", "robot_states", "rewards", "dones"):
             if self._h5(gk, "group", lambda: rel in g, source):
@@ -812,7 +537,7 @@ class TaskFileReader:
             ds = self._h5(f"{gk}/obs/{okey}", "dataset", lambda: obs[okey], source)
             if isinstance(ds, h5py.Dataset):
                 shp = tuple(self._h5(f"{gk}/obs/{okey}", "dataset", lambda: ds.shape, source) or ())
-                if shp:  # a scalar extra has no time axis: ignored (trap 15)
+                if shp:  # a scalar extra has no time axis: ignored (§5 row 15, extra keys)
                     firsts.append((f"obs/{okey}", shp[0]))
         bad = [(rel, n) for rel, n in firsts if n != T]
         if bad:
@@ -830,13 +555,13 @@ class TaskFileReader:
                 "demo",
             )
 
-        # trap 6: image dtype
+        # §5 row 6, images not uint8: image dtype
         if img_dtype != np.uint8:
             if not self.convert_dtype:
                 raise fail(img_key, f"expected dtype uint8, found {img_dtype} (pass convert_dtype=True to convert)")
             if img_dtype.kind not in "uif":
                 raise fail(img_key, f"expected dtype uint8 (or a convertible integer/float dtype), found {img_dtype}")
-        # trap 7: image shape / layout
+        # §5 row 7, wrong resolution / layout: image shape
         need_resize = False
         if img_shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
             hwc_rgb = len(img_shape) == 4 and img_shape[3] == 3 and img_shape[1] > 0 and img_shape[2] > 0
@@ -850,7 +575,7 @@ class TaskFileReader:
                     img_key, f"expected shape (T, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) with T={T}, found {img_shape}{hint}"
                 )
 
-        # trap 5: too short (skip + count + warn, both policies)
+        # §5 row 5, demo too short: skip + count + warn, both policies
         if T < self.min_len:
             reason = f"{gk}: too short: expected T >= {self.min_len}, found T={T}"
             self.report.demos_skipped.append({"demo": name, "reason": reason})
@@ -896,7 +621,7 @@ class TaskFileReader:
         f = self._file
         actions = self._h5(act_key, "dataset (reading data)", lambda: f[act_key][()], src)
         actions = np.asarray(actions)
-        # trap 8
+        # §5 row 8: NaN / Inf in actions
         finite = np.isfinite(actions)
         if not finite.all():
             bad = np.argwhere(~finite)[0]
@@ -907,7 +632,7 @@ class TaskFileReader:
                 src,
             )
         actions = np.ascontiguousarray(actions, dtype=np.float64)
-        # trap 9b: warn + count, never skip
+        # §5 row 9b, actions out of range: warn + count, never skip
         over = np.abs(actions) > 1.0 + ACTION_RANGE_TOL
         grip_bad = np.abs(np.abs(actions[:, ACTION_DIM - 1]) - 1.0) > ACTION_RANGE_TOL
         viol = over.copy()

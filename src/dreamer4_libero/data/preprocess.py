@@ -22,8 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..fileio import atomic_dir, dumps_json, read_json, sha256_file, write_json
-from .libero import (NO_USABLE_DEMOS, READER_VERSION, FileReport, LiberoFormatError, TaskFile, TaskFileReader,
-                     discover_task_files)
+from .libero import NO_USABLE_DEMOS, READER_VERSION, FileReport, TaskFileReader
+from .libero_discovery import LiberoFormatError, TaskFile, discover_task_files
 from .shards import SHARD_FORMAT, NpyStreamWriter, demo_stats, npy_data_ok
 
 log = logging.getLogger(__name__)

@@ -192,7 +192,7 @@ class ShardStore:
         try:
             ep = self.episodes[episode_id]
         except KeyError:
-            raise KeyError(f"{self.manifest_path}: no episode {episode_id!r} in the shards") from None
+            raise ValueError(f"{self.manifest_path}: no episode {episode_id!r} in the shards") from None
         shard = self.shards[ep.task_id]
         sl = slice(ep.start, ep.start + ep.T)
         return shard.frames[sl], shard.actions[sl]

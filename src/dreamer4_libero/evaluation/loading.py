@@ -13,8 +13,7 @@ import torch
 
 from ..fileio import read_json, sha256_file
 from ..models.tokenizer_chunks import resolve_chunk, tokenizer_train_seq_len
-from ..models.upstream import load_dynamics_checkpoint, read_checkpoint
-from ..training.dynamics_task import load_frozen_tokenizer
+from ..models.upstream import load_dynamics_checkpoint, load_frozen_tokenizer, read_checkpoint
 
 
 def need(mapping: dict, key: str, where: str):

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data.shards import ShardStore
 from ..fileio import atomic_dir, dumps_json, read_json, sha256_file
-from ..training.dynamics_task import load_frozen_tokenizer
+from ..models.upstream import load_frozen_tokenizer
 from .features import baseline_feature_sets
 from .loading import load_run, versions
 from .probe_study import PROTOCOL, FeatureGroup, load_probe_lists, record_name, run_study, summarize

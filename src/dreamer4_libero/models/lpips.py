@@ -35,11 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamer4_libero.models.lpips_weights import (
+from dreamer4_libero.assets.lpips_files import NETWORK, VERSION
+from dreamer4_libero.assets.lpips_weights import (
     ALEX_CONVS,
-    NETWORK,
     TAP_CHANNELS,
-    VERSION,
     ensure_lpips_weights,
     load_state_dict,
     read_sidecar,
@@ -100,7 +99,7 @@ class LPIPS(nn.Module):
         """Build from weights already materialised in ``asset_dir`` (what jobs use: never downloads).
 
         Raises ``lpips_asset.LpipsAssetMissing`` naming the missing file and how to make it."""
-        from dreamer4_libero.models.lpips_asset import require_lpips_weights
+        from dreamer4_libero.assets.lpips_asset import require_lpips_weights
 
         path = require_lpips_weights(asset_dir, lpips_weight=lpips_weight)
         return cls.from_file(path, read_sidecar(path)["file_sha256"])

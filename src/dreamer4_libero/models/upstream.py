@@ -175,6 +175,19 @@ def load_tokenizer_checkpoint(path_or_dict, explicit: dict | None = None, map_lo
     return model.eval(), report
 
 
+def load_frozen_tokenizer(path: str):
+    """Tokenizer for encoding only: eval mode, MAE off (p_min = p_max = 0), dropout 0, no grads.
+
+    What the dynamics trainer and the evaluations (probe, rollout) encode with;
+    returns (model, report) as :func:`load_tokenizer_checkpoint`."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"tokenizer checkpoint not found: {path}")
+    tok, report = load_tokenizer_checkpoint(path, explicit={"mae_p_min": 0.0, "mae_p_max": 0.0, "dropout": 0.0})
+    for p in tok.parameters():
+        p.requires_grad_(False)
+    return tok.eval(), report
+
+
 # ---------------------------------------------------------------------------------------------
 # Dynamics (§3, §7.2, §8 "Loading checkpoints written elsewhere")
 

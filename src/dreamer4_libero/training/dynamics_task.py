@@ -25,7 +25,7 @@ from ..fileio import atomic_path, sha256_file
 from ..models.dynamics import Dynamics, DynamicsConfig, InverseDynamicsHead, pack_latents
 from ..models.tokenizer_chunks import encode_chunked, resolve_chunk
 from ..models.upstream import (DYNAMICS_TRAIN_DEFAULTS, checkpoint_file, load_dynamics_checkpoint,
-                               load_tokenizer_checkpoint)
+                               load_frozen_tokenizer)
 from ..objectives.shortcut import shortcut_loss
 
 
@@ -53,16 +53,6 @@ def resolve_tokenizer_path(run: dict, study_tokenizer: str | None) -> tuple[str,
     if not study_tokenizer:
         raise ValueError(f"variant {run['name']}: no tokenizer checkpoint given")
     return study_tokenizer, "study tokenizer"
-
-
-def load_frozen_tokenizer(path: str):
-    """Tokenizer for encoding only: eval mode, MAE off (p_min = p_max = 0), dropout 0, no grads."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"tokenizer checkpoint not found: {path}")
-    tok, report = load_tokenizer_checkpoint(path, explicit={"mae_p_min": 0.0, "mae_p_max": 0.0, "dropout": 0.0})
-    for p in tok.parameters():
-        p.requires_grad_(False)
-    return tok.eval(), report
 
 
 def build_dynamics(run: dict, tok_cfg) -> tuple[Dynamics, dict]:

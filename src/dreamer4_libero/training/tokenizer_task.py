@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from .identity import training_data_fingerprint
+from ..cli import ConfigError
 from ..data.loader import WindowDataset, make_loader
 from ..models.tokenizer import Tokenizer, TokenizerConfig
 from ..fileio import sha256_file
@@ -103,7 +104,7 @@ class TokenizerTask:
         params = dict(model.named_parameters())
         unknown = sorted(set(scale) - set(params))
         if unknown:
-            raise KeyError(f"tokenizer.init_scale names unknown parameters {unknown}; e.g. {sorted(params)[:6]}")
+            raise ConfigError(f"tokenizer.init_scale names unknown parameters {unknown}; e.g. {sorted(params)[:6]}")
         with torch.no_grad():
             for name, factor in scale.items():
                 params[name].mul_(float(factor))

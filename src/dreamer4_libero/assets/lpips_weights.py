@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from dreamer4_libero.fileio import atomic_path, read_json, sha256_bytes, sha256_file, write_json
-from dreamer4_libero.models.lpips_files import NETWORK, SIDECAR_FILENAME, VERSION, WEIGHTS_FILENAME  # noqa: F401
+from dreamer4_libero.assets.lpips_files import NETWORK, SIDECAR_FILENAME, VERSION, WEIGHTS_FILENAME
 
 log = logging.getLogger(__name__)
 

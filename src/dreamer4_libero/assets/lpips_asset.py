@@ -4,7 +4,7 @@ Compute nodes are often offline, so no job downloads anything. The workflow's lo
 ``fetch_lpips`` (rules/assets.smk) runs on the submit host before any tokenizer job and materialises
 the converted weights into the study's asset folder::
 
-    results/assets/lpips/lpips_alex_v0.1.pt     the converted state dict (models/lpips_weights.py)
+    results/assets/lpips/lpips_alex_v0.1.pt     the converted state dict (assets/lpips_weights.py)
     results/assets/lpips/lpips_alex_v0.1.json   its sidecar: sources, sha256 of the file and contents
 
 It fills the machine's cache first (``paths.lpips_cache``, default ``$D4L_CACHE/lpips`` or
@@ -24,8 +24,8 @@ import shutil
 from pathlib import Path
 
 from dreamer4_libero.fileio import atomic_path, read_json, sha256_file, write_json
-from dreamer4_libero.models.lpips_files import ASSET_DIR, SIDECAR_FILENAME, WEIGHTS_FILENAME  # noqa: F401
-from dreamer4_libero.models.lpips_weights import (
+from dreamer4_libero.assets.lpips_files import SIDECAR_FILENAME, WEIGHTS_FILENAME
+from dreamer4_libero.assets.lpips_weights import (
     LpipsWeightsError,
     _resolve_cache_dir,
     cache_is_valid,
