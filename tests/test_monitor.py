@@ -75,9 +75,13 @@ def test_tokenizer_run_tensorboard_equals_metrics_and_recon_pictures(preprocesse
     task = TokenizerTask(t, manifest=str(preprocessed / "manifest.json"),
                          train_split=str(preprocessed / "splits" / "train.json"), resolution=32)
     d = tmp_path / "ck"
+    out = tmp_path / "out"
     assert train(task, cfg(d, max_steps=6, save_every=3, log_every=1, image_every=3, run_name="tok",
-                           lr=1e-3)) == EXIT_OK
+                           lr=1e-3, out_dir=str(out))) == EXIT_OK
     tb = assert_tb_equals_metrics(d)
+    # the finished run's copy in its output folder reads the same
+    exported = read_tensorboard(out / TB_DIR)
+    assert exported["scalars"] == tb["scalars"] and list(exported["images"]) == ["images/recon"]
     for key in ("loss", "train/mse", "train/psnr", "lr", "lr_factor", "steps_per_s"):
         assert key in tb["scalars"], key
     assert [s for s, _, _ in tb["scalars"]["train/psnr"]] == [1, 2, 3, 4, 5, 6]

@@ -69,7 +69,7 @@ from .checkpoints import (
 )
 from .devices import ALLOW_CPU_FALLBACK_ENV, require_gpus
 from .metrics import MetricsLog, export_metrics, plot_metrics
-from .monitor import TB_DIR, WANDB_MODES, build_sinks
+from .monitor import TB_DIR, WANDB_MODES, build_sinks, export_tensorboard
 from .progress import Progress
 from .slurm_job import slurm_job_end_time
 
@@ -824,6 +824,7 @@ class _Run:
         out.mkdir(parents=True, exist_ok=True)
         records = self.metrics.records()
         export_metrics(records, out / "metrics.jsonl")
+        export_tensorboard(self.ckpt_dir / TB_DIR, out / TB_DIR) if cfg.tensorboard else None
         plots = plot_metrics(records, out, title=cfg.run_name)
         write_json(out / "config.json", conf)
         extra = None

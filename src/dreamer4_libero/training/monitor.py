@@ -11,7 +11,8 @@ folder as ONE event file holding the scalars of the kept ``metrics.jsonl`` recor
 step) and the image events of the old files with step <= the resumed step (each (tag, step) once), then
 deletes the old files: whatever a killed attempt wrote after its checkpoint is gone, and every reader
 (TensorBoard's Python EventAccumulator, its Rust data server) sees each step exactly once. A crash
-inside the rewrite leaves the old files beside the new one; the next start rewrites again.
+inside the rewrite leaves the old files beside the new one; the next start rewrites again. A finished
+run's folder is copied to ``<out dir>/tensorboard/`` with its other outputs (``export_tensorboard``).
 
 W&B (``wandb`` off | offline | online): imported only when enabled; enabled without the package is an
 error at the start of the run naming the config key. Offline runs write under ``<ckpt dir>/wandb/``
@@ -219,6 +220,26 @@ def build_sinks(ckpt_dir: str | os.PathLike, *, tensorboard: bool, wandb: str = 
         sinks.append(WandbSink(wandb, project=wandb_project, entity=wandb_entity, run_name=run_name,
                                ckpt_dir=ckpt_dir, config=config))
     return sinks
+
+
+def export_tensorboard(src: str | os.PathLike, dest: str | os.PathLike) -> Path | None:
+    """Replace folder `dest` by a copy of the run's event files `src` (at the end of a run, into its declared
+    output folder, so `tensorboard --logdir results/train` shows every finished run); None where `src` is
+    missing. The copy is made beside `dest` and renamed into place."""
+    import shutil
+
+    src, dest = Path(src), Path(dest)
+    files = sorted(src.glob("*tfevents*")) if src.is_dir() else []
+    if not files:
+        return None
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in files:
+        shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
 
 
 def read_tensorboard(logdir: str | os.PathLike) -> dict:
