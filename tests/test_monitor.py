@@ -113,6 +113,12 @@ def test_world_model_run_tensorboard_equals_metrics_and_rollout_pictures(preproc
     pics = tb["images"]["images/rollout"]
     assert [s for s, _ in pics] == [2, 4]  # image_every None = save_every
     assert pics[0][1].shape == (2 * 3 * 32, 6 * 32, 3)  # 3 windows x (target, 2 context + 4 generated) x 6 frames
+    # deterministic: the same weights give the same picture; an action-free variant rolls out without actions
+    model = task.build_model().eval()
+    a, b = task.images(model, 0)["images/rollout"], task.images(model, 0)["images/rollout"]
+    assert np.array_equal(a, b) and a.shape == pics[0][1].shape
+    task.run["use_actions"] = False
+    assert task.images(model, 0)["images/rollout"].shape == a.shape
 
 
 # -- resume: each step exactly once -----------------------------------------------------------------------
@@ -197,6 +203,21 @@ def test_rewind_after_a_crash_inside_the_rewrite(tmp_path):
     assert [(s, v) for s, v, _ in tb["scalars"]["loss"]] == [(s, float(s)) for s in range(1, 7)]
     assert [s for s, _ in tb["images"]["images/x"]] == [4]
     assert len(list(logdir.glob("*tfevents*"))) == 1
+
+
+class BrokenPictureToy(ToyTask):
+    def images(self, model, step):
+        raise ValueError("no episode has >= 6 frames")
+
+
+def test_a_failing_picture_never_stops_training(tmp_path, capsys):
+    d = tmp_path / "ck"
+    assert train(BrokenPictureToy(), cfg(d, max_steps=6, image_every=2)) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.count("WARNING pictures of step 2 failed (ValueError: no episode has >= 6 frames)") == 1
+    assert "pictures of step 4" not in out
+    tb = assert_tb_equals_metrics(d)
+    assert tb["images"] == {} and [s for s, _, _ in tb["scalars"]["loss"]] == list(range(1, 7))
 
 
 def test_rank0_only_and_tensorboard_off(tmp_path):

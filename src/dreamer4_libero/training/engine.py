@@ -2,8 +2,9 @@
 
 The engine owns everything that is not model specific: process group and device, seeding,
 resume (weights, optimizer, scaler, update count, RNG states, data position), DDP, AdamW, AMP,
-gradient clipping, checkpoints, the deadline / SIGTERM stop with exit code 75, metrics, the
-progress bar and the final outputs. A trainer hands it a *task* (see ``Task``) and an
+gradient clipping, checkpoints, the deadline / SIGTERM stop with exit code 75, metrics (metrics.jsonl
+and, through the same call, the live view: TensorBoard / W&B and the task's pictures, training/monitor.py),
+the progress bar and ETA line (training/progress.py) and the final outputs. A trainer hands it a *task* (see ``Task``) and an
 ``EngineConfig`` and calls ``train(task, cfg)``.
 
 Conventions (dreamer4_model.md §8, §10, §11; snakemake_slurm.md §3, §4):
@@ -749,7 +750,7 @@ class _Run:
                         save_at = self._deadline_save_at()
                         self.log(progress.line(self.step, loss, None if save_at is None else save_at - time.time()))
                 if want_images and (self.step % every_img == 0 or self.step == cfg.max_steps):
-                    self._images()
+                    want_images = self._images()
                 if self.pbar is not None:
                     self.pbar.set_postfix(loss=f"{loss:.4g}", sps=f"{1.0 / max(self.step_ema_s, 1e-9):.2f}",
                                           refresh=False)
@@ -780,8 +781,9 @@ class _Run:
             del it
         return EXIT_OK
 
-    def _images(self) -> None:
-        """The task's pictures of this step to the live-view sinks (rank 0): eval mode, no grad, forked RNG."""
+    def _images(self) -> bool:
+        """The task's pictures of this step to the live-view sinks (rank 0): eval mode, no grad, forked RNG.
+        A picture that fails never stops training: warned once, no more pictures this attempt (returns False)."""
         model = self.raw_model
         modes = [(m, m.training) for m in model.modules()]
         devices = [self.device] if self.device.type == "cuda" else []
@@ -789,10 +791,15 @@ class _Run:
             model.eval()
             with torch.random.fork_rng(devices=devices), torch.no_grad(), self.autocast():
                 imgs = self.task.images(model, self.step)
+            self.metrics.images(self.step, imgs or {})
+            return True
+        except Exception as e:
+            self.log(f"WARNING pictures of step {self.step} failed ({type(e).__name__}: {e}); "
+                     f"no more pictures in this attempt, training goes on")
+            return False
         finally:
             for m, was in modes:
                 m.training = was
-        self.metrics.images(self.step, imgs or {})
 
     def _end_record(self, status: str, reason: str | None = None) -> None:
         if self.is_main:
