@@ -4,8 +4,8 @@ The engine owns everything that is not model specific: process group and device,
 resume (weights, optimizer, scaler, update count, RNG states, data position), DDP, AdamW, AMP,
 gradient clipping, checkpoints, the deadline / SIGTERM stop with exit code 75, metrics (metrics.jsonl
 and, through the same call, the live view: TensorBoard / W&B and the task's pictures, training/monitor.py),
-the progress bar and ETA line (training/progress.py) and the final outputs. A trainer hands it a *task* (see ``Task``) and an
-``EngineConfig`` and calls ``train(task, cfg)``.
+the progress bar and ETA line (training/progress.py) and the final outputs. A trainer hands it a
+*task* (see ``Task``) and an ``EngineConfig`` and calls ``train(task, cfg)``.
 
 Conventions (dreamer4_model.md §8, §10, §11; snakemake_slurm.md §3, §4):
 
@@ -831,7 +831,8 @@ class _Run:
         out.mkdir(parents=True, exist_ok=True)
         records = self.metrics.records()
         export_metrics(records, out / "metrics.jsonl")
-        export_tensorboard(self.ckpt_dir / TB_DIR, out / TB_DIR) if cfg.tensorboard else None
+        if cfg.tensorboard:  # the finished run's curves beside its other outputs (results/train/<run>/)
+            export_tensorboard(self.ckpt_dir / TB_DIR, out / TB_DIR)
         plots = plot_metrics(records, out, title=cfg.run_name)
         write_json(out / "config.json", conf)
         extra = None
