@@ -220,6 +220,15 @@ def test_a_failing_picture_never_stops_training(tmp_path, capsys):
     assert tb["images"] == {} and [s for s, _, _ in tb["scalars"]["loss"]] == list(range(1, 7))
 
 
+def test_skipped_non_finite_steps_reach_tensorboard(tmp_path):
+    d = tmp_path / "ck"
+    with pytest.warns(RuntimeWarning):
+        assert train(ToyTask(nan_at=4), cfg(d, max_steps=8, nonfinite="skip")) == EXIT_OK
+    tb = assert_tb_equals_metrics(d)  # the skipped update's null loss is NaN there
+    assert math.isnan(tb["scalars"]["loss"][4][1]) and tb["scalars"]["loss"][4][0] == 5
+    assert [(s, v) for s, v, _ in tb["scalars"]["skipped_nonfinite"]] == [(s, 1.0) for s in range(5, 9)]
+
+
 def test_rank0_only_and_tensorboard_off(tmp_path):
     d = tmp_path / "ck"
     assert train(ToyTask(), cfg(d, max_steps=3, tensorboard=False)) == EXIT_OK
