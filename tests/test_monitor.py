@@ -308,5 +308,5 @@ def test_monitoring_config_reaches_the_trainers(tmp_path, override, flags):
            "--configfile", *files, "--", "results/train/tokenizer_demo/checkpoint.json"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=venv_env(), timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    shell = [ln for ln in (r.stdout + r.stderr).splitlines() if "train_tokenizer.py" in ln]
+    shell = [ln for ln in (r.stdout + r.stderr).splitlines() if "> logs/train_tokenizer/" in ln]
     assert shell and shell[0].rstrip().endswith(f"--num-workers 0 {flags} > logs/train_tokenizer/tokenizer_demo.log 2>&1")
