@@ -58,6 +58,21 @@ def run_launcher(run):
     return train_launcher(int(run["gpus"] or 0), run["nodes"], job_cpus(run))
 
 
+def monitor_args():
+    """The trainers' live-view flags from config `monitoring` (training/monitor.py). A resource, not a param:
+    turning TensorBoard, pictures or W&B on or off never reruns a finished run."""
+    m, w = config["monitoring"], config["monitoring"]["wandb"]
+    flags = [f"--tensorboard {str(m['tensorboard']).lower()}"]
+    if m["image_every"] is not None:
+        flags.append(f"--image-every {int(m['image_every'])}")
+    flags.append(f"--wandb {w['mode'] if w['enabled'] else 'off'}")
+    if w["enabled"]:
+        flags.append(f"--wandb-project {w['project']}")
+        if w["entity"]:
+            flags.append(f"--wandb-entity {w['entity']}")
+    return " ".join(flags)
+
+
 def job_resources(rule, gpu=0, cpus=1, cpus_per_gpu=None, nodes=1, **res):
     """Rule `rule`'s Slurm resources: its own (gpu, CPUs, mem_mb, runtime, ...) plus the `slurm` section's
     partition / account / qos / constraint / gpu_model / extra, each only where the config sets it, so a

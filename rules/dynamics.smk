@@ -52,6 +52,7 @@ rule train_dynamics:
                 "auto" if _dyn(wc)["num_workers"] is None else _dyn(wc)["num_workers"]
             ),
             launcher=lambda wc: run_launcher(_dyn(wc)),
+            monitor=monitor_args(),
         ),
     params:
         ckpt_root=config["paths"]["ckpt_root"],
@@ -63,7 +64,7 @@ rule train_dynamics:
         " --manifest {input.manifest} --train-split {input.train} {params.tok}"
         " --ckpt-root {params.ckpt_root} --out-dir {params.out} --time-limit-min {resources.runtime}"
         " --expect-gpus {resources.gpus_per_node} --deadline-margin-s {resources.deadline_margin_s}"
-        " --num-workers {resources.loader_workers}"
+        " --num-workers {resources.loader_workers} {resources.monitor}"
         " > {log} 2>&1"
 
 

@@ -50,6 +50,7 @@ rule train_tokenizer:
                 "auto" if _tok(wc)["num_workers"] is None else _tok(wc)["num_workers"]
             ),
             launcher=lambda wc: run_launcher(_tok(wc)),
+            monitor=monitor_args(),
         ),
     params:
         ckpt_root=config["paths"]["ckpt_root"],
@@ -62,7 +63,7 @@ rule train_tokenizer:
         " --manifest {input.manifest} --train-split {input.train} --resolution {params.res} {params.lpips}"
         " --ckpt-root {params.ckpt_root} --out-dir {params.out} --time-limit-min {resources.runtime}"
         " --expect-gpus {resources.gpus_per_node} --deadline-margin-s {resources.deadline_margin_s}"
-        " --num-workers {resources.loader_workers}"
+        " --num-workers {resources.loader_workers} {resources.monitor}"
         " > {log} 2>&1"
 
 

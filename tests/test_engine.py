@@ -318,6 +318,11 @@ def test_torchrun_two_processes_exit_ddp_gradients_and_nan_on_one_rank(trainer_c
     assert final["nonfinite"] == {"policy": "skip", "skipped": 1, "skipped_updates": [6]}
     assert json.loads((out / "checkpoint.json").read_text())["skipped_nonfinite"] == 1
     assert "WARNING non-finite loss at step 5" in text and "on another rank" in text
+    # the live view is rank 0's alone: one TensorBoard event file, each logged step once (issue 28)
+    from dreamer4_libero.training.monitor import read_tensorboard
+
+    assert len(list((d / "tensorboard").glob("*tfevents*"))) == 1
+    assert [s for s, _, _ in read_tensorboard(d / "tensorboard")["scalars"]["lr"]] == metric_steps(d) == [4, 8]
     w = [torch.load(rec / f"ckpt_rank{r}.pt", weights_only=True) for r in range(2)]
     for k in w[0]:
         assert torch.equal(w[0][k], w[1][k]) and torch.equal(w[0][k], final["model"][k]), f"ranks diverged at {k}"

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import faults
+from test_monitor import assert_tb_equals_metrics
 
 from dreamer4_libero.cli import ConfigError
 from dreamer4_libero.config import demo_config
@@ -60,12 +61,16 @@ def _assert_same_final(reference: Path, ck: Path) -> None:
 
 
 @pytest.mark.fault(fault="tokenizer trainer: SIGTERM at a random step, then SIGKILL at a later random step",
-                   guarantee="SIGTERM saves and exits 75; the last resume ends bitwise equal to an uninterrupted run")
+                   guarantee="SIGTERM saves and exits 75; the last resume ends bitwise equal to an uninterrupted run; "
+                             "TensorBoard holds each step once, equal to metrics.jsonl")
 def test_sigterm_then_sigkill_at_random_steps_resume_bitwise(trainer_cli, reference, preprocessed, tmp_path):
     ck = tmp_path / "ck"
     faults.interrupt_at_random_steps(trainer_cli, _cmd(preprocessed, _tiny_cfg(), ck, tmp_path / "out"), ck,
                                      tmp_path, max_steps=12, log_every=2, seed=11)
     _assert_same_final(reference, ck)
+    # the killed attempts' TensorBoard events after their checkpoints are gone: each step once (issue 28)
+    tb = assert_tb_equals_metrics(ck)
+    assert [s for s, _, _ in tb["scalars"]["loss"]] == list(range(2, 13, 2))
 
 
 @pytest.mark.fault(fault="tokenizer trainer: SIGTERM, then SIGKILL, inside checkpoint writes (temp file not renamed)",

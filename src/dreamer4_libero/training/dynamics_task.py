@@ -27,6 +27,7 @@ from ..models.tokenizer_chunks import encode_chunked, resolve_chunk
 from ..models.upstream import (DYNAMICS_TRAIN_DEFAULTS, checkpoint_file, load_dynamics_checkpoint,
                                load_frozen_tokenizer)
 from ..objectives.shortcut import shortcut_loss
+from . import pictures
 
 
 class WorldModel(nn.Module):
@@ -98,6 +99,8 @@ class DynamicsTask:
         self.dataset = WindowDataset(manifest, train_split, seq_len=self.run["seq_len"],
                                      batch_size=self.run["batch_size"], resolution=self.resolution,
                                      seed=self.run["seed"])
+        self.manifest, self.train_split = manifest, train_split
+        self._fixed: dict | None = None  # the live view's fixed windows (training/pictures.py), read once
         # build once on CPU to know the architecture (and report fallbacks) before the engine asks
         self._dyn, self.dyn_report = build_dynamics(self.run, self.tokenizer.cfg)
         self.dyn_cfg: DynamicsConfig = self._dyn.cfg
@@ -179,6 +182,18 @@ class DynamicsTask:
         act_mask = batch["act_mask"] if self.run["use_actions"] else None
         loss, m = model(z1, actions, act_mask, step)
         return loss, {f"train/{k}": float(v) for k, v in m.items() if k != "loss"}
+
+    def images(self, model: WorldModel, step) -> dict:
+        """Live view (engine image cadence): target vs rollout (2 true context frames, then generated) of a few
+        fixed val windows."""
+        if self._fixed is None:
+            self._fixed = pictures.load_fixed(self.manifest, pictures.image_split(self.train_split),
+                                              max(pictures.ROLLOUT_CONTEXT + 1, min(pictures.IMAGE_FRAMES,
+                                                                                    self.run["seq_len"])),
+                                              self.resolution)
+        fixed = self._fixed if self.run["use_actions"] else {**self._fixed, "actions": None, "act_mask": None}
+        return {"images/rollout": pictures.world_model_rollout(self.tokenizer, model.dynamics, fixed,
+                                                               packing=self.packing, chunk=self.tok_chunk)}
 
     def final_outputs(self, model: WorldModel, out_dir) -> dict:
         extra: dict[str, Any] = {"variant": self.run["name"], "stand_in_for": self.run.get("stand_in_for"),

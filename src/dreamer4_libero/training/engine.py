@@ -2,9 +2,10 @@
 
 The engine owns everything that is not model specific: process group and device, seeding,
 resume (weights, optimizer, scaler, update count, RNG states, data position), DDP, AdamW, AMP,
-gradient clipping, checkpoints, the deadline / SIGTERM stop with exit code 75, metrics, the
-progress bar and the final outputs. A trainer hands it a *task* (see ``Task``) and an
-``EngineConfig`` and calls ``train(task, cfg)``.
+gradient clipping, checkpoints, the deadline / SIGTERM stop with exit code 75, metrics (metrics.jsonl
+and, through the same call, the live view: TensorBoard / W&B and the task's pictures, training/monitor.py),
+the progress bar and ETA line (training/progress.py) and the final outputs. A trainer hands it a
+*task* (see ``Task``) and an ``EngineConfig`` and calls ``train(task, cfg)``.
 
 Conventions (dreamer4_model.md §8, §10, §11; snakemake_slurm.md §3, §4):
 
@@ -69,6 +70,8 @@ from .checkpoints import (
 )
 from .devices import ALLOW_CPU_FALLBACK_ENV, require_gpus
 from .metrics import MetricsLog, export_metrics, plot_metrics
+from .monitor import TB_DIR, WANDB_MODES, build_sinks, export_tensorboard
+from .progress import Progress
 from .slurm_job import slurm_job_end_time
 
 EXIT_OK = 0
@@ -124,6 +127,12 @@ class EngineConfig:
     fused_adamw: str = "auto"  # auto (fused on CUDA) | on | off; CPU always uses the foreach AdamW
     compile: bool = False  # torch.compile the model; checkpoints store the uncompiled state dict
     activation_checkpointing: bool = False  # recompute each transformer layer in backward (less memory)
+    # live view (training/monitor.py; config `monitoring`): rank 0 only, never part of what a run learns
+    tensorboard: bool = True  # event files in <ckpt_dir>/tensorboard/, every metrics.jsonl scalar
+    image_every: int | None = None  # task.images() every n updates (None = save_every, 0 = never)
+    wandb: str = "off"  # off | offline | online (needs the wandb package)
+    wandb_project: str = "dreamer4-libero"
+    wandb_entity: str | None = None
 
     def __post_init__(self) -> None:
         self.ckpt_dir = os.fspath(self.ckpt_dir)
@@ -146,6 +155,10 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.grad_clip is not None and self.grad_clip <= 0:
             self.grad_clip = None
+        if self.wandb not in WANDB_MODES:
+            raise ValueError(f"wandb must be one of {WANDB_MODES}, got {self.wandb!r}")
+        if self.image_every is not None and int(self.image_every) < 0:
+            raise ValueError("image_every must be >= 0 (0 = no images, None = save_every)")
         if self.nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite must be stop|skip, got {self.nonfinite!r}")
         if int(self.nonfinite_max_skips) < 0:
@@ -205,6 +218,9 @@ class Task(Protocol):
       completed updates; ``model`` unwrapped; ``p.grad`` still holds the gradient just applied).
       Returned floats are added to that step's metric record when it is a log step.
     * ``on_checkpoint(step, model)`` — every rank, after a checkpoint of ``step`` was written.
+    * ``images(model, step) -> {tag: image}`` — rank 0 only, every ``image_every`` updates and at the end,
+      when a live-view sink is on: pictures ((H,W,3) uint8 or float in [0,1]) for TensorBoard / W&B. Called
+      with the unwrapped model in eval mode under no_grad and a forked RNG (training is unaffected).
     * ``final_outputs(model, out_dir) -> dict | None`` — rank 0 only, after training finished and
       the process group is gone; the returned dict goes into ``checkpoint.json`` under ``extra``.
     * ``checkpoint_states(model) -> {key: state_dict}`` and ``load_checkpoint_states(model, ck)`` —
@@ -297,7 +313,8 @@ def _task_config(task: Any) -> dict:
 # engine settings that may change between attempts without a warning (the rest is warned about on resume)
 _VOLATILE_ENGINE_KEYS = {"time_limit_min", "deadline_margin_s", "start_time", "progress", "max_steps", "run_name",
                          "ckpt_dir", "out_dir", "keep_last", "save_every", "log_every", "num_threads", "metrics_tail",
-                         "nonfinite", "nonfinite_max_skips"}
+                         "nonfinite", "nonfinite_max_skips", "tensorboard", "image_every", "wandb", "wandb_project",
+                         "wandb_entity"}
 
 
 def _config_diff(old: dict, new: dict) -> list[str]:
@@ -495,8 +512,11 @@ class _Run:
                 self.scaler.load_state_dict(ck["scaler"])
             self._restore_rng(ck)
 
-        # files (rank 0)
-        self.metrics = MetricsLog(self.ckpt_dir, enabled=self.is_main)
+        # files (rank 0); the live-view sinks are fed by the same log call as metrics.jsonl
+        sinks = (build_sinks(self.ckpt_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
+                             wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity, run_name=cfg.run_name,
+                             config=self.resolved) if self.is_main else [])
+        self.metrics = MetricsLog(self.ckpt_dir, enabled=self.is_main, sinks=sinks)
         if self.is_main:
             dropped = self.metrics.truncate_after(step)
             if dropped:
@@ -522,6 +542,10 @@ class _Run:
             if self.deadline is not None:
                 self.log(f"deadline {time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(self.deadline))} "
                          f"({self.deadline_source}), stopping {cfg.deadline_margin_s:g} s before it")
+            if cfg.tensorboard:
+                self.log(f"TensorBoard: tensorboard --logdir {self.ckpt_dir / TB_DIR}")
+            if cfg.wandb != "off":
+                self.log(f"W&B: project {cfg.wandb_project}, mode {cfg.wandb}, files in {self.ckpt_dir / 'wandb'}")
         self.last_ckpt = path
 
     def _restore_rng(self, ck: dict) -> None:
@@ -584,11 +608,15 @@ class _Run:
             options.append((end, f"the Slurm job's end time ({source})"))
         return min(options) if options else (None, "none")
 
-    def _deadline_flag(self) -> bool:
+    def _deadline_save_at(self) -> float | None:
+        """Epoch seconds at which the attempt stops to save: the deadline minus the margin (None: no deadline)."""
         if self.deadline is None:
-            return False
-        margin = max(float(self.cfg.deadline_margin_s), 2.0 * self.max_write_s)
-        return time.time() + (self.step_ema_s or 0.0) > self.deadline - margin
+            return None
+        return self.deadline - max(float(self.cfg.deadline_margin_s), 2.0 * self.max_write_s)
+
+    def _deadline_flag(self) -> bool:
+        save_at = self._deadline_save_at()
+        return save_at is not None and time.time() + (self.step_ema_s or 0.0) > save_at
 
     def stop_reason(self) -> str | None:
         flags = self.all_reduce([float(self._deadline_flag()), float(self.stop_signal is not None)], op=dist.ReduceOp.MAX
@@ -692,6 +720,9 @@ class _Run:
                              mininterval=0.5 if tty else 30.0, smoothing=0.1)
         it = iter(self.task.batches(self.data_next, self.rank, self.world))
         t_log, s_log = time.monotonic(), self.step
+        progress = Progress(self.step, cfg.max_steps)  # this attempt's rate; ETA over all attempts
+        every_img = cfg.save_every if cfg.image_every is None else int(cfg.image_every)
+        want_images = self.is_main and every_img > 0 and hasattr(self.task, "images") and bool(self.metrics.sinks)
         try:
             while self.step < cfg.max_steps:
                 t0 = time.monotonic()
@@ -714,9 +745,12 @@ class _Run:
                            **{k: _float(v) for k, v in (extra or {}).items()},
                            "lr": self.cfg.lr, "steps_per_s": sps,
                            "elapsed_s": time.time() - self.start_time, "time": time.time()}
-                    self.metrics.append(rec)
+                    self.metrics.append(rec)  # metrics.jsonl + TensorBoard / W&B, flushed
                     if self.pbar is None or not sys.stderr.isatty():
-                        self.log(f"step {self.step}/{cfg.max_steps} loss {loss:.5g} {sps:.2f} steps/s")
+                        save_at = self._deadline_save_at()
+                        self.log(progress.line(self.step, loss, None if save_at is None else save_at - time.time()))
+                if want_images and (self.step % every_img == 0 or self.step == cfg.max_steps):
+                    want_images = self._images()
                 if self.pbar is not None:
                     self.pbar.set_postfix(loss=f"{loss:.4g}", sps=f"{1.0 / max(self.step_ema_s, 1e-9):.2f}",
                                           refresh=False)
@@ -746,6 +780,26 @@ class _Run:
                 close()
             del it
         return EXIT_OK
+
+    def _images(self) -> bool:
+        """The task's pictures of this step to the live-view sinks (rank 0): eval mode, no grad, forked RNG.
+        A picture that fails never stops training: warned once, no more pictures this attempt (returns False)."""
+        model = self.raw_model
+        modes = [(m, m.training) for m in model.modules()]
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            model.eval()
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), self.autocast():
+                imgs = self.task.images(model, self.step)
+            self.metrics.images(self.step, imgs or {})
+            return True
+        except Exception as e:
+            self.log(f"WARNING pictures of step {self.step} failed ({type(e).__name__}: {e}); "
+                     f"no more pictures in this attempt, training goes on")
+            return False
+        finally:
+            for m, was in modes:
+                m.training = was
 
     def _end_record(self, status: str, reason: str | None = None) -> None:
         if self.is_main:
@@ -777,6 +831,8 @@ class _Run:
         out.mkdir(parents=True, exist_ok=True)
         records = self.metrics.records()
         export_metrics(records, out / "metrics.jsonl")
+        if cfg.tensorboard:  # the finished run's curves beside its other outputs (results/train/<run>/)
+            export_tensorboard(self.ckpt_dir / TB_DIR, out / TB_DIR)
         plots = plot_metrics(records, out, title=cfg.run_name)
         write_json(out / "config.json", conf)
         extra = None
@@ -962,6 +1018,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--fused-adamw", choices=["auto", "on", "off"])
     g.add_argument("--compile", type=_bool, metavar="BOOL")
     g.add_argument("--activation-checkpointing", type=_bool, metavar="BOOL")
+    g.add_argument("--tensorboard", type=_bool, metavar="BOOL", help="TensorBoard event files in <ckpt-dir>/tensorboard")
+    g.add_argument("--image-every", type=int, help="task pictures every n updates (0 = never; default: save_every)")
+    g.add_argument("--wandb", choices=list(WANDB_MODES), help="Weights & Biases: off (default) | offline | online")
+    g.add_argument("--wandb-project")
+    g.add_argument("--wandb-entity")
     g.add_argument("--expect-gpus", type=int, default=0,
                    help="GPUs the job's resources give it (per node); more than torch sees stops the job at once "
                         "(training/devices.py) unless --allow-cpu-fallback")
@@ -995,7 +1056,8 @@ _ARG_FIELDS = ["run_name", "ckpt_dir", "out_dir", "max_steps", "lr", "weight_dec
                "save_every", "keep_last", "log_every", "seed", "amp", "deterministic", "num_threads",
                "nonfinite", "nonfinite_max_skips",
                "time_limit_min", "deadline_margin_s", "progress", "find_unused_parameters", "attention", "fused_adamw",
-               "compile", "activation_checkpointing"]
+               "compile", "activation_checkpointing", "tensorboard", "image_every", "wandb", "wandb_project",
+               "wandb_entity"]
 
 
 def engine_config_from_args(args: argparse.Namespace, **base: Any) -> EngineConfig:

@@ -7,6 +7,10 @@ after its last checkpoint) and unparsable lines (a line cut by a kill) are dropp
 never holds a step twice. At the end the engine copies it to the declared output dir and draws one
 loss-curve PNG per metric group (the part of the key before the first ``/``), log-y when every
 value of the group is positive. All writes of final files are atomic.
+
+Live view (training/monitor.py): the log's ``sinks`` (TensorBoard, W&B; rank 0 only) receive every record
+``append`` writes, in the same call, and are rewound with the file on resume (``truncate_after``), so
+their curves hold the same steps as ``metrics.jsonl``; ``images`` sends pictures to the sinks only.
 """
 
 from __future__ import annotations
@@ -68,29 +72,34 @@ def _dump_lines(records: Iterable[dict]) -> str:
 
 
 class MetricsLog:
-    """Append-only JSONL log; ``enabled=False`` (ranks > 0) makes every method a no-op."""
+    """Append-only JSONL log (+ its live-view sinks); ``enabled=False`` (ranks > 0) makes every method a no-op."""
 
-    def __init__(self, ckpt_dir: str | os.PathLike, enabled: bool = True, name: str = METRICS_NAME):
+    def __init__(self, ckpt_dir: str | os.PathLike, enabled: bool = True, name: str = METRICS_NAME,
+                 sinks: Iterable = ()):
         self.path = Path(ckpt_dir) / name
         self.enabled = enabled
+        self.sinks = list(sinks) if enabled else []
         self._fh = None
         self._tail: list[dict] = []
 
     def truncate_after(self, step: int) -> int:
-        """Keep only well-formed lines with step <= ``step`` (atomic rewrite); returns lines dropped."""
+        """Keep only well-formed lines with step <= ``step`` (atomic rewrite) and rewind the sinks to the kept
+        records; returns lines dropped."""
         if not self.enabled:
             return 0
-        self.close()
-        if not self.path.exists():
-            return 0
-        with open(self.path) as fh:
-            n_lines = sum(1 for line in fh if line.strip())
-        keep = [r for r in read_metrics(self.path) if r["step"] <= step]
-        dropped = n_lines - len(keep)
-        if dropped:
-            with atomic_path(self.path) as tmp:
-                tmp.write_text(_dump_lines(keep))
+        self._close_file()
+        keep, dropped = [], 0
+        if self.path.exists():
+            with open(self.path) as fh:
+                n_lines = sum(1 for line in fh if line.strip())
+            keep = [r for r in read_metrics(self.path) if r["step"] <= step]
+            dropped = n_lines - len(keep)
+            if dropped:
+                with atomic_path(self.path) as tmp:
+                    tmp.write_text(_dump_lines(keep))
         self._tail = keep[-100:]
+        for sink in self.sinks:
+            sink.rewind(step, keep)
         return dropped
 
     def append(self, record: dict) -> dict:
@@ -107,13 +116,23 @@ class MetricsLog:
         self._fh.flush()
         self._tail.append(rec)
         del self._tail[:-100]
+        for sink in self.sinks:  # the same record, flushed now (the log cadence)
+            sink.scalars(rec)
         return rec
 
+    def images(self, step: int, images: dict) -> None:
+        """Pictures of update ``step`` ({tag: (H,W,3) uint8 or float in [0,1]}) to the sinks (not the file)."""
+        if images:
+            for sink in self.sinks:
+                sink.images(int(step), images)
+
     def sync(self) -> None:
-        """fsync the file (called at every checkpoint so the log is as durable as the weights)."""
+        """fsync the file (called at every checkpoint so the log is as durable as the weights); flush the sinks."""
         if self._fh is not None:
             self._fh.flush()
             os.fsync(self._fh.fileno())
+        for sink in self.sinks:
+            sink.flush()
 
     def tail(self, n: int = 20) -> list[dict]:
         return list(self._tail[-n:]) if n > 0 else []
@@ -123,10 +142,16 @@ class MetricsLog:
             self._fh.flush()
         return read_metrics(self.path)
 
-    def close(self) -> None:
+    def _close_file(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+    def close(self) -> None:
+        """Close the file and the sinks (idempotent)."""
+        self._close_file()
+        for sink in self.sinks:
+            sink.close()
 
 
 def export_metrics(records: list[dict], dest: str | os.PathLike) -> Path:

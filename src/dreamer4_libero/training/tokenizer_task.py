@@ -19,6 +19,7 @@ from ..models.tokenizer import Tokenizer, TokenizerConfig
 from ..fileio import sha256_file
 from ..models.upstream import checkpoint_file, load_tokenizer_checkpoint, upstream_tokenizer_args
 from ..objectives.mae import tokenizer_loss
+from . import pictures
 
 
 def tokenizer_model_config(tok_cfg: dict, resolution: int) -> TokenizerConfig:
@@ -62,6 +63,8 @@ class TokenizerTask:
             self.init_sha = sha256_file(self.init_path)
         self.dataset = WindowDataset(manifest, train_split, seq_len=tok_cfg["seq_len"],
                                      batch_size=tok_cfg["batch_size"], resolution=resolution, seed=tok_cfg["seed"])
+        self.manifest, self.train_split = manifest, train_split
+        self._fixed: dict | None = None  # the live view's fixed windows (training/pictures.py), read once
 
     def identity_inputs(self) -> dict:
         """What besides the config decides what this run learns (training/identity.py)."""
@@ -116,6 +119,13 @@ class TokenizerTask:
         loader = make_loader(self.dataset, start_step, end, self.tok_cfg["num_workers"])
         for batch in loader:
             yield {"frames": batch["frames"]}  # (B,L,3,r,r) in [0,1]
+
+    def images(self, model, step) -> dict:
+        """Live view (engine image cadence): target vs reconstruction of a few fixed val windows."""
+        if self._fixed is None:
+            self._fixed = pictures.load_fixed(self.manifest, pictures.image_split(self.train_split),
+                                              min(pictures.IMAGE_FRAMES, self.tok_cfg["seq_len"]), self.resolution)
+        return {"images/recon": pictures.tokenizer_recon(model, self._fixed["frames"])}
 
     def loss(self, model, batch, step):
         frames = batch["frames"]
