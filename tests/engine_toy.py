@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from dreamer4_libero.training.engine import add_engine_args, engine_config_from_args, require_job_gpus, train
+from dreamer4_libero.training.engine import train
+from dreamer4_libero.training.engine_config import add_engine_args, engine_config_from_args, require_job_gpus
 
 D_IN, D_HID, D_OUT, BATCH = 8, 32, 4, 16
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from dreamer4_libero.training.checkpoints import FAULT_MARKER, FAULT_MATCH_ENV, FAULT_PAUSE_ENV, list_checkpoints
-from dreamer4_libero.training.engine import read_attempts
+from dreamer4_libero.training.resume import read_attempts
 from dreamer4_libero.training.metrics import read_metrics
 
 TIMEOUT = 180

@@ -186,7 +186,8 @@ def test_trainers_share_a_dir_through_the_lock_file(trainer_cli, tmp_path, no_fl
     from engine_toy import ToyTask
 
     from dreamer4_libero.training.checkpoints import list_checkpoints
-    from dreamer4_libero.training.engine import EXIT_OK, EngineConfig, train
+    from dreamer4_libero.training.engine import EXIT_OK, train
+    from dreamer4_libero.training.engine_config import EngineConfig
 
     d, log = tmp_path / "ck", tmp_path / "toy.log"
     p = trainer_cli.start([sys.executable, str(REPO / "tests" / "engine_toy.py"), "--ckpt-dir", str(d),

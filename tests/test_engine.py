@@ -38,16 +38,9 @@ from dreamer4_libero.training.checkpoints import (
     save_checkpoint,
     step_path,
 )
-from dreamer4_libero.training.engine import (
-    EXIT_OK,
-    EXIT_RESUME,
-    EngineConfig,
-    NonFiniteLossWarning,
-    add_engine_args,
-    engine_config_from_args,
-    read_attempts,
-    train,
-)
+from dreamer4_libero.training.engine import EXIT_OK, EXIT_RESUME, NonFiniteLossWarning, train
+from dreamer4_libero.training.engine_config import EngineConfig, add_engine_args, engine_config_from_args
+from dreamer4_libero.training.resume import read_attempts
 from dreamer4_libero.training.metrics import MetricsLog, read_metrics
 
 TOY = Path(engine_toy.__file__).resolve()
@@ -223,9 +216,9 @@ def test_slurm_end_time_sources(monkeypatch, capsys):
     assert parse_squeue_time("N/A") is None and parse_squeue_time("Unknown") is None
     # the configured limit is the fallback: a later Slurm end time does not extend it
     monkeypatch.setenv("SLURM_JOB_END_TIME", str(time.time() + 3600))
-    from dreamer4_libero.training.engine import _Run
+    from dreamer4_libero.training.engine import Trainer
 
-    run = _Run(ToyTask(), cfg("unused", time_limit_min=1.0, start_time=1000.0), 0, 1, 0, torch.device("cpu"))
+    run = Trainer(ToyTask(), cfg("unused", time_limit_min=1.0, start_time=1000.0), 0, 1, 0, torch.device("cpu"))
     assert run.deadline == 1060.0 and run.deadline_source.startswith("time_limit_min 1")
 
 

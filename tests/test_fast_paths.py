@@ -16,7 +16,8 @@ from dreamer4_libero.models.blocks import SPACE_MASKS, explicit_attention, set_a
 from dreamer4_libero.models.dynamics import Dynamics, DynamicsConfig
 from dreamer4_libero.models.tokenizer import Tokenizer, TokenizerConfig
 from dreamer4_libero.training.checkpoints import load_checkpoint, latest_checkpoint
-from dreamer4_libero.training.engine import EngineConfig, train
+from dreamer4_libero.training.engine import train
+from dreamer4_libero.training.engine_config import EngineConfig
 
 from engine_toy import ToyTask, make_model
 

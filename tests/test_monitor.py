@@ -22,8 +22,8 @@ from conftest import venv_env  # noqa: E402
 from engine_toy import ToyTask  # noqa: E402
 from dreamer4_libero.config import demo_config, dynamics_variants, load_schema  # noqa: E402
 from dreamer4_libero.training.checkpoints import list_checkpoints  # noqa: E402
-from dreamer4_libero.training.engine import (EXIT_OK, EXIT_RESUME, EngineConfig, add_engine_args,  # noqa: E402
-                                              engine_config_from_args, train)
+from dreamer4_libero.training.engine import EXIT_OK, EXIT_RESUME, train  # noqa: E402
+from dreamer4_libero.training.engine_config import EngineConfig, add_engine_args, engine_config_from_args  # noqa: E402
 from dreamer4_libero.training.metrics import read_metrics  # noqa: E402
 from dreamer4_libero.training.monitor import TB_DIR, TensorBoardSink, read_tensorboard  # noqa: E402
 from dreamer4_libero.training.progress import Progress, fmt_duration, progress_line  # noqa: E402

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # engine_toy, whatever
 import engine_toy  # noqa: E402
 from dreamer4_libero.training import launch  # noqa: E402
 from dreamer4_libero.training.checkpoints import load_checkpoint, step_path  # noqa: E402
-from dreamer4_libero.training.engine import read_attempts  # noqa: E402
+from dreamer4_libero.training.resume import read_attempts  # noqa: E402
 from dreamer4_libero.training.metrics import read_metrics  # noqa: E402
 
 TOY = Path(engine_toy.__file__).resolve()

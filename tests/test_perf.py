@@ -16,7 +16,7 @@ import torch
 from dreamer4_libero.config import demo_config, dynamics_variants, load_config
 from dreamer4_libero.models.blocks import set_activation_checkpointing, set_attention_backend
 from dreamer4_libero.training import perf
-from dreamer4_libero.training.engine import EngineConfig, add_engine_args, engine_config_from_args
+from dreamer4_libero.training.engine_config import EngineConfig, add_engine_args, engine_config_from_args
 
 
 @pytest.fixture(scope="module")

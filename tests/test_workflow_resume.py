@@ -30,7 +30,7 @@ import pytest
 
 from conftest import planned_jobs, snakemake_cmd, venv_env
 from dreamer4_libero.training.checkpoints import CheckpointLock
-from dreamer4_libero.training.engine import read_attempts
+from dreamer4_libero.training.resume import read_attempts
 
 CONFIGS = ("config/demo.yaml", "config/ci_slurm.yaml")
 TARGET = "results/train/tokenizer_ci/checkpoint.json"

@@ -12,8 +12,9 @@ import json
 from dreamer4_libero.cli import run_main
 from dreamer4_libero.fileio import read_json
 from dreamer4_libero.training.dynamics_task import DynamicsTask
-from dreamer4_libero.training.engine import (add_engine_args, engine_config_from_args, job_loader_workers,
-                                              require_job_gpus, train)
+from dreamer4_libero.training.engine import train
+from dreamer4_libero.training.engine_config import (add_engine_args, engine_config_from_args, job_loader_workers,
+                                                     require_job_gpus)
 from dreamer4_libero.training.identity import resolve_run_dir
 
 

@@ -25,54 +25,44 @@ Conventions (dreamer4_model.md §8, §10, §11; snakemake_slurm.md §3, §4):
   up, so the run still ends at ``max_steps``), warns each time and counts it (``skipped_nonfinite`` in
   metrics, checkpoints, attempts.jsonl and checkpoint.json); more than ``nonfinite_max_skips`` skipped
   updates stop the run like ``stop``.
+
+The engine in files: this module (the task protocol, the ``Trainer`` that runs the loop, ``train``),
+training/engine_config.py (``EngineConfig`` and the flags made from it), training/resume.py (which
+checkpoint, where to continue, attempt records) and training/runtime.py (ranks, device, process group,
+torch's global settings, the stop signals).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import inspect
-import json
 import math
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from ..fileio import sha256_file, write_json
-from ..job_sizing import loader_workers
-from ..models.blocks import ATTENTION_BACKENDS, set_activation_checkpointing, set_attention_backend
+from ..models.blocks import set_activation_checkpointing, set_attention_backend
 from ..provenance import code_version
-from .checkpoints import (
-    CheckpointLock,
-    CheckpointLockError,
-    build_checkpoint,
-    load_checkpoint,
-    load_latest_valid,
-    remove_stale_temp_files,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-    step_path,
-    to_json_plain,
-)
-from .devices import ALLOW_CPU_FALLBACK_ENV, require_gpus
+from .checkpoints import (CheckpointLock, CheckpointLockError, build_checkpoint, rng_state, save_checkpoint,
+                          seed_everything, step_path, to_json_plain)
+from .engine_config import EngineConfig
 from .metrics import MetricsLog, export_metrics, plot_metrics
-from .monitor import TB_DIR, WANDB_MODES, build_sinks, export_tensorboard
+from .monitor import TB_DIR, build_sinks, export_tensorboard
 from .progress import Progress
+from .resume import append_jsonl, choose_checkpoint, config_diff, read_attempts, restore_rng, resume_position
+from .runtime import StopSignals, dist_env, process_start_time, torch_globals
 from .slurm_job import slurm_job_end_time
+from .task import EngineContext
 
 EXIT_OK = 0
 EXIT_RESUME = 75  # EX_TEMPFAIL: stopped early with a checkpoint saved; run again to resume
@@ -81,179 +71,9 @@ EXIT_RESUME = 75  # EX_TEMPFAIL: stopped early with a checkpoint saved; run agai
 class NonFiniteLossWarning(RuntimeWarning):
     """nonfinite=skip skipped an update whose loss was NaN or inf."""
 
-_T_IMPORT = time.time()
-
-
-# ----------------------------------------------------------------------------------------------
-# configuration
-
-
-@dataclass
-class EngineConfig:
-    """Everything the engine needs; the trainer builds it from the pipeline config + CLI."""
-
-    run_name: str = "run"
-    ckpt_dir: str = "checkpoints/run"
-    out_dir: str | None = None  # declared-output dir: metrics.jsonl, curve_*.png, config.json, checkpoint.json
-    max_steps: int = 1000
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    grad_clip: float | None = None  # max global grad norm (after unscale, on the unwrapped module); None = off
-    nonfinite: str = "stop"  # NaN/inf loss: stop (raise; the newest checkpoint is the last good one) | skip the update
-    nonfinite_max_skips: int = 100  # under skip: more skipped updates than this (over all attempts) stop the run
-    grad_accum: int = 1
-    save_every: int = 1000
-    keep_last: int = 3  # step files kept (<= 0: all)
-    log_every: int = 100
-    seed: int = 0
-    amp: str = "auto"  # auto | bf16 | fp16 | off; CPU always runs fp32
-    deterministic: bool = False
-    num_threads: int | None = None  # torch CPU threads (deterministic mode default: 1)
-    time_limit_min: float | None = None  # the Slurm job's end time, where earlier, wins (slurm_job.py)
-    deadline_margin_s: float = 180.0
-    start_time: float | None = None  # epoch seconds the time limit counts from (default: process start)
-    model_key: str = "model"  # "model" (tokenizer) or "dynamics"
-    extra_args: dict = field(default_factory=dict)  # stored as `args` in checkpoints (upstream vars(args))
-    progress: bool = True
-    find_unused_parameters: bool = False
-    static_graph: bool = False
-    metrics_tail: int = 20  # last metric records stored in each checkpoint
-    tf32: bool = True  # CUDA TF32 matmuls (ignored in deterministic mode)
-    lr_mult: dict = field(default_factory=dict)  # parameter-name prefix -> lr multiplier (longest prefix wins)
-    lr_schedule: str = "constant"  # constant (upstream) | cosine (from lr at update 1 to 0 at max_steps)
-    attention: str = "sdpa"  # sdpa (fused kernels) | explicit (the written-out reference; models/blocks.py)
-    fused_adamw: str = "auto"  # auto (fused on CUDA) | on | off; CPU always uses the foreach AdamW
-    compile: bool = False  # torch.compile the model; checkpoints store the uncompiled state dict
-    activation_checkpointing: bool = False  # recompute each transformer layer in backward (less memory)
-    # live view (training/monitor.py; config `monitoring`): rank 0 only, never part of what a run learns
-    tensorboard: bool = True  # event files in <ckpt_dir>/tensorboard/, every metrics.jsonl scalar
-    image_every: int | None = None  # task.images() every n updates (None = save_every, 0 = never)
-    wandb: str = "off"  # off | offline | online (needs the wandb package)
-    wandb_project: str = "dreamer4-libero"
-    wandb_entity: str | None = None
-
-    def __post_init__(self) -> None:
-        self.ckpt_dir = os.fspath(self.ckpt_dir)
-        if self.out_dir is not None:
-            self.out_dir = os.fspath(self.out_dir)
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be constant|cosine, got {self.lr_schedule!r}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"amp must be auto|bf16|fp16|off, got {self.amp!r}")
-        if self.attention not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
-        if self.fused_adamw not in ("auto", "on", "off"):
-            raise ValueError(f"fused_adamw must be auto|on|off, got {self.fused_adamw!r}")
-        for name in ("max_steps",):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        for name in ("grad_accum", "save_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            self.grad_clip = None
-        if self.wandb not in WANDB_MODES:
-            raise ValueError(f"wandb must be one of {WANDB_MODES}, got {self.wandb!r}")
-        if self.image_every is not None and int(self.image_every) < 0:
-            raise ValueError("image_every must be >= 0 (0 = no images, None = save_every)")
-        if self.nonfinite not in ("stop", "skip"):
-            raise ValueError(f"nonfinite must be stop|skip, got {self.nonfinite!r}")
-        if int(self.nonfinite_max_skips) < 0:
-            raise ValueError("nonfinite_max_skips must be >= 0")
-        if self.time_limit_min is not None and self.time_limit_min <= 0:
-            self.time_limit_min = None
-        if not self.model_key or not isinstance(self.model_key, str):
-            raise ValueError("model_key must be a non-empty string")
-
-
-# ----------------------------------------------------------------------------------------------
-# task protocol
-
-
-@dataclass
-class EngineContext:
-    """What a task may want to know; passed to the optional ``task.setup(ctx)``."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    amp_dtype: torch.dtype | None  # None = fp32
-    cfg: EngineConfig
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def autocast(self):
-        """The engine's autocast context (for no-grad eval forwards outside ``loss``)."""
-        if self.device.type == "cuda" and self.amp_dtype is not None:
-            return torch.autocast("cuda", dtype=self.amp_dtype)
-        return contextlib.nullcontext()
-
-
-@runtime_checkable
-class Task(Protocol):
-    """What a trainer hands to ``train``. Required methods:
-
-    * ``build_model() -> nn.Module`` — a fresh model (on CPU is fine; the engine moves it to the device).
-      Called after seeding with ``seed + rank``; DDP then broadcasts rank 0's initial weights.
-    * ``batches(start_step, rank, world_size) -> Iterator[batch]`` — the batches of data indices
-      ``start_step, start_step + 1, …`` for this rank, a pure function of (index, rank, seed).
-      The engine moves tensors inside dicts/lists/tuples to the device (or calls the optional
-      ``task.to_device(batch, device)``).
-    * ``loss(model, batch, step) -> (loss, metrics)`` — ``model`` is the DDP wrapper under DDP (call
-      it, not ``model.module``, so gradients sync); runs under the engine's autocast; ``loss`` a
-      scalar tensor (the engine casts it to fp32); ``metrics`` a dict of floats (or 0-d tensors).
-
-    Optional methods (looked up with ``getattr``):
-
-    * ``setup(ctx: EngineContext)`` — called first, before ``build_model``.
-    * ``config() -> dict`` (or a ``config`` dict attribute) — the task's resolved config; stored
-      in checkpoints (``config["task"]``) and ``config.json``.
-    * ``after_update(step, model) -> dict | None`` — every rank, after each update (``step`` =
-      completed updates; ``model`` unwrapped; ``p.grad`` still holds the gradient just applied).
-      Returned floats are added to that step's metric record when it is a log step.
-    * ``on_checkpoint(step, model)`` — every rank, after a checkpoint of ``step`` was written.
-    * ``images(model, step) -> {tag: image}`` — rank 0 only, every ``image_every`` updates and at the end,
-      when a live-view sink is on: pictures ((H,W,3) uint8 or float in [0,1]) for TensorBoard / W&B. Called
-      with the unwrapped model in eval mode under no_grad and a forked RNG (training is unaffected).
-    * ``final_outputs(model, out_dir) -> dict | None`` — rank 0 only, after training finished and
-      the process group is gone; the returned dict goes into ``checkpoint.json`` under ``extra``.
-    * ``checkpoint_states(model) -> {key: state_dict}`` and ``load_checkpoint_states(model, ck)`` —
-      when the trained module holds more than the checkpoint's main model (e.g. the dynamics and a
-      separate aux head): the dict must contain ``cfg.model_key``; other keys become top-level
-      checkpoint entries.
-    """
-
-    def build_model(self) -> nn.Module: ...
-
-    def batches(self, start_step: int, rank: int, world_size: int) -> Iterator[Any]: ...
-
-    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict]: ...
-
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-def process_start_time() -> float:
-    """Wall-clock start of this process (Linux /proc), else the import time of this module."""
-    try:
-        with open("/proc/self/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])  # field 22 (starttime); fields after ')' start at field 3
-        with open("/proc/stat") as fh:
-            btime = next(int(line.split()[1]) for line in fh if line.startswith("btime"))
-        t = btime + ticks / os.sysconf("SC_CLK_TCK")
-        if _T_IMPORT - 7 * 86400 < t <= _T_IMPORT + 2:
-            return min(t, _T_IMPORT)
-    except Exception:
-        pass
-    return _T_IMPORT
 
 
 def lr_factor(schedule: str, step: int, max_steps: int) -> float:
@@ -310,50 +130,14 @@ def _task_config(task: Any) -> dict:
     return dict(c or {})
 
 
-# engine settings that may change between attempts without a warning (the rest is warned about on resume)
-_VOLATILE_ENGINE_KEYS = {"time_limit_min", "deadline_margin_s", "start_time", "progress", "max_steps", "run_name",
-                         "ckpt_dir", "out_dir", "keep_last", "save_every", "log_every", "num_threads", "metrics_tail",
-                         "nonfinite", "nonfinite_max_skips", "tensorboard", "image_every", "wandb", "wandb_project",
-                         "wandb_entity"}
-
-
-def _config_diff(old: dict, new: dict) -> list[str]:
-    diffs = []
-    for sec in ("engine", "task"):
-        a, b = old.get(sec, {}) or {}, new.get(sec, {}) or {}
-        for k in sorted(set(a) | set(b)):
-            if sec == "engine" and k in _VOLATILE_ENGINE_KEYS:
-                continue
-            if a.get(k) != b.get(k):
-                diffs.append(f"{sec}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
-    return diffs
-
-
-def read_attempts(ckpt_dir: str | os.PathLike) -> list[dict]:
-    p = Path(ckpt_dir) / "attempts.jsonl"
-    out = []
-    if p.exists():
-        for line in p.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return out
-
-
-def _append_jsonl(path: Path, rec: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(to_json_plain(rec), sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 # ----------------------------------------------------------------------------------------------
 # the run
 
 
-class _Run:
+class Trainer:
+    """One run of one process (rank): ``setup`` (model, resume, DDP, optimizer, metrics), ``loop`` (the
+    updates, logging, checkpoints, stop checks), ``finish`` (rank 0's final outputs)."""
+
     def __init__(self, task: Any, cfg: EngineConfig, rank: int, world: int, local_rank: int, device: torch.device):
         self.task, self.cfg = task, cfg
         self.rank, self.world, self.local_rank, self.device = rank, world, local_rank, device
@@ -375,6 +159,10 @@ class _Run:
         self._skip_now = False
 
     # -- small utilities ------------------------------------------------------------------------
+    def on_stop_signal(self, name: str) -> None:
+        """SIGTERM or SIGINT arrived (runtime.StopSignals): save and exit 75 at the next step."""
+        self.stop_signal = name
+
     def log(self, msg: str) -> None:
         if not self.is_main:
             return
@@ -435,17 +223,7 @@ class _Run:
         }
 
         # which checkpoint: rank 0 decides, everyone loads that file
-        path, ck = (None, None)
-        if self.is_main:
-            for tmp in remove_stale_temp_files(self.ckpt_dir):  # we hold the lock: no writer is active
-                self.log(f"removed {tmp.name}: the temp file of a checkpoint write that was interrupted")
-            path, ck = load_latest_valid(self.ckpt_dir, cfg.model_key, log=self.log)
-        if self.world > 1:
-            box = [str(path) if path else None]
-            dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
-            if not self.is_main and box[0] is not None:
-                path = Path(box[0])
-                ck = load_checkpoint(path)
+        path, ck = choose_checkpoint(self.ckpt_dir, cfg.model_key, self.rank, self.world, self.device, self.log)
         self.resumed_from = path
 
         model = task.build_model()
@@ -457,23 +235,13 @@ class _Run:
 
         step, data_next = 0, 0
         if ck is not None:
-            upstream = "format" not in ck
             if hasattr(task, "load_checkpoint_states"):
                 task.load_checkpoint_states(self.raw_model, ck)
             else:
                 self.raw_model.load_state_dict(ck[cfg.model_key], strict=True)
-            step = int(ck["step"]) + (1 if upstream else 0)  # upstream saves the index of the last update
-            if step > cfg.max_steps:
-                raise ValueError(f"checkpoint {path} has step {step} > max_steps {cfg.max_steps}; "
-                                 f"use a fresh --ckpt-dir or raise max_steps")
-            data = ck.get("data") or {}
-            if data.get("grad_accum", cfg.grad_accum) == cfg.grad_accum and "next_step" in data:
-                data_next = int(data["next_step"])
-            else:
-                data_next = step * cfg.grad_accum
-            self.skipped = [int(u) for u in (ck.get("nonfinite") or {}).get("skipped_updates", [])]
+            step, data_next, self.skipped = resume_position(ck, path, cfg.max_steps, cfg.grad_accum)
             old_cfg = ck.get("config") or {}
-            diffs = _config_diff(old_cfg, self.resolved) if old_cfg else []
+            diffs = config_diff(old_cfg, self.resolved) if old_cfg else []
             if diffs:
                 msg = "config differs from the checkpoint's: " + "; ".join(diffs[:12])
                 warnings.warn(msg)
@@ -510,7 +278,7 @@ class _Run:
                              weight_decay=cfg.weight_decay)
             if self.use_scaler and ck.get("scaler"):
                 self.scaler.load_state_dict(ck["scaler"])
-            self._restore_rng(ck)
+            restore_rng(ck, self.rank, self.world, self.device, cfg.seed, self.step, self.log)
 
         # files (rank 0); the live-view sinks are fed by the same log call as metrics.jsonl
         sinks = (build_sinks(self.ckpt_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
@@ -530,7 +298,7 @@ class _Run:
                             "host": socket.gethostname(), "world_size": self.world, "nodes": self.nodes,
                             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "max_steps": cfg.max_steps,
                             "code": code_version()}
-            _append_jsonl(self.ckpt_dir / "attempts.jsonl", self.attempt)
+            append_jsonl(self.ckpt_dir / "attempts.jsonl", self.attempt)
         if path is not None:
             self.log(f"RESUMED from {path} at step {step}")
         else:
@@ -547,20 +315,6 @@ class _Run:
             if cfg.wandb != "off":
                 self.log(f"W&B: project {cfg.wandb_project}, mode {cfg.wandb}, files in {self.ckpt_dir / 'wandb'}")
         self.last_ckpt = path
-
-    def _restore_rng(self, ck: dict) -> None:
-        same_world = int(ck.get("world_size", 1)) == self.world
-        state = None
-        if same_world and self.world > 1 and ck.get("rng_by_rank"):
-            state = ck["rng_by_rank"][self.rank]
-        elif same_world and self.world == 1 and ck.get("rng"):
-            state = ck["rng"]
-        if state is not None:
-            set_rng_state(state, self.device)
-        else:
-            self.log(f"WARNING: checkpoint has no RNG state for world_size {self.world}; reseeding "
-                     f"(the continuation is not bitwise that of an uninterrupted run)")
-            seed_everything((self.cfg.seed * 1_000_003 + self.rank * 7919 + self.step) % 2**31, self.device)
 
     # -- checkpoint ------------------------------------------------------------------------------
     def save(self) -> Path | None:
@@ -803,7 +557,7 @@ class _Run:
 
     def _end_record(self, status: str, reason: str | None = None) -> None:
         if self.is_main:
-            _append_jsonl(self.ckpt_dir / "attempts.jsonl",
+            append_jsonl(self.ckpt_dir / "attempts.jsonl",
                           {"event": "end", "status": status, "reason": reason, "step": self.step,
                            "skipped_nonfinite": len(self.skipped),
                            "job_id": os.environ.get("SLURM_JOB_ID"), "pid": os.getpid(),
@@ -863,213 +617,62 @@ def train(task: Any, cfg: EngineConfig) -> int:
     Raises ``CheckpointLockError`` if another live trainer holds the checkpoint dir,
     ``FloatingPointError`` on a non-finite loss.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0")) if world > 1 else 0
-    local_rank = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0
-    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1")) if world > 1 else 1  # torchrun agents = nodes
-    use_cuda = torch.cuda.is_available()
-    if use_cuda and local_rank >= torch.cuda.device_count():
-        raise RuntimeError(f"LOCAL_RANK {local_rank} but this node sees {torch.cuda.device_count()} GPU(s) "
-                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): torchrun's "
-                           f"--nproc_per_node must not exceed the GPUs per node (config `gpus`)")
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda and cfg.deterministic:
+    env = dist_env()
+    rank, world, local_rank, device = env.rank, env.world, env.local_rank, env.device
+    if env.use_cuda and cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first cuBLAS handle
-    if use_cuda:
+    if env.use_cuda:
         torch.cuda.set_device(device)
-
     created_pg = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if env.use_cuda else "gloo")
         created_pg = True
     if world > 1:
         rank, world = dist.get_rank(), dist.get_world_size()
 
-    # global torch settings, restored on exit (matters when train() runs in-process, e.g. tests)
-    saved = {"det": torch.are_deterministic_algorithms_enabled(),
-             "det_warn": torch.is_deterministic_algorithms_warn_only_enabled(), "threads": torch.get_num_threads()}
-    if use_cuda:
-        saved.update(tf32=torch.backends.cuda.matmul.allow_tf32, cudnn_tf32=torch.backends.cudnn.allow_tf32,
-                     cudnn_det=torch.backends.cudnn.deterministic, cudnn_bench=torch.backends.cudnn.benchmark)
-    if cfg.deterministic:
-        if use_cuda:
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-            # some CUDA kernels have no deterministic version: warn instead of failing a long GPU run
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        else:
-            torch.use_deterministic_algorithms(True)
-            torch.set_num_threads(cfg.num_threads or 1)
-    else:
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        if use_cuda and cfg.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    with torch_globals(cfg.deterministic, cfg.num_threads, cfg.tf32, env.use_cuda):
+        run = Trainer(task, cfg, rank, world, local_rank, device)
+        run.nodes = env.nodes
+        lock = CheckpointLock(cfg.ckpt_dir)
+        signals = None
+        ok = False
+        try:
+            err: CheckpointLockError | None = None
+            if rank == 0:
+                try:
+                    lock.acquire()
+                except CheckpointLockError as e:
+                    err = e
+            if world > 1:
+                (failed,) = run.all_reduce([1.0 if err else 0.0], op=dist.ReduceOp.MAX)
+                if failed and err is None:
+                    err = CheckpointLockError(f"rank 0 could not lock checkpoint dir {cfg.ckpt_dir} "
+                                              "(see rank 0's error)")
+            if err is not None:
+                raise err
+            signals = StopSignals(run.on_stop_signal)  # SIGTERM / Ctrl-C: save at the next step, exit 75
 
-    run = _Run(task, cfg, rank, world, local_rank, device)
-    run.nodes = nodes
-    lock = CheckpointLock(cfg.ckpt_dir)
-    prev_handler = prev_int = None
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    ok = False
-    try:
-        err: CheckpointLockError | None = None
-        if rank == 0:
-            try:
-                lock.acquire()
-            except CheckpointLockError as e:
-                err = e
-        if world > 1:
-            (failed,) = run.all_reduce([1.0 if err else 0.0], op=dist.ReduceOp.MAX)
-            if failed and err is None:
-                err = CheckpointLockError(f"rank 0 could not lock checkpoint dir {cfg.ckpt_dir} (see rank 0's error)")
-        if err is not None:
-            raise err
-
-        if in_main_thread:
-            def _on_sigterm(signum, frame):
-                run.stop_signal = signal.Signals(signum).name
-                if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
-                    signal.signal(signal.SIGINT, prev_int)
-
-            prev_int = signal.getsignal(signal.SIGINT)
-            prev_handler = signal.signal(signal.SIGTERM, _on_sigterm)
-            signal.signal(signal.SIGINT, _on_sigterm)  # Ctrl-C (torchrun forwards it to the ranks): save, exit 75
-
-        run.setup()
-        code = run.loop()
-        run.barrier()  # rank 0 has written the last checkpoint
-        if created_pg:
-            dist.destroy_process_group()
-            created_pg = False
-        if code == EXIT_OK:
-            run.finish()
-        ok = True
-        return code
-    except BaseException as e:
-        if rank == 0 and lock.held and not isinstance(e, CheckpointLockError):
-            try:
-                run._end_record("error", f"{type(e).__name__}: {e}")
-            except Exception:
-                pass
-        raise
-    finally:
-        run.metrics.close() if hasattr(run, "metrics") else None
-        if prev_handler is not None and in_main_thread:
-            signal.signal(signal.SIGTERM, prev_handler)
-            signal.signal(signal.SIGINT, prev_int)
-        lock.release()
-        if ok and created_pg:
-            dist.destroy_process_group()
-        torch.use_deterministic_algorithms(saved["det"], warn_only=saved["det_warn"])
-        torch.set_num_threads(saved["threads"])
-        if use_cuda:
-            torch.backends.cuda.matmul.allow_tf32 = saved["tf32"]
-            torch.backends.cudnn.allow_tf32 = saved["cudnn_tf32"]
-            torch.backends.cudnn.deterministic = saved["cudnn_det"]
-            torch.backends.cudnn.benchmark = saved["cudnn_bench"]
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def _bool(s: str) -> bool:
-    v = str(s).strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
-
-
-def _opt_float(s: str) -> float:
-    """A number, or 'none'/'off' -> 0.0, which EngineConfig turns into None (off)."""
-    return 0.0 if str(s).strip().lower() in ("none", "null", "off", "") else float(s)
-
-
-def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the engine's flags. Every default is None ("not given"): ``engine_config_from_args``
-    applies only the flags actually given on top of the trainer's config."""
-    g = parser.add_argument_group("training engine")
-    g.add_argument("--run-name")
-    g.add_argument("--ckpt-dir", help="checkpoint dir (NOT a declared output; kept across retries)")
-    g.add_argument("--ckpt-root", help="instead of --ckpt-dir: <root>/<run>/<identity hash>/ (training/identity.py)")
-    g.add_argument("--out-dir", help="declared-output dir: metrics.jsonl, curve_*.png, config.json, checkpoint.json")
-    g.add_argument("--max-steps", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--grad-clip", type=_opt_float, help="max grad norm; 'none' = off")
-    g.add_argument("--grad-accum", type=int)
-    g.add_argument("--save-every", type=int)
-    g.add_argument("--keep-last", type=int)
-    g.add_argument("--log-every", type=int)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"])
-    g.add_argument("--deterministic", type=_bool, metavar="BOOL")
-    g.add_argument("--num-threads", type=int)
-    g.add_argument("--time-limit-min", type=_opt_float, help="this attempt's time limit (Slurm runtime, minutes); 'none' = off")
-    g.add_argument("--deadline-margin-s", type=float)
-    g.add_argument("--nonfinite", choices=["stop", "skip"], help="NaN/inf loss: stop (raise) or skip the update")
-    g.add_argument("--nonfinite-max-skips", type=int, help="under skip: stop after more skipped updates than this")
-    g.add_argument("--progress", type=_bool, metavar="BOOL")
-    g.add_argument("--find-unused-parameters", type=_bool, metavar="BOOL")
-    g.add_argument("--attention", choices=list(ATTENTION_BACKENDS))
-    g.add_argument("--fused-adamw", choices=["auto", "on", "off"])
-    g.add_argument("--compile", type=_bool, metavar="BOOL")
-    g.add_argument("--activation-checkpointing", type=_bool, metavar="BOOL")
-    g.add_argument("--tensorboard", type=_bool, metavar="BOOL", help="TensorBoard event files in <ckpt-dir>/tensorboard")
-    g.add_argument("--image-every", type=int, help="task pictures every n updates (0 = never; default: save_every)")
-    g.add_argument("--wandb", choices=list(WANDB_MODES), help="Weights & Biases: off (default) | offline | online")
-    g.add_argument("--wandb-project")
-    g.add_argument("--wandb-entity")
-    g.add_argument("--expect-gpus", type=int, default=0,
-                   help="GPUs the job's resources give it (per node); more than torch sees stops the job at once "
-                        "(training/devices.py) unless --allow-cpu-fallback")
-    g.add_argument("--allow-cpu-fallback", type=_bool, metavar="BOOL",
-                   help=f"run on the CPU when the expected GPUs are missing (default: ${ALLOW_CPU_FALLBACK_ENV})")
-    g.add_argument("--num-workers", type=_opt_workers, metavar="N|auto",
-                   help="data-loader workers per rank (default: the config's num_workers); auto = from the job's "
-                        "CPUs (job_sizing.loader_workers)")
-    return parser
-
-
-def _opt_workers(v: str) -> int | str:
-    return "auto" if v == "auto" else int(v)
-
-
-def job_loader_workers(args: argparse.Namespace, configured: int | None) -> int:
-    """The data-loader workers per rank of this process: --num-workers (a number, or auto) over the config's
-    `num_workers` (null = auto); auto splits the CPUs the job was given over the ranks on this node."""
-    n = configured if args.num_workers is None else (None if args.num_workers == "auto" else args.num_workers)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return loader_workers(n, local_ranks=local, on_gpu=bool(args.expect_gpus) and torch.cuda.is_available())
-
-
-def require_job_gpus(args: argparse.Namespace, who: str) -> bool:
-    """A trainer CLI's first step after parsing, before its task loads any data: the GPUs its job was
-    given (--expect-gpus) must be usable by torch (devices.require_gpus; raises GPUUnavailableError)."""
-    return require_gpus(args.expect_gpus, args.allow_cpu_fallback, who=who)
-
-
-_ARG_FIELDS = ["run_name", "ckpt_dir", "out_dir", "max_steps", "lr", "weight_decay", "grad_clip", "grad_accum",
-               "save_every", "keep_last", "log_every", "seed", "amp", "deterministic", "num_threads",
-               "nonfinite", "nonfinite_max_skips",
-               "time_limit_min", "deadline_margin_s", "progress", "find_unused_parameters", "attention", "fused_adamw",
-               "compile", "activation_checkpointing", "tensorboard", "image_every", "wandb", "wandb_project",
-               "wandb_entity"]
-
-
-def engine_config_from_args(args: argparse.Namespace, **base: Any) -> EngineConfig:
-    """EngineConfig from ``base`` (e.g. the pipeline config) overridden by the flags that were given."""
-    known = {f.name for f in dataclasses.fields(EngineConfig)}
-    unknown = set(base) - known
-    if unknown:
-        raise TypeError(f"unknown EngineConfig fields: {sorted(unknown)}")
-    kw = dict(base)
-    for name in _ARG_FIELDS:
-        v = getattr(args, name, None)
-        if v is not None:
-            kw[name] = v
-    # "--grad-clip none" / "--time-limit-min none" arrive as 0.0 and EngineConfig turns them into None
-    return EngineConfig(**kw)
+            run.setup()
+            code = run.loop()
+            run.barrier()  # rank 0 has written the last checkpoint
+            if created_pg:
+                dist.destroy_process_group()
+                created_pg = False
+            if code == EXIT_OK:
+                run.finish()
+            ok = True
+            return code
+        except BaseException as e:
+            if rank == 0 and lock.held and not isinstance(e, CheckpointLockError):
+                try:
+                    run._end_record("error", f"{type(e).__name__}: {e}")
+                except Exception:
+                    pass
+            raise
+        finally:
+            run.metrics.close() if hasattr(run, "metrics") else None
+            if signals is not None:
+                signals.restore()
+            lock.release()
+            if ok and created_pg:
+                dist.destroy_process_group()
