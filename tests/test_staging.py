@@ -137,3 +137,44 @@ def test_manifest_check_names_the_bad_shard(preprocessed, tmp_path):
     with pytest.raises(StagingError, match=rf"{task}/frames\.npy: demo \S+'s first frame has sha256"):
         staging.verify_against_manifest(dest, manifest)
     shutil.rmtree(dest)
+
+
+def test_the_workflow_sets_the_trainers_flag_from_the_config():
+    from dreamer4_libero.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    assert "export D4L_STAGE_TO_LOCAL={int(config['data']['stage_to_local'])}; " in (repo / "rules/common.smk").read_text()
+    assert load_config()["data"]["stage_to_local"] is False  # schema default: off
+    assert staging.env_flag({staging.STAGE_ENV: "1"}) and not staging.env_flag({staging.STAGE_ENV: "0"})
+
+
+def test_two_rank_trainer_stages_once_and_matches_unstaged(trainer_cli, preprocessed, tmp_path):
+    """The real tokenizer trainer under torchrun (2 ranks, gloo): local rank 0 copies, rank 1 waits for it; the
+    weights equal an unstaged run's bitwise and the scratch is empty afterwards."""
+    import json
+    import os
+
+    repo = Path(__file__).resolve().parents[1]
+    t = {**_tok_cfg(), "max_steps": 3, "save_every": 3, "log_every": 1, "deterministic": True, "keep_last": 0}
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    def cmd(ck: Path, stage: str) -> list[str]:
+        return [*trainer_cli.torchrun(2), str(repo / "workflow_scripts" / "train_tokenizer.py"), "--tokenizer",
+                json.dumps(t), "--manifest", str(preprocessed / "manifest.json"), "--train-split",
+                str(preprocessed / "splits" / "train.json"), "--resolution", "32", "--ckpt-dir", str(ck),
+                "--progress", "false", "--stage-to-local", stage]
+
+    env = {**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"}
+    env.pop("SLURM_TMPDIR", None)
+    staged = trainer_cli.run(cmd(tmp_path / "staged", "true"), env=env)
+    log = staged.stdout + staged.stderr
+    assert staged.returncode == 0, log[-4000:]
+    assert log.count("stage_to_local: ") == 1 and " staged to " in log and "StagingWarning" not in log, log[-4000:]
+    assert not list(scratch.glob("d4l_stage_*"))  # copy and status removed (torchrun keeps its own temp dirs here)
+    plain = trainer_cli.run(cmd(tmp_path / "plain", "false"), env=env)
+    assert plain.returncode == 0, (plain.stdout + plain.stderr)[-4000:]
+    assert "stage_to_local" not in plain.stdout + plain.stderr
+    a = torch.load(tmp_path / "staged" / "step_0000003.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "plain" / "step_0000003.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -18,7 +18,8 @@ AdamW fused on CUDA, the config's grad clip, ``resolve_amp``: bf16 autocast on G
   restricted to the fused backends (``sdpa_kernel([FLASH, EFFICIENT, CUDNN])``), which raises where an
   attention call would need the math fallback; on CUDA a math op or a failed restricted step fails;
 * **bf16 vs fp32**: 20 steps from the same weights, inputs and random draws, once in fp32 (TF32 off)
-  and once under bf16 autocast (on the CPU: CPU autocast), at ``precision_batch``; pass when every
+  and once under bf16 autocast (on the CPU: CPU autocast), at ``precision_batch`` (the tokenizer: 2, the
+  world models: their batch); pass when every
   step's loss is within ``PREC_MAX_REL`` and their mean relative difference within ``PREC_MEAN_REL``.
 
 Then the KV-cached rollout of the 276M world model (models/sampling.py ``rollout``, shortcut schedule
@@ -57,11 +58,12 @@ MEM_TOLERANCE = 0.25
 PREC_STEPS = 20
 PREC_MAX_REL = 0.05  # |loss_bf16 - loss_fp32| / |loss_fp32| at every one of the 20 steps
 PREC_MEAN_REL = 0.02  # ... and on average over them
+DDP_BATCH = 4  # per rank: one bootstrap row (self_fraction 0.25), so every pass of the step runs
 DDP_REL_TOL = 1e-5  # max |grad_ddp - mean of per-rank grads| / max |mean|, fp32
 ROLLOUT = {"context": 8, "generated": 24, "d": 0.25}
 # tiny sizes: the same code on the CPU in seconds (models narrowed, frames 32x32)
 TINY = {"resolution": 32, "tokenizer": {"d_model": 32, "depth": 1, "n_latents": 4, "d_bottleneck": 8},
-        "tok_seq": 4, "batch": 2, "dyn_seq": 4, D512_VARIANT: {"d_model": 32, "depth": 2},
+        "tok_seq": 4, "batch": 2, "dyn_seq": 4, "dyn_batch": 4, D512_VARIANT: {"d_model": 32, "depth": 2},
         M276_VARIANT: {"d_model": 64, "depth": 2}, "rollout": {"context": 2, "generated": 3, "d": 0.25}}
 SDPA_KINDS = (("_scaled_dot_product_flash_attention_for_cpu", "flash (CPU)"),
               ("_scaled_dot_product_flash_attention", "flash"),
@@ -115,13 +117,13 @@ def cases(tiny: bool, notes: list[str]) -> list[dict]:
         run = copy.deepcopy(variants[name])
         if tiny:
             run["model"].update(TINY[name])
-            run.update(seq_len=TINY["dyn_seq"], batch_size=TINY["batch"])
+            run.update(seq_len=TINY["dyn_seq"], batch_size=TINY["dyn_batch"])  # batch 4: one bootstrap row
 
         def dyn_build(batch, device, dtype=torch.float32, seed=0, run=run):
             return perf.dynamics_step(run, tok, res, batch=batch, device=device, dtype=dtype, seed=seed)
 
         out.append({"name": label, "kind": "dynamics", "variant": name, "section": run, "build": dyn_build,
-                    "batch": run["batch_size"], "precision_batch": min(run["batch_size"], 2)})
+                    "batch": run["batch_size"], "precision_batch": run["batch_size"]})
     return out
 
 
@@ -379,7 +381,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, backend: st
     try:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         case = [c for c in cases(tiny, []) if c["variant"] == D512_VARIANT][0]
-        step = case["build"](1 if not tiny else TINY["batch"], device, seed=0)  # the same weights on every rank
+        step = case["build"](DDP_BATCH, device, seed=0)  # the same weights on every rank
         params = [p for p in step.model.parameters() if p.requires_grad]
 
         def grads():
@@ -417,6 +419,8 @@ def ddp_check(device: torch.device, tiny: bool, enabled: bool) -> dict:
                                   "(e.g. `srun --gpus=2 make check-gpu`)"}
     import torch.multiprocessing as mp
 
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # rank 0 shares GPU 0 with this process
     backend = "nccl" if device.type == "cuda" else "gloo"
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="d4l_ddp_check_") as tmp:
