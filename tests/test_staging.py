@@ -97,6 +97,10 @@ def test_unwritable_scratch_falls_back(preprocessed, tmp_path):
     with pytest.warns(StagingWarning, match="failed .*falling back to the shared path"):
         with staged_manifest(src, True, env={"TMPDIR": str(bad)}) as manifest:
             assert manifest == src
+            key = staging.stage_key(src, {"TMPDIR": str(bad)})
+            if staging.SHM.is_dir():  # the status went to /dev/shm, where the other local ranks look too
+                assert read_json(staging.SHM / f"d4l_stage_{key}.json")["ok"] is False
+    assert not list(staging.SHM.glob(f"d4l_stage_{key}*"))  # and is removed at the end
 
 
 def test_no_scratch_or_off(preprocessed):

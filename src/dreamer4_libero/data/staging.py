@@ -6,8 +6,9 @@ node's local scratch instead of the shared filesystem:
 
 1. Where: ``$SLURM_TMPDIR``, else ``$TMPDIR``; neither set -> a warning, and the shared path is used.
 2. Who: local rank 0 of each node copies; the node's other ranks wait for its status file
-   (``<scratch>/d4l_stage_<key>.json``, written atomically; ``key`` = the manifest's path, the Slurm job
-   and the launching torchrun agent, so two launches on one node never share a folder).
+   (``<scratch>/d4l_stage_<key>.json``, written atomically, or in /dev/shm where the scratch takes no file;
+   ``key`` = the manifest's path, the Slurm job and the launching torchrun agent, so two launches on one
+   node never share a folder).
 3. What: ``manifest.json`` and the shard folder of every task the manifest keeps, into
    ``<scratch>/d4l_stage_<key>/`` (built under a temporary name, renamed when verified).
 4. Verify: every copied file's sha256, taken from the bytes read off the shared path, must equal the
@@ -46,6 +47,7 @@ STAGE_ENV = "D4L_STAGE_TO_LOCAL"  # set by the workflow from config data.stage_t
 SCRATCH_ENVS = ("SLURM_TMPDIR", "TMPDIR")
 WAIT_ENV = "D4L_STAGE_WAIT_S"  # how long a non-zero local rank waits for rank 0's copy
 WAIT_S = 3600.0
+SHM = Path("/dev/shm")
 SPACE_MARGIN = 1.05  # free space needed on the scratch disk, as a multiple of the bytes to copy
 _CHUNK = 1 << 22
 
@@ -187,14 +189,20 @@ def stage_shards(manifest_path: str | os.PathLike, dest: str | os.PathLike,
             "seconds_per_GB": dt / (total / 1e9) if total else None}
 
 
-def _wait_for_status(status: Path, timeout_s: float, poll_s: float = 0.5) -> dict | None:
+def _status_paths(scratch: Path, key: str) -> list[Path]:
+    """Where local rank 0 leaves its status: the scratch, else (a full or unwritable scratch) /dev/shm."""
+    return [scratch / f"d4l_stage_{key}.json", SHM / f"d4l_stage_{key}.json"]
+
+
+def _wait_for_status(paths: list[Path], timeout_s: float, poll_s: float = 0.5) -> dict | None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
-        if status.exists():
-            try:
-                return read_json(status)
-            except (OSError, ValueError):
-                pass  # written atomically: only a reader race; try again
+        for status in paths:
+            if status.exists():
+                try:
+                    return read_json(status)
+                except (OSError, ValueError):
+                    pass  # written atomically: only a reader race; try again
         time.sleep(poll_s)
     return None
 
@@ -220,14 +228,15 @@ def staged_manifest(manifest: str | os.PathLike, enabled: bool | None = None, *,
         return
     local_rank = int(env.get("LOCAL_RANK", "0"))
     key = stage_key(manifest, env)
-    dest, status = scratch / f"d4l_stage_{key}", scratch / f"d4l_stage_{key}.json"
+    dest, statuses = scratch / f"d4l_stage_{key}", _status_paths(scratch, key)
     if local_rank != 0:  # wait for this node's local rank 0
         wait = float(env.get(WAIT_ENV, WAIT_S))
-        st = _wait_for_status(status, wait) if scratch.is_dir() and os.access(scratch, os.W_OK) else None
+        usable = scratch.is_dir() and os.access(scratch, os.W_OK)
+        st = _wait_for_status(statuses, wait) if usable else None
         if st and st.get("ok"):
             yield st["manifest"]
         else:
-            why = (st or {}).get("error") or (f"no status from local rank 0 in {wait:g} s" if scratch.is_dir()
+            why = (st or {}).get("error") or (f"no status from local rank 0 in {wait:g} s" if usable
                                               else f"{scratch} is not a writable folder")
             warn(f"local rank 0 did not stage the shards ({why}): training from the shared path {manifest}")
             yield manifest
@@ -244,15 +253,18 @@ def staged_manifest(manifest: str | os.PathLike, enabled: bool | None = None, *,
             warn(f"copy to {dest} (${var}) failed ({type(e).__name__}: {e}); falling back to the shared path "
                  f"{manifest}")
             st = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-        try:
-            write_json(status, st)
-        except OSError:
-            pass  # unwritable scratch: the other ranks see that themselves and fall back
+        for status in statuses:  # a full or read-only scratch: /dev/shm, so that no rank waits in vain
+            try:
+                write_json(status, st)
+                break
+            except OSError:
+                continue
         yield used
     finally:
         if used != manifest:
             shutil.rmtree(dest, ignore_errors=True)
-        try:
-            status.unlink(missing_ok=True)
-        except OSError:
-            pass
+        for status in statuses:
+            try:
+                status.unlink(missing_ok=True)
+            except OSError:
+                pass
