@@ -148,6 +148,9 @@ def test_the_workflow_sets_the_trainers_flag_from_the_config():
 
     repo = Path(__file__).resolve().parents[1]
     assert "export D4L_STAGE_TO_LOCAL={int(config['data']['stage_to_local'])}; " in (repo / "rules/common.smk").read_text()
+    # how the trainers read the shards, not what is in them: not a parameter of the preprocessing rule (a change
+    # would rerun it, and everything after it)
+    assert 'if k not in ("workers", "stage_to_local")' in (repo / "rules/preprocess.smk").read_text()
     assert load_config()["data"]["stage_to_local"] is False  # schema default: off
     assert staging.env_flag({staging.STAGE_ENV: "1"}) and not staging.env_flag({staging.STAGE_ENV: "0"})
 
