@@ -185,3 +185,15 @@ def test_two_rank_trainer_stages_once_and_matches_unstaged(trainer_cli, preproce
     a = torch.load(tmp_path / "staged" / "step_0000003.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "plain" / "step_0000003.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.fault(fault="training fails (an exception) while it reads the staged shards",
+                   guarantee="the staged copy and its status file are removed all the same")
+def test_staged_copy_is_removed_when_training_fails(preprocessed, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(RuntimeError, match="boom"):
+        with staged_manifest(preprocessed / "manifest.json", True, env={"TMPDIR": str(scratch)}) as manifest:
+            assert Path(manifest).exists() and str(scratch) in manifest
+            raise RuntimeError("boom")
+    assert list(scratch.iterdir()) == []
