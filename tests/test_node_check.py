@@ -90,3 +90,11 @@ def test_precision_check_fails_outside_its_tolerance(monkeypatch):
     monkeypatch.setattr(node_check, "PREC_MAX_REL", 0.0)
     p = node_check.precision_check(case, torch.device("cpu"), steps=3)
     assert p["pass"] is False and p["max_rel_diff"] > 0 and p["tol_max_rel"] == 0.0
+
+
+def test_bf16_peaks_by_device_name():
+    from dreamer4_libero.training.perf import gpu_bf16_peak
+
+    assert gpu_bf16_peak("NVIDIA H100 80GB HBM3") == gpu_bf16_peak("NVIDIA H200") == 989.4e12  # SXM
+    assert gpu_bf16_peak("NVIDIA H100 PCIe") == 756.5e12 and gpu_bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert gpu_bf16_peak("Tesla T4") is None and gpu_bf16_peak(None) is None  # -> MFU null, with the reason
