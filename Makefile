@@ -57,8 +57,10 @@ bench: setup
 	$(PY) -m bench --out bench/results/bench.json $(BENCH_ARGS)
 
 # On a GPU node (e.g. `srun --gpus=1 make check-gpu`): torch/CUDA/cuDNN/NCCL versions, each GPU, a bf16 matmul
-# and an SDPA call; non-zero exit, with the reason, where a GPU job would fail (a CPU build of torch).
-# Not after `setup`: it checks the environment you have, and never reinstalls it. CHECK_GPU_ARGS e.g. --gpus 4
+# and an SDPA call, then the paper-scale node check (training/node_check.py) into bench/results/gpu_check.{json,md};
+# non-zero exit, with the reasons, where a check fails (a CPU build of torch: at once).
+# Not after `setup`: it checks the environment you have, and never reinstalls it. CHECK_GPU_ARGS e.g. --gpus 4,
+# or --device cpu --tiny --out /tmp/gpu_check.json (the same code at tiny sizes on the CPU)
 CHECK_GPU_ARGS ?=
 check-gpu:
 	$(PY) workflow_scripts/check_gpu.py $(CHECK_GPU_ARGS)

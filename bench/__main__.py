@@ -4,7 +4,7 @@ Sections (``--only`` picks some):
   train     tokenizer and world-model train steps/s, tokens/s, FLOPs/step, MFU, peak memory, for the
             demo and paper configs, with SDPA and with the explicit attention (bench/train.py)
   rollout   world-model rollout frames/s with and without the KV cache, K = 4 (bench/rollout.py)
-  data      preprocessing frames/s against read-flip-write, loader windows/s (bench/data.py)
+  data      preprocessing frames/s against read-flip-write, loader windows/s, staging s per GB (bench/data.py)
   memory    per-GPU memory plan and FLOPs of every paper-scale run (bench/memory.py)
   dmcontrol DMControl collection frames/s (bench/dmcontrol.py)
   eval      tokenizer_eval frames/s and achieved TFLOP/s, demo and paper tokenizer (bench/eval.py)
@@ -114,6 +114,10 @@ def table(res: dict) -> str:
         for case, lv in r.get("loader_vs_train_step", {}).items():
             lines.append(f"| loader windows/s, {case} shapes | {lv['loader_windows_per_s']:.0f} | "
                          f"{lv['step_consumes_per_s']:.1f} (train step's consumption) | x{lv['ratio']:.0f} |")
+        if "staging" in res["data"]:
+            st = res["data"]["staging"]
+            lines.append(f"| staging to node-local disk (copy + verify), s per GB | {st['seconds_per_GB']:.2f} "
+                         f"({st['GB']:.3f} GB in {st['seconds']:.2f} s) | | |")
         lines.append("")
     if "memory" in res:
         lines += ["| paper-scale run | params | per-GPU batch | GPUs | TFLOP/step | GiB/GPU bf16 (fp32) | with act. ckpt "

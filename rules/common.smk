@@ -17,6 +17,7 @@ LIBERO_ROOT = config["data"]["libero_root"]
 shell.prefix(
     f"export D4L_TRUST_CHECKPOINT={int(config['trust_checkpoint'])}; "
     f"export D4L_ALLOW_CPU_FALLBACK={int(config['allow_cpu_fallback'])}; "
+    f"export D4L_STAGE_TO_LOCAL={int(config['data']['stage_to_local'])}; "  # the trainers (data/staging.py)
 )
 # nodes > 1 needs gpus (per node) >= 1: checked here, before the DMControl runs that inherit these sections
 check_launch(config["tokenizer"], "tokenizer")

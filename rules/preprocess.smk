@@ -72,7 +72,12 @@ rule preprocess:
             cpus=config["data"]["workers"],
         ),
     params:
-        d={k: v for k, v in config["data"].items() if k != "workers"},  # workers: a resource
+        # workers: a resource; stage_to_local: how the trainers read the shards, not what is in them
+        d={
+            k: v
+            for k, v in config["data"].items()
+            if k not in ("workers", "stage_to_local")
+        },
         resize=lambda wc: (
             f"--resize {config['data']['resize']}" if config["data"]["resize"] else ""
         ),

@@ -66,7 +66,8 @@ def test_ratios_are_against_the_same_run_baselines():
         "data": {"preprocess": {"ratio_workers1": 0.9, "ratio_workers2": 1.4, "ours_workers1_fps": 900,
                                 "ours_workers2_fps": 1400, "baseline_read_flip_write_npy_fps": 1000},
                  "loader": {"dynamics_demo": {"windows_per_s_workers0": 400.0},
-                            "tokenizer_demo": {"windows_per_s_workers0": 3200.0}}},
+                            "tokenizer_demo": {"windows_per_s_workers0": 3200.0}},
+                 "staging": {"GB": 0.5, "seconds": 1.25, "seconds_per_GB": 2.5}},
     }
     r = ratios(res)
     assert r["sdpa_vs_explicit_steps_per_s"] == {"dynamics_demo": pytest.approx(1.25)}
@@ -81,3 +82,14 @@ def test_ratios_are_against_the_same_run_baselines():
     assert "| dynamics_demo | cpu (fp32) | 4 × 32 | 2 |" in md and "x1.25 |" in md
     assert "| dynamics_paper_276M | | | killed (out of memory?)" in md
     assert "x2.50" in md and "x50 |" in md
+    assert "| staging to node-local disk (copy + verify), s per GB | 2.50 (0.500 GB in 1.25 s) |" in md
+
+
+def test_data_section_times_staging_per_GB(preprocessed, tmp_path):
+    from bench.data import staging_time
+
+    st = staging_time(preprocessed / "manifest.json", tmp_path / "stage", repeats=1)
+    shards = sum(p.stat().st_size for p in (preprocessed / "shards").rglob("*") if p.is_file())
+    assert st["GB"] == pytest.approx(shards / 1e9) and st["seconds"] > 0
+    assert st["seconds_per_GB"] == pytest.approx(st["seconds"] / st["GB"])
+    assert not (tmp_path / "stage").exists()  # each repeat's copy is removed

@@ -10,6 +10,7 @@ import argparse
 import json
 
 from dreamer4_libero.cli import run_main
+from dreamer4_libero.data.staging import add_staging_arg, staged_manifest
 from dreamer4_libero.fileio import read_json
 from dreamer4_libero.training.dynamics_task import DynamicsTask
 from dreamer4_libero.training.engine import train
@@ -25,28 +26,31 @@ def main() -> int:
     ap.add_argument("--train-split", required=True)
     ap.add_argument("--tokenizer-checkpoint-json", help="the tokenizer stage's checkpoint.json (study tokenizer)")
     add_engine_args(ap)
+    add_staging_arg(ap)
     a = ap.parse_args()
     require_job_gpus(a, "train_dynamics")  # before any data is loaded
     run = json.loads(a.variant)
     run["num_workers"] = job_loader_workers(a, run.get("num_workers"))  # per rank, from the job's CPUs
     tok = read_json(a.tokenizer_checkpoint_json)["path"] if a.tokenizer_checkpoint_json else None
-    task = DynamicsTask(run, manifest=a.manifest, train_split=a.train_split, tokenizer_ckpt=tok)
-    for line in task.dyn_report.get("fallbacks", []):
-        print(f"[train_dynamics] fallback: {line}", flush=True)
-    for line in task.dyn_report.get("notes", []):
-        print(f"[train_dynamics] note: {line}", flush=True)
-    cfg = engine_config_from_args(
-        a, run_name=run["name"], max_steps=run["max_steps"], lr=run["lr"], weight_decay=run["weight_decay"],
-        **{k: run[k] for k in ("nonfinite", "nonfinite_max_skips") if k in run},
-        grad_clip=run["grad_clip"], save_every=run["save_every"], keep_last=run["keep_last"],
-        log_every=run["log_every"], seed=run["seed"], amp=run["amp"], deterministic=run["deterministic"],
-        deadline_margin_s=run.get("deadline_margin_s", 300.0), model_key="dynamics", extra_args=task.upstream_args(),
-        progress=True, attention=run["attention"], fused_adamw=run["fused_adamw"], compile=run["compile"],
-        activation_checkpointing=run["activation_checkpointing"])
-    if a.ckpt_root:
-        cfg.ckpt_dir = str(resolve_run_dir(a.ckpt_root, run, task.identity_inputs()))
-        print(f"[{cfg.run_name}] checkpoints: {cfg.ckpt_dir} (run identity)", flush=True)
-    return train(task, cfg)
+    # data.stage_to_local: the shards from node-local scratch (a verified copy, removed at the end)
+    with staged_manifest(a.manifest, a.stage_to_local) as manifest:
+        task = DynamicsTask(run, manifest=manifest, train_split=a.train_split, tokenizer_ckpt=tok)
+        for line in task.dyn_report.get("fallbacks", []):
+            print(f"[train_dynamics] fallback: {line}", flush=True)
+        for line in task.dyn_report.get("notes", []):
+            print(f"[train_dynamics] note: {line}", flush=True)
+        cfg = engine_config_from_args(
+            a, run_name=run["name"], max_steps=run["max_steps"], lr=run["lr"], weight_decay=run["weight_decay"],
+            **{k: run[k] for k in ("nonfinite", "nonfinite_max_skips") if k in run},
+            grad_clip=run["grad_clip"], save_every=run["save_every"], keep_last=run["keep_last"],
+            log_every=run["log_every"], seed=run["seed"], amp=run["amp"], deterministic=run["deterministic"],
+            deadline_margin_s=run.get("deadline_margin_s", 300.0), model_key="dynamics", extra_args=task.upstream_args(),
+            progress=True, attention=run["attention"], fused_adamw=run["fused_adamw"], compile=run["compile"],
+            activation_checkpointing=run["activation_checkpointing"])
+        if a.ckpt_root:
+            cfg.ckpt_dir = str(resolve_run_dir(a.ckpt_root, run, task.identity_inputs()))
+            print(f"[{cfg.run_name}] checkpoints: {cfg.ckpt_dir} (run identity)", flush=True)
+        return train(task, cfg)
 
 
 if __name__ == "__main__":

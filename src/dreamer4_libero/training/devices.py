@@ -9,8 +9,9 @@ The only way past it is an explicit opt-in, config ``allow_cpu_fallback: true`` 
 GPUs: config/ci_slurm.yaml), which reaches every job as ``$D4L_ALLOW_CPU_FALLBACK`` (rules/common.smk)
 and prints a loud warning.
 
-``check_gpu`` is ``make check-gpu``: the versions, each visible GPU, one bf16 matmul and one SDPA call on
-the GPU, and a non-zero exit with the reason where a GPU job would fail.
+``check_gpu`` is the first part of ``make check-gpu``: the versions, each visible GPU, one bf16 matmul and one
+SDPA call on the GPU, and a non-zero exit with the reason where a GPU job would fail; then
+training/node_check.py runs the paper-scale configs on the node.
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ def _smoke_test(device: torch.device) -> None:
         raise RuntimeError(f"SDPA (bf16, causal) on {device}: max abs error {err:.3g} (expected < 0.05)")
 
 
-def check_gpu(expected: int = 1, out=None) -> int:
-    """``make check-gpu``: print the build and the GPUs, run the smoke test on each; 0 = a GPU job would run."""
+def print_build_info(out=None) -> dict:
+    """Print the torch build's versions and the visible GPUs; return ``build_info()``."""
     out = out or sys.stdout
     info = build_info()
     for k in ("torch", "cuda", "cudnn", "nccl", "CUDA_VISIBLE_DEVICES"):
@@ -120,6 +121,14 @@ def check_gpu(expected: int = 1, out=None) -> int:
     for gpu in info["gpus"]:
         print(f"{'gpu ' + str(gpu['index']):>20}: {gpu['name']}, {gpu['memory_gib']} GiB, "
               f"compute capability {gpu['capability']}", file=out)
+    return info
+
+
+def check_gpu(expected: int = 1, out=None) -> int:
+    """``make check-gpu``'s first part: print the build and the GPUs, run the smoke test on each; 0 = a GPU job
+    would run (training/node_check.py then runs the paper-scale checks)."""
+    out = out or sys.stdout
+    info = print_build_info(out)
     try:
         require_gpus(expected, allow_cpu_fallback=False, who="a GPU job", stop="it would stop here")
         for gpu in info["gpus"]:

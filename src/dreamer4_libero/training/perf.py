@@ -64,7 +64,7 @@ GiB = 2**30
 GPU_MEMORY_GB = 80  # the plan's GPU (A100 / H100 80 GB)
 USABLE_FRACTION = 0.9  # allocator fragmentation, CUDA context, workspaces
 #: dense bf16 tensor-core peak, FLOP/s, by a substring of torch.cuda.get_device_name()
-GPU_BF16_PEAK = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362.1e12, "A10G": 70e12,
+GPU_BF16_PEAK = {"H200": 989.4e12, "H100 PCIe": 756.5e12, "H100 NVL": 835.5e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362.1e12, "A10G": 70e12,
                  "L4": 121e12, "RTX 4090": 165.2e12, "V100": 125e12}
 
 
@@ -81,7 +81,8 @@ def gpu_bf16_peak(name: str | None) -> float | None:
 
 class TrainStep:
     """One training step of a run: ``model`` (the trained module), ``frozen`` (modules used but not
-    trained), ``loss()`` (forward of every pass, returns the scalar loss), ``tokens`` per step."""
+    trained), ``loss(module=None)`` (forward of every pass through ``module``, default ``model``, e.g. its
+    DDP wrapper; returns the scalar loss), ``tokens`` per step."""
 
     def __init__(self, model: nn.Module, frozen: list[nn.Module], loss: Callable[[], torch.Tensor],
                  tokens: int, batch: int, seq_len: int, grad_rows: int, nograd_rows: int):
@@ -106,8 +107,8 @@ def tokenizer_step(tok_cfg: dict, resolution: int, batch: int, seq_len: int, dev
     x = torch.rand(batch, seq_len, 3, resolution, resolution, device=device, dtype=dtype)
     lp = lpips.to(device) if lpips is not None else None
 
-    def loss():
-        out = model(x)
+    def loss(module=None):
+        out = (module or model)(x)
         value, _ = tokenizer_loss(out["recon"], x, out["mae_mask"], lpips_fn=lp,
                                   lpips_weight=tok_cfg["lpips_weight"] if lp is not None else 0.0,
                                   lpips_frac=tok_cfg["lpips_frac"], keep_prob=out["keep_prob"],
@@ -141,8 +142,8 @@ def dynamics_step(run: dict, tok_cfg: dict, resolution: int, batch: int | None =
     mask = torch.ones_like(act)
     step = run["bootstrap_start"] if bootstrap else -1
 
-    def loss():
-        return model(z1, act, mask, step)[0]
+    def loss(module=None):
+        return (module or model)(z1, act, mask, step)[0]
 
     b_self = n_self_rows(batch, run["self_fraction"])
     extra = (batch - b_self) if (run["aux_weight"] > 0 and run["aux_input"] == "action_free") else 0
