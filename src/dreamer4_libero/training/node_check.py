@@ -80,7 +80,7 @@ def _lpips(cfg: dict, notes: list[str]):
     """The tokenizer loss's LPIPS from the materialised asset or the machine cache (never downloads); None
     (and a note) where neither has it: the tokenizer step then runs without its LPIPS term."""
     from ..models.lpips import LPIPS
-    from ..models.lpips_weights import ensure_lpips_weights, read_sidecar
+    from ..assets.lpips_weights import ensure_lpips_weights, read_sidecar
 
     try:
         return LPIPS.from_asset("results/assets/lpips")
