@@ -16,6 +16,10 @@ validate(config, "config/schema.yaml")
 report: "report/workflow.rst"
 
 
+# Each rule file uses names of common.smk only (tests/test_rule_files.py). A rule reads an upstream rule's
+# outputs as rules.<name>.output.<key>, which Snakemake resolves when the line runs: the producing file comes
+# first (preprocess before tokenizer, evaluation, tables, report; dynamics before evaluation; tokenizer and
+# evaluation before tables; dmcontrol and tables before report). Any order that keeps these gives the same DAG.
 include: "rules/common.smk"
 include: "rules/assets.smk"
 include: "rules/preprocess.smk"

@@ -1,16 +1,7 @@
 # Stage 0: assets that jobs need but must never download themselves (compute nodes are often offline).
 # Localrules: they run in the Snakemake process's host (the submit / login node), before any job that
 # takes their outputs as input. Made only where some run needs them (the input functions decide).
-from dreamer4_libero.assets.lpips_files import (
-    ASSET_DIR as LPIPS_ASSET,
-    SIDECAR_FILENAME,
-    WEIGHTS_FILENAME,
-)
-
-LPIPS_FILES = {
-    "lpips": f"{LPIPS_ASSET}/{WEIGHTS_FILENAME}",
-    "lpips_sidecar": f"{LPIPS_ASSET}/{SIDECAR_FILENAME}",
-}
+# Their paths (LPIPS_FILES) are in common.smk: the tokenizer runs' input function reads them.
 
 
 # The LPIPS(alex, v0.1) weights of the tokenizer loss, for every tokenizer run with lpips_weight > 0:

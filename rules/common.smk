@@ -1,11 +1,24 @@
-# Shared helpers of the workflow (paths, argument quoting, input functions). No science here.
-# Functions live here only; they read the stage globals (DYN, TOK_OUT, ...) when Snakemake calls them.
+# Shared names and helpers of the workflow (runs, paths, argument quoting, input functions). No science here.
+# Every name that more than one rule file uses is defined here, and the functions read only names defined
+# here: each rule file depends on this file alone (tests/test_rule_files.py). A rule reads an upstream
+# rule's output as rules.<name>.output.<key> where that rule is defined earlier; the path constants below
+# are for the functions here and for the files a rule file reads from a rule included after it.
 import json
 import os
 import shlex
 
 from dreamer4_libero.job_sizing import check_workers, job_cpus, retries_of, science
-from dreamer4_libero.config import check_launch
+from dreamer4_libero.config import (
+    check_launch,
+    dmcontrol_pretrain_runs,
+    dynamics_variants,
+)
+from dreamer4_libero.data.dmcontrol_release import check_dmcontrol_files
+from dreamer4_libero.assets.lpips_files import (
+    ASSET_DIR as LPIPS_ASSET,
+    SIDECAR_FILENAME,
+    WEIGHTS_FILENAME,
+)
 from dreamer4_libero.training.launch import launcher as train_launcher
 from dreamer4_libero.training.launch import NODE_RESOURCE_KEYS, slurm_node_resources
 
@@ -22,10 +35,61 @@ shell.prefix(
 # nodes > 1 needs gpus (per node) >= 1: checked here, before the DMControl runs that inherit these sections
 check_launch(config["tokenizer"], "tokenizer")
 check_launch(config["dynamics"].get("defaults") or {}, "dynamics.defaults")
-PRE = "results/preprocess"
+# released / configured DMControl files missing: stop here, naming `make fetch-dmcontrol` and
+# `source: pretrain` with its cost (a missing input would otherwise surface only as a MissingInputException)
+check_dmcontrol_files(config)
 # Snakemake job priority of the critical path (LIBERO data -> study tokenizer): with few cores the
 # scheduler otherwise starts the DMControl pretraining first and the study tokenizer waits for it
 CRITICAL_PRIORITY = 10
+
+# -- the runs --
+# the study tokenizer (rules/tokenizer.smk)
+TOK = config["tokenizer"]
+TOK_RUN = TOK["run_name"]
+# the DMControl pretraining's runs (rules/dmcontrol.smk): trained by the tokenizer and dynamics rules
+DMC_RUNS = dmcontrol_pretrain_runs(config)
+DMC_TOK = DMC_RUNS["tokenizer"]
+DMC_TOK_RUN = DMC_TOK["run_name"]
+DMC_DYN = DMC_RUNS["dynamics"]
+DMC_DYN_RUN = DMC_DYN["name"]
+DMC_FT = DMC_RUNS["finetune_tokenizer"]  # dmcontrol_init.tokenizer_choice: finetune
+DMC_FT_RUN = DMC_FT["run_name"]
+# every tokenizer that rule train_tokenizer trains (the study's on LIBERO, the DMControl pretraining's and
+# its LIBERO fine-tune)
+TOKS = {TOK_RUN: TOK, DMC_TOK_RUN: DMC_TOK, DMC_FT_RUN: DMC_FT}
+# the dynamics variants (rules/dynamics.smk); those that cannot run get a not_run.json
+DYN = dynamics_variants(config)
+DYN_RUN = [n for n, r in DYN.items() if r["runnable"]]
+DYN_NOT_RUN = [n for n, r in DYN.items() if not r["runnable"]]
+
+# -- paths that rules of different files share --
+PRE = "results/preprocess"
+MANIFEST = f"{PRE}/manifest.json"  # rule preprocess
+# rule splits (one output list, `splits`, in this order)
+SPLITS = {s: f"{PRE}/splits/{s}.json" for s in ("train", "val", "test_ood")}
+DMC_DATA = "results/dmcontrol/collect"
+# made by rule collect_dmcontrol (its shards' manifest and the train split, every episode)
+DMC_COLLECTED = {
+    "manifest": f"{DMC_DATA}/manifest.json",
+    "train": f"{DMC_DATA}/splits/train.json",
+}
+# rule fetch_lpips (rules/assets.smk)
+LPIPS_FILES = {
+    "lpips": f"{LPIPS_ASSET}/{WEIGHTS_FILENAME}",
+    "lpips_sidecar": f"{LPIPS_ASSET}/{SIDECAR_FILENAME}",
+}
+TRAIN = "results/train"
+TOK_OUT = f"{TRAIN}/{TOK_RUN}"
+
+
+def train_file(run, name="checkpoint.json"):
+    """results/train/<run>/<name>: checkpoint.json, metrics.jsonl, config.json of a training run (rules
+    train_tokenizer, train_dynamics) or its not_run.json (dynamics_not_run); `run` may be a wildcard.
+    """
+    return f"{TRAIN}/{run}/{name}"
+
+
+TOK_CKPT = train_file(TOK_RUN)  # the study tokenizer, frozen in every later stage
 
 
 def json_arg(obj):
@@ -179,12 +243,8 @@ def _tok(wc):
 
 def _tok_inputs(wc):
     if wc.tok_run == DMC_TOK_RUN:
-        return {
-            "manifest": f"{DMC_DATA}/manifest.json",
-            "train": f"{DMC_DATA}/splits/train.json",
-            **lpips_inputs(_tok(wc)),
-        }
-    ins = {"manifest": f"{PRE}/manifest.json", "train": f"{PRE}/splits/train.json"}
+        return {**DMC_COLLECTED, **lpips_inputs(_tok(wc))}
+    ins = {"manifest": MANIFEST, "train": SPLITS["train"]}
     ins.update(lpips_inputs(_tok(wc)))
     # the DMControl tokenizer's LIBERO fine-tune starts from it
     init = TOKS[wc.tok_run].get("init_from")
@@ -200,16 +260,12 @@ def _dyn(wc):
 
 def _dyn_inputs(wc):
     if wc.variant == DMC_DYN_RUN:  # the DMControl pretraining, with its own tokenizer
-        return {
-            "manifest": f"{DMC_DATA}/manifest.json",
-            "train": f"{DMC_DATA}/splits/train.json",
-            "tokenizer": f"results/train/{DMC_TOK_RUN}/checkpoint.json",
-        }
+        return {**DMC_COLLECTED, "tokenizer": train_file(DMC_TOK_RUN)}
     run = DYN[wc.variant]
     init = run["init_paths"] or {}
-    ins = {"manifest": f"{PRE}/manifest.json", "train": f"{PRE}/splits/train.json"}
+    ins = {"manifest": MANIFEST, "train": SPLITS["train"]}
     if not init.get("tokenizer"):
-        ins["tokenizer"] = f"{TOK_OUT}/checkpoint.json"  # the study tokenizer, frozen
+        ins["tokenizer"] = TOK_CKPT  # the study tokenizer, frozen
     if init.get("dynamics"):  # configured files, or made by rule pretrain_dmcontrol
         ins["init"] = [p for p in (init.get("tokenizer"), init["dynamics"]) if p]
     return ins
@@ -223,34 +279,8 @@ def _tok_arg(wc, input):
     )
 
 
-# -- evaluation (rules/evaluation.smk) --
-def _ckpt_json(wc):
-    return f"results/train/{wc.variant}/checkpoint.json"
-
-
-# -- tables (rules/tables.smk) --
-def _train_files(wc):
-    files = [f"{TOK_OUT}/checkpoint.json", f"{TOK_OUT}/metrics.jsonl"]
-    for n in DYN:
-        files += (
-            [f"results/train/{n}/checkpoint.json", f"results/train/{n}/metrics.jsonl"]
-            if n in DYN_RUN
-            else [f"results/train/{n}/not_run.json"]
-        )
-    return files
-
-
 def grandparent_of(name):
     """params function: the folder two levels above the first file of the named input."""
     return lambda wildcards, input: os.path.dirname(
         os.path.dirname(getattr(input, name)[0])
     )
-
-
-# -- report (rules/report.smk) --
-def _report_train_files(wc):
-    return [
-        f"results/train/{r}/{f}"
-        for r in TOK_TRAINED + DYN_TRAINED
-        for f in ("config.json", "metrics.jsonl", "checkpoint.json")
-    ]

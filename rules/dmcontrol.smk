@@ -3,28 +3,15 @@
 # collect_dmcontrol renders episodes of stock dm_control tasks into shards; the tokenizer and dynamics
 # rules (train_tokenizer, train_dynamics: the same trainers) pretrain on them; pretrain_dmcontrol writes
 # the final weights in the upstream layout, where config.DMCONTROL_PRETRAIN_DIR says.
-from dreamer4_libero.config import DMCONTROL_PRETRAIN_DIR, dmcontrol_pretrain_runs
-from dreamer4_libero.data.dmcontrol_release import check_dmcontrol_files
-
-# released / configured DMControl files missing: stop here, naming `make fetch-dmcontrol` and
-# `source: pretrain` with its cost (a missing input would otherwise surface only as a MissingInputException)
-check_dmcontrol_files(config)
+# The runs (DMC_TOK_RUN, DMC_DYN_RUN, ...) and the files they share with other stages are in common.smk.
+from dreamer4_libero.config import DMCONTROL_PRETRAIN_DIR
 
 DMC = config["dmcontrol_pretrain"]
-DMC_RUNS = dmcontrol_pretrain_runs(config)
-DMC_TOK = DMC_RUNS["tokenizer"]
-DMC_TOK_RUN = DMC_TOK["run_name"]
-DMC_DYN = DMC_RUNS["dynamics"]
-DMC_DYN_RUN = DMC_DYN["name"]
-DMC_FT = DMC_RUNS["finetune_tokenizer"]  # dmcontrol_init.tokenizer_choice: finetune
-DMC_FT_RUN = DMC_FT["run_name"]
-DMC_DATA = "results/dmcontrol/collect"
 
 
 rule collect_dmcontrol:
     output:
-        manifest=f"{DMC_DATA}/manifest.json",
-        train=f"{DMC_DATA}/splits/train.json",
+        **DMC_COLLECTED,
     log:
         "logs/collect_dmcontrol/collect_dmcontrol.log",
     benchmark:
@@ -48,9 +35,10 @@ rule collect_dmcontrol:
 
 rule pretrain_dmcontrol:
     input:
-        tokenizer=f"results/train/{DMC_TOK_RUN}/checkpoint.json",
-        dynamics=f"results/train/{DMC_DYN_RUN}/checkpoint.json",
-        manifest=f"{DMC_DATA}/manifest.json",
+        # made by rules train_tokenizer and train_dynamics (rules/tokenizer.smk, rules/dynamics.smk)
+        tokenizer=train_file(DMC_TOK_RUN),
+        dynamics=train_file(DMC_DYN_RUN),
+        manifest=rules.collect_dmcontrol.output.manifest,
     output:
         tokenizer=f"{DMCONTROL_PRETRAIN_DIR}/tokenizer.pt",
         dynamics=f"{DMCONTROL_PRETRAIN_DIR}/dynamics.pt",

@@ -1,11 +1,7 @@
 # Stage 3: one rule trains every dynamics variant (wildcard = the variant's run name). Variants are
 # config (config.yaml `dynamics.variants`), not code. A variant that cannot run (a DMControl init
 # without a configured checkpoint, or enabled: false) gets a not_run.json that says why instead.
-from dreamer4_libero.config import dynamics_variants
-
-DYN = dynamics_variants(config)
-DYN_RUN = [n for n, r in DYN.items() if r["runnable"]]
-DYN_NOT_RUN = [n for n, r in DYN.items() if not r["runnable"]]
+# The variants (DYN, DYN_RUN, DYN_NOT_RUN) are in common.smk.
 # train_dynamics also trains the DMControl pretraining's dynamics (rules/dmcontrol.smk); it is not a variant
 DYN_TRAIN = DYN_RUN + [DMC_DYN_RUN]
 # config key path -> run section of every run it trains (rule retries, checks)
@@ -24,9 +20,9 @@ rule train_dynamics:
     input:
         unpack(_dyn_inputs),
     output:
-        checkpoint="results/train/{variant}/checkpoint.json",
-        metrics="results/train/{variant}/metrics.jsonl",
-        config="results/train/{variant}/config.json",
+        checkpoint=train_file("{variant}"),
+        metrics=train_file("{variant}", "metrics.jsonl"),
+        config=train_file("{variant}", "config.json"),
     log:
         "logs/train_dynamics/{variant}.log",
     benchmark:
@@ -70,7 +66,7 @@ rule train_dynamics:
 
 rule dynamics_not_run:
     output:
-        "results/train/{variant}/not_run.json",
+        train_file("{variant}", "not_run.json"),
     log:
         "logs/dynamics_not_run/{variant}.log",
     benchmark:
@@ -93,6 +89,6 @@ rule dynamics_not_run:
         "python workflow_scripts/write_status.py --json {params.info} --out {output} > {log} 2>&1"
 
 
-DYN_OUTPUTS = [f"results/train/{n}/checkpoint.json" for n in DYN_RUN] + [
-    f"results/train/{n}/not_run.json" for n in DYN_NOT_RUN
-]
+DYN_OUTPUTS = expand(rules.train_dynamics.output.checkpoint, variant=DYN_RUN) + expand(
+    rules.dynamics_not_run.output, variant=DYN_NOT_RUN
+)

@@ -7,9 +7,9 @@ ROLL_EVAL = config["rollout_eval"]
 
 rule probe:
     input:
-        checkpoint=_ckpt_json,
-        manifest=f"{PRE}/manifest.json",
-        probe=PROBE_FILES,
+        checkpoint=rules.train_dynamics.output.checkpoint,
+        manifest=rules.preprocess.output.manifest,
+        probe=rules.splits.output.probe,
     output:
         summary="results/probe/{variant}/summary.json",
     log:
@@ -43,9 +43,9 @@ rule probe:
 
 rule probe_baselines:
     input:
-        tokenizer=f"{TOK_OUT}/checkpoint.json",
-        manifest=f"{PRE}/manifest.json",
-        probe=PROBE_FILES,
+        tokenizer=TOK_CKPT,
+        manifest=rules.preprocess.output.manifest,
+        probe=rules.splits.output.probe,
     output:
         summary="results/probe/baselines/summary.json",
     log:
@@ -80,11 +80,11 @@ rule probe_baselines:
 
 rule rollout_eval:
     input:
-        checkpoint=_ckpt_json,
-        tokenizer=f"{TOK_OUT}/checkpoint.json",
-        manifest=f"{PRE}/manifest.json",
-        test_ood=f"{PRE}/splits/test_ood.json",
-        val=f"{PRE}/splits/val.json",
+        checkpoint=rules.train_dynamics.output.checkpoint,
+        tokenizer=TOK_CKPT,
+        manifest=rules.preprocess.output.manifest,
+        test_ood=SPLITS["test_ood"],
+        val=SPLITS["val"],
     output:
         json="results/rollout/{variant}/rollout.json",
         strips=report(
@@ -132,7 +132,7 @@ rule rollout_eval:
 
 
 EVAL_OUTPUTS = (
-    [f"results/probe/{n}/summary.json" for n in DYN_RUN]
-    + ["results/probe/baselines/summary.json"]
-    + [f"results/rollout/{n}/rollout.json" for n in DYN_RUN]
+    expand(rules.probe.output.summary, variant=DYN_RUN)
+    + [rules.probe_baselines.output.summary]
+    + expand(rules.rollout_eval.output.json, variant=DYN_RUN)
 )

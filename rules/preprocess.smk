@@ -1,23 +1,10 @@
 # Stage 1: (synthetic data) -> preprocess -> splits.
 # Shards live in results/preprocess/shards/, which is NOT a declared output: a failed or killed
 # run keeps its finished shards and the rerun resumes (snakemake_slurm.md §4).
-SPLIT_FILES = [f"{PRE}/splits/{s}.json" for s in ("train", "val", "test_ood")]
 PROBE_FILES = [
     f"{PRE}/splits/probe/seed{s}/{k}.json"
     for s in config["probe"]["seeds"]
     for k in ("probe_train", "probe_eval_train", "probe_eval_test")
-]
-SANITY_OUTPUTS = [
-    f"{PRE}/sanity/frame_diff_probe.json",
-    f"{PRE}/sanity/frame_diff_probe.png",
-    f"{PRE}/sanity/sample_frames.png",
-]
-PREPROCESS_OUTPUTS = [
-    f"{PRE}/manifest.json",
-    f"{PRE}/splits/summary.json",
-    *SPLIT_FILES,
-    *PROBE_FILES,
-    *SANITY_OUTPUTS,
 ]
 
 
@@ -50,11 +37,9 @@ rule make_synthetic:
 
 rule preprocess:
     input:
-        [f"{LIBERO_ROOT}/_synthetic_ground_truth.json"]
-        if config["synthetic"]["enabled"]
-        else [],
+        [rules.make_synthetic.output.gt] if config["synthetic"]["enabled"] else [],
     output:
-        manifest=f"{PRE}/manifest.json",
+        manifest=MANIFEST,
     log:
         "logs/preprocess/preprocess.log",
     benchmark:
@@ -91,10 +76,10 @@ rule preprocess:
 
 rule splits:
     input:
-        manifest=f"{PRE}/manifest.json",
+        manifest=rules.preprocess.output.manifest,
     output:
         summary=f"{PRE}/splits/summary.json",
-        splits=SPLIT_FILES,
+        splits=list(SPLITS.values()),
         probe=PROBE_FILES,
     log:
         "logs/splits/splits.log",
@@ -116,8 +101,8 @@ rule splits:
 
 rule data_sanity:
     input:
-        manifest=f"{PRE}/manifest.json",
-        probe=PROBE_FILES,
+        manifest=rules.preprocess.output.manifest,
+        probe=rules.splits.output.probe,
     output:
         json=f"{PRE}/sanity/frame_diff_probe.json",
         png=report(
@@ -146,3 +131,10 @@ rule data_sanity:
         "python workflow_scripts/data_sanity.py --manifest {input.manifest} --probe-dir {params.probe_dir}"
         " --resolution {params.res} --seed {params.seed} --out-json {output.json} --out-png {output.png}"
         " --frames-png {output.frames} > {log} 2>&1"
+
+
+PREPROCESS_OUTPUTS = [
+    *rules.preprocess.output,
+    *rules.splits.output,
+    *rules.data_sanity.output,
+]

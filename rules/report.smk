@@ -5,7 +5,7 @@ REPORT = "results/report"
 _INITS = [DYN[n]["init_paths"] or {} for n in DYN_RUN]
 # a variant initialised from the pipeline's own DMControl pretraining (config._dmcontrol_init)
 _USES_PRETRAIN = any(DYN[n]["init_source"] == "pretrain" for n in DYN_RUN)
-_FT_CKPT = f"results/train/{DMC_FT_RUN}/checkpoint.json"
+_FT_CKPT = train_file(DMC_FT_RUN)
 TOK_TRAINED = (
     [TOK_RUN]
     + ([DMC_TOK_RUN] if _USES_PRETRAIN else [])
@@ -17,17 +17,26 @@ REPORT_OUTPUTS = (
     + [f"{REPORT}/{f}" for f in ("runtime.html", "runtime.png", "provenance.html")]
     + [f"{REPORT}/training/{r}.png" for r in TOK_TRAINED + DYN_TRAINED]
 )
+REPORT_TRAIN_FILES = [
+    train_file(r, f)
+    for r in TOK_TRAINED + DYN_TRAINED
+    for f in ("config.json", "metrics.jsonl", "checkpoint.json")
+]
 
 
 rule report_assets:
     input:
-        **_EVAL_INPUTS,
-        runs=_report_train_files,
-        manifest=f"{PRE}/manifest.json",
-        splits=f"{PRE}/splits/summary.json",
-        dmc=[f"{DMC_DATA}/manifest.json"] if _USES_PRETRAIN else [],
+        # the result records that rule tables reads
+        probe=rules.tables.input.probe,
+        rollout=rules.tables.input.rollout,
+        tok=rules.tables.input.tok,
+        train=rules.tables.input.train,
+        runs=REPORT_TRAIN_FILES,
+        manifest=rules.preprocess.output.manifest,
+        splits=rules.splits.output.summary,
+        dmc=[rules.collect_dmcontrol.output.manifest] if _USES_PRETRAIN else [],
         # last stage: the benchmark files of every other job exist by then
-        archive="results/archive/README.md",
+        archive=rules.archive.output.index,
     output:
         data=report(
             f"{REPORT}/data_summary.html",
@@ -81,7 +90,7 @@ rule report_assets:
     resources:
         **cpu_job("report_assets"),
     params:
-        cfg=json_arg(TABLES_CONFIG),
+        cfg=rules.tables.params.cfg,
         runs=" ".join(TOK_TRAINED + DYN_TRAINED),
         dmc=lambda wc, input: (
             f"--dmcontrol-manifest {input.dmc[0]}" if input.dmc else ""

@@ -38,12 +38,22 @@ TABLES_CONFIG = {
     "bootstrap_B": config["probe_eval"]["bootstrap_B"],
     "tokenizer_run": TOK_RUN,
 }
+# every training run's record; a variant that cannot run has its not_run.json instead
+TRAIN_FILES = [train_file(TOK_RUN), train_file(TOK_RUN, "metrics.jsonl")] + [
+    f
+    for n in DYN
+    for f in (
+        [train_file(n), train_file(n, "metrics.jsonl")]
+        if n in DYN_RUN
+        else [train_file(n, "not_run.json")]
+    )
+]
 _EVAL_INPUTS = {
-    "probe": [f"results/probe/{n}/summary.json" for n in DYN_RUN]
-    + ["results/probe/baselines/summary.json"],
-    "rollout": [f"results/rollout/{n}/rollout.json" for n in DYN_RUN],
-    "tok": f"{TOK_EVAL}/psnr.json",
-    "train": _train_files,
+    "probe": expand(rules.probe.output.summary, variant=DYN_RUN)
+    + [rules.probe_baselines.output.summary],
+    "rollout": expand(rules.rollout_eval.output.json, variant=DYN_RUN),
+    "tok": rules.tokenizer_eval.output.json,
+    "train": TRAIN_FILES,
 }
 
 
@@ -89,7 +99,7 @@ rule tables:
         **cpu_job("tables"),
     params:
         cfg=json_arg(TABLES_CONFIG),
-        train_dirs=" ".join(f"results/train/{r}" for r in TRAIN_RUNS),
+        train_dirs=" ".join(f"{TRAIN}/{r}" for r in TRAIN_RUNS),
         out=parent_of("md"),
     shell:
         "python workflow_scripts/make_tables.py --tables-config {params.cfg} --probe-summaries {input.probe}"
@@ -100,9 +110,9 @@ rule tables:
 rule archive:
     input:
         **_EVAL_INPUTS,
-        tables=f"{TABLE_OUT}/tables.md",
-        splits=f"{PRE}/splits/summary.json",
-        manifest=f"{PRE}/manifest.json",
+        tables=rules.tables.output.md,
+        splits=rules.splits.output.summary,
+        manifest=rules.preprocess.output.manifest,
     output:
         index="results/archive/README.md",
         cards=[f"results/archive/{r}/README.md" for r in [TOK_RUN] + DYN_RUN],
@@ -116,7 +126,7 @@ rule archive:
         **cpu_job("archive"),
     params:
         cfg=json_arg(TABLES_CONFIG),
-        train_dirs=" ".join(f"results/train/{r}" for r in TRAIN_RUNS),
+        train_dirs=" ".join(f"{TRAIN}/{r}" for r in TRAIN_RUNS),
         rollout_dirs=" ".join(f"results/rollout/{n}" for n in DYN_RUN),
         splits=parent_of("splits"),
         tables=lambda wc, input: os.path.dirname(input.tables),

@@ -1,14 +1,9 @@
 # Stage 2: train the causal video tokenizer, then score its reconstructions.
 # Checkpoints live in <ckpt_root>/<run>/<run identity hash>/ (params, NOT outputs; training/identity.py): a failed or timed-out
 # attempt keeps them, and Snakemake's retry (same runtime and memory) resumes (snakemake_slurm.md §4).
-TOK = config["tokenizer"]
-TOK_RUN = TOK["run_name"]
-TOK_OUT = f"results/train/{TOK_RUN}"
+# The runs (TOK, TOK_RUN, TOKS: every tokenizer this rule trains) are in common.smk.
 TOK_EVAL = f"results/tokenizer_eval/{TOK_RUN}"
 TOK_EVAL_RES = config["job_resources"]["tokenizer_eval"]
-# one rule trains every tokenizer: the study's (LIBERO), the DMControl pretraining's and its LIBERO fine-tune
-# (rules/dmcontrol.smk)
-TOKS = {TOK_RUN: TOK, DMC_TOK_RUN: DMC_TOK, DMC_FT_RUN: DMC_FT}
 TOK_WHERE = {
     TOK_RUN: "tokenizer",
     DMC_TOK_RUN: "dmcontrol_pretrain.tokenizer",
@@ -20,9 +15,9 @@ rule train_tokenizer:
     input:
         unpack(_tok_inputs),
     output:
-        checkpoint="results/train/{tok_run}/checkpoint.json",
-        metrics="results/train/{tok_run}/metrics.jsonl",
-        config="results/train/{tok_run}/config.json",
+        checkpoint=train_file("{tok_run}"),
+        metrics=train_file("{tok_run}", "metrics.jsonl"),
+        config=train_file("{tok_run}", "config.json"),
     log:
         "logs/train_tokenizer/{tok_run}.log",
     benchmark:
@@ -69,10 +64,10 @@ rule train_tokenizer:
 
 rule tokenizer_eval:
     input:
-        checkpoint=f"{TOK_OUT}/checkpoint.json",
-        manifest=f"{PRE}/manifest.json",
-        test_ood=f"{PRE}/splits/test_ood.json",
-        val=f"{PRE}/splits/val.json",
+        checkpoint=TOK_CKPT,
+        manifest=rules.preprocess.output.manifest,
+        test_ood=SPLITS["test_ood"],
+        val=SPLITS["val"],
     output:
         json=f"{TOK_EVAL}/psnr.json",
         png=report(
