@@ -9,7 +9,8 @@ dynamics variant that was run, and results/archive/README.md with the tables and
 import argparse
 
 from dreamer4_libero.cli import run_main
-from dreamer4_libero.reporting.results import add_result_args, parse_tables_config
+from dreamer4_libero.config import parse_section
+from dreamer4_libero.reporting.results import add_result_args
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     ap.add_argument("--out-dir", required=True, help="e.g. results/archive")
     ap.add_argument("--no-verify", action="store_true", help="skip the strict reload of each written checkpoint")
     a = ap.parse_args()
-    cfg = parse_tables_config(a.tables_config)
+    cfg = parse_section(a.tables_config, "$defs.tables_config", "--tables-config")
 
     from dreamer4_libero.reporting.archive import make_archive
 

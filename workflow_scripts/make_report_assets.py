@@ -7,7 +7,8 @@ dimension, data summary, runtime and memory per job, provenance. CPU only, secon
 import argparse
 
 from dreamer4_libero.cli import run_main
-from dreamer4_libero.reporting.results import add_result_args, parse_tables_config
+from dreamer4_libero.config import parse_section
+from dreamer4_libero.reporting.results import add_result_args
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
 
     from dreamer4_libero.reporting.report import build_assets
 
-    written = build_assets(tables_config=parse_tables_config(a.tables_config), out_dir=a.out_dir, runs=a.runs,
+    written = build_assets(tables_config=parse_section(a.tables_config, "$defs.tables_config", "--tables-config"), out_dir=a.out_dir, runs=a.runs,
                            manifest=a.manifest, splits_summary=a.splits_summary, bench_dir=a.benchmarks,
                            probe_summaries=a.probe_summaries, rollout=a.rollout, tokenizer_eval=a.tokenizer_eval,
                            train_root=a.train_root, dmcontrol_manifest=a.dmcontrol_manifest)

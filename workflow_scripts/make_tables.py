@@ -9,7 +9,8 @@ plots/*.png under --out-dir, byte-identical on a rerun. A malformed input exits 
 import argparse
 
 from dreamer4_libero.cli import run_main
-from dreamer4_libero.reporting.results import add_result_args, parse_tables_config
+from dreamer4_libero.config import parse_section
+from dreamer4_libero.reporting.results import add_result_args
 
 
 def main() -> None:
@@ -18,7 +19,7 @@ def main() -> None:
     ap.add_argument("--out-dir", required=True, help="e.g. results/tables")
     ap.add_argument("--no-plots", action="store_true", help="tables only")
     a = ap.parse_args()
-    cfg = parse_tables_config(a.tables_config)
+    cfg = parse_section(a.tables_config, "$defs.tables_config", "--tables-config")
 
     from dreamer4_libero.reporting.tables import make_tables
 

@@ -7,9 +7,9 @@ Resumes from the newest valid checkpoint in --ckpt-dir; exits 75 after saving wh
 """
 
 import argparse
-import json
 
 from dreamer4_libero.cli import run_main
+from dreamer4_libero.config import VARIANT_DERIVED_KEYS, parse_section
 from dreamer4_libero.data.staging import add_staging_arg, staged_manifest
 from dreamer4_libero.fileio import read_json
 from dreamer4_libero.training.dynamics_task import DynamicsTask
@@ -29,7 +29,8 @@ def main() -> int:
     add_staging_arg(ap)
     a = ap.parse_args()
     require_job_gpus(a, "train_dynamics")  # before any data is loaded
-    run = json.loads(a.variant)
+    run = parse_section(a.variant, "dynamics.defaults", "--variant", derived=VARIANT_DERIVED_KEYS,
+                        scheduling="allow")
     run["num_workers"] = job_loader_workers(a, run.get("num_workers"))  # per rank, from the job's CPUs
     tok = read_json(a.tokenizer_checkpoint_json)["path"] if a.tokenizer_checkpoint_json else None
     # data.stage_to_local: the shards from node-local scratch (a verified copy, removed at the end)

@@ -6,9 +6,9 @@ Resumes from the newest valid checkpoint in --ckpt-dir; exits 75 after saving wh
 """
 
 import argparse
-import json
 
 from dreamer4_libero.cli import run_main
+from dreamer4_libero.config import parse_section
 from dreamer4_libero.data.staging import add_staging_arg, staged_manifest
 from dreamer4_libero.training.engine import train
 from dreamer4_libero.training.engine_config import (add_engine_args, engine_config_from_args, job_loader_workers,
@@ -29,7 +29,7 @@ def main() -> int:
     add_staging_arg(ap)
     a = ap.parse_args()
     require_job_gpus(a, "train_tokenizer")  # before any data is loaded
-    t = json.loads(a.tokenizer)
+    t = parse_section(a.tokenizer, "tokenizer", "--tokenizer", scheduling="allow")
     t["num_workers"] = job_loader_workers(a, t.get("num_workers"))  # per rank, from the job's CPUs
     # data.stage_to_local: the shards from node-local scratch (a verified copy, removed at the end)
     with staged_manifest(a.manifest, a.stage_to_local) as manifest:

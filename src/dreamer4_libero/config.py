@@ -40,6 +40,10 @@ def _fill_defaults(schema: dict, cfg: dict) -> None:
             cfg[key] = copy.deepcopy(sub["default"])
         if sub.get("type") == "object" and isinstance(cfg.get(key), dict):
             _fill_defaults(sub, cfg[key])
+        if sub.get("type") == "array" and isinstance(cfg.get(key), list) and "properties" in sub.get("items", {}):
+            for item in cfg[key]:
+                if isinstance(item, dict):
+                    _fill_defaults(sub["items"], item)
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
@@ -192,27 +196,42 @@ def _validated(run: dict, sub: dict, where: str) -> dict:
     return run
 
 
-def section_schema(where: str, schema: dict | None = None) -> dict:
+def section_schema(where: str, schema: dict | None = None, scheduling: str = "refuse") -> dict:
     """The schema fragment of the config section at dotted path `where` (e.g. "rollout_eval",
-    "tokenizer.eval") without its scheduling keys (job_sizing.SCHEDULING_KEYS: they travel as Slurm
-    resources, never inside an algorithm section)."""
+    "tokenizer.eval"). Its scheduling keys (job_sizing.SCHEDULING_KEYS: they travel as Slurm resources,
+    never inside an algorithm section) are left out (`scheduling="refuse"`: present, they are errors) or
+    kept without their defaults (`"allow"`: checked where given, never filled in)."""
     from .job_sizing import SCHEDULING_KEYS
 
     node = schema or load_schema()
-    for part in where.split("."):
+    parts = where.split(".")
+    if parts[0] == "$defs":  # a structure the workflow builds (e.g. $defs.tables_config), not a config key
+        node, parts = {"properties": node.get("$defs") or {}}, parts[1:]
+    for part in parts:
         props = node.get("properties") or {}
         if part not in props:
             raise ConfigError(f"{SCHEMA_PATH.name} has no config section {where!r}")
         node = props[part]
     node = copy.deepcopy(node)
-    node["properties"] = {k: v for k, v in (node.get("properties") or {}).items() if k not in SCHEDULING_KEYS}
+    props = node.get("properties") or {}
+    if scheduling == "refuse":
+        node["properties"] = {k: v for k, v in props.items() if k not in SCHEDULING_KEYS}
+    else:
+        for k in SCHEDULING_KEYS & set(props):
+            props[k].pop("default", None)
     return node
 
 
-def parse_section(text: str, where: str, arg: str) -> dict:
+#: keys `dynamics_variants` adds to a resolved variant (not config keys; parse_section(derived=...) keeps them)
+VARIANT_DERIVED_KEYS = ("name", "init_paths", "init_source", "init_note", "runnable", "not_run_reason")
+
+
+def parse_section(text: str, where: str, arg: str, derived: Iterable[str] = (), scheduling: str = "refuse") -> dict:
     """A config section handed to a workflow script as one JSON argument (rules/common.smk `json_arg`):
     parsed, its defaults filled from the schema fragment at `where`, validated against it. The one way
-    a script reads config; errors name the argument and the key (`<where>.<key>`)."""
+    a script reads config; errors name the argument and the key (`<where>.<key>`). `derived` keys (added
+    by the workflow, e.g. VARIANT_DERIVED_KEYS) are passed through unchecked; `scheduling` as in
+    `section_schema` (the trainers allow them: a run's own config, e.g. in tests, may carry them)."""
     import json
 
     try:
@@ -222,7 +241,16 @@ def parse_section(text: str, where: str, arg: str) -> dict:
     if not isinstance(section, dict):
         raise ConfigError(f"{arg}: expected the config section {where!r} as a JSON object, "
                           f"found {type(section).__name__}")
-    return _validated(section, section_schema(where), where)
+    return validate_section(section, where, derived=derived, scheduling=scheduling)
+
+
+def validate_section(section: dict, where: str, derived: Iterable[str] = (), scheduling: str = "refuse") -> dict:
+    """`parse_section` for a section already parsed (in-process callers, e.g. reporting/results.py)."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"the config section {where!r} must be a mapping, found {type(section).__name__}")
+    section = copy.deepcopy(section)
+    kept = {k: section.pop(k) for k in derived if k in section}
+    return {**_validated(section, section_schema(where, scheduling=scheduling), where), **kept}
 
 
 def check_launch(run: dict, where: str) -> None:

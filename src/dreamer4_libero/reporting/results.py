@@ -203,37 +203,15 @@ def add_result_args(ap) -> None:
     ap.add_argument("--train-dirs", nargs="*", default=[], help="results/train/<run> folders")
 
 
-def parse_tables_config(text: str) -> dict:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--tables-config is not valid JSON: {exc}") from None
-
-
 def normalise_config(cfg: dict) -> dict:
-    """Check and fill the tables config (`--tables-config`)."""
-    if not isinstance(cfg, dict):
-        raise TablesError("tables config: must be a JSON object")
-    out = {"H_list": [1, 2, 4, 8], "seeds": [0, 1, 2], "bootstrap_B": 1000, "tokenizer_run": None}
-    out.update(cfg)
-    vs = out.get("variants")
-    if not isinstance(vs, list):
-        raise TablesError("tables config: 'variants' must be a list of {name, label, runnable, ...}")
-    norm = []
-    for v in vs:
-        if not isinstance(v, dict) or not isinstance(v.get("name"), str):
-            raise TablesError(f"tables config: every variant needs a string 'name', got {v!r}")
-        d = {"label": None, "runnable": True, "not_run_reason": None, "stand_in_for": None, "aux_weight": 0.0,
-             "aux_input": None, "space_mode": None, "init_from": None, "init_source": None, "init_note": None}
-        d.update(v)
-        norm.append(d)
-    out["variants"] = norm
-    out["H_list"] = [int(h) for h in out["H_list"]]
-    out["seeds"] = [int(s) for s in out["seeds"]]
-    out["bootstrap_B"] = int(out["bootstrap_B"])
-    if out["bootstrap_B"] < 1:
-        raise TablesError("tables config: bootstrap_B must be >= 1")
-    return out
+    """The tables config (`--tables-config`) checked and filled against config/schema.yaml `$defs.tables_config`
+    (the one config helper, config.validate_section); a malformed one raises TablesError."""
+    from ..config import ConfigError, validate_section
+
+    try:
+        return validate_section(cfg, "$defs.tables_config")
+    except ConfigError as exc:
+        raise TablesError(f"tables config: {exc}") from None
 
 
 def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: Iterable = (),
