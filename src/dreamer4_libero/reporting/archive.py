@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..fileio import atomic_dir, atomic_path, dumps_json, read_json, safe_torch_load, sha256_file
-from ..training.metrics import plot_metrics
-from .plots import aux_mse_png
+from .plots import aux_mse_png, plot_metrics
 from .reference import ARCHIVED_TOKENIZER_PSNR, DAGGER
 from .render import Table, render_cell, render_md
 from .results import PROTOCOL, Inputs, load_inputs

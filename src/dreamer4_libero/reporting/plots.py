@@ -9,6 +9,7 @@ written with PIL (a matplotlib dependency).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..fileio import atomic_path  # noqa: E402
+from ..training.metrics import metric_groups  # noqa: E402
 from .results import (BASELINES, TEST, WM_FEATURES, Inputs, ProbeView, baseline_features,  # noqa: E402
                       finite, reference_rollout, rollout_row)
 
@@ -424,3 +426,40 @@ def aux_mse_png(records: list[dict], path: Path, title: str) -> bool:
     ax.grid(alpha=0.3)
     save_png(fig, path)
     return True
+
+
+# ============================================================================ training curves
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "metric"
+
+
+def plot_metrics(records: list[dict], out_dir: str | os.PathLike, prefix: str = "curve_",
+                 title: str = "") -> list[Path]:
+    """A training run's curves (training/metrics.py records): one PNG per metric group,
+    ``<out_dir>/<prefix><group>.png``; returns the paths written."""
+    out_dir = Path(out_dir)
+    paths = []
+    for group, keys in metric_groups(records).items():
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        all_pos = True
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in records
+                   if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            all_pos &= min(ys) > 0
+            ax.plot(xs, ys, label=k, lw=1.2, marker="." if len(xs) < 30 else None)
+        if all_pos:
+            ax.set_yscale("log")
+        ax.set_xlabel("update step")
+        ax.set_ylabel(group + (" (log)" if all_pos else ""))
+        ax.set_title(f"{title} {group}".strip())
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+        path = out_dir / f"{prefix}{_safe_name(group)}.png"
+        save_png(fig, path, dpi=100)
+        paths.append(path)
+    return paths

@@ -56,7 +56,7 @@ from ..provenance import code_version
 from .checkpoints import (CheckpointLock, CheckpointLockError, build_checkpoint, rng_state, save_checkpoint,
                           seed_everything, step_path, to_json_plain)
 from .engine_config import EngineConfig
-from .metrics import MetricsLog, export_metrics, plot_metrics
+from .metrics import MetricsLog, export_metrics
 from .monitor import TB_DIR, build_sinks, export_tensorboard
 from .progress import Progress
 from .resume import append_jsonl, choose_checkpoint, config_diff, read_attempts, restore_rng, resume_position
@@ -587,6 +587,8 @@ class Trainer:
         export_metrics(records, out / "metrics.jsonl")
         if cfg.tensorboard:  # the finished run's curves beside its other outputs (results/train/<run>/)
             export_tensorboard(self.ckpt_dir / TB_DIR, out / TB_DIR)
+        from ..reporting.plots import plot_metrics  # matplotlib only once a run has finished
+
         plots = plot_metrics(records, out, title=cfg.run_name)
         write_json(out / "config.json", conf)
         extra = None

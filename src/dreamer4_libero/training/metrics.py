@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -176,44 +175,3 @@ def metric_groups(records: list[dict]) -> dict[str, list[str]]:
             if k not in groups.setdefault(g, []):
                 groups[g].append(k)
     return {g: sorted(ks) for g, ks in sorted(groups.items())}
-
-
-def _safe_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "metric"
-
-
-def plot_metrics(records: list[dict], out_dir: str | os.PathLike, prefix: str = "curve_",
-                 title: str = "") -> list[Path]:
-    """One PNG per metric group, ``<out_dir>/<prefix><group>.png``; returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    paths = []
-    for group, keys in metric_groups(records).items():
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
-        all_pos = True
-        for k in keys:
-            pts = [(r["step"], r[k]) for r in records
-                   if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
-            if not pts:
-                continue
-            xs, ys = zip(*pts)
-            all_pos &= min(ys) > 0
-            ax.plot(xs, ys, label=k, lw=1.2, marker="." if len(xs) < 30 else None)
-        if all_pos:
-            ax.set_yscale("log")
-        ax.set_xlabel("update step")
-        ax.set_ylabel(group + (" (log)" if all_pos else ""))
-        ax.set_title(f"{title} {group}".strip())
-        ax.grid(alpha=0.3)
-        if len(keys) > 1:
-            ax.legend(fontsize=8)
-        path = out_dir / f"{prefix}{_safe_name(group)}.png"
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
-    return paths
