@@ -13,10 +13,9 @@ from dreamer4_libero.config import VARIANT_DERIVED_KEYS, parse_section
 from dreamer4_libero.data.staging import add_staging_arg, staged_manifest
 from dreamer4_libero.fileio import read_json
 from dreamer4_libero.training.dynamics_task import DynamicsTask
-from dreamer4_libero.training.engine import train
-from dreamer4_libero.training.engine_config import (add_engine_args, engine_config_from_args, job_loader_workers,
-                                                     require_job_gpus)
-from dreamer4_libero.training.identity import resolve_run_dir
+from dreamer4_libero.training.engine import train_run
+from dreamer4_libero.training.engine_config import (add_engine_args, job_loader_workers, require_job_gpus,
+                                                     section_engine_config)
 
 
 def main() -> int:
@@ -40,18 +39,9 @@ def main() -> int:
             print(f"[train_dynamics] fallback: {line}", flush=True)
         for line in task.dyn_report.get("notes", []):
             print(f"[train_dynamics] note: {line}", flush=True)
-        cfg = engine_config_from_args(
-            a, run_name=run["name"], max_steps=run["max_steps"], lr=run["lr"], weight_decay=run["weight_decay"],
-            **{k: run[k] for k in ("nonfinite", "nonfinite_max_skips") if k in run},
-            grad_clip=run["grad_clip"], save_every=run["save_every"], keep_last=run["keep_last"],
-            log_every=run["log_every"], seed=run["seed"], amp=run["amp"], deterministic=run["deterministic"],
-            deadline_margin_s=run.get("deadline_margin_s", 300.0), model_key="dynamics", extra_args=task.upstream_args(),
-            progress=True, attention=run["attention"], fused_adamw=run["fused_adamw"], compile=run["compile"],
-            activation_checkpointing=run["activation_checkpointing"])
-        if a.ckpt_root:
-            cfg.ckpt_dir = str(resolve_run_dir(a.ckpt_root, run, task.identity_inputs()))
-            print(f"[{cfg.run_name}] checkpoints: {cfg.ckpt_dir} (run identity)", flush=True)
-        return train(task, cfg)
+        cfg = section_engine_config(a, run, run_name=run["name"], model_key="dynamics",
+                                    extra_args=task.upstream_args(), grad_clip=run["grad_clip"])
+        return train_run(task, cfg, run, a.ckpt_root)
 
 
 if __name__ == "__main__":

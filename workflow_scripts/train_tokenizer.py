@@ -10,10 +10,9 @@ import argparse
 from dreamer4_libero.cli import run_main
 from dreamer4_libero.config import parse_section
 from dreamer4_libero.data.staging import add_staging_arg, staged_manifest
-from dreamer4_libero.training.engine import train
-from dreamer4_libero.training.engine_config import (add_engine_args, engine_config_from_args, job_loader_workers,
-                                                     require_job_gpus)
-from dreamer4_libero.training.identity import resolve_run_dir
+from dreamer4_libero.training.engine import train_run
+from dreamer4_libero.training.engine_config import (add_engine_args, job_loader_workers, require_job_gpus,
+                                                     section_engine_config)
 from dreamer4_libero.training.tokenizer_task import TokenizerTask
 
 
@@ -35,18 +34,9 @@ def main() -> int:
     with staged_manifest(a.manifest, a.stage_to_local) as manifest:
         task = TokenizerTask(t, manifest=manifest, train_split=a.train_split, resolution=a.resolution,
                              lpips_cache=a.lpips_cache)
-        cfg = engine_config_from_args(
-            a, run_name=t["run_name"], max_steps=t["max_steps"], lr=t["lr"], weight_decay=t["weight_decay"],
-            **{k: t[k] for k in ("nonfinite", "nonfinite_max_skips") if k in t},
-            grad_clip=None, save_every=t["save_every"], keep_last=t["keep_last"], log_every=t["log_every"],
-            seed=t["seed"], amp=t["amp"], deterministic=t["deterministic"], deadline_margin_s=t.get("deadline_margin_s", 300.0),
-            model_key="model", extra_args=task.upstream_args(), progress=True, lr_mult=dict(t["lr_mult"]),
-            lr_schedule=t["lr_schedule"], attention=t["attention"], fused_adamw=t["fused_adamw"], compile=t["compile"],
-            activation_checkpointing=t["activation_checkpointing"])
-        if a.ckpt_root:
-            cfg.ckpt_dir = str(resolve_run_dir(a.ckpt_root, t, task.identity_inputs()))
-            print(f"[{cfg.run_name}] checkpoints: {cfg.ckpt_dir} (run identity)", flush=True)
-        return train(task, cfg)
+        cfg = section_engine_config(a, t, run_name=t["run_name"], model_key="model", extra_args=task.upstream_args(),
+                                    grad_clip=None, lr_mult=dict(t["lr_mult"]), lr_schedule=t["lr_schedule"])
+        return train_run(task, cfg, t, a.ckpt_root)
 
 
 if __name__ == "__main__":

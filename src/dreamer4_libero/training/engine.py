@@ -678,3 +678,14 @@ def train(task: Any, cfg: EngineConfig) -> int:
             lock.release()
             if ok and created_pg:
                 dist.destroy_process_group()
+
+
+def train_run(task: Any, cfg: EngineConfig, section: dict, ckpt_root: str | None) -> int:
+    """``train`` in the run's identity folder ``<ckpt_root>/<run>/<hash>/`` (training/identity.py) when a
+    checkpoint root is given, else in ``cfg.ckpt_dir``: what the trainer scripts run."""
+    from .identity import resolve_run_dir
+
+    if ckpt_root:
+        cfg.ckpt_dir = str(resolve_run_dir(ckpt_root, section, task.identity_inputs()))
+        print(f"[{cfg.run_name}] checkpoints: {cfg.ckpt_dir} (run identity)", flush=True)
+    return train(task, cfg)

@@ -183,6 +183,20 @@ def engine_config_from_args(args: argparse.Namespace, **base: Any) -> EngineConf
     return EngineConfig(**kw)
 
 
+#: the engine settings a trainer's config section carries (tokenizer, dynamics.defaults), same names
+SECTION_ENGINE_KEYS = ("max_steps", "lr", "weight_decay", "nonfinite", "nonfinite_max_skips", "save_every", "keep_last",
+                       "log_every", "seed", "amp", "deterministic", "attention", "fused_adamw", "compile",
+                       "activation_checkpointing")
+
+
+def section_engine_config(args: argparse.Namespace, section: dict, **fixed: Any) -> EngineConfig:
+    """A trainer's EngineConfig: its section's engine keys (SECTION_ENGINE_KEYS, deadline_margin_s; 300 s where
+    the section has none), the trainer's `fixed` settings (run name, model key, ...), then the given flags."""
+    kw = {k: section[k] for k in SECTION_ENGINE_KEYS if k in section}
+    kw["deadline_margin_s"] = section.get("deadline_margin_s", 300.0)
+    return engine_config_from_args(args, progress=True, **kw, **fixed)
+
+
 def job_loader_workers(args: argparse.Namespace, configured: int | None) -> int:
     """The data-loader workers per rank of this process: --num-workers (a number, or auto) over the config's
     `num_workers` (null = auto); auto splits the CPUs the job was given over the ranks on this node."""
