@@ -44,7 +44,7 @@ report: setup
 # pytest exits 5 when it collects no test: that is not a failure of the code under test.
 PYTEST = $(PY) -m pytest -q $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
-test: setup
+test: setup lint
 	$(call PYTEST,--durations=25)
 test-int: setup
 	$(call PYTEST,-m "not e2e" --durations=25)
@@ -86,9 +86,13 @@ fetch-lpips: setup
 slurm-profile:
 	python3 workflow_scripts/install_slurm_profile.py
 
+# Static checks (part of `make test`): the workflow (snakemake --lint, snakefmt) and the Python code (ruff: the
+# linter and the formatter, line length 120, config in pyproject.toml)
 lint: setup
 	snakemake --lint --configfile config/demo.yaml
 	snakefmt --check .
+	$(PY) -m ruff check src tests bench workflow_scripts
+	$(PY) -m ruff format --check src tests bench workflow_scripts
 
 # Byte-for-byte comparison of two results/ folders (a refactor must change no output): A=old/results B=results
 compare-trees: setup
