@@ -47,21 +47,37 @@ def eval_case(name: str, cfg: dict, device: str, chunk: int, n_chunks: int, batc
             times.append(time.perf_counter() - t0)
     fl = tokenizer_flops_per_frame(tok_cfg, res, chunk)["tokenizer_eval"]
     fps = len(frames) / times[-1]
-    return {"case": name, "device": device, "precision": precision_name(dev, "auto"), "resolution": res,
-            "chunk": chunk, "batch": batch, "frames": len(frames), "frames_per_s": fps,
-            "gflop_per_frame": fl / 1e9, "achieved_tflops": fl * fps / 1e12,
-            "paper_eval_hours_at_this_rate": PAPER_EVAL_FRAMES * fl / (fl * fps) / 3600 if name.endswith("paper")
-            else None}
+    return {
+        "case": name,
+        "device": device,
+        "precision": precision_name(dev, "auto"),
+        "resolution": res,
+        "chunk": chunk,
+        "batch": batch,
+        "frames": len(frames),
+        "frames_per_s": fps,
+        "gflop_per_frame": fl / 1e9,
+        "achieved_tflops": fl * fps / 1e12,
+        "paper_eval_hours_at_this_rate": PAPER_EVAL_FRAMES * fl / (fl * fps) / 3600 if name.endswith("paper") else None,
+    }
 
 
 def run_all(device: str, log=print) -> dict:
     paper_chunk = 4 if device == "cpu" else 16
-    rows = [eval_case("tokenizer_eval_demo", demo_config(), device, 2, 16, 16),
-            eval_case("tokenizer_eval_paper", load_config(), device, paper_chunk, 2, 2)]
+    rows = [
+        eval_case("tokenizer_eval_demo", demo_config(), device, 2, 16, 16),
+        eval_case("tokenizer_eval_paper", load_config(), device, paper_chunk, 2, 2),
+    ]
     for r in rows:
-        log(f"  eval {r['case']:22s} {r['device']} ({r['precision']}): {r['frames_per_s']:8.2f} frames/s, "
-            f"{r['gflop_per_frame']:.3g} GFLOP/frame, {r['achieved_tflops']:.3g} TFLOP/s")
+        log(
+            f"  eval {r['case']:22s} {r['device']} ({r['precision']}): {r['frames_per_s']:8.2f} frames/s, "
+            f"{r['gflop_per_frame']:.3g} GFLOP/frame, {r['achieved_tflops']:.3g} TFLOP/s"
+        )
     fl = rows[1]["gflop_per_frame"] * 1e9
-    return {"rows": rows, "paper_frames": PAPER_EVAL_FRAMES, "paper_pflop": PAPER_EVAL_FRAMES * fl / 1e15,
-            "assumed_gpu_tflops": ASSUMED_GPU_TFLOPS,
-            "paper_minutes_at_assumed_gpu": PAPER_EVAL_FRAMES * fl / (ASSUMED_GPU_TFLOPS * 1e12) / 60}
+    return {
+        "rows": rows,
+        "paper_frames": PAPER_EVAL_FRAMES,
+        "paper_pflop": PAPER_EVAL_FRAMES * fl / 1e15,
+        "assumed_gpu_tflops": ASSUMED_GPU_TFLOPS,
+        "paper_minutes_at_assumed_gpu": PAPER_EVAL_FRAMES * fl / (ASSUMED_GPU_TFLOPS * 1e12) / 60,
+    }

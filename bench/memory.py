@@ -32,19 +32,34 @@ def run_all(log=print, runs: list[str] | None = None) -> list[dict]:
         plan = perf.memory_plan(make, batch, world_size=gpus)
         row = {"run": name, "gpus": gpus, **extra, **flops, **plan}
         rows.append(row)
-        log(f"  memory {name:44s} {row['params'] / 1e6:6.1f}M params, batch {batch}: "
+        log(
+            f"  memory {name:44s} {row['params'] / 1e6:6.1f}M params, batch {batch}: "
             f"{row['total_bf16_GiB']:6.2f} GiB/GPU (bf16), {row['total_bf16_ckpt_GiB']:6.2f} with checkpointing; "
             f"largest batch/80GB {row['largest_batch_per_80GB_bf16']} ({row['largest_batch_per_80GB_bf16_ckpt']} "
-            f"with checkpointing); {row['flops_per_step'] / 1e12:.2f} TFLOP/step")
+            f"with checkpointing); {row['flops_per_step'] / 1e12:.2f} TFLOP/step"
+        )
 
     from dreamer4_libero.models.lpips import LPIPS
 
     lp = LPIPS.from_cache(cfg["paths"].get("lpips_cache")).to("meta")  # frozen; its activations are counted
-    add("tokenizer", lambda batch, dtype: perf.tokenizer_step(t, res, batch, t["seq_len"], dtype=dtype, lpips=lp),
-        t["batch_size"], t["gpus"], seq_len=t["seq_len"], enabled=True)
+    add(
+        "tokenizer",
+        lambda batch, dtype: perf.tokenizer_step(t, res, batch, t["seq_len"], dtype=dtype, lpips=lp),
+        t["batch_size"],
+        t["gpus"],
+        seq_len=t["seq_len"],
+        enabled=True,
+    )
     for name, run in variants.items():
-        add(name, lambda batch, dtype, run=run: perf.dynamics_step(run, t, res, batch=batch, dtype=dtype),
-            run["batch_size"], run["gpus"], seq_len=run["seq_len"], enabled=run["enabled"],
-            d_model=run["model"]["d_model"], depth=run["model"]["depth"], aux_input=run["aux_input"]
-            if run["aux_weight"] > 0 else None)
+        add(
+            name,
+            lambda batch, dtype, run=run: perf.dynamics_step(run, t, res, batch=batch, dtype=dtype),
+            run["batch_size"],
+            run["gpus"],
+            seq_len=run["seq_len"],
+            enabled=run["enabled"],
+            d_model=run["model"]["d_model"],
+            depth=run["model"]["depth"],
+            aux_input=run["aux_input"] if run["aux_weight"] > 0 else None,
+        )
     return rows

@@ -43,22 +43,45 @@ def rollout_case(name: str, cfg: DynamicsConfig, device: str, batch: int, repeat
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(repeats):
-            out = rollout(dyn, ctx, act, mask, 24, schedule="shortcut", d=0.25, use_cache=cached,
-                          generator=torch.Generator(device=device).manual_seed(0))
+            out = rollout(
+                dyn,
+                ctx,
+                act,
+                mask,
+                24,
+                schedule="shortcut",
+                d=0.25,
+                use_cache=cached,
+                generator=torch.Generator(device=device).manual_seed(0),
+            )
         _sync(device)
         res["cached" if cached else "uncached"] = repeats * batch * 24 / (time.perf_counter() - t0)
         res["out_" + ("cached" if cached else "uncached")] = out
     diff = (res.pop("out_cached") - res.pop("out_uncached")).abs().max().item()
-    return {"case": name, "device": device, "batch": batch, "context": 8, "generated": 24, "euler_steps": 4,
-            "frames_per_s_uncached": res["uncached"], "frames_per_s_cached": res["cached"],
-            "speedup": res["cached"] / res["uncached"], "max_abs_diff": diff}
+    return {
+        "case": name,
+        "device": device,
+        "batch": batch,
+        "context": 8,
+        "generated": 24,
+        "euler_steps": 4,
+        "frames_per_s_uncached": res["uncached"],
+        "frames_per_s_cached": res["cached"],
+        "speedup": res["cached"] / res["uncached"],
+        "max_abs_diff": diff,
+    }
 
 
 def run_all(device: str, log=print) -> list[dict]:
-    rows = [rollout_case("rollout_demo", trained_dynamics_config(demo_config()), device, 1, 2),
-            rollout_case("rollout_paper_d512", trained_dynamics_config(load_config()), device,
-                         1 if device == "cpu" else 8, 1)]
+    rows = [
+        rollout_case("rollout_demo", trained_dynamics_config(demo_config()), device, 1, 2),
+        rollout_case(
+            "rollout_paper_d512", trained_dynamics_config(load_config()), device, 1 if device == "cpu" else 8, 1
+        ),
+    ]
     for r in rows:
-        log(f"  rollout {r['case']:20s} cached {r['frames_per_s_cached']:8.1f} frames/s, uncached "
-            f"{r['frames_per_s_uncached']:8.1f}: x{r['speedup']:.2f} (max |diff| {r['max_abs_diff']:.1e})")
+        log(
+            f"  rollout {r['case']:20s} cached {r['frames_per_s_cached']:8.1f} frames/s, uncached "
+            f"{r['frames_per_s_uncached']:8.1f}: x{r['speedup']:.2f} (max |diff| {r['max_abs_diff']:.1e})"
+        )
     return rows

@@ -46,8 +46,9 @@ def _config(which: str) -> dict:
     return demo_config() if which == "demo" else load_config()
 
 
-def build(name: str, device: str, batch: int | None = None, seq: int | None = None,
-          dtype=torch.float32) -> tuple[perf.TrainStep, dict]:
+def build(
+    name: str, device: str, batch: int | None = None, seq: int | None = None, dtype=torch.float32
+) -> tuple[perf.TrainStep, dict]:
     which, kind, variant, cpu_shape, *_ = CASES[name]
     cfg = _config(which)
     res = cfg["data"]["model_resolution"]
@@ -60,8 +61,9 @@ def build(name: str, device: str, batch: int | None = None, seq: int | None = No
             from dreamer4_libero.models.lpips import LPIPS
 
             lp = LPIPS.from_cache(cfg["paths"].get("lpips_cache"))
-        step = perf.tokenizer_step(t, res, batch or t["batch_size"], seq or t["seq_len"], device=device, lpips=lp,
-                                   dtype=dtype)
+        step = perf.tokenizer_step(
+            t, res, batch or t["batch_size"], seq or t["seq_len"], device=device, lpips=lp, dtype=dtype
+        )
         section = t
     else:
         run = dynamics_variants(cfg)[variant]
@@ -102,16 +104,35 @@ def run_case(name: str, attention: str, device: str, steps: int | None = None) -
     if device == "cuda":
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
-    out = {"case": name, "config": which, "kind": kind, "variant": variant, "attention": attention, "device": device,
-           "batch": step.batch, "seq_len": step.seq_len, "configured_batch": section["batch_size"],
-           "params": step.params(), "steps": steps, "steps_per_s": 1 / dt, "tokens_per_step": step.tokens,
-           "tokens_per_s": step.tokens / dt, "flops_per_step": flops, "achieved_tflops": flops / dt / 1e12,
-           "amp": "bf16" if bf16 else "fp32", "torch_threads": torch.get_num_threads()}
+    out = {
+        "case": name,
+        "config": which,
+        "kind": kind,
+        "variant": variant,
+        "attention": attention,
+        "device": device,
+        "batch": step.batch,
+        "seq_len": step.seq_len,
+        "configured_batch": section["batch_size"],
+        "params": step.params(),
+        "steps": steps,
+        "steps_per_s": 1 / dt,
+        "tokens_per_step": step.tokens,
+        "tokens_per_s": step.tokens / dt,
+        "flops_per_step": flops,
+        "achieved_tflops": flops / dt / 1e12,
+        "amp": "bf16" if bf16 else "fp32",
+        "torch_threads": torch.get_num_threads(),
+    }
     if device == "cuda":
         name_gpu = torch.cuda.get_device_name()
         peak = perf.gpu_bf16_peak(name_gpu)
-        out.update(gpu=name_gpu, peak_gpu_mem_GiB=torch.cuda.max_memory_allocated() / 2**30,
-                   bf16_peak_tflops=peak / 1e12 if peak else None, mfu=flops / dt / peak if peak else None)
+        out.update(
+            gpu=name_gpu,
+            peak_gpu_mem_GiB=torch.cuda.max_memory_allocated() / 2**30,
+            bf16_peak_tflops=peak / 1e12 if peak else None,
+            mfu=flops / dt / peak if peak else None,
+        )
     else:
         out.update(peak_rss_GiB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, mfu=None)
     return out
@@ -125,26 +146,38 @@ def run_all(device: str, cases=None, log=print) -> list[dict]:
             if attention == "explicit" and device == "cpu" and name in SKIP_EXPLICIT_ON_CPU:
                 continue
             t0 = time.time()
-            r = subprocess.run([sys.executable, "-m", "bench.train", "--case", name, "--attention", attention,
-                                "--device", device], capture_output=True, text=True,
-                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            r = subprocess.run(
+                [sys.executable, "-m", "bench.train", "--case", name, "--attention", attention, "--device", device],
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            )
             if r.returncode:
                 why = "killed (out of memory?)" if r.returncode in (-9, 137) else f"exit {r.returncode}"
                 row = {"case": name, "attention": attention, "error": why, "stderr_tail": r.stderr[-1500:]}
             else:
                 row = json.loads(r.stdout.strip().splitlines()[-1])
             rows.append(row)
-            log(f"  train {name:22s} {attention:8s} "
-                + (f"{row['steps_per_s']:8.3f} steps/s  {row['tokens_per_s']:10.0f} tok/s" if "error" not in row
-                   else row["error"]) + f"  ({time.time() - t0:.0f} s)")
+            log(
+                f"  train {name:22s} {attention:8s} "
+                + (
+                    f"{row['steps_per_s']:8.3f} steps/s  {row['tokens_per_s']:10.0f} tok/s"
+                    if "error" not in row
+                    else row["error"]
+                )
+                + f"  ({time.time() - t0:.0f} s)"
+            )
     return rows
 
 
 def speedups(rows: list[dict]) -> dict:
     """SDPA over explicit steps/s per case (both measured in this run)."""
     by = {(r["case"], r["attention"]): r for r in rows if "error" not in r}
-    return {c: by[(c, "sdpa")]["steps_per_s"] / by[(c, "explicit")]["steps_per_s"]
-            for c in CASES if (c, "sdpa") in by and (c, "explicit") in by}
+    return {
+        c: by[(c, "sdpa")]["steps_per_s"] / by[(c, "explicit")]["steps_per_s"]
+        for c in CASES
+        if (c, "sdpa") in by and (c, "explicit") in by
+    }
 
 
 if __name__ == "__main__":

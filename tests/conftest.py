@@ -32,8 +32,14 @@ def synthetic_root(tmp_path_factory, test_cfg) -> Path:
 
     s = test_cfg["synthetic"]
     root = tmp_path_factory.mktemp("libero")
-    generate(root, demo_task_ids(per_suite=s["per_suite"]), n_demos=s["n_demos"],
-             len_range=(s["len_min"], s["len_max"]), seed=s["seed"], progress=False)
+    generate(
+        root,
+        demo_task_ids(per_suite=s["per_suite"]),
+        n_demos=s["n_demos"],
+        len_range=(s["len_min"], s["len_max"]),
+        seed=s["seed"],
+        progress=False,
+    )
     return root
 
 
@@ -77,8 +83,9 @@ def tiny_tokenizer_ckpt(tmp_path_factory) -> Path:
     from dreamer4_libero.models.upstream import save_upstream_tokenizer_checkpoint
 
     torch.manual_seed(0)
-    tok = Tokenizer(TokenizerConfig(H=32, W=32, patch=8, d_model=32, n_heads=2, depth=1, n_latents=4,
-                                    d_bottleneck=8, dropout=0.0))
+    tok = Tokenizer(
+        TokenizerConfig(H=32, W=32, patch=8, d_model=32, n_heads=2, depth=1, n_latents=4, d_bottleneck=8, dropout=0.0)
+    )
     path = tmp_path_factory.mktemp("tok") / "tokenizer.pt"
     save_upstream_tokenizer_checkpoint(path, tok)
     return path
@@ -95,8 +102,13 @@ def lpips_weights() -> Path:
 
 def _repo_copy(dest: Path) -> Path:
     """The working tree (tracked and untracked, not ignored files) copied to `dest`: a clean checkout."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for f in filter(None, files):
         src = REPO / f
         if src.is_file():
@@ -115,7 +127,7 @@ def planned_jobs(out: str) -> dict[str, int]:
     if "Job stats:" not in out:
         return {}
     jobs = {}
-    for ln in out[out.index("Job stats:"):].split("\n")[3:]:
+    for ln in out[out.index("Job stats:") :].split("\n")[3:]:
         if not ln.strip():
             break
         name, count = ln.split()
@@ -131,21 +143,28 @@ def dry_run_jobs(out: str) -> list[dict]:
     for ln in out.splitlines():
         s = ln.strip()
         if s.startswith(("rule ", "localrule ")) and s.endswith(":"):
-            cur = {"rule": s.split()[1][:-1], "local": s.startswith("localrule"), "output": [], "benchmark": None, "wildcards": {},
-                   "resources": "", "shell": ""}
+            cur = {
+                "rule": s.split()[1][:-1],
+                "local": s.startswith("localrule"),
+                "output": [],
+                "benchmark": None,
+                "wildcards": {},
+                "resources": "",
+                "shell": "",
+            }
             jobs.append(cur)
         elif cur is None:
             continue
         elif s.startswith("output:"):
-            cur["output"] = [x.strip() for x in s[len("output:"):].split(",") if x.strip()]
+            cur["output"] = [x.strip() for x in s[len("output:") :].split(",") if x.strip()]
         elif s.startswith("benchmark:"):
-            cur["benchmark"] = s[len("benchmark:"):].strip()
+            cur["benchmark"] = s[len("benchmark:") :].strip()
         elif s.startswith("wildcards:"):
-            cur["wildcards"] = dict(kv.strip().split("=", 1) for kv in s[len("wildcards:"):].split(","))
+            cur["wildcards"] = dict(kv.strip().split("=", 1) for kv in s[len("wildcards:") :].split(","))
         elif s.startswith("resources:"):
-            cur["resources"] = s[len("resources:"):].strip()
+            cur["resources"] = s[len("resources:") :].strip()
         elif s.startswith("Shell command:"):
-            cur["shell"] = s[len("Shell command:"):].strip()
+            cur["shell"] = s[len("Shell command:") :].strip()
     return jobs
 
 
@@ -186,9 +205,13 @@ def demo_study(tmp_path_factory) -> Path:
     work = _repo_copy(tmp_path_factory.mktemp("demo_study"))
     log = work / "demo_snakemake.log"
     with open(log, "w") as fh:
-        r = subprocess.run(snakemake_cmd("--profile", "profiles/local", "--cores", "2", "--configfile",
-                                         "config/demo.yaml"), cwd=work, env=venv_env(), stdout=fh,
-                           stderr=subprocess.STDOUT)
+        r = subprocess.run(
+            snakemake_cmd("--profile", "profiles/local", "--cores", "2", "--configfile", "config/demo.yaml"),
+            cwd=work,
+            env=venv_env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     if r.returncode != 0:
         tail = log.read_text()[-4000:]
         logs = sorted((work / "logs").rglob("*.log"))
@@ -252,12 +275,18 @@ class TrainerCLI:
         """Run to the end; stdout and stderr captured as text."""
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or self.TIMEOUT, **kw)
 
-    def start(self, cmd: list[str], log: Path, *, cwd: Path | None = None, env: dict | None = None,
-              **extra_env: str) -> subprocess.Popen:
+    def start(
+        self, cmd: list[str], log: Path, *, cwd: Path | None = None, env: dict | None = None, **extra_env: str
+    ) -> subprocess.Popen:
         """Start in the background, stdout and stderr into `log` (unbuffered)."""
         with open(log, "w") as fh:  # the child keeps its own copy of the descriptor
-            return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd,
-                                    env={**(env or os.environ), "PYTHONUNBUFFERED": "1", **extra_env})
+            return subprocess.Popen(
+                cmd,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env={**(env or os.environ), "PYTHONUNBUFFERED": "1", **extra_env},
+            )
 
 
 @pytest.fixture(scope="session")
@@ -276,8 +305,12 @@ def trainer_cli() -> TrainerCLI:
 # would put it in the right tier (the guard below); tests/test_tiers.py checks the classification.
 
 TIER_FIXTURES = {
-    "demo_study": "e2e", "slurm_cluster": "e2e", "dag_repo": "e2e",
-    "trainer_cli": "integration", "snakemake_repo": "integration", "long_training": "integration",
+    "demo_study": "e2e",
+    "slurm_cluster": "e2e",
+    "dag_repo": "e2e",
+    "trainer_cli": "integration",
+    "snakemake_repo": "integration",
+    "long_training": "integration",
 }
 TIERS = ("unit", "integration", "e2e")
 UNIT_MAX_STEPS = 50
@@ -301,8 +334,10 @@ _HEAVY_ARGV = (
     (re.compile(r"(^|/)workflow_scripts/(pre)?train_\w+\.py$|(^|/)engine_toy\.py$"), "a trainer script", "trainer_cli"),
     (re.compile(r"(^|/)(sbatch|srun|salloc)$"), "a Slurm job", "slurm_cluster"),
 )
-_SNAKEMAKE_NO_JOBS = re.compile(r"^(-n|--dry-?run|--lint|--report|--unlock|--list\S*|--summary|--detailed-summary|"
-                                r"--rulegraph|--dag|--filegraph|--version|-h|--help|-\w*n\w*)$")
+_SNAKEMAKE_NO_JOBS = re.compile(
+    r"^(-n|--dry-?run|--lint|--report|--unlock|--list\S*|--summary|--detailed-summary|"
+    r"--rulegraph|--dag|--filegraph|--version|-h|--help|-\w*n\w*)$"
+)
 
 
 def heavy_command(args) -> tuple[str, str] | None:
@@ -338,8 +373,11 @@ class _TierGuard:
             if guard.item is not None:
                 hit = heavy_command(args)
                 if hit:
-                    pytest.fail(f"{guard.item.nodeid} is in the unit tier but starts {hit[0]} ({args!r}); ask for the "
-                                f"`{hit[1]}` fixture (tests/conftest.py TIER_FIXTURES)", pytrace=False)
+                    pytest.fail(
+                        f"{guard.item.nodeid} is in the unit tier but starts {hit[0]} ({args!r}); ask for the "
+                        f"`{hit[1]}` fixture (tests/conftest.py TIER_FIXTURES)",
+                        pytrace=False,
+                    )
             orig(popen, args, *a, **kw)
 
         subprocess.Popen.__init__ = guarded_init
@@ -356,8 +394,10 @@ class _TierGuard:
 
 _GUARD = _TierGuard()
 
-_HEAVY_NAMES = re.compile(r"torch\.distributed\.run|\btorchrun\b|(pre)?train_(tokenizer|dynamics)\.py|engine_toy\.py|"
-                          r"\b(sbatch|srun|salloc|squeue)\b")
+_HEAVY_NAMES = re.compile(
+    r"torch\.distributed\.run|\btorchrun\b|(pre)?train_(tokenizer|dynamics)\.py|engine_toy\.py|"
+    r"\b(sbatch|srun|salloc|squeue)\b"
+)
 
 
 def static_heavy_refs(item) -> list[str]:
@@ -422,10 +462,22 @@ def pytest_collection_finish(session):
     integration"`)."""
     out = os.environ.get("D4L_TIER_AUDIT")
     if out:
-        Path(out).write_text(json.dumps({"deselected": len(_DESELECTED), "items": {
-            it.nodeid: {"tier": it.stash.get(TIER_KEY, "unit"),
-                        "tier_fixtures": sorted(set(it.fixturenames) & set(TIER_FIXTURES)),
-                        "heavy": static_heavy_refs(it)} for it in session.items}}, indent=1))
+        Path(out).write_text(
+            json.dumps(
+                {
+                    "deselected": len(_DESELECTED),
+                    "items": {
+                        it.nodeid: {
+                            "tier": it.stash.get(TIER_KEY, "unit"),
+                            "tier_fixtures": sorted(set(it.fixturenames) & set(TIER_FIXTURES)),
+                            "heavy": static_heavy_refs(it),
+                        }
+                        for it in session.items
+                    },
+                },
+                indent=1,
+            )
+        )
 
 
 def pytest_configure(config):
@@ -460,8 +512,11 @@ def pytest_runtest_call(item):
     finally:
         _GUARD.item = None
     if unit is not None and _GUARD.steps > UNIT_MAX_STEPS:
-        pytest.fail(f"{item.nodeid} is in the unit tier but took {_GUARD.steps} optimizer steps (at most "
-                    f"{UNIT_MAX_STEPS}): shrink it, or ask for the `long_training` fixture", pytrace=False)
+        pytest.fail(
+            f"{item.nodeid} is in the unit tier but took {_GUARD.steps} optimizer steps (at most "
+            f"{UNIT_MAX_STEPS}): shrink it, or ask for the `long_training` fixture",
+            pytrace=False,
+        )
     return res
 
 
@@ -507,8 +562,9 @@ def pytest_runtest_logreport(report):
     if report.when == "setup" and report.skipped:
         _FAULT_RESULTS.append((report.nodeid, *fg, "SKIPPED"))
     elif report.when == "call":
-        _FAULT_RESULTS.append((report.nodeid, *fg, "PASSED" if report.passed else
-                               ("SKIPPED" if report.skipped else "FAILED")))
+        _FAULT_RESULTS.append(
+            (report.nodeid, *fg, "PASSED" if report.passed else ("SKIPPED" if report.skipped else "FAILED"))
+        )
     elif report.when == "setup" and report.failed:
         _FAULT_RESULTS.append((report.nodeid, *fg, "ERROR"))
 
@@ -517,8 +573,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not _FAULT_RESULTS:
         return
     tr = terminalreporter
-    tr.section(f"fault injection: {len(_FAULT_RESULTS)} faults, "
-               f"{sum(r[3] == 'PASSED' for r in _FAULT_RESULTS)} guarantees held")
+    tr.section(
+        f"fault injection: {len(_FAULT_RESULTS)} faults, "
+        f"{sum(r[3] == 'PASSED' for r in _FAULT_RESULTS)} guarantees held"
+    )
     for nodeid, fault, guarantee, outcome in _FAULT_RESULTS:
         tr.write_line(f"{outcome:7s} {nodeid}")
         tr.write_line(f"        fault:     {fault}")

@@ -38,8 +38,15 @@ def toy_loss(model: nn.Module, batch: dict) -> torch.Tensor:
 
 
 class ToyTask:
-    def __init__(self, data_seed: int = 0, sleep: float = 0.0, nan_at: int | None = None,
-                 record_step: int | None = None, record_dir: str | None = None, nan_rank: int | None = None):
+    def __init__(
+        self,
+        data_seed: int = 0,
+        sleep: float = 0.0,
+        nan_at: int | None = None,
+        record_step: int | None = None,
+        record_dir: str | None = None,
+        nan_rank: int | None = None,
+    ):
         self.data_seed, self.sleep, self.nan_at, self.nan_rank = data_seed, sleep, nan_at, nan_rank
         self.record_step, self.record_dir = record_step, record_dir
         self.rank = 0
@@ -66,9 +73,14 @@ class ToyTask:
             time.sleep(self.sleep)
         if self.record_step is not None and step == self.record_step:
             inner = getattr(model, "module", model)
-            torch.save({"params": {k: v.detach().clone() for k, v in inner.state_dict().items()},
-                        "rng": torch.get_rng_state(), "step": step},
-                       Path(self.record_dir) / f"pre_rank{self.rank}.pt")
+            torch.save(
+                {
+                    "params": {k: v.detach().clone() for k, v in inner.state_dict().items()},
+                    "rng": torch.get_rng_state(),
+                    "step": step,
+                },
+                Path(self.record_dir) / f"pre_rank{self.rank}.pt",
+            )
         loss = toy_loss(model, batch)
         if self.nan_at is not None and step == self.nan_at and self.nan_rank in (None, self.rank):
             loss = loss * float("nan")
@@ -76,14 +88,18 @@ class ToyTask:
 
     def after_update(self, step, model):
         if self.record_step is not None and step == self.record_step + 1:
-            torch.save({n: p.grad.detach().clone() for n, p in model.named_parameters()},
-                       Path(self.record_dir) / f"grad_rank{self.rank}.pt")
+            torch.save(
+                {n: p.grad.detach().clone() for n, p in model.named_parameters()},
+                Path(self.record_dir) / f"grad_rank{self.rank}.pt",
+            )
         return {"extra/one": 1.0}
 
     def on_checkpoint(self, step, model):
         if self.record_dir is not None:  # every rank: its weights at its newest checkpoint
-            torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
-                       Path(self.record_dir) / f"ckpt_rank{self.rank}.pt")
+            torch.save(
+                {k: v.detach().clone() for k, v in model.state_dict().items()},
+                Path(self.record_dir) / f"ckpt_rank{self.rank}.pt",
+            )
 
 
 def main(argv=None) -> int:
@@ -98,8 +114,9 @@ def main(argv=None) -> int:
     ap.add_argument("--start-now", action="store_true", help="count the time limit from now, not process start")
     a = ap.parse_args(argv)
     require_job_gpus(a, "engine_toy")
-    cfg = engine_config_from_args(a, deterministic=True, progress=False, save_every=5, keep_last=3, log_every=1,
-                                  run_name="toy")
+    cfg = engine_config_from_args(
+        a, deterministic=True, progress=False, save_every=5, keep_last=3, log_every=1, run_name="toy"
+    )
     if a.start_now:
         cfg.start_time = time.time()
     task = ToyTask(a.data_seed, a.sleep, a.nan_at, a.record_step, a.record_dir, a.nan_rank)

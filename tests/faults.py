@@ -61,8 +61,9 @@ def finish(trainer_cli, cmd: list[str], log: Path) -> str:
     return res.stdout + res.stderr
 
 
-def interrupt_at_random_steps(trainer_cli, cmd: list[str], ckpt: Path, tmp: Path, *, max_steps: int, log_every: int,
-                              seed: int) -> dict:
+def interrupt_at_random_steps(
+    trainer_cli, cmd: list[str], ckpt: Path, tmp: Path, *, max_steps: int, log_every: int, seed: int
+) -> dict:
     """SIGTERM at a random logged step k1 (expects exit 75 after saving), SIGKILL at a random later step
     k2, then a last attempt to the end. Returns what happened (for the test's asserts and its output)."""
     rng = random.Random(seed)
@@ -100,8 +101,17 @@ def interrupt_at_random_steps(trainer_cli, cmd: list[str], ckpt: Path, tmp: Path
     return info
 
 
-def interrupt_during_checkpoint_writes(trainer_cli, cmd: list[str], ckpt: Path, tmp: Path, *, save_every: int, max_steps: int,
-                                       seed: int, pause_s: float = 3.0) -> dict:
+def interrupt_during_checkpoint_writes(
+    trainer_cli,
+    cmd: list[str],
+    ckpt: Path,
+    tmp: Path,
+    *,
+    save_every: int,
+    max_steps: int,
+    seed: int,
+    pause_s: float = 3.0,
+) -> dict:
     """SIGTERM inside the write of checkpoint j1, SIGKILL inside the write of checkpoint j2 > j1 (random
     checkpoint steps), then a last attempt to the end. Returns what happened."""
     rng = random.Random(seed)
@@ -169,8 +179,11 @@ def corrupt_shard_copy(preprocessed: Path, dest: Path, how: str, task_id: str | 
         for f in folder.iterdir():
             os.symlink(f, out / f.name)
     shard = dest / "shards" / task_id
-    name = {"truncated_frames": "frames.npy", "garbage_npy_header": "actions.npy",
-            "garbage_episodes_json": "episodes.json"}[how]
+    name = {
+        "truncated_frames": "frames.npy",
+        "garbage_npy_header": "actions.npy",
+        "garbage_episodes_json": "episodes.json",
+    }[how]
     target = shard / name
     raw = (preprocessed / "shards" / task_id / name).read_bytes()
     target.unlink()

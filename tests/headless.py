@@ -32,8 +32,8 @@ class Browser:
     def __init__(self, binary: str, width: int = 1280, height: int = 900, timeout: float = 60.0):
         self.timeout = timeout
         self.width, self.height = width, height
-        cmd_r, self._cmd_w = os.pipe()     # we write commands -> chromium reads fd 3
-        self._evt_r, evt_w = os.pipe()     # chromium writes fd 4 -> we read
+        cmd_r, self._cmd_w = os.pipe()  # we write commands -> chromium reads fd 3
+        self._evt_r, evt_w = os.pipe()  # chromium writes fd 4 -> we read
         self.profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"cdp-profile-{os.getpid()}-{time.time_ns()}"
 
         def _fds():  # in the child: the pipe ends on fds 3 and 4, inheritable across exec
@@ -44,10 +44,24 @@ class Browser:
                 os.set_inheritable(fd, True)
 
         self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
-             "--disable-extensions", "--disable-background-networking", f"--user-data-dir={self.profile}",
-             f"--window-size={width},{height}", "about:blank"],
-            preexec_fn=_fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-pipe",
+                "--no-first-run",
+                "--disable-extensions",
+                "--disable-background-networking",
+                f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            preexec_fn=_fds,
+            close_fds=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         os.close(cmd_r)
         os.close(evt_w)
         self._buf = b""
@@ -66,8 +80,10 @@ class Browser:
                 return None
             chunk = os.read(self._evt_r, 1 << 20)
             if not chunk:
-                raise RuntimeError("chromium closed the DevTools pipe: "
-                                   + (self.proc.stderr.read().decode(errors="replace")[-2000:] if self.proc.stderr else ""))
+                raise RuntimeError(
+                    "chromium closed the DevTools pipe: "
+                    + (self.proc.stderr.read().decode(errors="replace")[-2000:] if self.proc.stderr else "")
+                )
             self._buf += chunk
         raw, self._buf = self._buf.split(b"\0", 1)
         return json.loads(raw)
@@ -113,12 +129,15 @@ class Browser:
     # -- page -----------------------------------------------------------------------------------
     def open(self, url: str, settle_s: float = 2.0) -> None:
         target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True},
-                                 session=False)["sessionId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)[
+            "sessionId"
+        ]
         for m in ("Runtime.enable", "Log.enable", "Page.enable"):
             self.send(m)
-        self.send("Emulation.setDeviceMetricsOverride", {"width": self.width, "height": self.height,
-                                                          "deviceScaleFactor": 1, "mobile": False})
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+        )
         self.send("Page.navigate", {"url": url})
         if not self.wait_event("Page.loadEventFired", self.timeout):
             raise TimeoutError(f"{url} did not load within {self.timeout} s")

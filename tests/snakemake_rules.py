@@ -14,13 +14,20 @@ from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSet
 
 if __name__ == "__main__":
     with SnakemakeApi(OutputSettings()) as api:
-        wf = api.workflow(resource_settings=ResourceSettings(cores=1),
-                          config_settings=ConfigSettings(configfiles=[Path(f) for f in sys.argv[1:]]),
-                          snakefile=Path("Snakefile"), workdir=Path.cwd())
+        wf = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            config_settings=ConfigSettings(configfiles=[Path(f) for f in sys.argv[1:]]),
+            snakefile=Path("Snakefile"),
+            workdir=Path.cwd(),
+        )
         workflow = wf._workflow
         # Workflow.is_local without its "everything is local without an executor" shortcut
-        rules = {r.name: {"local": r.group is None and (r.name in workflow._localrules or r.norun
-                                                         or r.is_template_engine),
-                          "declared_local": r.name in workflow._localrules, "shell": r.shellcmd}
-                 for r in workflow.rules}
+        rules = {
+            r.name: {
+                "local": r.group is None and (r.name in workflow._localrules or r.norun or r.is_template_engine),
+                "declared_local": r.name in workflow._localrules,
+                "shell": r.shellcmd,
+            }
+            for r in workflow.rules
+        }
     print("RULES_JSON " + json.dumps(rules))

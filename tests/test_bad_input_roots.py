@@ -56,24 +56,24 @@ def test_a_broken_file_link_is_an_unreadable_file_not_a_missing_task(one_task, t
     if kind == "dangling":
         os.symlink(suite / "nowhere.hdf5", link)
     else:
-        os.symlink(link, link)                                          # a link to itself: ELOOP
+        os.symlink(link, link)  # a link to itself: ELOOP
     tasks, warnings = discover_task_files(one_task)
     assert any(t.path == link for t in tasks), "the link must not be dropped silently"
     words = "dangling symbolic link" if kind == "dangling" else "symbolic link loop"
     assert any(w.startswith(f"{suite.name}/ghost_task_demo.hdf5: unreadable: {words}") for w in warnings), warnings
     out = tmp_path / "pre"
-    with pytest.raises(LiberoFormatError) as e:                        # error policy: the file is named
+    with pytest.raises(LiberoFormatError) as e:  # error policy: the file is named
         preprocess(one_task, out, progress=False)
     assert "ghost_task_demo.hdf5" in str(e.value) and "readable HDF5" in str(e.value)
     assert not (out / "manifest.json").exists()
-    man = preprocess(one_task, tmp_path / "pre_skip", on_bad_demo="skip", progress=False)   # skip: counted
+    man = preprocess(one_task, tmp_path / "pre_skip", on_bad_demo="skip", progress=False)  # skip: counted
     assert man["totals"]["files_skipped"] == 1 and man["totals"]["tasks"] == 2
 
 
 def test_a_folder_link_loop_is_not_followed(one_task):
     suite = sorted(p for p in one_task.iterdir() if p.is_dir())[0]
-    os.symlink("..", suite / "again")                                    # suite/again -> the root
-    os.symlink(".", suite / "self")                                      # suite/self -> suite
+    os.symlink("..", suite / "again")  # suite/again -> the root
+    os.symlink(".", suite / "self")  # suite/self -> suite
     tasks, warnings = discover_task_files(one_task)
     assert len(tasks) == 2
     loops = [w for w in warnings if "symbolic link loop" in w]
@@ -86,12 +86,14 @@ def test_nothing_usable_under_skip_repeats_the_skip_reasons(one_task, tmp_path):
     suite = sorted(p for p in one_task.iterdir() if p.is_dir())[0]
     os.symlink(suite / "nowhere.hdf5", suite / "ghost_task_demo.hdf5")
     out = tmp_path / "pre"
-    with pytest.raises(LiberoFormatError) as e:     # every demo is 6 frames, shorter than min_demo_len 10
+    with pytest.raises(LiberoFormatError) as e:  # every demo is 6 frames, shorter than min_demo_len 10
         preprocess(one_task, out, on_bad_demo="skip", min_demo_len=10, progress=False)
     msg = str(e.value)
     assert "no usable demo left" in msg and "4 demos and 3 files skipped" in msg, msg
-    assert "Skip reasons: 4 x too short: expected T >= 10, found T=6; 1 x libero_10/ghost_task_demo.hdf5: " \
-        "expected a readable HDF5 file, found FileNotFoundError" in msg, msg
+    assert (
+        "Skip reasons: 4 x too short: expected T >= 10, found T=6; 1 x libero_10/ghost_task_demo.hdf5: "
+        "expected a readable HDF5 file, found FileNotFoundError" in msg
+    ), msg
     assert not (out / "manifest.json").exists()
 
 
@@ -100,11 +102,18 @@ def test_a_skipped_demo_still_counts_in_the_total_check(tmp_path, trap):
     """issue 29 item 4: under skip, a skipped demo's frames are in the file's `total`: no false warning."""
     root = tmp_path / "libero"
     tid = synthetic.cycle_task_ids(1)
-    synthetic.generate(root, tid, n_demos=3, len_range=(6, 6), seed=0, progress=False,
-                       traps=[{"trap": trap, "task": tid[0], "demo": 1}])
+    synthetic.generate(
+        root,
+        tid,
+        n_demos=3,
+        len_range=(6, 6),
+        seed=0,
+        progress=False,
+        traps=[{"trap": trap, "task": tid[0], "demo": 1}],
+    )
     task = discover_task_files(root)[0][0]
     with h5py.File(task.path, "r") as f:
-        assert int(f["data"].attrs["total"]) == 18                      # the file's own total is right
+        assert int(f["data"].attrs["total"]) == 18  # the file's own total is right
     with TaskFileReader(task, on_bad_demo="skip") as r:
         recs = list(r.demos())
     assert [x.name for x in recs] == ["demo_0", "demo_2"] and len(r.report.demos_skipped) == 1
@@ -129,7 +138,7 @@ def test_non_utf8_problem_info_is_replaced_and_warned(one_task, tmp_path, how):
     bad = [w for w in r.report.warnings if "problem_info" in w and "UTF-8" in w]
     assert len(bad) == 1, r.report.warnings
     man = preprocess(one_task, tmp_path / "pre", progress=False)
-    text = (tmp_path / "pre" / "manifest.json").read_bytes().decode("utf-8")      # strict: no surrogates
+    text = (tmp_path / "pre" / "manifest.json").read_bytes().decode("utf-8")  # strict: no surrogates
     assert "\\udc" not in text and any("problem_info" in w for f in man["files"] for w in f["warnings"])
 
 
@@ -166,12 +175,18 @@ def _break(root: Path, case: str) -> None:
             f["data"].attrs["num_demos"] = 3
 
 
-@pytest.mark.parametrize("case,args,words", [
-    ("dangling_link", [], ["ghost_task_demo.hdf5", "expected a readable HDF5 file, found FileNotFoundError"]),
-    ("linked_demo", [], ["data/demo_2", "demo_0", "distinct demo"]),
-    ("dangling_link", ["--on-bad-demo", "skip", "--min-demo-len", "10"],
-     ["no usable demo left", "4 x too short: expected T >= 10, found T=6", "ghost_task_demo.hdf5"]),
-])
+@pytest.mark.parametrize(
+    "case,args,words",
+    [
+        ("dangling_link", [], ["ghost_task_demo.hdf5", "expected a readable HDF5 file, found FileNotFoundError"]),
+        ("linked_demo", [], ["data/demo_2", "demo_0", "distinct demo"]),
+        (
+            "dangling_link",
+            ["--on-bad-demo", "skip", "--min-demo-len", "10"],
+            ["no usable demo left", "4 x too short: expected T >= 10, found T=6", "ghost_task_demo.hdf5"],
+        ),
+    ],
+)
 def test_the_preprocess_cli_exits_2_naming_the_problem_and_writes_no_manifest(one_task, tmp_path, case, args, words):
     """The same cases through `workflow_scripts/preprocess.py` (what rule `preprocess` runs)."""
     import subprocess
@@ -181,8 +196,21 @@ def test_the_preprocess_cli_exits_2_naming_the_problem_and_writes_no_manifest(on
 
     _break(one_task, case)
     out = tmp_path / "pre"
-    r = subprocess.run([sys.executable, str(REPO / "workflow_scripts/preprocess.py"), "--libero-root", str(one_task),
-                        "--out", str(out), "--no-progress", *args], capture_output=True, text=True, env=venv_env())
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "workflow_scripts/preprocess.py"),
+            "--libero-root",
+            str(one_task),
+            "--out",
+            str(out),
+            "--no-progress",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     err = r.stderr.split("ERROR: ", 1)[1]
     for w in words:

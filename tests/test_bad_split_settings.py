@@ -15,17 +15,32 @@ from dreamer4_libero.data.tasks import SUITES, all_task_ids
 
 from conftest import REPO, venv_env
 
-SPLIT = {"split_seed": 0, "ood_fraction": 0.2, "train_demo_fraction": 0.8,
-         "train_file": None, "val_file": None, "test_ood_file": None}
-PROBE = {"seeds": [0, 1], "task_seed": 0, "reseed_tasks": False, "n_train_tasks": 2, "n_ood_tasks": 1,
-         "n_probe_train": 4, "n_eval_train": 2, "n_eval_test": 3,
-         "probe_train_file": None, "eval_train_file": None, "eval_test_file": None}
+SPLIT = {
+    "split_seed": 0,
+    "ood_fraction": 0.2,
+    "train_demo_fraction": 0.8,
+    "train_file": None,
+    "val_file": None,
+    "test_ood_file": None,
+}
+PROBE = {
+    "seeds": [0, 1],
+    "task_seed": 0,
+    "reseed_tasks": False,
+    "n_train_tasks": 2,
+    "n_ood_tasks": 1,
+    "n_probe_train": 4,
+    "n_eval_train": 2,
+    "n_eval_test": 3,
+    "probe_train_file": None,
+    "eval_train_file": None,
+    "eval_test_file": None,
+}
 
 
 def _manifest(path: Path, tasks: list[str], n_demos: int = 5) -> Path:
     """The part of preprocess's manifest the split stage reads (libero_data.md §7.2 step 1)."""
-    files = [{"task_id": t, "skipped_file": False, "demos_kept": [f"demo_{k}" for k in range(n_demos)]}
-             for t in tasks]
+    files = [{"task_id": t, "skipped_file": False, "demos_kept": [f"demo_{k}" for k in range(n_demos)]} for t in tasks]
     path.write_text(json.dumps({"files": files}))
     return path
 
@@ -37,10 +52,24 @@ def _tasks_per_suite(n: int) -> list[str]:
 
 def _run(tmp_path: Path, manifest: Path, split: dict | None = None, probe: dict | None = None):
     out = tmp_path / "splits"
-    r = subprocess.run([sys.executable, str(REPO / "workflow_scripts/make_splits.py"), "--manifest", str(manifest),
-                        "--out", str(out), "--split", json.dumps({**SPLIT, **(split or {})}),
-                        "--probe", json.dumps({**PROBE, **(probe or {})})],
-                       capture_output=True, text=True, env=venv_env(), cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "workflow_scripts/make_splits.py"),
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(out),
+            "--split",
+            json.dumps({**SPLIT, **(split or {})}),
+            "--probe",
+            json.dumps({**PROBE, **(probe or {})}),
+        ],
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+        cwd=REPO,
+    )
     return r, out
 
 
@@ -88,8 +117,10 @@ def test_a_probe_task_count_larger_than_its_pool_names_the_key_and_writes_nothin
 def test_too_few_probe_episodes_name_the_keys(tmp_path):
     r, out = _run(tmp_path, _manifest(tmp_path / "m.json", _tasks_per_suite(3)), probe={"n_probe_train": 50})
     assert r.returncode == 2
-    assert ("the 2 probe train tasks (probe.n_train_tasks) hold 8 train.json episodes, need "
-            "probe.n_probe_train + probe.n_eval_train = 50 + 2") in r.stderr
+    assert (
+        "the 2 probe train tasks (probe.n_train_tasks) hold 8 train.json episodes, need "
+        "probe.n_probe_train + probe.n_eval_train = 50 + 2"
+    ) in r.stderr
     assert _written(out) == []
 
 
@@ -102,13 +133,16 @@ def test_a_rerun_with_fewer_seeds_drops_their_stale_folders(tmp_path):
     assert sorted(p.name for p in (out / "probe").iterdir()) == ["seed0"]
 
 
-@pytest.mark.fault(fault="a split file cannot be written (its folder is taken by a file) after others were",
-                   guarantee="summary.json, the set's completion marker, is absent: the set does not look complete")
+@pytest.mark.fault(
+    fault="a split file cannot be written (its folder is taken by a file) after others were",
+    guarantee="summary.json, the set's completion marker, is absent: the set does not look complete",
+)
 def test_a_write_that_fails_midway_leaves_no_summary(tmp_path):
     m = _manifest(tmp_path / "m.json", _tasks_per_suite(3))
     assert _run(tmp_path, m)[0].returncode == 0
     out = tmp_path / "splits"
     import shutil
+
     shutil.rmtree(out / "probe" / "seed1")
     (out / "probe" / "seed1").write_text("not a folder")
     r, _ = _run(tmp_path, m)
@@ -121,8 +155,11 @@ def _user_files(tmp_path: Path, val: list[str]) -> dict:
     tasks = _tasks_per_suite(2)
     ood = [t for t in tasks if t.startswith("libero_10/")]
     train = [t for t in tasks if t not in ood]
-    files = {"train": [f"{t}/demo_{k}" for t in train for k in range(4)],
-             "val": val, "test_ood": [f"{t}/demo_{k}" for t in ood for k in range(4)]}
+    files = {
+        "train": [f"{t}/demo_{k}" for t in train for k in range(4)],
+        "val": val,
+        "test_ood": [f"{t}/demo_{k}" for t in ood for k in range(4)],
+    }
     cfg = {}
     for k, eps in files.items():
         (tmp_path / f"{k}.json").write_text(json.dumps(eps))
@@ -138,8 +175,10 @@ def test_a_user_val_episode_of_a_test_ood_task_is_refused(tmp_path):
     cfg = _user_files(tmp_path, [f"{train_task}/demo_4", f"{ood_task}/demo_4"])
     r, out = _run(tmp_path, m, split=cfg, probe={"n_train_tasks": 1, "n_probe_train": 2, "n_eval_test": 2})
     assert r.returncode == 2
-    assert (f"{tmp_path / 'val.json'} (split.val_file): episode {ood_task}/demo_4 is of task {ood_task}, a test_ood "
-            f"task; val must hold unseen demos of train tasks only (1 such episodes from 1 tasks)") in r.stderr
+    assert (
+        f"{tmp_path / 'val.json'} (split.val_file): episode {ood_task}/demo_4 is of task {ood_task}, a test_ood "
+        f"task; val must hold unseen demos of train tasks only (1 such episodes from 1 tasks)"
+    ) in r.stderr
     assert _written(out) == []
 
 

@@ -20,9 +20,23 @@ from bench.__main__ import ratios, table  # noqa: E402
 def test_memory_section_writes_json_and_table(tmp_path):
     """Two of the paper-scale runs (`make bench` plans all of them; the plan itself: tests/test_perf.py)."""
     out = tmp_path / "b.json"
-    r = subprocess.run([sys.executable, "-m", "bench", "--only", "memory", "--memory-runs",
-                        "tokenizer,dynamics_aux_param_matched_276M", "--out", str(out)], cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--only",
+            "memory",
+            "--memory-runs",
+            "tokenizer,dynamics_aux_param_matched_276M",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     runs = {row["run"]: row for row in res["memory"]}
@@ -35,9 +49,11 @@ def test_memory_section_writes_json_and_table(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "| dynamics_aux_param_matched_276M |" in md and "largest batch / 80 GB" in md
     assert res["machine"]["cpus"] >= 1
-    print(f"\n276M: {big['flops_per_step'] / 1e12:.2f} TFLOP/step, {big['total_bf16_GiB']:.2f} GiB/GPU at batch "
-          f"{big['batch']}, largest batch {big['largest_batch_per_80GB_bf16']} "
-          f"({big['largest_batch_per_80GB_bf16_ckpt']} with activation checkpointing)")
+    print(
+        f"\n276M: {big['flops_per_step'] / 1e12:.2f} TFLOP/step, {big['total_bf16_GiB']:.2f} GiB/GPU at batch "
+        f"{big['batch']}, largest batch {big['largest_batch_per_80GB_bf16']} "
+        f"({big['largest_batch_per_80GB_bf16_ckpt']} with activation checkpointing)"
+    )
 
 
 def test_unknown_section_or_run_is_an_error():
@@ -50,24 +66,56 @@ def test_unknown_section_or_run_is_an_error():
 
 
 def _train_row(case, attention, sps, batch=4, **kw):
-    return {"case": case, "attention": attention, "steps_per_s": sps, "batch": batch, "seq_len": 32, "device": "cpu",
-            "amp": "fp32", "tokens_per_s": sps * 100, "flops_per_step": 1e9, "achieved_tflops": sps * 1e-3,
-            "mfu": None, "peak_rss_GiB": 1.0, **kw}
+    return {
+        "case": case,
+        "attention": attention,
+        "steps_per_s": sps,
+        "batch": batch,
+        "seq_len": 32,
+        "device": "cpu",
+        "amp": "fp32",
+        "tokens_per_s": sps * 100,
+        "flops_per_step": 1e9,
+        "achieved_tflops": sps * 1e-3,
+        "mfu": None,
+        "peak_rss_GiB": 1.0,
+        **kw,
+    }
 
 
 def test_ratios_are_against_the_same_run_baselines():
     res = {
-        "machine": {"cpu": "x", "cpus": 2, "ram_GiB": 24, "torch": "t"}, "date": "d",
-        "train": [_train_row("dynamics_demo", "sdpa", 2.0), _train_row("dynamics_demo", "explicit", 1.6),
-                  _train_row("tokenizer_demo", "sdpa", 10.0, batch=32),
-                  {"case": "dynamics_paper_276M", "attention": "sdpa", "error": "killed (out of memory?)"}],
-        "rollout": [{"case": "rollout_demo", "speedup": 2.5, "frames_per_s_cached": 100.0,
-                     "frames_per_s_uncached": 40.0, "max_abs_diff": 1e-7}],
-        "data": {"preprocess": {"ratio_workers1": 0.9, "ratio_workers2": 1.4, "ours_workers1_fps": 900,
-                                "ours_workers2_fps": 1400, "baseline_read_flip_write_npy_fps": 1000},
-                 "loader": {"dynamics_demo": {"windows_per_s_workers0": 400.0},
-                            "tokenizer_demo": {"windows_per_s_workers0": 3200.0}},
-                 "staging": {"GB": 0.5, "seconds": 1.25, "seconds_per_GB": 2.5}},
+        "machine": {"cpu": "x", "cpus": 2, "ram_GiB": 24, "torch": "t"},
+        "date": "d",
+        "train": [
+            _train_row("dynamics_demo", "sdpa", 2.0),
+            _train_row("dynamics_demo", "explicit", 1.6),
+            _train_row("tokenizer_demo", "sdpa", 10.0, batch=32),
+            {"case": "dynamics_paper_276M", "attention": "sdpa", "error": "killed (out of memory?)"},
+        ],
+        "rollout": [
+            {
+                "case": "rollout_demo",
+                "speedup": 2.5,
+                "frames_per_s_cached": 100.0,
+                "frames_per_s_uncached": 40.0,
+                "max_abs_diff": 1e-7,
+            }
+        ],
+        "data": {
+            "preprocess": {
+                "ratio_workers1": 0.9,
+                "ratio_workers2": 1.4,
+                "ours_workers1_fps": 900,
+                "ours_workers2_fps": 1400,
+                "baseline_read_flip_write_npy_fps": 1000,
+            },
+            "loader": {
+                "dynamics_demo": {"windows_per_s_workers0": 400.0},
+                "tokenizer_demo": {"windows_per_s_workers0": 3200.0},
+            },
+            "staging": {"GB": 0.5, "seconds": 1.25, "seconds_per_GB": 2.5},
+        },
     }
     r = ratios(res)
     assert r["sdpa_vs_explicit_steps_per_s"] == {"dynamics_demo": pytest.approx(1.25)}

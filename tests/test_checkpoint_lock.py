@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def no_flock(monkeypatch):
     """flock fails as on Lustre mounted noflock."""
+
     def enosys(fd, op):
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
 
@@ -49,8 +50,10 @@ def test_flock_is_used_where_it_works(tmp_path, monkeypatch):
             CheckpointLock(tmp_path).acquire()
 
 
-@pytest.mark.fault(fault="flock raises ENOSYS (Lustre noflock); two trainers on one dir",
-                   guarantee="the lock file takes over: the second fails at once naming the holder and 'lock file'")
+@pytest.mark.fault(
+    fault="flock raises ENOSYS (Lustre noflock); two trainers on one dir",
+    guarantee="the lock file takes over: the second fails at once naming the holder and 'lock file'",
+)
 def test_lock_file_when_flock_is_unsupported(tmp_path, no_flock, capsys):
     a = CheckpointLock(tmp_path).acquire()
     assert a.mechanism == "lock file" and a.held
@@ -71,14 +74,23 @@ def test_lock_file_when_flock_is_unsupported(tmp_path, no_flock, capsys):
         assert b.held
 
 
-@pytest.mark.fault(fault="flock raises ENOSYS; the lock-file holder (a real process) is SIGKILLed",
-                   guarantee="while it lives the dir is refused naming its pid; once dead the next trainer takes "
-                             "the lock at once")
+@pytest.mark.fault(
+    fault="flock raises ENOSYS; the lock-file holder (a real process) is SIGKILLed",
+    guarantee="while it lives the dir is refused naming its pid; once dead the next trainer takes the lock at once",
+)
 def test_dead_holder_never_blocks_the_lock_file(tmp_path, no_flock, capsys):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from dreamer4_libero.training.checkpoints import CheckpointLock; "
-         "CheckpointLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, LOCK_ENV: "file", "PYTHONPATH": str(REPO / "src")})
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from dreamer4_libero.training.checkpoints import CheckpointLock; "
+            "CheckpointLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, LOCK_ENV: "file", "PYTHONPATH": str(REPO / "src")},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(CheckpointLockError, match=rf"locked by pid {holder.pid}\b"):
@@ -156,8 +168,9 @@ def test_trainers_that_chose_different_mechanisms_still_exclude_each_other(tmp_p
     a.release()
     assert not (tmp_path / EXCL_NAME).exists()
     # a lock-file holder whose flock could not be taken (another node): the flock user still sees it
-    _holder_file(tmp_path, pid=os.getpid(), host=socket.gethostname(), pid_start=dirlock._proc_start(os.getpid()),
-                 token="live")
+    _holder_file(
+        tmp_path, pid=os.getpid(), host=socket.gethostname(), pid_start=dirlock._proc_start(os.getpid()), token="live"
+    )
     with pytest.raises(CheckpointLockError, match=r"lock: lock file .*held by a trainer that uses the lock file"):
         CheckpointLock(tmp_path).acquire()
     b_lock = CheckpointLock(tmp_path)
@@ -178,9 +191,11 @@ def test_this_machines_tmp_is_not_node_local():
     assert node_local_flock(Path("/tmp")) is None
 
 
-@pytest.mark.fault(fault="flock raises ENOSYS; a toy trainer holds the run dir, then is SIGKILLed mid-run",
-                   guarantee="a second trainer fails at once naming it and the lock file; after the kill the "
-                             "retry takes the dir over and finishes")
+@pytest.mark.fault(
+    fault="flock raises ENOSYS; a toy trainer holds the run dir, then is SIGKILLed mid-run",
+    guarantee="a second trainer fails at once naming it and the lock file; after the kill the "
+    "retry takes the dir over and finishes",
+)
 def test_trainers_share_a_dir_through_the_lock_file(trainer_cli, tmp_path, no_flock):
     sys.path.insert(0, str(REPO / "tests"))
     from engine_toy import ToyTask
@@ -190,9 +205,24 @@ def test_trainers_share_a_dir_through_the_lock_file(trainer_cli, tmp_path, no_fl
     from dreamer4_libero.training.engine_config import EngineConfig
 
     d, log = tmp_path / "ck", tmp_path / "toy.log"
-    p = trainer_cli.start([sys.executable, str(REPO / "tests" / "engine_toy.py"), "--ckpt-dir", str(d),
-                           "--max-steps", "200", "--save-every", "2", "--sleep", "0.1"], log, cwd=REPO,
-                          PYTHONPATH=str(REPO / "src"), **{LOCK_ENV: "file"})
+    p = trainer_cli.start(
+        [
+            sys.executable,
+            str(REPO / "tests" / "engine_toy.py"),
+            "--ckpt-dir",
+            str(d),
+            "--max-steps",
+            "200",
+            "--save-every",
+            "2",
+            "--sleep",
+            "0.1",
+        ],
+        log,
+        cwd=REPO,
+        PYTHONPATH=str(REPO / "src"),
+        **{LOCK_ENV: "file"},
+    )
     cfg = EngineConfig(ckpt_dir=str(d), max_steps=10, save_every=5, seed=0, deterministic=True, progress=False)
     try:
         t0 = time.time()

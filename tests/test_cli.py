@@ -31,13 +31,20 @@ def test_user_errors_are_value_file_and_setup_errors_and_not_key_error():
     assert issubclass(ConfigError, ValueError) and not issubclass(ConfigError, KeyError)
 
 
-@pytest.mark.parametrize("raise_line, message", [
-    ("raise ConfigError(\"tokenizer.init_scale names unknown parameters ['nope']\")",
-     "tokenizer.init_scale names unknown parameters ['nope']"),
-    ("raise ValueError('manifest.json: key \\'files\\' missing')", "manifest.json: key 'files' missing"),
-    ("raise FileNotFoundError('tokenizer checkpoint not found: /nowhere.pt')",
-     "tokenizer checkpoint not found: /nowhere.pt"),
-])
+@pytest.mark.parametrize(
+    "raise_line, message",
+    [
+        (
+            "raise ConfigError(\"tokenizer.init_scale names unknown parameters ['nope']\")",
+            "tokenizer.init_scale names unknown parameters ['nope']",
+        ),
+        ("raise ValueError('manifest.json: key \\'files\\' missing')", "manifest.json: key 'files' missing"),
+        (
+            "raise FileNotFoundError('tokenizer checkpoint not found: /nowhere.pt')",
+            "tokenizer checkpoint not found: /nowhere.pt",
+        ),
+    ],
+)
 def test_a_user_error_exits_2_with_one_line_and_no_traceback(tmp_path, raise_line, message):
     r = _run(tmp_path, raise_line)
     assert r.returncode == 2, r.stderr
@@ -48,10 +55,13 @@ def test_a_user_error_exits_2_with_one_line_and_no_traceback(tmp_path, raise_lin
 
 
 def test_a_key_error_is_a_bug_exits_1_with_its_traceback(tmp_path):
-    r = _run(tmp_path, """
+    r = _run(
+        tmp_path,
+        """
         record = {"step": 3}
         return record["steps"]
-    """)
+    """,
+    )
     assert r.returncode == 1, r.stderr
     assert "Traceback (most recent call last)" in r.stderr
     assert 'return record["steps"]' in r.stderr and r.stderr.rstrip().endswith("KeyError: 'steps'")

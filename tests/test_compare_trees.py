@@ -35,8 +35,15 @@ def test_identical_trees_and_a_json_difference_named_by_key(tmp_path):
 def test_the_script_exits_1_on_a_difference(tmp_path):
     _tree(tmp_path / "a")
     _tree(tmp_path / "b")
-    run = lambda x, y: subprocess.run([sys.executable, str(REPO / "workflow_scripts/compare_trees.py"), str(x), str(y)],  # noqa: E731
-                                      capture_output=True, text=True, env=venv_env())
+
+    def run(x, y):
+        return subprocess.run(
+            [sys.executable, str(REPO / "workflow_scripts/compare_trees.py"), str(x), str(y)],
+            capture_output=True,
+            text=True,
+            env=venv_env(),
+        )
+
     assert run(tmp_path / "a", tmp_path / "b").returncode == 0
     (tmp_path / "b" / "tables" / "table1_probe.md").write_text("| a | c |\n")
     r = run(tmp_path / "a", tmp_path / "b")

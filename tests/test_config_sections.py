@@ -25,7 +25,9 @@ def test_defaults_are_filled_and_errors_name_the_section_key():
 def test_bad_json_and_unknown_sections_name_the_argument():
     with pytest.raises(ConfigError, match=r"--eval: not valid JSON .*expected the config section 'probe_eval'"):
         parse_section("{H_list: [1]}", "probe_eval", "--eval")
-    with pytest.raises(ConfigError, match=r"--eval: expected the config section 'probe_eval' as a JSON object, found list"):
+    with pytest.raises(
+        ConfigError, match=r"--eval: expected the config section 'probe_eval' as a JSON object, found list"
+    ):
         parse_section("[1]", "probe_eval", "--eval")
     with pytest.raises(ConfigError, match=r"no config section 'nope.eval'"):
         parse_section("{}", "nope.eval", "--x")
@@ -42,18 +44,31 @@ def test_scheduling_keys_are_refused_or_checked_but_never_filled():
 
 def test_a_resolved_variant_round_trips_with_its_derived_keys():
     run = science(dynamics_variants(demo_config())["dynamics_aux_agent_reads_leakfree"])
-    back = parse_section(json.dumps(run), "dynamics.defaults", "--variant", derived=VARIANT_DERIVED_KEYS,
-                         scheduling="allow")
-    assert back == run                      # the rule's section is complete: nothing added, nothing lost
+    back = parse_section(
+        json.dumps(run), "dynamics.defaults", "--variant", derived=VARIANT_DERIVED_KEYS, scheduling="allow"
+    )
+    assert back == run  # the rule's section is complete: nothing added, nothing lost
     with pytest.raises(ConfigError, match=r"'name', 'not_run_reason', 'runnable' were unexpected"):
         parse_section(json.dumps(run), "dynamics.defaults", "--variant")
 
 
 def test_the_tables_config_is_a_schema_defs_entry():
     cfg = parse_section(json.dumps({"variants": [{"name": "v"}]}), "$defs.tables_config", "--tables-config")
-    assert cfg["variants"] == [{"name": "v", "label": None, "runnable": True, "not_run_reason": None,
-                                "stand_in_for": None, "aux_weight": 0.0, "aux_input": None, "space_mode": None,
-                                "init_from": None, "init_source": None, "init_note": None}]
+    assert cfg["variants"] == [
+        {
+            "name": "v",
+            "label": None,
+            "runnable": True,
+            "not_run_reason": None,
+            "stand_in_for": None,
+            "aux_weight": 0.0,
+            "aux_input": None,
+            "space_mode": None,
+            "init_from": None,
+            "init_source": None,
+            "init_note": None,
+        }
+    ]
     assert (cfg["H_list"], cfg["seeds"], cfg["bootstrap_B"]) == ([1, 2, 4, 8], [0, 1, 2], 1000)
     with pytest.raises(ConfigError, match=r"'variants' is a required property"):
         parse_section("{}", "$defs.tables_config", "--tables-config")

@@ -37,7 +37,11 @@ def test_leak_tests_pass_on_every_demo_variant(demo_study):
     for v in RUN:
         recs = _records(demo_study, v)
         assert {(r["feature"], r["extraction"], r["probe_mode"]) for r in recs} >= {
-            (f, e, m) for f in ("wm_agent", "wm_spatial") for e in ("past_actions", "video_only") for m in ("policy", "idm")}
+            (f, e, m)
+            for f in ("wm_agent", "wm_spatial")
+            for e in ("past_actions", "video_only")
+            for m in ("policy", "idm")
+        }
         for r in recs:
             lt = r["leak_tests"]
             assert lt["future_actions"]["pass"] and lt["future_actions"]["max_abs_delta"] <= 1e-6, (v, r["feature"])
@@ -102,20 +106,23 @@ def test_rollout_references(demo_study):
                 assert [b["frames"] for b in block[key]] == [[1, 8], [9, 16], [17, 24]]
                 diff = np.subtract(rows["model"]["per_step_psnr"], rows[ref]["per_step_psnr"])
                 for b in block[key]:
-                    assert b["mean"] == pytest.approx(diff[b["frames"][0] - 1:b["frames"][1]].mean(), abs=1e-6)
+                    assert b["mean"] == pytest.approx(diff[b["frames"][0] - 1 : b["frames"][1]].mean(), abs=1e-6)
                     assert b["ci"][0] <= b["mean"] <= b["ci"][1]
-            assert all(len(w) == 24 for w in rows["copy_last_context"]["per_window_mse"]) and len(
-                rows["copy_last_context"]["per_window_mse"]) == n
-            pairs = block["shuffle_pairs"]                      # [window id, partner id], id = <episode>@<start>
+            assert (
+                all(len(w) == 24 for w in rows["copy_last_context"]["per_window_mse"])
+                and len(rows["copy_last_context"]["per_window_mse"]) == n
+            )
+            pairs = block["shuffle_pairs"]  # [window id, partner id], id = <episode>@<start>
             assert len(pairs) == n and len({a for a, _ in pairs}) == n
             task = lambda wid: wid.rsplit("/demo_", 1)[0]  # noqa: E731
             assert all(task(a) != task(b) for a, b in pairs)
-            assert sorted(b for _, b in pairs) == sorted(a for a, _ in pairs)   # a permutation of the windows
+            assert sorted(b for _, b in pairs) == sorted(a for a, _ in pairs)  # a permutation of the windows
             assert rows["model"]["psnr_pooled"] <= rows["model"]["psnr_frame_mean"] + 1e-9
             assert rows["copy_last_context"]["n_frames"] == rows["model"]["n_frames"] == 24 * n
             wins = json.loads((demo_study / "results" / "rollout" / v / f"windows_{name}.json").read_text())
-            assert [w["id"] for w in wins["windows"]] == [a for a, _ in pairs] or \
-                sorted(w["id"] for w in wins["windows"]) == sorted(a for a, _ in pairs)
+            assert [w["id"] for w in wins["windows"]] == [a for a, _ in pairs] or sorted(
+                w["id"] for w in wins["windows"]
+            ) == sorted(a for a, _ in pairs)
 
 
 def test_tokenizer_quality_on_demo_data(demo_study):
@@ -124,8 +131,10 @@ def test_tokenizer_quality_on_demo_data(demo_study):
     r = json.loads((demo_study / "results" / "tokenizer_eval" / CFG["tokenizer"]["run_name"] / "psnr.json").read_text())
     for name in ("test_ood_rollout_list", "val"):
         b = r["sets"][name]
-        print(f"\n[demo tokenizer] {name} {b['tok_psnr_frame_mean']:.2f} dB vs mean-frame "
-              f"{b['mean_frame_baseline_psnr_frame_mean']:.2f} dB (gain {b['gain_over_mean_frame_db']:+.2f})")
+        print(
+            f"\n[demo tokenizer] {name} {b['tok_psnr_frame_mean']:.2f} dB vs mean-frame "
+            f"{b['mean_frame_baseline_psnr_frame_mean']:.2f} dB (gain {b['gain_over_mean_frame_db']:+.2f})"
+        )
         assert b["gain_over_mean_frame_db"] >= 2.0, name
 
 
@@ -141,10 +150,12 @@ def test_positive_control_world_models_use_their_actions(demo_study):
         rows = t["rows"]
         ceil = rows["tokenizer_ceiling_chunked" if t["tokenizer_chunk"] == t["ceiling_chunk"] else "tokenizer_ceiling"]
         last = t["delta_copy_last_bins"][-1]
-        print(f"\n[positive control] {v}: ceiling {ceil['psnr_frame_mean']:.2f} dB, copy-last "
-              f"{rows['copy_last_context']['psnr_frame_mean']:.2f}, model {rows['model']['psnr_frame_mean']:.2f}; "
-              f"true - shuffled {t['delta_action']['mean']:+.3f} {t['delta_action']['ci']}; vs copy-last frames "
-              f"{last['frames']} {last['mean']:+.2f} {last['ci']}")
+        print(
+            f"\n[positive control] {v}: ceiling {ceil['psnr_frame_mean']:.2f} dB, copy-last "
+            f"{rows['copy_last_context']['psnr_frame_mean']:.2f}, model {rows['model']['psnr_frame_mean']:.2f}; "
+            f"true - shuffled {t['delta_action']['mean']:+.3f} {t['delta_action']['ci']}; vs copy-last frames "
+            f"{last['frames']} {last['mean']:+.2f} {last['ci']}"
+        )
         assert ceil["psnr_frame_mean"] >= rows["copy_last_context"]["psnr_frame_mean"] + 1.0, v
         assert t["delta_action"]["ci"][0] > 0, (v, t["delta_action"])
         assert last["ci"][0] <= last["mean"] <= last["ci"][1] and last["frames"] == [17, 24]
@@ -152,10 +163,16 @@ def test_positive_control_world_models_use_their_actions(demo_study):
     print(f"[positive control] beats copy-last over frames 17-24 (CI above 0): {dict(zip(POSITIVE, beats))}")
     # the probe finds what the world model carries: wm_spatial (idm, video_only, H=1, held-out, mean of the
     # seeds) above the tokenizer latents' bar (target of issue 27: >= 0.2; measured +0.13 vs +0.04)
-    wm = [_held_out(r, scoring="all_valid") for r in _records(demo_study, POSITIVE[0])
-          if (r["feature"], r["extraction"], r["probe_mode"], r["H"]) == ("wm_spatial", "video_only", "idm", 1)]
-    tok = [_held_out(r, scoring="all_valid") for r in _records(demo_study, "baselines")
-           if (r["feature"], r["probe_mode"], r["H"]) == ("tok_latent", "idm", 1)]
+    wm = [
+        _held_out(r, scoring="all_valid")
+        for r in _records(demo_study, POSITIVE[0])
+        if (r["feature"], r["extraction"], r["probe_mode"], r["H"]) == ("wm_spatial", "video_only", "idm", 1)
+    ]
+    tok = [
+        _held_out(r, scoring="all_valid")
+        for r in _records(demo_study, "baselines")
+        if (r["feature"], r["probe_mode"], r["H"]) == ("tok_latent", "idm", 1)
+    ]
     print(f"[positive control] {POSITIVE[0]} wm_spatial idm R2 {np.mean(wm):+.3f} vs tok_latent {np.mean(tok):+.3f}")
     assert len(wm) == len(tok) == len(CFG["probe"]["seeds"])
     assert np.mean(wm) > 0.05 and np.mean(wm) > np.mean(tok) + 0.03
@@ -165,16 +182,43 @@ def test_tables_only_rerun_plans_one_job_and_is_byte_identical(demo_study):
     tables = demo_study / "results" / "tables"
     before = {p.relative_to(tables): p.read_bytes() for p in sorted(tables.rglob("*")) if p.is_file()}
     assert any(p.suffix == ".tex" for p in before) and any(p.suffix == ".csv" for p in before)
-    dry = subprocess.run(snakemake_cmd("-n", "--profile", "profiles/local", "--configfile", "config/demo.yaml",
-                                       "--forcerun", "tables", "--until", "tables"),
-                         cwd=demo_study, env=venv_env(), capture_output=True, text=True)
+    dry = subprocess.run(
+        snakemake_cmd(
+            "-n",
+            "--profile",
+            "profiles/local",
+            "--configfile",
+            "config/demo.yaml",
+            "--forcerun",
+            "tables",
+            "--until",
+            "tables",
+        ),
+        cwd=demo_study,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+    )
     assert dry.returncode == 0, dry.stderr[-2000:]
     jobs = planned_jobs(dry.stdout + dry.stderr)
     assert jobs == {"tables": 1, "total": 1}, jobs
     shutil.rmtree(tables)
-    r = subprocess.run(snakemake_cmd("--profile", "profiles/local", "--configfile", "config/demo.yaml",
-                                     "--forcerun", "tables", "--until", "tables"),
-                       cwd=demo_study, env=venv_env(), capture_output=True, text=True)
+    r = subprocess.run(
+        snakemake_cmd(
+            "--profile",
+            "profiles/local",
+            "--configfile",
+            "config/demo.yaml",
+            "--forcerun",
+            "tables",
+            "--until",
+            "tables",
+        ),
+        cwd=demo_study,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     after = {p.relative_to(tables): p.read_bytes() for p in sorted(tables.rglob("*")) if p.is_file()}
     assert after.keys() == before.keys()
@@ -232,8 +276,13 @@ def test_power_table(demo_study):
 def _planned(root, *args, layer=None):
     """The jobs a dry run plans on the finished demo study (`layer`: a config file on top of the demo's)."""
     configs = ["config/demo.yaml"] + ([str(layer)] if layer else [])
-    r = subprocess.run(snakemake_cmd("-n", "--profile", "profiles/local", *args, "--configfile", *configs),
-                       cwd=root, env=venv_env(), capture_output=True, text=True)
+    r = subprocess.run(
+        snakemake_cmd("-n", "--profile", "profiles/local", *args, "--configfile", *configs),
+        cwd=root,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout + r.stderr
     jobs = {} if "Nothing to be done" in out else planned_jobs(out)
@@ -248,41 +297,89 @@ V = RUN[0]
 AFTER = {"tables": 1, "archive": 1, "report_assets": 1, "all": 1}
 # everything downstream of the splits: the LIBERO tokenizer, its evaluation, every LIBERO world model and
 # every evaluation (the DMControl pretraining reads no LIBERO split)
-AFTER_SPLITS = {"data_sanity": 1, "train_tokenizer": 1, "tokenizer_eval": 1, "train_dynamics": N, "probe": N,
-                "probe_baselines": 1, "rollout_eval": N, **AFTER}
+AFTER_SPLITS = {
+    "data_sanity": 1,
+    "train_tokenizer": 1,
+    "tokenizer_eval": 1,
+    "train_dynamics": N,
+    "probe": N,
+    "probe_baselines": 1,
+    "rollout_eval": N,
+    **AFTER,
+}
 # docs/slurm.md "Rerunning one stage": (the command as the page writes it, or None for a config edit; the
 # arguments run here; a config layer; the exact jobs planned on the finished demo study)
 RECIPES = [
     ("snakemake --profile slurm -R rollout_eval", ("-R", "rollout_eval"), None, {"rollout_eval": N, **AFTER}),
-    ("snakemake --profile slurm -R tokenizer_eval --until tokenizer_eval",
-     ("-R", "tokenizer_eval", "--until", "tokenizer_eval"), None, {"tokenizer_eval": 1}),
-    ("snakemake --profile slurm -f results/train/<run>/checkpoint.json",
-     ("-f", f"results/train/{TOK}/checkpoint.json"), None, {"train_tokenizer": 1}),
-    ("snakemake --profile slurm -f results/probe/<variant>/summary.json",
-     ("-f", f"results/probe/{V}/summary.json"), None, {"probe": 1}),
+    (
+        "snakemake --profile slurm -R tokenizer_eval --until tokenizer_eval",
+        ("-R", "tokenizer_eval", "--until", "tokenizer_eval"),
+        None,
+        {"tokenizer_eval": 1},
+    ),
+    (
+        "snakemake --profile slurm -f results/train/<run>/checkpoint.json",
+        ("-f", f"results/train/{TOK}/checkpoint.json"),
+        None,
+        {"train_tokenizer": 1},
+    ),
+    (
+        "snakemake --profile slurm -f results/probe/<variant>/summary.json",
+        ("-f", f"results/probe/{V}/summary.json"),
+        None,
+        {"probe": 1},
+    ),
     ("snakemake --profile slurm -R probe --until probe", ("-R", "probe", "--until", "probe"), None, {"probe": N}),
     ("snakemake --profile slurm -R splits", ("-R", "splits"), None, {"splits": 1, **AFTER_SPLITS}),
     # a new study tokenizer: every world model that freezes it (not the two with the DMControl tokenizer), every
     # probe of those, and every rollout evaluation (its tokenizer-ceiling reference uses the study tokenizer)
-    (None, (), f"tokenizer: {{fresh_tag: again}}\n",
-     {**{k: v for k, v in AFTER_SPLITS.items() if k != "data_sanity"}, "train_dynamics": N_STUDY_TOK, "probe": N_STUDY_TOK}),
-    ("snakemake --profile slurm results/train/<variant>/checkpoint.json", (f"results/train/{V}/checkpoint.json",),
-     None, {}),
-    (None, (), f"dynamics: {{variants: {{{V}: {{fresh_tag: again}}}}}}\n",
-     {"train_dynamics": 1, "probe": 1, "rollout_eval": 1, **AFTER}),
+    (
+        None,
+        (),
+        "tokenizer: {fresh_tag: again}\n",
+        {
+            **{k: v for k, v in AFTER_SPLITS.items() if k != "data_sanity"},
+            "train_dynamics": N_STUDY_TOK,
+            "probe": N_STUDY_TOK,
+        },
+    ),
+    (
+        "snakemake --profile slurm results/train/<variant>/checkpoint.json",
+        (f"results/train/{V}/checkpoint.json",),
+        None,
+        {},
+    ),
+    (
+        None,
+        (),
+        f"dynamics: {{variants: {{{V}: {{fresh_tag: again}}}}}}\n",
+        {"train_dynamics": 1, "probe": 1, "rollout_eval": 1, **AFTER},
+    ),
     # scheduling keys: time limits, memory, GPUs, nodes, CPUs, retries, workers never rerun a finished job
-    (None, (), "tokenizer: {runtime_min: 999, mem_mb: 777, gpus: 1, cpus_per_task: 3, retries: 9, num_workers: 2,"
-               " deadline_margin_s: 11, steps_per_s: 5.0}\n"
-               "dynamics: {defaults: {runtime_min: 999, mem_mb: 777, gpus: 1, nodes: 1, cpus_per_task: 3, retries: 9}}\n"
-               "probe_eval: {runtime_min: 999, mem_mb: 777, cpus_per_task: 3}\n"
-               "rollout_eval: {runtime_min: 999, mem_mb: 777}\n"
-               "data: {workers: 1}\n"
-               "job_resources: {tokenizer_eval: {runtime_min: 999, mem_mb: 777, batch: 3}, tables: {runtime_min: 9}}\n",
-     {}),
-    ("snakemake --profile slurm --forcerun tables --until tables", ("--forcerun", "tables", "--until", "tables"), None,
-     {"tables": 1}),
-    ("snakemake --profile slurm --forcerun archive --until archive", ("--forcerun", "archive", "--until", "archive"),
-     None, {"archive": 1}),
+    (
+        None,
+        (),
+        "tokenizer: {runtime_min: 999, mem_mb: 777, gpus: 1, cpus_per_task: 3, retries: 9, num_workers: 2,"
+        " deadline_margin_s: 11, steps_per_s: 5.0}\n"
+        "dynamics: {defaults: {runtime_min: 999, mem_mb: 777, gpus: 1, nodes: 1, cpus_per_task: 3, retries: 9}}\n"
+        "probe_eval: {runtime_min: 999, mem_mb: 777, cpus_per_task: 3}\n"
+        "rollout_eval: {runtime_min: 999, mem_mb: 777}\n"
+        "data: {workers: 1}\n"
+        "job_resources: {tokenizer_eval: {runtime_min: 999, mem_mb: 777, batch: 3}, tables: {runtime_min: 9}}\n",
+        {},
+    ),
+    (
+        "snakemake --profile slurm --forcerun tables --until tables",
+        ("--forcerun", "tables", "--until", "tables"),
+        None,
+        {"tables": 1},
+    ),
+    (
+        "snakemake --profile slurm --forcerun archive --until archive",
+        ("--forcerun", "archive", "--until", "archive"),
+        None,
+        {"archive": 1},
+    ),
 ]
 
 
@@ -290,9 +387,24 @@ def test_a_finished_study_plans_nothing(demo_study):
     assert _planned(demo_study) == {}
 
 
-@pytest.mark.parametrize("readme,args,layer,expected", RECIPES, ids=[
-    "-R rollout_eval", "one-job stage", "one tokenizer", "one probe", "every probe", "splits", "tokenizer fresh_tag",
-    "one variant", "variant fresh_tag", "scheduling keys", "tables", "archive"])
+@pytest.mark.parametrize(
+    "readme,args,layer,expected",
+    RECIPES,
+    ids=[
+        "-R rollout_eval",
+        "one-job stage",
+        "one tokenizer",
+        "one probe",
+        "every probe",
+        "splits",
+        "tokenizer fresh_tag",
+        "one variant",
+        "variant fresh_tag",
+        "scheduling keys",
+        "tables",
+        "archive",
+    ],
+)
 def test_readme_rerun_recipes_plan_exactly_their_jobs(demo_study, tmp_path, readme, args, layer, expected):
     if readme:
         assert readme in RERUN_DOC, f"docs/slurm.md 'Rerunning one stage' no longer has: {readme}"

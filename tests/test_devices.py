@@ -4,7 +4,6 @@ Slurm's fake GPUs only); `make check-gpu` says on this CPU-only machine that a G
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -65,8 +64,14 @@ def test_smoke_test_checks_bf16_matmul_and_sdpa():
 
 
 def test_make_check_gpu_prints_the_cpu_build_and_fails():
-    r = subprocess.run(["make", "-s", "check-gpu", f"PY={sys.executable}", "CHECK_GPU_ARGS=--gpus 2"], cwd=REPO,
-                       capture_output=True, text=True, env=_env(CUDA_VISIBLE_DEVICES="0,1"), timeout=120)
+    r = subprocess.run(
+        ["make", "-s", "check-gpu", f"PY={sys.executable}", "CHECK_GPU_ARGS=--gpus 2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=_env(CUDA_VISIBLE_DEVICES="0,1"),
+        timeout=120,
+    )
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     assert f"torch: {torch.__version__}" in out and "cuda: None" in out and "CPU-only torch build" in out, out
@@ -78,17 +83,34 @@ def test_allow_cpu_fallback_is_set_only_by_the_ci_slurm_config():
     assert load_config()["allow_cpu_fallback"] is False
     assert demo_config()["allow_cpu_fallback"] is False and demo_config(test=True)["allow_cpu_fallback"] is False
     assert load_config([REPO / "config/demo.yaml", REPO / "config/ci_slurm.yaml"])["allow_cpu_fallback"] is True
-    setters = [p.name for p in [REPO / "config.yaml", *sorted((REPO / "config").glob("*.yaml"))]
-               if p.name != "schema.yaml" and "allow_cpu_fallback" in (yaml.safe_load(p.read_text()) or {})]
+    setters = [
+        p.name
+        for p in [REPO / "config.yaml", *sorted((REPO / "config").glob("*.yaml"))]
+        if p.name != "schema.yaml" and "allow_cpu_fallback" in (yaml.safe_load(p.read_text()) or {})
+    ]
     assert setters == ["ci_slurm.yaml"]
 
 
 def test_training_jobs_pass_their_gpus_and_the_opt_in(tmp_path):
     """The dry-run shell commands of the CI Slurm study's trainers: --expect-gpus = the job's GPUs; the
     shell prefix exports the config's allow_cpu_fallback."""
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "-n", "-p", "--forceall", "--cores", "1",
-           "--directory", str(REPO), "--snakefile", str(REPO / "Snakefile"), "--configfile",
-           str(REPO / "config/demo.yaml"), str(REPO / "config/ci_slurm.yaml"), "--until", "train_dynamics"]
+    cmd = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "-n",
+        "-p",
+        "--forceall",
+        "--cores",
+        "1",
+        "--directory",
+        str(REPO),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(REPO / "config/demo.yaml"),
+        str(REPO / "config/ci_slurm.yaml"),
+        "--until",
+        "train_dynamics",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env())
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
@@ -98,21 +120,40 @@ def test_training_jobs_pass_their_gpus_and_the_opt_in(tmp_path):
     assert tok and all("--expect-gpus 2" in ln for ln in tok), tok
     assert dyn and all("--expect-gpus 1" in ln for ln in dyn), dyn
     # every job's shell (local or Slurm) starts with the export of the config's opt-in
-    assert "export D4L_ALLOW_CPU_FALLBACK={int(config['allow_cpu_fallback'])}; " in (REPO / "rules/common.smk").read_text()
+    assert (
+        "export D4L_ALLOW_CPU_FALLBACK={int(config['allow_cpu_fallback'])}; " in (REPO / "rules/common.smk").read_text()
+    )
 
 
-@pytest.mark.fault(fault="a trainer given 1 GPU on a machine whose torch is a CPU build",
-                   guarantee="exit 2 within 10 s before loading data, naming the build, CUDA_VISIBLE_DEVICES, the "
-                             "GPUs expected and seen, and the fix")
+@pytest.mark.fault(
+    fault="a trainer given 1 GPU on a machine whose torch is a CPU build",
+    guarantee="exit 2 within 10 s before loading data, naming the build, CUDA_VISIBLE_DEVICES, the "
+    "GPUs expected and seen, and the fix",
+)
 @pytest.mark.parametrize("script", ["train_tokenizer", "train_dynamics"])
 def test_trainer_given_gpus_without_cuda_stops_at_once(trainer_cli, tmp_path, script):
     missing = tmp_path / "no_such_manifest.json"  # loading data first would fail on this file instead
-    argv = {"train_tokenizer": ["--tokenizer", "{}", "--resolution", "32"],
-            "train_dynamics": ["--variant", "{}"]}[script]
+    argv = {"train_tokenizer": ["--tokenizer", "{}", "--resolution", "32"], "train_dynamics": ["--variant", "{}"]}[
+        script
+    ]
     t0 = time.time()
-    r = trainer_cli.run([sys.executable, str(REPO / "workflow_scripts" / f"{script}.py"), *argv, "--manifest",
-                         str(missing), "--train-split", str(missing), "--ckpt-dir", str(tmp_path / "ck"),
-                         "--expect-gpus", "1"], cwd=tmp_path, env=_env(CUDA_VISIBLE_DEVICES="0"))
+    r = trainer_cli.run(
+        [
+            sys.executable,
+            str(REPO / "workflow_scripts" / f"{script}.py"),
+            *argv,
+            "--manifest",
+            str(missing),
+            "--train-split",
+            str(missing),
+            "--ckpt-dir",
+            str(tmp_path / "ck"),
+            "--expect-gpus",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=_env(CUDA_VISIBLE_DEVICES="0"),
+    )
     elapsed = time.time() - t0
     err = r.stderr
     assert r.returncode == 2, err
@@ -127,30 +168,77 @@ def test_trainer_runs_on_the_cpu_only_when_allowed(trainer_cli, tmp_path):
     """The opt-in (config allow_cpu_fallback -> $D4L_ALLOW_CPU_FALLBACK) lets a 2-GPU toy trainer finish on
     the CPU with a loud warning; an explicit --allow-cpu-fallback false wins over the environment."""
     base = [sys.executable, str(TOY), "--max-steps", "3", "--expect-gpus", "2"]
-    ok = trainer_cli.run(base + ["--ckpt-dir", str(tmp_path / "a")], cwd=REPO,
-                         env=_env(**{ALLOW_CPU_FALLBACK_ENV: "1"}))
+    ok = trainer_cli.run(
+        base + ["--ckpt-dir", str(tmp_path / "a")], cwd=REPO, env=_env(**{ALLOW_CPU_FALLBACK_ENV: "1"})
+    )
     assert ok.returncode == 0, ok.stderr
     assert "allow_cpu_fallback is set: running on the CPU" in ok.stderr and "WARNING" in ok.stderr
     assert (tmp_path / "a" / "step_0000003.pt").exists()
-    no = trainer_cli.run(base + ["--ckpt-dir", str(tmp_path / "b"), "--allow-cpu-fallback", "false"], cwd=REPO,
-                         env=_env(**{ALLOW_CPU_FALLBACK_ENV: "1"}))
+    no = trainer_cli.run(
+        base + ["--ckpt-dir", str(tmp_path / "b"), "--allow-cpu-fallback", "false"],
+        cwd=REPO,
+        env=_env(**{ALLOW_CPU_FALLBACK_ENV: "1"}),
+    )
     assert no.returncode != 0 and "given 2 GPU(s) but torch sees 0" in no.stderr, no.stderr
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("script,argv", [
-    ("probe", ["--checkpoint-json", "MISSING", "--manifest", "MISSING", "--probe-root", "MISSING", "--seeds", "0",
-               "--resolution", "32", "--eval", "{}", "--out-dir", "OUT"]),
-    ("rollout_eval", ["--checkpoint-json", "MISSING", "--manifest", "MISSING", "--test-ood", "MISSING", "--val",
-                      "MISSING", "--resolution", "32", "--eval", "{}", "--out-dir", "OUT"]),
-])
+@pytest.mark.parametrize(
+    "script,argv",
+    [
+        (
+            "probe",
+            [
+                "--checkpoint-json",
+                "MISSING",
+                "--manifest",
+                "MISSING",
+                "--probe-root",
+                "MISSING",
+                "--seeds",
+                "0",
+                "--resolution",
+                "32",
+                "--eval",
+                "{}",
+                "--out-dir",
+                "OUT",
+            ],
+        ),
+        (
+            "rollout_eval",
+            [
+                "--checkpoint-json",
+                "MISSING",
+                "--manifest",
+                "MISSING",
+                "--test-ood",
+                "MISSING",
+                "--val",
+                "MISSING",
+                "--resolution",
+                "32",
+                "--eval",
+                "{}",
+                "--out-dir",
+                "OUT",
+            ],
+        ),
+    ],
+)
 def test_evaluation_jobs_given_gpus_without_cuda_stop_at_once(tmp_path, script, argv):
     """The GPU evaluation jobs (probe, rollout_eval: --expect-gpus from the rule's resources) stop like the
     trainers, before reading any input (every path here is missing)."""
     argv = [str(tmp_path / a) if a in ("MISSING", "OUT") else a for a in argv]
     t0 = time.time()
-    r = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / f"{script}.py"), *argv, "--expect-gpus", "1"],
-                       capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "workflow_scripts" / f"{script}.py"), *argv, "--expect-gpus", "1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=120,
+    )
     assert r.returncode == 2 and time.time() - t0 < 10, r.stderr
     _assert_names_build_and_fix(r.stderr, 1)
     assert f"{script} was given 1 GPU(s)" in r.stderr and "MISSING" not in r.stderr, r.stderr

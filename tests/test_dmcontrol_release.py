@@ -12,8 +12,15 @@ import pytest
 import yaml
 
 from conftest import planned_jobs, snakemake_cmd, venv_env
-from dreamer4_libero.config import (DMCONTROL_PRETRAIN_DIR, ConfigError, deep_merge, demo_config,
-                                    dmcontrol_pretrain_runs, dynamics_variants, load_config)
+from dreamer4_libero.config import (
+    DMCONTROL_PRETRAIN_DIR,
+    ConfigError,
+    deep_merge,
+    demo_config,
+    dmcontrol_pretrain_runs,
+    dynamics_variants,
+    load_config,
+)
 from dreamer4_libero.data import dmcontrol_release as rel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,8 +33,10 @@ def test_the_paper_config_uses_the_released_files_and_the_demo_its_own_pretraini
     runs = dynamics_variants(paper)
     for n in DMC:
         assert runs[n]["runnable"] and runs[n]["init_source"] == "released"
-        assert runs[n]["init_paths"] == {"tokenizer": "assets/dmcontrol/tokenizer_ckpt.pt",
-                                         "dynamics": "assets/dmcontrol/dynamics_ckpt.pt"}
+        assert runs[n]["init_paths"] == {
+            "tokenizer": "assets/dmcontrol/tokenizer_ckpt.pt",
+            "dynamics": "assets/dmcontrol/dynamics_ckpt.pt",
+        }
         assert "released nicklashansen/dreamer4 checkpoints" in runs[n]["init_note"]
     # the demo, the test config and the Slurm CI study keep pretraining their tiny DMControl model
     for files in (["demo.yaml"], ["demo.yaml", "test.yaml"], ["demo.yaml", "ci_slurm.yaml"]):
@@ -41,13 +50,16 @@ def test_the_paper_config_uses_the_released_files_and_the_demo_its_own_pretraini
 def test_source_resolution():
     paper = load_config()
     moved = dynamics_variants(deep_merge(paper, {"dmcontrol_init": {"released_dir": "/site/d4"}}))
-    assert moved[DMC[0]]["init_paths"] == {"tokenizer": "/site/d4/tokenizer_ckpt.pt",
-                                           "dynamics": "/site/d4/dynamics_ckpt.pt"}
+    assert moved[DMC[0]]["init_paths"] == {
+        "tokenizer": "/site/d4/tokenizer_ckpt.pt",
+        "dynamics": "/site/d4/dynamics_ckpt.pt",
+    }
     # auto: the configured files when set, else the release - never a silent pretraining
     auto = dynamics_variants(deep_merge(paper, {"dmcontrol_init": {"source": "auto"}}))
     assert auto[DMC[0]]["init_source"] == "released"
-    auto = dynamics_variants(deep_merge(paper, {"dmcontrol_init": {"source": "auto", "dynamics": "/x/dyn.pt",
-                                                                   "tokenizer": "/x/tok.pt"}}))
+    auto = dynamics_variants(
+        deep_merge(paper, {"dmcontrol_init": {"source": "auto", "dynamics": "/x/dyn.pt", "tokenizer": "/x/tok.pt"}})
+    )
     assert auto[DMC[0]]["init_source"] == "files" and auto[DMC[0]]["init_paths"]["dynamics"] == "/x/dyn.pt"
     pre = dynamics_variants(deep_merge(paper, {"dmcontrol_init": {"source": "pretrain"}}))
     assert pre[DMC[0]]["init_source"] == "pretrain"
@@ -55,9 +67,13 @@ def test_source_resolution():
     ft = dmcontrol_pretrain_runs(deep_merge(paper, {"dmcontrol_init": {"tokenizer_choice": "finetune"}}))
     assert ft["finetune_tokenizer"]["init_from"] == "assets/dmcontrol/tokenizer_ckpt.pt"
     # the schema's default is the release too
-    assert load_config(base=None)["dmcontrol_init"] == {"source": "released", "released_dir": "assets/dmcontrol",
-                                                          "tokenizer": None, "dynamics": None,
-                                                          "tokenizer_choice": "dmcontrol"}
+    assert load_config(base=None)["dmcontrol_init"] == {
+        "source": "released",
+        "released_dir": "assets/dmcontrol",
+        "tokenizer": None,
+        "dynamics": None,
+        "tokenizer_choice": "dmcontrol",
+    }
 
 
 def test_pretrain_cost_is_computed_from_the_config():
@@ -66,13 +82,32 @@ def test_pretrain_cost_is_computed_from_the_config():
     assert c["frames"] == 18 * 240 * 501 == 2_164_320
     assert c["collect_hours"] == pytest.approx(2_164_320 / 40.8 / 3600) and 14.7 < c["collect_hours"] < 14.8
     assert c["shard_bytes"] == 2_164_320 * 49152 and round(c["shard_bytes"] / 1e9) == 106
-    assert c["train"]["tokenizer"] == {"run": "tokenizer_dmcontrol", "steps": 85000, "gpus": 4, "runtime_min": 1440,
-                                       "gpu_hours": 96.0}
-    assert c["train"]["dynamics"] == {"run": "dynamics_dmcontrol", "steps": 30000, "gpus": 5, "runtime_min": 1440,
-                                      "gpu_hours": 120.0}
+    assert c["train"]["tokenizer"] == {
+        "run": "tokenizer_dmcontrol",
+        "steps": 85000,
+        "gpus": 4,
+        "runtime_min": 1440,
+        "gpu_hours": 96.0,
+    }
+    assert c["train"]["dynamics"] == {
+        "run": "dynamics_dmcontrol",
+        "steps": 30000,
+        "gpus": 5,
+        "runtime_min": 1440,
+        "gpu_hours": 120.0,
+    }
     assert c["gpu_hours"] == 216.0
-    small = rel.pretrain_cost(deep_merge(load_config(), {"dmcontrol_pretrain": {
-        "collect": {"episodes_per_task": 10, "render_size": 128}, "tokenizer": {"gpus": 2, "runtime_min": 600}}}))
+    small = rel.pretrain_cost(
+        deep_merge(
+            load_config(),
+            {
+                "dmcontrol_pretrain": {
+                    "collect": {"episodes_per_task": 10, "render_size": 128},
+                    "tokenizer": {"gpus": 2, "runtime_min": 600},
+                }
+            },
+        )
+    )
     assert small["frames"] == 18 * 10 * 501 and small["collect_frames_per_s"] == 52.9
     assert small["gpu_hours"] == 2 * 10 + 120
 
@@ -98,9 +133,12 @@ def test_missing_files_are_an_error_naming_both_ways_on(tmp_path):
     (tmp_path / "rel" / rel.TOKENIZER_FILE).unlink()
     rel.check_dmcontrol_files(deep_merge(paper, {"dmcontrol_init": {"tokenizer_choice": "study"}}))
     # configured files: the same check, naming the path and the keys
-    files = deep_merge(paper, {"dmcontrol_init": {"source": "files", "tokenizer": "/nope/t.pt",
-                                                  "dynamics": "/nope/d.pt"}})
-    with pytest.raises(ConfigError, match=r"source is files.*\n    tokenizer: /nope/t.pt\n    dynamics: /nope/d.pt") as exc:
+    files = deep_merge(
+        paper, {"dmcontrol_init": {"source": "files", "tokenizer": "/nope/t.pt", "dynamics": "/nope/d.pt"}}
+    )
+    with pytest.raises(
+        ConfigError, match=r"source is files.*\n    tokenizer: /nope/t.pt\n    dynamics: /nope/d.pt"
+    ) as exc:
         rel.check_dmcontrol_files(files)
     assert "dmcontrol_init.tokenizer / dmcontrol_init.dynamics" in str(exc.value) and "216 GPU-hours" in str(exc.value)
     # nothing to check: source none, or the DMControl variants disabled
@@ -115,8 +153,14 @@ def _paper_dry_run(tmp_path, layer: dict) -> subprocess.CompletedProcess:
     (tmp_path / "libero").mkdir(exist_ok=True)
     f = tmp_path / "layer.yaml"
     f.write_text(yaml.safe_dump(deep_merge({"data": {"libero_root": str(tmp_path / "libero")}}, layer)))
-    return subprocess.run(snakemake_cmd("-n", "--forceall", "--cores", "1", "--configfile", str(f)), cwd=REPO,
-                          env=venv_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        snakemake_cmd("-n", "--forceall", "--cores", "1", "--configfile", str(f)),
+        cwd=REPO,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_paper_dry_run_stops_without_the_release_and_plans_no_pretraining_with_it(tmp_path):
@@ -127,7 +171,8 @@ def test_paper_dry_run_stops_without_the_release_and_plans_no_pretraining_with_i
     assert "ConfigError" in out and f"{released}/dynamics_ckpt.pt" in out
     assert "`make fetch-dmcontrol`" in out and "`dmcontrol_init.source: pretrain`" in out and "216 GPU-hours" in out
 
-    # small stand-ins are enough for the plan: 34 jobs (33 + the fetch_lpips localrule), the DMControl variants start from them
+    # small stand-ins are enough for the plan: 34 jobs (33 + the fetch_lpips localrule), the DMControl variants
+    # start from them
     released.mkdir()
     for name in (rel.TOKENIZER_FILE, rel.DYNAMICS_FILE):
         (released / name).write_bytes(b"stand-in")

@@ -18,20 +18,28 @@ README = REPO / "README.md"
 DOC_PAGES = sorted((REPO / "docs").rglob("*.md"))
 MAX_README_BYTES = 20 * 1024
 
-_FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)     # fenced code blocks
+_FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)  # fenced code blocks
 _CODE_SPAN = re.compile(r"`[^`\n]*`")
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$", re.M)
 _CODE_MAP_ENTRY = re.compile(r"`(src/[\w/]+\.py):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)`")
 # the concepts issue 30 (item 8) asks the code map to answer
-CODE_MAP_CONCEPTS = ("shortcut", "aux head", "aux_input", "agent-token mask", "ridge α", "rollout PSNR",
-                     "run identity", "deadline")
+CODE_MAP_CONCEPTS = (
+    "shortcut",
+    "aux head",
+    "aux_input",
+    "agent-token mask",
+    "ridge α",
+    "rollout PSNR",
+    "run identity",
+    "deadline",
+)
 
 
 def slug(heading: str) -> str:
     """GitHub's anchor of a heading: markup and punctuation dropped (except '-' and '_'), lowercase,
     spaces to '-'."""
-    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)          # a link keeps its text
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link keeps its text
     text = re.sub(r"<[^>]+>", "", text).replace("`", "").lower()
     return "".join(c for c in text if c.isalnum() or c in "-_ ").replace(" ", "-")
 
@@ -57,7 +65,7 @@ def broken_links(page: Path) -> list[str]:
     """'target: why' for every relative link of `page` that does not resolve."""
     bad = []
     for target in links(page.read_text()):
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target):       # http:, https:, mailto:
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
             continue
         path, _, anchor = target.partition("#")
         dest = (page.parent / path).resolve() if path else page
@@ -103,9 +111,11 @@ def test_slug_follows_githubs_rule():
 def test_checker_reports_a_missing_file_a_missing_anchor_and_ignores_code(tmp_path):
     (tmp_path / "b.md").write_text("# B page\n\n## Part one\n\n## Part one\n```\n## not a heading\n```\n")
     page = tmp_path / "a.md"
-    page.write_text("# A\n[ok](b.md#part-one) [dup](b.md#part-one-1) [self](#a) [web](https://x.org/y#z)\n"
-                    "[gone](c.md) [bad anchor](b.md#part-two) [code heading](b.md#not-a-heading)\n"
-                    "`[in a span](nowhere.md)`\n```\n[in a block](nowhere.md)\n```\n")
+    page.write_text(
+        "# A\n[ok](b.md#part-one) [dup](b.md#part-one-1) [self](#a) [web](https://x.org/y#z)\n"
+        "[gone](c.md) [bad anchor](b.md#part-two) [code heading](b.md#not-a-heading)\n"
+        "`[in a span](nowhere.md)`\n```\n[in a block](nowhere.md)\n```\n"
+    )
     bad = broken_links(page)
     assert [b.split(":")[0] for b in bad] == ["c.md", "b.md#part-two", "b.md#not-a-heading"]
     assert "no file" in bad[0] and "no heading with anchor #part-two in b.md" in bad[1]

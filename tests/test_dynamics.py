@@ -7,11 +7,14 @@ import pytest
 import torch
 
 from dreamer4_libero.models.blocks import AGENT, space_mask
-from dreamer4_libero.models.dynamics import (Dynamics, DynamicsConfig, KVCache, n_params, pack_latents,
-                                             unpack_latents)
+from dreamer4_libero.models.dynamics import Dynamics, DynamicsConfig, KVCache, n_params, pack_latents, unpack_latents
 from dreamer4_libero.models.sampling import rollout, tau_schedule
-from dreamer4_libero.models.upstream import (add_prefix, dynamics_config_from_state_dict,
-                                             load_dynamics_checkpoint, upstream_dynamics_checkpoint)
+from dreamer4_libero.models.upstream import (
+    add_prefix,
+    dynamics_config_from_state_dict,
+    load_dynamics_checkpoint,
+    upstream_dynamics_checkpoint,
+)
 from dreamer4_libero.training.dynamics_task import build_dynamics
 
 TINY = dict(d_model=32, depth=2, n_heads=2, n_spatial=4, d_spatial=16)
@@ -20,19 +23,48 @@ TINY = dict(d_model=32, depth=2, n_heads=2, n_spatial=4, d_spatial=16)
 def _spec_state_dict(D=512, depth=8, time_every=1, n_register=4, d_sp=64, k_max=8) -> dict:
     """A state dict written from the key list of dreamer4_model.md §7.2 alone (zeros)."""
     h = 4 * D
-    sd = {"register_tokens": (n_register, D), "spatial_proj.weight": (D, d_sp), "spatial_proj.bias": (D,),
-          "action_encoder.base": (D,), "action_encoder.fc1.weight": (2 * D, 16), "action_encoder.fc1.bias": (2 * D,),
-          "action_encoder.fc2.weight": (D, 2 * D), "action_encoder.fc2.bias": (D,),
-          "step_embed.weight": (int(math.log2(k_max)) + 1, D), "signal_embed.weight": (k_max + 1, D)}
+    sd = {
+        "register_tokens": (n_register, D),
+        "spatial_proj.weight": (D, d_sp),
+        "spatial_proj.bias": (D,),
+        "action_encoder.base": (D,),
+        "action_encoder.fc1.weight": (2 * D, 16),
+        "action_encoder.fc1.bias": (2 * D,),
+        "action_encoder.fc2.weight": (D, 2 * D),
+        "action_encoder.fc2.bias": (D,),
+        "step_embed.weight": (int(math.log2(k_max)) + 1, D),
+        "signal_embed.weight": (k_max + 1, D),
+    }
     for i in range(depth):
         p = f"transformer.layers.{i}."
-        sd.update({p + "norm1.scale": (D,), p + "space.attn.qkv.weight": (3 * D, D), p + "space.attn.qkv.bias": (3 * D,),
-                   p + "space.attn.out.weight": (D, D), p + "space.attn.out.bias": (D,)})
+        sd.update(
+            {
+                p + "norm1.scale": (D,),
+                p + "space.attn.qkv.weight": (3 * D, D),
+                p + "space.attn.qkv.bias": (3 * D,),
+                p + "space.attn.out.weight": (D, D),
+                p + "space.attn.out.bias": (D,),
+            }
+        )
         if (i + 1) % time_every == 0:
-            sd.update({p + "norm2.scale": (D,), p + "time.attn.qkv.weight": (3 * D, D), p + "time.attn.qkv.bias": (3 * D,),
-                       p + "time.attn.out.weight": (D, D), p + "time.attn.out.bias": (D,)})
-        sd.update({p + "norm3.scale": (D,), p + "mlp.fc_in.weight": (2 * h, D), p + "mlp.fc_in.bias": (2 * h,),
-                   p + "mlp.fc_out.weight": (D, h), p + "mlp.fc_out.bias": (D,)})
+            sd.update(
+                {
+                    p + "norm2.scale": (D,),
+                    p + "time.attn.qkv.weight": (3 * D, D),
+                    p + "time.attn.qkv.bias": (3 * D,),
+                    p + "time.attn.out.weight": (D, D),
+                    p + "time.attn.out.bias": (D,),
+                }
+            )
+        sd.update(
+            {
+                p + "norm3.scale": (D,),
+                p + "mlp.fc_in.weight": (2 * h, D),
+                p + "mlp.fc_in.bias": (2 * h,),
+                p + "mlp.fc_out.weight": (D, h),
+                p + "mlp.fc_out.bias": (D,),
+            }
+        )
     sd.update({"flow_x_head.weight": (d_sp, D), "flow_x_head.bias": (d_sp,)})
     return {k: torch.randn(s) * 0.02 for k, s in sd.items()}
 
@@ -63,16 +95,34 @@ def test_time_every_4_checkpoint_without_args_builds_right_architecture(tmp_path
     """Neither time_every nor n_agent in the args: time layers from the keys, one agent token."""
     sd = _spec_state_dict(D=64, depth=8, time_every=4, d_sp=16)
     path = tmp_path / "dyn.pt"
-    torch.save({"step": 100, "epoch": 0, "dynamics": add_prefix(sd), "opt": {}, "scaler": {},
-                "args": {"d_model_dyn": 64, "n_heads": 4}}, path)
-    run = {"name": "x", "init_paths": {"dynamics": str(path), "tokenizer": None},
-           "model": {"n_heads": None, "k_max": None, "space_mode": None, "n_agent": None, "dropout": 0.0,
-                     "packing_factor": 2}}
+    torch.save(
+        {
+            "step": 100,
+            "epoch": 0,
+            "dynamics": add_prefix(sd),
+            "opt": {},
+            "scaler": {},
+            "args": {"d_model_dyn": 64, "n_heads": 4},
+        },
+        path,
+    )
+    run = {
+        "name": "x",
+        "init_paths": {"dynamics": str(path), "tokenizer": None},
+        "model": {
+            "n_heads": None,
+            "k_max": None,
+            "space_mode": None,
+            "n_agent": None,
+            "dropout": 0.0,
+            "packing_factor": 2,
+        },
+    }
     tok_cfg = type("T", (), {"n_latents": 8, "d_bottleneck": 8})()
     dyn, rep = build_dynamics(run, tok_cfg)
     c = dyn.cfg
     assert (c.depth, c.time_every, c.n_agent, c.d_model, c.n_spatial) == (8, 4, 1, 64, 4)
-    assert [l.has_time for l in dyn.transformer.layers] == [False, False, False, True] * 2
+    assert [layer.has_time for layer in dyn.transformer.layers] == [False, False, False, True] * 2
     assert any("n_agent=1" in f for f in rep["fallbacks"]) and any("space_mode" in f for f in rep["fallbacks"])
     assert c.n_tokens == 3 + 4 + 4 + 1 and c.scale_pos_embeds  # agent slot present; no key -> scaled
     x1, h = dyn(torch.zeros(1, 2, 16), torch.full((1, 2), 3), torch.full((1, 2), 7), torch.zeros(1, 2, 4, 16))
@@ -103,7 +153,9 @@ def test_space_masks_of_agent_modes(mode):
     m = space_mask(mod, mode)
     ag, other = mod == AGENT, mod != AGENT
     if mode == "wm_agent_isolated":
-        assert m[ag][:, ag].all() and not m[ag][:, other].any() and not m[other][:, ag].any() and m[other][:, other].all()
+        assert (
+            m[ag][:, ag].all() and not m[ag][:, other].any() and not m[other][:, ag].any() and m[other][:, other].all()
+        )
     elif mode == "wm_agent":
         assert m.all()
     else:
@@ -121,8 +173,12 @@ def _rand_model(**kw):
 
 def _inputs(B=3, T=4, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, T, 16, generator=g), torch.randint(0, 4, (B, T), generator=g),
-            torch.randint(0, 8, (B, T), generator=g), torch.randn(B, T, 4, 16, generator=g))
+    return (
+        torch.randn(B, T, 16, generator=g),
+        torch.randint(0, 4, (B, T), generator=g),
+        torch.randint(0, 8, (B, T), generator=g),
+        torch.randn(B, T, 4, 16, generator=g),
+    )
 
 
 def test_fresh_model_outputs_zero_and_agent_modes():
@@ -130,14 +186,14 @@ def test_fresh_model_outputs_zero_and_agent_modes():
     assert x1.shape == (3, 4, 4, 16) and torch.count_nonzero(x1) == 0 and h.shape == (3, 4, 1, 32)
     iso = _rand_model()
     _, h = iso(*_inputs())
-    assert torch.allclose(h, h[:1].expand_as(h), atol=1e-6)          # inert: same for every batch element
-    assert not torch.allclose(h[:, 0], h[:, 1])                      # ... but varies with t
+    assert torch.allclose(h, h[:1].expand_as(h), atol=1e-6)  # inert: same for every batch element
+    assert not torch.allclose(h[:, 0], h[:, 1])  # ... but varies with t
     reads = _rand_model(space_mode="agent_reads")
     a, s, g, z = _inputs()
     x1a, ha = reads(a, s, g, z)
     assert not torch.allclose(ha, ha[:1].expand_as(ha), atol=1e-4)  # the agent reads its frame
     x1b, _ = reads(a, s, g, z, agent_tokens=torch.randn(3, 4, 1, 32))
-    assert torch.allclose(x1a, x1b, atol=1e-6)                       # and no token reads the agent
+    assert torch.allclose(x1a, x1b, atol=1e-6)  # and no token reads the agent
 
 
 def test_causality_and_packing():
@@ -187,25 +243,49 @@ def test_demo_variants_are_tiny_and_the_paper_ones_are_not():
 
     demo = dynamics_variants(demo_config())
     run = sorted(n for n, r in demo.items() if r["runnable"])
-    assert run == ["dynamics_aux_agent_reads_leakfree", "dynamics_aux_dmcontrol_pretrained",
-                   "dynamics_aux_param_matched_276M", "dynamics_aux_phase6", "dynamics_aux_phase6_leakfree",
-                   "dynamics_dmcontrol_pretrained", "dynamics_phase3"]
-    long = {"dynamics_phase3", "dynamics_aux_agent_reads_leakfree"}   # issue 27: the positive-control runs
-    assert all(r["max_steps"] <= (1500 if n in long else 300) and r["seq_len"] == 32 and r["model"]["d_model"] <= 96
-               for n, r in demo.items() if r["enabled"] and r["model"]["d_model"] != 1024)
+    assert run == [
+        "dynamics_aux_agent_reads_leakfree",
+        "dynamics_aux_dmcontrol_pretrained",
+        "dynamics_aux_param_matched_276M",
+        "dynamics_aux_phase6",
+        "dynamics_aux_phase6_leakfree",
+        "dynamics_dmcontrol_pretrained",
+        "dynamics_phase3",
+    ]
+    long = {"dynamics_phase3", "dynamics_aux_agent_reads_leakfree"}  # issue 27: the positive-control runs
+    assert all(
+        r["max_steps"] <= (1500 if n in long else 300) and r["seq_len"] == 32 and r["model"]["d_model"] <= 96
+        for n, r in demo.items()
+        if r["enabled"] and r["model"]["d_model"] != 1024
+    )
     assert all(r["tokenizer_chunk"] == "train" for r in demo.values())
-    assert all(r["tokenizer_chunk"] is None for r in dynamics_variants(load_config()).values())   # published
+    assert all(r["tokenizer_chunk"] is None for r in dynamics_variants(load_config()).values())  # published
     assert demo["dynamics_aux_param_matched_276M"]["stand_in_for"]
     assert demo["dynamics_aux_phase6"]["bootstrap_start"] == 20 and demo["dynamics_phase3"]["batch_size"] >= 4
     paper = dynamics_variants(load_config())
     assert paper["dynamics_aux_param_matched_276M"]["model"]["d_model"] == 1024
-    assert paper["dynamics_aux_phase6"]["aux_input"] == "leaky" and paper["dynamics_aux_phase6_leakfree"]["aux_input"] == "action_free"
+    assert (
+        paper["dynamics_aux_phase6"]["aux_input"] == "leaky"
+        and paper["dynamics_aux_phase6_leakfree"]["aux_input"] == "action_free"
+    )
     assert paper["dynamics_aux_agent_reads_leakfree"]["model"]["space_mode"] == "agent_reads"
-    assert paper["dynamics_dmcontrol_pretrained"]["aux_weight"] == 0 and paper["dynamics_dmcontrol_pretrained"]["bootstrap_start"] == 0
+    assert (
+        paper["dynamics_dmcontrol_pretrained"]["aux_weight"] == 0
+        and paper["dynamics_dmcontrol_pretrained"]["bootstrap_start"] == 0
+    )
     # the paper config starts from the released DMControl files (dmcontrol_init.source released; make fetch-dmcontrol)
-    assert paper["dynamics_dmcontrol_pretrained"]["runnable"] and paper["dynamics_dmcontrol_pretrained"]["init_source"] == "released"
-    assert [paper[n]["max_steps"] for n in ("dynamics_phase3", "dynamics_aux_phase6", "dynamics_aux_param_matched_276M")] == [30000, 30000, 20000]
-    assert paper["dynamics_phase3"]["gpus"] == 5 and paper["dynamics_phase3"]["batch_size"] == 4 and paper["dynamics_phase3"]["save_every"] == 10000
+    assert (
+        paper["dynamics_dmcontrol_pretrained"]["runnable"]
+        and paper["dynamics_dmcontrol_pretrained"]["init_source"] == "released"
+    )
+    assert [
+        paper[n]["max_steps"] for n in ("dynamics_phase3", "dynamics_aux_phase6", "dynamics_aux_param_matched_276M")
+    ] == [30000, 30000, 20000]
+    assert (
+        paper["dynamics_phase3"]["gpus"] == 5
+        and paper["dynamics_phase3"]["batch_size"] == 4
+        and paper["dynamics_phase3"]["save_every"] == 10000
+    )
 
 
 def test_variant_typos_are_errors_naming_the_key():

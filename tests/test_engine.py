@@ -49,8 +49,17 @@ N = 30  # steps of the determinism runs
 
 
 def cfg(ckpt_dir, **kw) -> EngineConfig:
-    base = dict(ckpt_dir=str(ckpt_dir), max_steps=N, save_every=5, keep_last=0, log_every=1, seed=0,
-                deterministic=True, progress=False, run_name="toy")
+    base = dict(
+        ckpt_dir=str(ckpt_dir),
+        max_steps=N,
+        save_every=5,
+        keep_last=0,
+        log_every=1,
+        seed=0,
+        deterministic=True,
+        progress=False,
+        run_name="toy",
+    )
     base.update(kw)
     return EngineConfig(**base)
 
@@ -136,8 +145,10 @@ def sigkilled_run(trainer_cli, tmp_path_factory) -> SimpleNamespace:
     return SimpleNamespace(dir=d, pid=p.pid, rc=p.returncode, reached=reached, lock_error=lock_error, lock_s=lock_s)
 
 
-@pytest.mark.fault(fault="two trainers pointed at one checkpoint dir",
-                   guarantee="the second fails within seconds, naming the holder's pid (OS advisory lock)")
+@pytest.mark.fault(
+    fault="two trainers pointed at one checkpoint dir",
+    guarantee="the second fails within seconds, naming the holder's pid (OS advisory lock)",
+)
 def test_second_trainer_on_a_locked_dir_fails_at_once_naming_the_holder(sigkilled_run):
     r = sigkilled_run
     assert r.lock_error is not None, "the second trainer was not refused"
@@ -145,8 +156,10 @@ def test_second_trainer_on_a_locked_dir_fails_at_once_naming_the_holder(sigkille
     assert "another trainer is using it" in r.lock_error and r.lock_s < 5
 
 
-@pytest.mark.fault(fault="SIGKILL of the toy trainer (holding the dir lock) at a random step",
-                   guarantee="the dead lock never blocks the retry; it resumes bitwise equal to an uninterrupted run")
+@pytest.mark.fault(
+    fault="SIGKILL of the toy trainer (holding the dir lock) at a random step",
+    guarantee="the dead lock never blocks the retry; it resumes bitwise equal to an uninterrupted run",
+)
 def test_sigkill_at_random_step_resumes_bitwise_and_dead_lock_never_blocks(reference, sigkilled_run):
     d = sigkilled_run.dir
     assert sigkilled_run.rc == -signal.SIGKILL
@@ -190,8 +203,7 @@ def test_deadline_from_the_slurm_job_end_time(tmp_path, capsys, monkeypatch, lim
     end, margin = time.time() + 1.5, 0.5
     monkeypatch.setenv("SLURM_JOB_END_TIME", f"{end:.3f}")
     d = tmp_path / "ck"
-    rc = train(ToyTask(sleep=0.05), cfg(d, time_limit_min=limit_min, deadline_margin_s=margin,
-                                        start_time=time.time()))
+    rc = train(ToyTask(sleep=0.05), cfg(d, time_limit_min=limit_min, deadline_margin_s=margin, start_time=time.time()))
     t_stop = time.time()
     out = capsys.readouterr().out
     assert rc == EXIT_RESUME, out
@@ -199,7 +211,7 @@ def test_deadline_from_the_slurm_job_end_time(tmp_path, capsys, monkeypatch, lim
     m = re.search(r"deadline reached, saved step (\d+)", out)
     assert m and 0 < int(m.group(1)) < N, out
     # stopped within about one step (0.05 s) before end - margin, never after it, nor long before
-    assert end - margin - 0.6 < t_stop < end - margin + 0.4, (t_stop - end)
+    assert end - margin - 0.6 < t_stop < end - margin + 0.4, t_stop - end
     ends = [a for a in read_attempts(d) if a["event"] == "end"]
     assert [(e["status"], e["reason"]) for e in ends] == [("stopped", "deadline")]
 
@@ -231,8 +243,10 @@ def test_deadline_always_makes_progress(tmp_path, capsys):
     assert rc == EXIT_RESUME and list_checkpoints(d)[-1][0] == 2
 
 
-@pytest.mark.fault(fault="SIGTERM (Slurm) or SIGINT (Ctrl-C) to the toy trainer at a random step",
-                   guarantee="it saves, exits 75; the rerun ends bitwise equal to an uninterrupted run")
+@pytest.mark.fault(
+    fault="SIGTERM (Slurm) or SIGINT (Ctrl-C) to the toy trainer at a random step",
+    guarantee="it saves, exits 75; the rerun ends bitwise equal to an uninterrupted run",
+)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_saves_and_exits_75(trainer_cli, reference, tmp_path, sig):
     d, log = tmp_path / "ck", tmp_path / "a1.log"
@@ -259,8 +273,11 @@ def test_sigterm_saves_and_exits_75(trainer_cli, reference, tmp_path, sig):
 def test_clean_exit_single_process(trainer_cli, tmp_path):
     d, out, log = tmp_path / "ck", tmp_path / "out", tmp_path / "run.log"
     t0 = time.time()
-    p = spawn(trainer_cli, ["--ckpt-dir", str(d), "--out-dir", str(out), "--max-steps", "7", "--save-every", "5",
-               "--keep-last", "5"], log)
+    p = spawn(
+        trainer_cli,
+        ["--ckpt-dir", str(d), "--out-dir", str(out), "--max-steps", "7", "--save-every", "5", "--keep-last", "5"],
+        log,
+    )
     rc = p.wait(timeout=120)
     wall = time.time() - t0
     assert rc == 0, log.read_text()
@@ -284,16 +301,42 @@ def test_clean_exit_single_process(trainer_cli, tmp_path):
     assert train(ToyTask(), cfg(d, max_steps=7, out_dir=str(out))) == EXIT_OK
 
 
-@pytest.mark.fault(fault="NaN loss on DDP rank 1 only (torchrun, 2 ranks, nonfinite=skip)",
-                   guarantee="both ranks skip the same update, count it and end with identical weights")
+@pytest.mark.fault(
+    fault="NaN loss on DDP rank 1 only (torchrun, 2 ranks, nonfinite=skip)",
+    guarantee="both ranks skip the same update, count it and end with identical weights",
+)
 def test_torchrun_two_processes_exit_ddp_gradients_and_nan_on_one_rank(trainer_cli, tmp_path):
     d, out, rec, log = tmp_path / "ck", tmp_path / "out", tmp_path / "rec", tmp_path / "run.log"
     rec.mkdir()
     rs = 3
     t0 = time.time()
-    p = spawn(trainer_cli, ["--ckpt-dir", str(d), "--out-dir", str(out), "--max-steps", "8", "--save-every", "5",
-               "--log-every", "4", "--record-step", str(rs), "--record-dir", str(rec),
-               "--nan-at", "5", "--nan-rank", "1", "--nonfinite", "skip"], log, torchrun=True)
+    p = spawn(
+        trainer_cli,
+        [
+            "--ckpt-dir",
+            str(d),
+            "--out-dir",
+            str(out),
+            "--max-steps",
+            "8",
+            "--save-every",
+            "5",
+            "--log-every",
+            "4",
+            "--record-step",
+            str(rs),
+            "--record-dir",
+            str(rec),
+            "--nan-at",
+            "5",
+            "--nan-rank",
+            "1",
+            "--nonfinite",
+            "skip",
+        ],
+        log,
+        torchrun=True,
+    )
     try:
         rc = p.wait(timeout=120)
     finally:
@@ -348,7 +391,7 @@ def _damage(raw: bytes, how: str) -> bytes:
     if how == "corrupt_bytes":  # 64 random bytes in the middle: torch.load alone would load wrong weights
         rng = random.Random(1234)
         mid = len(raw) // 2
-        return raw[:mid] + bytes(rng.randrange(256) for _ in range(64)) + raw[mid + 64:]
+        return raw[:mid] + bytes(rng.randrange(256) for _ in range(64)) + raw[mid + 64 :]
     assert how == "zero_length"
     return b""
 
@@ -356,14 +399,25 @@ def _damage(raw: bytes, how: str) -> bytes:
 _DAMAGE_GUARANTEE = "skipped with a CheckpointWarning naming it; the previous one resumes to identical weights"
 
 
-@pytest.mark.parametrize("how", [
-    pytest.param("truncated", marks=pytest.mark.fault(fault="newest checkpoint truncated to half its size",
-                                                      guarantee=_DAMAGE_GUARANTEE)),
-    pytest.param("corrupt_bytes", marks=pytest.mark.fault(
-        fault="64 random bytes overwritten in the middle of the newest checkpoint", guarantee=_DAMAGE_GUARANTEE)),
-    pytest.param("zero_length", marks=pytest.mark.fault(fault="newest checkpoint is a zero-length file",
-                                                        guarantee=_DAMAGE_GUARANTEE)),
-])
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(
+            "truncated",
+            marks=pytest.mark.fault(fault="newest checkpoint truncated to half its size", guarantee=_DAMAGE_GUARANTEE),
+        ),
+        pytest.param(
+            "corrupt_bytes",
+            marks=pytest.mark.fault(
+                fault="64 random bytes overwritten in the middle of the newest checkpoint", guarantee=_DAMAGE_GUARANTEE
+            ),
+        ),
+        pytest.param(
+            "zero_length",
+            marks=pytest.mark.fault(fault="newest checkpoint is a zero-length file", guarantee=_DAMAGE_GUARANTEE),
+        ),
+    ],
+)
 def test_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path, how):
     d = tmp_path / "ck"
     assert train(ToyTask(), cfg(d, max_steps=10, save_every=5)) == EXIT_OK
@@ -385,24 +439,49 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path, how):
 
 def test_every_checkpoint_loads_weights_only(tmp_path):
     d = tmp_path / "ck"
-    extra = {"path": Path("/x/y"), "lr": np.float64(1e-4), "shape": (1, 2), "scale_pos_embeds": True,
-             "n": np.int64(3), "none": None}
+    extra = {
+        "path": Path("/x/y"),
+        "lr": np.float64(1e-4),
+        "shape": (1, 2),
+        "scale_pos_embeds": True,
+        "n": np.int64(3),
+        "none": None,
+    }
     task = ToyTask()
-    c = cfg(d, max_steps=6, save_every=1, keep_last=0, grad_clip=1.0, grad_accum=2, model_key="dynamics",
-            extra_args=extra)
+    c = cfg(
+        d, max_steps=6, save_every=1, keep_last=0, grad_clip=1.0, grad_accum=2, model_key="dynamics", extra_args=extra
+    )
     assert train(task, c) == EXIT_OK
     assert [i for _, i in task.seen] == list(range(12)), "grad_accum 2: two consecutive batches per update"
     files = sorted(d.glob("*.pt"))
     assert len(files) == 6 and not list(d.glob("*.tmp")) and not list(d.glob(".*.tmp"))
     for f in files:
         ck = torch.load(f, map_location="cpu", weights_only=True)
-        for key in ("step", "epoch", "dynamics", "opt", "scaler", "args", "scale_pos_embeds", "rng", "data",
-                    "world_size", "config", "metrics_tail"):
+        for key in (
+            "step",
+            "epoch",
+            "dynamics",
+            "opt",
+            "scaler",
+            "args",
+            "scale_pos_embeds",
+            "rng",
+            "data",
+            "world_size",
+            "config",
+            "metrics_tail",
+        ):
             assert key in ck, key
         assert "model" not in ck and ck["scaler"] == {} and ck["world_size"] == 1
         assert ck["data"] == {"next_step": 2 * ck["step"], "grad_accum": 2}
-        assert ck["args"] == {"path": "/x/y", "lr": 1e-4, "shape": [1, 2], "scale_pos_embeds": True, "n": 3,
-                              "none": None}
+        assert ck["args"] == {
+            "path": "/x/y",
+            "lr": 1e-4,
+            "shape": [1, 2],
+            "scale_pos_embeds": True,
+            "n": 3,
+            "none": None,
+        }
         assert set(ck["rng"]) == {"torch", "cuda", "python", "numpy"}
         assert ck["rng"]["torch"].dtype == torch.uint8
     assert all("grad_norm" in r for r in read_metrics(d / "metrics.jsonl"))
@@ -415,8 +494,10 @@ def test_every_checkpoint_loads_weights_only(tmp_path):
     assert_same_state(load(step_path(d2, 6)), load(step_path(d, 6)), key="dynamics")
 
 
-@pytest.mark.fault(fault="NaN loss at step 7 under nonfinite=stop (the default)",
-                   guarantee="raises naming the step and the newest checkpoint, which is the last good state")
+@pytest.mark.fault(
+    fault="NaN loss at step 7 under nonfinite=stop (the default)",
+    guarantee="raises naming the step and the newest checkpoint, which is the last good state",
+)
 def test_non_finite_loss_raises_with_step(reference, tmp_path):
     d = tmp_path / "ck"
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 7 \(update 8 of 30") as err:
@@ -437,8 +518,10 @@ def test_non_finite_loss_raises_with_step(reference, tmp_path):
     assert task.seen[0] == (5, 5)
 
 
-@pytest.mark.fault(fault="NaN loss at step 7 under nonfinite=skip",
-                   guarantee="that update is skipped (weights, optimizer unchanged), warned, counted; reaches max_steps")
+@pytest.mark.fault(
+    fault="NaN loss at step 7 under nonfinite=skip",
+    guarantee="that update is skipped (weights, optimizer unchanged), warned, counted; reaches max_steps",
+)
 def test_non_finite_loss_skip_skips_counts_and_reaches_max_steps(reference, tmp_path):
     d, out = tmp_path / "ck", tmp_path / "out"
     with pytest.warns(NonFiniteLossWarning, match=r"non-finite loss at step 7 .*update skipped") as rec:
@@ -446,7 +529,7 @@ def test_non_finite_loss_skip_skips_counts_and_reaches_max_steps(reference, tmp_
     assert len([w for w in rec if issubclass(w.category, NonFiniteLossWarning)]) == 1
     assert "WARNING non-finite loss at step 7" in (d / "train.log").read_text()
     s7, s8, s9 = (load(step_path(d, s)) for s in (7, 8, 9))
-    assert_same_state(load(step_path(d, 5)), load(step_path(reference, 5)))      # before the NaN: a clean run
+    assert_same_state(load(step_path(d, 5)), load(step_path(reference, 5)))  # before the NaN: a clean run
     assert all(torch.equal(s7["model"][k], s8["model"][k]) for k in s7["model"]), "the skipped update moved weights"
     assert s7["opt"]["state"][0]["step"] == s8["opt"]["state"][0]["step"], "the skipped update stepped AdamW"
     assert not all(torch.equal(s8["model"][k], s9["model"][k]) for k in s8["model"]), "training went on after it"
@@ -465,8 +548,10 @@ def test_non_finite_loss_skip_skips_counts_and_reaches_max_steps(reference, tmp_
         train(ToyTask(nan_at=2), cfg(tmp_path / "ck0", max_steps=4, nonfinite="skip", nonfinite_max_skips=0))
 
 
-@pytest.mark.fault(fault="checkpoint write fails: file size limit (RLIMIT_FSIZE) hit while writing step 10",
-                   guarantee="non-zero exit naming the file and the cause; no temp file; step 5 intact, resumes")
+@pytest.mark.fault(
+    fault="checkpoint write fails: file size limit (RLIMIT_FSIZE) hit while writing step 10",
+    guarantee="non-zero exit naming the file and the cause; no temp file; step 5 intact, resumes",
+)
 def test_disk_full_during_checkpoint_write_keeps_the_previous_one(trainer_cli, reference, tmp_path):
     s5, s10 = step_path(reference, 5).stat().st_size, step_path(reference, 10).stat().st_size
     # step 10's file is larger (its metrics_tail holds 10 records, step 5's 5; zip records are 64-byte aligned):
@@ -481,10 +566,17 @@ def test_disk_full_during_checkpoint_write_keeps_the_previous_one(trainer_cli, r
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(REPO / "src"))
     t0 = time.time()
-    r = trainer_cli.run([sys.executable, str(TOY), "--ckpt-dir", str(d), "--max-steps", str(N), "--keep-last", "0"],
-                        env=env, cwd=REPO, preexec_fn=limit_file_size, timeout=120)
-    print(f"[fault] RLIMIT_FSIZE {limit} bytes (step 5: {s5}, step 10: {s10}); trainer exit {r.returncode} "
-          f"after {time.time() - t0:.1f}s")
+    r = trainer_cli.run(
+        [sys.executable, str(TOY), "--ckpt-dir", str(d), "--max-steps", str(N), "--keep-last", "0"],
+        env=env,
+        cwd=REPO,
+        preexec_fn=limit_file_size,
+        timeout=120,
+    )
+    print(
+        f"[fault] RLIMIT_FSIZE {limit} bytes (step 5: {s5}, step 10: {s10}); trainer exit {r.returncode} "
+        f"after {time.time() - t0:.1f}s"
+    )
     err = r.stderr
     assert r.returncode != 0 and r.returncode != EXIT_RESUME, err[-3000:]
     assert "CheckpointWriteError: checkpoint write failed" in err and str(step_path(d, 10)) in err, err[-3000:]
@@ -544,11 +636,30 @@ def test_metrics_truncation(tmp_path):
 def test_engine_args():
     ap = argparse.ArgumentParser()
     add_engine_args(ap)
-    a = ap.parse_args(["--ckpt-dir", "c", "--max-steps", "9", "--time-limit-min", "12.5", "--grad-clip", "none",
-                       "--deterministic", "true"])
+    a = ap.parse_args(
+        [
+            "--ckpt-dir",
+            "c",
+            "--max-steps",
+            "9",
+            "--time-limit-min",
+            "12.5",
+            "--grad-clip",
+            "none",
+            "--deterministic",
+            "true",
+        ]
+    )
     c = engine_config_from_args(a, max_steps=100, save_every=7, grad_clip=1.0, model_key="dynamics")
-    assert (c.ckpt_dir, c.max_steps, c.time_limit_min, c.save_every, c.grad_clip, c.deterministic,
-            c.model_key) == ("c", 9, 12.5, 7, None, True, "dynamics")
+    assert (c.ckpt_dir, c.max_steps, c.time_limit_min, c.save_every, c.grad_clip, c.deterministic, c.model_key) == (
+        "c",
+        9,
+        12.5,
+        7,
+        None,
+        True,
+        "dynamics",
+    )
     with pytest.raises(TypeError):
         engine_config_from_args(a, bogus=1)
     b = ap.parse_args(["--nonfinite", "skip", "--nonfinite-max-skips", "3"])
@@ -582,7 +693,7 @@ def test_param_groups_lr_multipliers_longest_prefix_wins():
     by_mult = {g["lr_mult"]: g for g in groups}
     assert set(by_mult) == {0.5, 1.0, 3.0}
     assert by_mult[1.0]["lr"] == 1e-3 and by_mult[3.0]["lr"] == pytest.approx(3e-3)
-    assert [p.shape for p in by_mult[0.5]["params"]] == [torch.Size([2])]      # 1.bias
+    assert [p.shape for p in by_mult[0.5]["params"]] == [torch.Size([2])]  # 1.bias
     assert len(by_mult[3.0]["params"]) == 1 and len(by_mult[1.0]["params"]) == 2
     assert len(param_groups(m, 1e-3, {})) == 1
 

@@ -33,27 +33,41 @@ NETWORK_EVAL_RULES = ("tokenizer_eval", "probe", "probe_baselines", "rollout_eva
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA is missing")
 
 # a tiny tokenizer: 16 px frames, 8 px patches -> 4 patches of 8*8*3 = 192 values, 4 latents
-TINY = {"model": {"patch": 8, "d_model": 32, "n_heads": 2, "depth": 2, "n_latents": 4, "d_bottleneck": 8,
-                  "dropout": 0.0, "mlp_ratio": 4.0, "time_every": 1, "scale_pos_embeds": False},
-        "mae_p_min": 0.0, "mae_p_max": 0.75}
+TINY = {
+    "model": {
+        "patch": 8,
+        "d_model": 32,
+        "n_heads": 2,
+        "depth": 2,
+        "n_latents": 4,
+        "d_bottleneck": 8,
+        "dropout": 0.0,
+        "mlp_ratio": 4.0,
+        "time_every": 1,
+        "scale_pos_embeds": False,
+    },
+    "mae_p_min": 0.0,
+    "mae_p_max": 0.75,
+}
 
 
 def test_flop_counter_matches_a_hand_count_on_a_tiny_tokenizer():
     c = cost.tokenizer_flops_per_frame(TINY, 16, chunk=3)
     # hand count per frame: S = 4 latents + 4 patches = 8 tokens, D = 32, L = 2 layers (both with time
     # attention over the 4 latents), SwiGLU hidden 4D, T = 3 frames per chunk
-    space = 8 * 2 * 2 * (4 + 3 * 4) * 32 * 32        # qkv + out (4 D^2) and the SwiGLU (3 x 4 D^2) per token
-    attn = 2 * 4 * 8 * 8 * 32                        # q k^T and p v over the 8 tokens of a frame
-    time_ = 4 * 2 * 2 * 4 * 32 * 32 + 2 * 4 * 4 * 3 * 32   # time attention qkv + out on 4 latents, q k^T + p v
-    enc = space + attn + time_ + 4 * 2 * 192 * 32 + 4 * 2 * 32 * 8   # + patch_proj, bottleneck_proj
-    dec = space + attn + time_ + 4 * 2 * 8 * 32 + 4 * 2 * 32 * 192   # + up_proj, patch_head
+    space = 8 * 2 * 2 * (4 + 3 * 4) * 32 * 32  # qkv + out (4 D^2) and the SwiGLU (3 x 4 D^2) per token
+    attn = 2 * 4 * 8 * 8 * 32  # q k^T and p v over the 8 tokens of a frame
+    time_ = 4 * 2 * 2 * 4 * 32 * 32 + 2 * 4 * 4 * 3 * 32  # time attention qkv + out on 4 latents, q k^T + p v
+    enc = space + attn + time_ + 4 * 2 * 192 * 32 + 4 * 2 * 32 * 8  # + patch_proj, bottleneck_proj
+    dec = space + attn + time_ + 4 * 2 * 8 * 32 + 4 * 2 * 32 * 192  # + up_proj, patch_head
     assert (space, attn, time_) == (524288, 16384, 68608)
     assert c["encode"] == enc == 660480 and c["decode"] == dec == 660480
     assert c["masked_pass"] == c["encode_decode"] == enc + dec
     assert c["tokenizer_eval"] == 2 * (enc + dec)
     m = tokenizer_model_config(TINY, 16)
-    f = cost.tokenizer_fwd_formula(m.d_model, m.depth, m.mlp_ratio, m.n_latents, m.n_patches, m.patch_dim,
-                                   m.d_bottleneck, 3, m.time_every)
+    f = cost.tokenizer_fwd_formula(
+        m.d_model, m.depth, m.mlp_ratio, m.n_latents, m.n_patches, m.patch_dim, m.d_bottleneck, 3, m.time_every
+    )
     assert f == {"encode": enc, "decode": dec}
 
 
@@ -91,11 +105,11 @@ def test_batched_tokenizer_eval_equals_one_chunk_per_pass():
     pass, and equal the previous implementation (one chunk per pass, mask drawn inside the forward under the
     chunk's seed): on the CPU bit-identical here; the tolerance allows 1e-6 (BLAS blocking may differ)."""
     model = _tiny_model()
-    x = torch.rand(23, 3, 16, 16)                    # 7 full chunks of 3 and a tail of 2
+    x = torch.rand(23, 3, 16, 16)  # 7 full chunks of 3 and a tail of 2
     gen = torch.Generator().manual_seed(0)
-    ref_rec, ref_sse, ref_n = [], 0.0, 0             # the previous implementation, inline
+    ref_rec, ref_sse, ref_n = [], 0.0, 0  # the previous implementation, inline
     for s in range(0, 23, 3):
-        xc = x[s:s + 3].unsqueeze(0)
+        xc = x[s : s + 3].unsqueeze(0)
         ref_rec.append(model.decode(model.encode(xc, mae=False)).clamp(0, 1)[0])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
@@ -111,7 +125,7 @@ def test_batched_tokenizer_eval_equals_one_chunk_per_pass():
         assert (rec - ref_rec).abs().max().item() <= 1e-6, batch
         sse, n = masked_patch_sq_error(model, x, 3, torch.Generator().manual_seed(0), batch)
         assert n == ref_n and sse == pytest.approx(ref_sse, rel=1e-6), batch
-    assert torch.equal(reconstruct(model, x, 3, 4), ref_rec)   # measured: no difference at all on the CPU
+    assert torch.equal(reconstruct(model, x, 3, 4), ref_rec)  # measured: no difference at all on the CPU
 
 
 def test_cpu_runs_fp32_whatever_the_amp(tmp_path):
@@ -149,18 +163,50 @@ def _env(**extra):
 
 
 EVAL_ARGV = {
-    "eval_tokenizer": ["--checkpoint-json", "MISSING", "--manifest", "MISSING", "--test-ood", "MISSING", "--val",
-                       "MISSING", "--resolution", "32", "--eval", "{}", "--out-json", "OUT/psnr.json",
-                       "--out-png", "OUT/r.png"],
-    "probe": ["--baselines", "--tokenizer-checkpoint-json", "MISSING", "--manifest", "MISSING", "--probe-root",
-              "MISSING", "--seeds", "0", "--resolution", "32", "--eval", "{}", "--out-dir", "OUT"],
+    "eval_tokenizer": [
+        "--checkpoint-json",
+        "MISSING",
+        "--manifest",
+        "MISSING",
+        "--test-ood",
+        "MISSING",
+        "--val",
+        "MISSING",
+        "--resolution",
+        "32",
+        "--eval",
+        "{}",
+        "--out-json",
+        "OUT/psnr.json",
+        "--out-png",
+        "OUT/r.png",
+    ],
+    "probe": [
+        "--baselines",
+        "--tokenizer-checkpoint-json",
+        "MISSING",
+        "--manifest",
+        "MISSING",
+        "--probe-root",
+        "MISSING",
+        "--seeds",
+        "0",
+        "--resolution",
+        "32",
+        "--eval",
+        "{}",
+        "--out-dir",
+        "OUT",
+    ],
 }
 
 
 @needs_no_cuda
-@pytest.mark.fault(fault="tokenizer_eval / probe_baselines given 1 GPU on a machine whose torch is a CPU build",
-                   guarantee="exit 2 within 10 s before reading any input, naming the build and the fix; with "
-                             "allow_cpu_fallback they go on on the CPU")
+@pytest.mark.fault(
+    fault="tokenizer_eval / probe_baselines given 1 GPU on a machine whose torch is a CPU build",
+    guarantee="exit 2 within 10 s before reading any input, naming the build and the fix; with "
+    "allow_cpu_fallback they go on on the CPU",
+)
 @pytest.mark.parametrize("script,who", [("eval_tokenizer", "tokenizer_eval"), ("probe", "probe_baselines")])
 def test_eval_scripts_given_gpus_without_cuda_stop_at_once(tmp_path, script, who):
     argv = [str(tmp_path / a) if a.startswith(("MISSING", "OUT")) else a for a in EVAL_ARGV[script]]
@@ -173,8 +219,9 @@ def test_eval_scripts_given_gpus_without_cuda_stop_at_once(tmp_path, script, who
     assert "stopped before loading any data" in r.stderr and "MISSING" not in r.stderr, r.stderr
     assert not (tmp_path / "OUT").exists()
     # opted in: a loud warning, then it goes on (and fails on the first missing input instead)
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(**{ALLOW_CPU_FALLBACK_ENV: "1"}),
-                       timeout=120)
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(**{ALLOW_CPU_FALLBACK_ENV: "1"}), timeout=120
+    )
     assert r.returncode != 0 and "allow_cpu_fallback is set: running on the CPU" in r.stderr, r.stderr
     assert "MISSING" in r.stderr, r.stderr
 
@@ -182,8 +229,9 @@ def test_eval_scripts_given_gpus_without_cuda_stop_at_once(tmp_path, script, who
 def _planned(configfiles: list[str]) -> dict[str, list[tuple[str, str]]]:
     """rule -> [(resources, shell command)] of a dry run with printed shell commands (the paper config: with
     the DMControl pretraining, whose files a test machine lacks)."""
-    args = ["-n", "-p", "--forceall", "--cores", "1"] + (["--configfile", *configfiles] if configfiles else
-                                                         ["--config", "dmcontrol_init={source: pretrain}"])
+    args = ["-n", "-p", "--forceall", "--cores", "1"] + (
+        ["--configfile", *configfiles] if configfiles else ["--config", "dmcontrol_init={source: pretrain}"]
+    )
     r = subprocess.run(snakemake_cmd(*args), cwd=REPO, env=venv_env(), capture_output=True, text=True)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
@@ -202,7 +250,9 @@ def test_paper_dry_run_gives_every_network_eval_job_one_gpu():
             assert "--expect-gpus 1 " in sh, (rule, sh)
     assert len(jobs["probe"]) == len(jobs["rollout_eval"]) >= 7
     tok = jobs["tokenizer_eval"][0]
-    assert "--batch 16 " in tok[1] and "eval_batch=16" in tok[0] and "mem_mb=8000" in tok[0] and "runtime=120" in tok[0], tok
+    assert (
+        "--batch 16 " in tok[1] and "eval_batch=16" in tok[0] and "mem_mb=8000" in tok[0] and "runtime=120" in tok[0]
+    ), tok
     # the rules that run no network stay CPU jobs
     for rule in ("data_sanity", "tables", "archive", "splits"):
         assert all(re.search(r"\bgpu=0\b", res) for res, _ in jobs.get(rule, [])), (rule, jobs.get(rule))
@@ -217,8 +267,11 @@ def test_demo_eval_jobs_stay_cpu_jobs():
     assert demo_config()["job_resources"]["tokenizer_eval"]["gpus"] == 0
     assert demo_config(test=True)["job_resources"]["tokenizer_eval"]["gpus"] == 0
     ci = load_config([REPO / "config/demo.yaml", REPO / "config/ci_slurm.yaml"])
-    assert (ci["job_resources"]["tokenizer_eval"]["gpus"], ci["probe_eval"]["gpus"], ci["rollout_eval"]["gpus"]) \
-        == (0, 0, 0)
+    assert (ci["job_resources"]["tokenizer_eval"]["gpus"], ci["probe_eval"]["gpus"], ci["rollout_eval"]["gpus"]) == (
+        0,
+        0,
+        0,
+    )
 
 
 def _tok_eval_cli(pre: Path, tok: Path, tmp: Path, batch: int) -> dict:
@@ -227,13 +280,36 @@ def _tok_eval_cli(pre: Path, tok: Path, tmp: Path, batch: int) -> dict:
     cj = tmp / "checkpoint.json"
     write_json(cj, {"path": str(tok), "config": str(conf), "run_name": "tok_tiny", "sha256": "0" * 64, "step": 1})
     out = tmp / f"b{batch}"
-    r = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "eval_tokenizer.py"), "--checkpoint-json",
-                        str(cj), "--manifest", str(pre / "manifest.json"), "--test-ood",
-                        str(pre / "splits" / "test_ood.json"), "--val", str(pre / "splits" / "val.json"),
-                        "--resolution", "32", "--eval", '{"eps_per_task": 1, "min_len": 32, "max_val_episodes": 2, '
-                        '"seed": 0}', "--batch", str(batch), "--out-json", str(out / "psnr.json"), "--out-png",
-                        str(out / "r.png"), "--expect-gpus", "0"],
-                       capture_output=True, text=True, env=_env(OMP_NUM_THREADS="1"), timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "workflow_scripts" / "eval_tokenizer.py"),
+            "--checkpoint-json",
+            str(cj),
+            "--manifest",
+            str(pre / "manifest.json"),
+            "--test-ood",
+            str(pre / "splits" / "test_ood.json"),
+            "--val",
+            str(pre / "splits" / "val.json"),
+            "--resolution",
+            "32",
+            "--eval",
+            '{"eps_per_task": 1, "min_len": 32, "max_val_episodes": 2, "seed": 0}',
+            "--batch",
+            str(batch),
+            "--out-json",
+            str(out / "psnr.json"),
+            "--out-png",
+            str(out / "r.png"),
+            "--expect-gpus",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(OMP_NUM_THREADS="1"),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "device cpu, precision fp32 (amp bf16)" in r.stdout, r.stdout
     from dreamer4_libero.fileio import read_json

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dreamer4_libero.models import blocks
 from dreamer4_libero.models.blocks import SPACE_MASKS, explicit_attention, set_attention_backend, space_mask
 from dreamer4_libero.models.dynamics import Dynamics, DynamicsConfig
 from dreamer4_libero.models.tokenizer import Tokenizer, TokenizerConfig
@@ -33,7 +32,7 @@ def _sdpa_after():
 @pytest.mark.parametrize("mode", sorted(SPACE_MASKS))
 def test_explicit_attention_matches_sdpa_with_every_space_mask(mode):
     g = torch.Generator().manual_seed(0)
-    mod = torch.tensor([-1] * 4 + [0] * 3 + [1, 7, 5, 6])          # latents, patches, action, agent, signal, step
+    mod = torch.tensor([-1] * 4 + [0] * 3 + [1, 7, 5, 6])  # latents, patches, action, agent, signal, step
     mask = space_mask(mod, mode)
     q, k, v = (torch.randn(3, 2, len(mod), 8, generator=g, requires_grad=True) for _ in range(3))
     ref = explicit_attention(q, k, v, mask=mask)
@@ -47,16 +46,19 @@ def test_explicit_attention_matches_sdpa_with_every_space_mask(mode):
 def test_explicit_attention_causal_and_additive_masks():
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 2, 6, 4, generator=g) for _ in range(3))
-    assert torch.allclose(explicit_attention(q, k, v, is_causal=True),
-                          F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6)
+    assert torch.allclose(
+        explicit_attention(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6
+    )
     add = torch.randn(6, 6, generator=g)
-    assert torch.allclose(explicit_attention(q, k, v, mask=add),
-                          F.scaled_dot_product_attention(q, k, v, attn_mask=add), atol=1e-6)
+    assert torch.allclose(
+        explicit_attention(q, k, v, mask=add), F.scaled_dot_product_attention(q, k, v, attn_mask=add), atol=1e-6
+    )
     # causality really holds: the first query ignores every later key
     v2 = v.clone()
     v2[:, :, 1:] += 100.0
-    assert torch.allclose(explicit_attention(q, k, v2, is_causal=True)[:, :, 0],
-                          explicit_attention(q, k, v, is_causal=True)[:, :, 0])
+    assert torch.allclose(
+        explicit_attention(q, k, v2, is_causal=True)[:, :, 0], explicit_attention(q, k, v, is_causal=True)[:, :, 0]
+    )
 
 
 def _fwd_bwd(model, inputs, out_fn):
@@ -70,8 +72,11 @@ def _fwd_bwd(model, inputs, out_fn):
 def test_whole_models_agree_across_attention_backends(which):
     torch.manual_seed(0)
     if which == "tokenizer":
-        m = Tokenizer(TokenizerConfig(H=16, W=16, patch=4, d_model=32, n_heads=2, depth=2, n_latents=4,
-                                      d_bottleneck=8, dropout=0.0)).eval()
+        m = Tokenizer(
+            TokenizerConfig(
+                H=16, W=16, patch=4, d_model=32, n_heads=2, depth=2, n_latents=4, d_bottleneck=8, dropout=0.0
+            )
+        ).eval()
         inputs = (torch.rand(2, 3, 3, 16, 16),)
         out_fn = lambda o: o["recon"]  # noqa: E731
     else:
@@ -80,8 +85,12 @@ def test_whole_models_agree_across_attention_backends(which):
             for p in m.parameters():
                 p.normal_(0, 0.2)
         g = torch.Generator().manual_seed(1)
-        inputs = (torch.randn(2, 5, 16, generator=g), torch.randint(0, 4, (2, 5), generator=g),
-                  torch.randint(0, 8, (2, 5), generator=g), torch.randn(2, 5, 4, 16, generator=g))
+        inputs = (
+            torch.randn(2, 5, 16, generator=g),
+            torch.randint(0, 4, (2, 5), generator=g),
+            torch.randint(0, 8, (2, 5), generator=g),
+            torch.randn(2, 5, 4, 16, generator=g),
+        )
         out_fn = lambda o: o[0]  # noqa: E731
     set_attention_backend("sdpa")
     torch.manual_seed(5)
@@ -118,6 +127,7 @@ class _HalvesTask(ToyTask):
 
     def batches(self, start_step, rank, world_size):
         from engine_toy import make_batch
+
         s = start_step // (2 if self.halves else 1)
         while True:
             b = make_batch(0, s, 0)
@@ -132,8 +142,17 @@ class _HalvesTask(ToyTask):
 def test_gradient_accumulation_gives_the_larger_batch_update(tmp_path):
     finals = {}
     for name, accum in (("big", 1), ("accum", 2)):
-        cfg = EngineConfig(run_name=name, ckpt_dir=str(tmp_path / name), max_steps=5, save_every=5, lr=1e-2,
-                           grad_accum=accum, progress=False, model_key="model", grad_clip=None)
+        cfg = EngineConfig(
+            run_name=name,
+            ckpt_dir=str(tmp_path / name),
+            max_steps=5,
+            save_every=5,
+            lr=1e-2,
+            grad_accum=accum,
+            progress=False,
+            model_key="model",
+            grad_clip=None,
+        )
         assert train(_HalvesTask(halves=accum == 2), cfg) == 0
         finals[name] = load_checkpoint(latest_checkpoint(tmp_path / name))["model"]
     diff = max(float((finals["big"][k] - finals["accum"][k]).abs().max()) for k in finals["big"])
@@ -142,13 +161,21 @@ def test_gradient_accumulation_gives_the_larger_batch_update(tmp_path):
 
 
 def test_compiled_training_writes_plain_checkpoints(tmp_path):
-    cfg = EngineConfig(run_name="c", ckpt_dir=str(tmp_path / "c"), max_steps=3, save_every=3, progress=False,
-                       compile=True, fused_adamw="on", amp="bf16")
+    cfg = EngineConfig(
+        run_name="c",
+        ckpt_dir=str(tmp_path / "c"),
+        max_steps=3,
+        save_every=3,
+        progress=False,
+        compile=True,
+        fused_adamw="on",
+        amp="bf16",
+    )
     assert train(ToyTask(), cfg) == 0
     ck = load_checkpoint(latest_checkpoint(tmp_path / "c"))
     assert not any(k.startswith("_orig_mod.") for k in ck["model"]), list(ck["model"])
     make_model().load_state_dict(ck["model"], strict=True)
-    assert ck["config"]["runtime"]["amp"] == "fp32"             # bf16 asked for, CPU runs fp32
+    assert ck["config"]["runtime"]["amp"] == "fp32"  # bf16 asked for, CPU runs fp32
     log = (tmp_path / "c" / "train.log").read_text()
     assert "fused_adamw=on requested but not on CUDA" in log
 

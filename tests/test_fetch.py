@@ -82,8 +82,14 @@ def _make_fetch(dest: Path, *args: str, env_url: str | None = None) -> subproces
     if env_url:
         env[rel.BASE_URL_ENV] = env_url
     fetch_args = " ".join(["--dest", str(dest), "--progress", "false", *args])
-    return subprocess.run(["make", "-s", "fetch-dmcontrol", f"PY={sys.executable}", f"FETCH_ARGS={fetch_args}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["make", "-s", "fetch-dmcontrol", f"PY={sys.executable}", f"FETCH_ARGS={fetch_args}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_make_fetch_dmcontrol_writes_the_files_with_their_sha256_and_a_second_run_downloads_nothing(tmp_path, server):
@@ -145,15 +151,17 @@ def test_checksum_mismatch_names_file_expected_and_got_and_leaves_no_file(tmp_pa
     data = server.files[rel.TOKENIZER_FILE]
     wrong = "0" * 64
     with pytest.raises(FetchError) as exc:
-        fetch_files([RemoteFile(rel.TOKENIZER_FILE, rel.TOKENIZER_FILE, wrong)], tmp_path, base_url=server.url,
-                    progress=False)
+        fetch_files(
+            [RemoteFile(rel.TOKENIZER_FILE, rel.TOKENIZER_FILE, wrong)], tmp_path, base_url=server.url, progress=False
+        )
     msg = str(exc.value)
     assert msg.startswith(f"{rel.TOKENIZER_FILE}: sha256 mismatch") and f"expected {wrong}" in msg
     assert f"got {_sha(data)}" in msg and f"{server.url}/{rel.TOKENIZER_FILE}" in msg
     assert list(tmp_path.iterdir()) == []
     # the known sha256 right: fetched and recorded as verified against it
-    rec = fetch_files([RemoteFile(rel.TOKENIZER_FILE, rel.TOKENIZER_FILE, _sha(data))], tmp_path,
-                      base_url=server.url, progress=False)
+    rec = fetch_files(
+        [RemoteFile(rel.TOKENIZER_FILE, rel.TOKENIZER_FILE, _sha(data))], tmp_path, base_url=server.url, progress=False
+    )
     assert rec["files"][rel.TOKENIZER_FILE]["verified_against"] == "known sha256"
 
 
@@ -162,18 +170,20 @@ def test_a_file_that_changed_upstream_is_refused_against_the_record(tmp_path, se
     first = fetch_files(files, tmp_path, base_url=server.url, progress=False)["files"][rel.DYNAMICS_FILE]["sha256"]
     (tmp_path / rel.DYNAMICS_FILE).unlink()
     server.files[rel.DYNAMICS_FILE] = b"a different release"
-    with pytest.raises(FetchError, match=f"{rel.DYNAMICS_FILE}: sha256 mismatch .*expected {first}, got "
-                                         f"{_sha(b'a different release')}"):
+    with pytest.raises(
+        FetchError, match=f"{rel.DYNAMICS_FILE}: sha256 mismatch .*expected {first}, got {_sha(b'a different release')}"
+    ):
         fetch_files(files, tmp_path, base_url=server.url, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fetch_record.json"]
 
 
 def test_a_download_that_breaks_off_leaves_no_file(tmp_path, server):
     server.truncate.add(rel.TOKENIZER_FILE)
-    with pytest.raises(FetchError, match=f"{rel.TOKENIZER_FILE}: download from {server.url}/{rel.TOKENIZER_FILE} "
-                                         "(broke off|ended) after"):
-        fetch_files([RemoteFile(rel.TOKENIZER_FILE, rel.TOKENIZER_FILE)], tmp_path, base_url=server.url,
-                    progress=False)
+    with pytest.raises(
+        FetchError,
+        match=f"{rel.TOKENIZER_FILE}: download from {server.url}/{rel.TOKENIZER_FILE} (broke off|ended) after",
+    ):
+        fetch_files([RemoteFile(rel.TOKENIZER_FILE, rel.TOKENIZER_FILE)], tmp_path, base_url=server.url, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -20,15 +20,31 @@ from dreamer4_libero.data import dmcontrol, headless_gl
 from dreamer4_libero.data.headless_gl import HeadlessRenderingError, check_headless_rendering
 
 REPO = Path(__file__).resolve().parents[1]
-COLLECT = {"tasks": ["reacher-easy"], "episodes_per_task": 1, "steps": 3, "seed": 0, "policy": "random",
-           "policy_per_task": {}, "render_size": 224}
-ALTERNATIVES = ("a GPU node", "libegl-mesa0", "MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa", "libosmesa6",
-                "make fetch-dmcontrol", "dmcontrol_init.source: pretrain", 'docs/variants.md, "DMControl pretraining"')
+COLLECT = {
+    "tasks": ["reacher-easy"],
+    "episodes_per_task": 1,
+    "steps": 3,
+    "seed": 0,
+    "policy": "random",
+    "policy_per_task": {},
+    "render_size": 224,
+}
+ALTERNATIVES = (
+    "a GPU node",
+    "libegl-mesa0",
+    "MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa",
+    "libosmesa6",
+    "make fetch-dmcontrol",
+    "dmcontrol_init.source: pretrain",
+    'docs/variants.md, "DMControl pretraining"',
+)
 
 
-@pytest.mark.fault(fault="collect_dmcontrol on a node whose libEGL has no vendor driver (no usable EGL)",
-                   guarantee="exit 2 before rendering or writing anything, naming MUJOCO_GL=egl, the probe that was "
-                             "tried, dm_control's error and the alternatives (osmesa, a GPU/EGL node, released files)")
+@pytest.mark.fault(
+    fault="collect_dmcontrol on a node whose libEGL has no vendor driver (no usable EGL)",
+    guarantee="exit 2 before rendering or writing anything, naming MUJOCO_GL=egl, the probe that was "
+    "tried, dm_control's error and the alternatives (osmesa, a GPU/EGL node, released files)",
+)
 def test_collection_without_egl_stops_before_rendering(tmp_path):
     no_vendors = tmp_path / "egl_vendor.d"
     no_vendors.mkdir()
@@ -36,23 +52,37 @@ def test_collection_without_egl_stops_before_rendering(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
     env["__EGL_VENDOR_LIBRARY_DIRS"] = str(no_vendors)
     t0 = time.time()
-    r = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "collect_dmcontrol.py"), "--collect",
-                        json.dumps(COLLECT), "--out", str(out), "--progress", "false"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "workflow_scripts" / "collect_dmcontrol.py"),
+            "--collect",
+            json.dumps(COLLECT),
+            "--out",
+            str(out),
+            "--progress",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     assert time.time() - t0 < 60
     err = r.stderr
     assert "ERROR: headless rendering does not work" in err and "Traceback" not in err, err
-    assert "tried MUJOCO_GL=egl (PYOPENGL_PLATFORM=egl), rendering one 16x16 frame" in err, err   # unset -> egl
+    assert "tried MUJOCO_GL=egl (PYOPENGL_PLATFORM=egl), rendering one 16x16 frame" in err, err  # unset -> egl
     assert "Cannot initialize a headless EGL display" in err and str(no_vendors) in err, err
     assert all(a in err for a in ALTERNATIVES), err
-    assert "headless rendering: MUJOCO_GL" not in r.stdout and not out.exists()   # nothing rendered, nothing written
+    assert "headless rendering: MUJOCO_GL" not in r.stdout and not out.exists()  # nothing rendered, nothing written
 
 
 def test_egl_works_here_and_the_check_passes():
     rec = check_headless_rendering(force=True)
     assert rec["MUJOCO_GL"] == "egl" and rec["PYOPENGL_PLATFORM"] == "egl" and 0 < rec["probe_s"] < 30
-    assert check_headless_rendering() == rec          # once per process
+    assert check_headless_rendering() == rec  # once per process
 
 
 def test_osmesa_without_the_library_names_it_and_the_alternatives(monkeypatch):
@@ -63,6 +93,7 @@ def test_osmesa_without_the_library_names_it_and_the_alternatives(monkeypatch):
 
     def osmesa_probe():
         raise AttributeError("'NoneType' object has no attribute 'glGetError'")
+
     with pytest.raises(HeadlessRenderingError) as e:
         check_headless_rendering(osmesa_probe)
     msg = str(e.value)
@@ -70,12 +101,13 @@ def test_osmesa_without_the_library_names_it_and_the_alternatives(monkeypatch):
     assert "AttributeError: 'NoneType' object has no attribute 'glGetError'" in msg
     assert all(a in msg for a in ALTERNATIVES), msg
     with pytest.raises(HeadlessRenderingError, match=r"the probe returned float64 \(16, 16\)"):
-        check_headless_rendering(lambda: np.zeros((16, 16)))          # a broken context that returns garbage
+        check_headless_rendering(lambda: np.zeros((16, 16)))  # a broken context that returns garbage
 
 
 def test_collect_writes_nothing_when_rendering_fails(tmp_path, monkeypatch):
     def no_gl():
         raise HeadlessRenderingError("headless rendering does not work on this node (injected)")
+
     monkeypatch.setattr(dmcontrol, "check_headless_rendering", no_gl)
     with pytest.raises(HeadlessRenderingError, match="injected"):
         dmcontrol.collect(tmp_path / "out", ["reacher-easy"], episodes=1, steps=3)

@@ -19,8 +19,12 @@ SCRIPT = REPO / "workflow_scripts" / "train_tokenizer.py"
 
 
 def _ident(section, **kw):
-    args = {"world_size": 1, "data_fingerprint": "d" * 64, "checkpoints": {"tokenizer": "t" * 64},
-            "tokenizer_choice": "study tokenizer"}
+    args = {
+        "world_size": 1,
+        "data_fingerprint": "d" * 64,
+        "checkpoints": {"tokenizer": "t" * 64},
+        "tokenizer_choice": "study tokenizer",
+    }
     args.update(kw)
     return run_identity(section, **args)[0]
 
@@ -29,15 +33,24 @@ def test_identity_ignores_volatile_keys_and_tracks_what_is_learned():
     run = dict(demo_config()["tokenizer"])
     base = _ident(run)
     # extended or resubmitted runs resume: steps, checkpoint cadence, logging, resources, workers
-    for k, v in (("max_steps", 99999), ("save_every", 7), ("log_every", 3), ("gpus", 8), ("mem_mb", 123),
-                 ("runtime_min", 5), ("num_workers", 9), ("retries", 5), ("deadline_margin_s", 1)):
+    for k, v in (
+        ("max_steps", 99999),
+        ("save_every", 7),
+        ("log_every", 3),
+        ("gpus", 8),
+        ("mem_mb", 123),
+        ("runtime_min", 5),
+        ("num_workers", 9),
+        ("retries", 5),
+        ("deadline_margin_s", 1),
+    ):
         assert _ident({**run, k: v}) == base, k
     # a changed model, objective, optimizer, data, tokenizer or tag starts afresh
     assert _ident({**run, "model": {**run["model"], "d_model": 96}}) != base
     assert _ident({**run, "lr": 2e-3}) != base
     assert _ident({**run, "seq_len": 4}) != base
     assert _ident({**run, "fresh_tag": "again"}) != base
-    assert _ident(run, world_size=2) != base                       # global batch
+    assert _ident(run, world_size=2) != base  # global batch
     assert _ident(run, data_fingerprint="e" * 64) != base
     assert _ident(run, checkpoints={"tokenizer": "u" * 64}) != base
 
@@ -47,7 +60,7 @@ def test_identity_dir_writes_and_checks_identity_json(tmp_path):
     d = identity_dir(tmp_path, "run", h, ident)
     assert d == tmp_path / "run" / h[:16]
     assert json.loads((d / "identity.json").read_text())["sha256"] == h
-    assert identity_dir(tmp_path, "run", h, ident) == d            # reused
+    assert identity_dir(tmp_path, "run", h, ident) == d  # reused
     (d / "identity.json").write_text(json.dumps({"sha256": "0" * 64}))
     with pytest.raises(ValueError, match="identity"):
         identity_dir(tmp_path, "run", h, ident)
@@ -59,28 +72,58 @@ def test_data_fingerprint_sees_regenerated_data(tmp_path, preprocessed):
 
     eps = episode_list(preprocessed / "splits" / "train.json")
     fp = training_data_fingerprint(preprocessed / "manifest.json", eps)
-    assert fp == training_data_fingerprint(preprocessed / "manifest.json", list(reversed(eps)))   # order-free
+    assert fp == training_data_fingerprint(preprocessed / "manifest.json", list(reversed(eps)))  # order-free
     assert fp != training_data_fingerprint(preprocessed / "manifest.json", eps[:-1])
     # the same names (the first task of each suite, its first 2 demos), regenerated with another seed: new data
     s = demo_config(test=True)["synthetic"]
     root = tmp_path / "libero"
-    generate(root, demo_task_ids(per_suite=1), n_demos=2, len_range=(s["len_min"], s["len_max"]), seed=s["seed"] + 1,
-             progress=False)
+    generate(
+        root,
+        demo_task_ids(per_suite=1),
+        n_demos=2,
+        len_range=(s["len_min"], s["len_max"]),
+        seed=s["seed"] + 1,
+        progress=False,
+    )
     out = tmp_path / "pre"
     preprocess(root, out, workers=1, min_demo_len=32, progress=False)
-    same_names = [e for e in eps if e in {f"{f['task_id']}/{d['name']}" for f in json.loads(
-        (out / "manifest.json").read_text())["files"] for d in f["demos"]}]
+    same_names = [
+        e
+        for e in eps
+        if e
+        in {
+            f"{f['task_id']}/{d['name']}"
+            for f in json.loads((out / "manifest.json").read_text())["files"]
+            for d in f["demos"]
+        }
+    ]
     assert same_names
-    assert training_data_fingerprint(out / "manifest.json", same_names) != \
-        training_data_fingerprint(preprocessed / "manifest.json", same_names)
+    assert training_data_fingerprint(out / "manifest.json", same_names) != training_data_fingerprint(
+        preprocessed / "manifest.json", same_names
+    )
     with pytest.raises(ValueError, match="not in the manifest"):
         training_data_fingerprint(preprocessed / "manifest.json", ["libero_10/nope/demo_0"])
 
 
 def _train(trainer_cli, pre, t, root, out):
-    cmd = [sys.executable, str(SCRIPT), "--tokenizer", json.dumps(t), "--manifest", str(pre / "manifest.json"),
-           "--train-split", str(pre / "splits" / "train.json"), "--resolution", "32", "--ckpt-root", str(root),
-           "--out-dir", str(out), "--progress", "false"]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--tokenizer",
+        json.dumps(t),
+        "--manifest",
+        str(pre / "manifest.json"),
+        "--train-split",
+        str(pre / "splits" / "train.json"),
+        "--resolution",
+        "32",
+        "--ckpt-root",
+        str(root),
+        "--out-dir",
+        str(out),
+        "--progress",
+        "false",
+    ]
     r = trainer_cli.run(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout + r.stderr
@@ -88,20 +131,28 @@ def _train(trainer_cli, pre, t, root, out):
 
 def test_trainer_resumes_inside_its_identity_folder(trainer_cli, preprocessed, tmp_path):
     t = demo_config()["tokenizer"]
-    t.update(model={**t["model"], "d_model": 32, "depth": 1, "n_latents": 4, "d_bottleneck": 8}, seq_len=2,
-             batch_size=2, max_steps=2, save_every=2, log_every=1, num_workers=0, lpips_weight=0.0)
+    t.update(
+        model={**t["model"], "d_model": 32, "depth": 1, "n_latents": 4, "d_bottleneck": 8},
+        seq_len=2,
+        batch_size=2,
+        max_steps=2,
+        save_every=2,
+        log_every=1,
+        num_workers=0,
+        lpips_weight=0.0,
+    )
     root = tmp_path / "ck"
     out1 = _train(trainer_cli, preprocessed, t, root, tmp_path / "o1")
     dirs = sorted((root / t["run_name"]).iterdir())
     assert len(dirs) == 1 and (dirs[0] / "identity.json").exists() and "fresh start" in out1
-    out2 = _train(trainer_cli, preprocessed, {**t, "max_steps": 4}, root, tmp_path / "o2")       # extended: resumes
+    out2 = _train(trainer_cli, preprocessed, {**t, "max_steps": 4}, root, tmp_path / "o2")  # extended: resumes
     assert "RESUMED" in out2 and "at step 2" in out2
     assert sorted((root / t["run_name"]).iterdir()) == dirs
     before = sorted(p.name for p in dirs[0].iterdir())
     out3 = _train(trainer_cli, preprocessed, {**t, "max_steps": 4, "fresh_tag": "x"}, root, tmp_path / "o3")  # fresh
     assert "fresh start" in out3
     new = [d for d in (root / t["run_name"]).iterdir() if d not in dirs]
-    assert len(new) == 1 and sorted(p.name for p in dirs[0].iterdir()) == before     # old folder untouched
+    assert len(new) == 1 and sorted(p.name for p in dirs[0].iterdir()) == before  # old folder untouched
     attempts = [json.loads(x) for x in (dirs[0] / "attempts.jsonl").read_text().splitlines()]
     assert [a["start_step"] for a in attempts if a.get("event") == "start"] == [0, 2]
 
@@ -111,9 +162,17 @@ def test_trainer_resumes_inside_its_identity_folder(trainer_cli, preprocessed, t
 _RUNS = ("dynamics_phase3", "dynamics_aux_phase6")
 _TINY = {
     "tokenizer": {"gpus": 0, "max_steps": 4, "save_every": 2, "log_every": 1, "runtime_min": 30},
-    "dynamics": {"defaults": {"gpus": 0, "max_steps": 4, "save_every": 2, "log_every": 1, "runtime_min": 30,
-                              "model": {"d_model": 32, "depth": 1, "n_heads": 2}},
-                 "variants": {n: {"enabled": True, "max_steps": 4} for n in _RUNS}},
+    "dynamics": {
+        "defaults": {
+            "gpus": 0,
+            "max_steps": 4,
+            "save_every": 2,
+            "log_every": 1,
+            "runtime_min": 30,
+            "model": {"d_model": 32, "depth": 1, "n_heads": 2},
+        },
+        "variants": {n: {"enabled": True, "max_steps": 4} for n in _RUNS},
+    },
 }
 
 
@@ -136,8 +195,17 @@ class _Study:
         for i, layer in enumerate(self.layers):
             (self.work / f"layer{i}.yaml").write_text(yaml.safe_dump(layer))
             files.append(f"layer{i}.yaml")
-        cmd = snakemake_cmd(*self.targets, "--profile", "profiles/local", "--cores", "2", *(["-n"] if dry else []),
-                            *extra, "--configfile", *files)
+        cmd = snakemake_cmd(
+            *self.targets,
+            "--profile",
+            "profiles/local",
+            "--cores",
+            "2",
+            *(["-n"] if dry else []),
+            *extra,
+            "--configfile",
+            *files,
+        )
         r = subprocess.run(cmd, cwd=self.work, env=venv_env(), capture_output=True, text=True)
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
         return r.stdout + r.stderr
@@ -211,13 +279,13 @@ def test_tokenizer_chunk_default_keeps_the_identity_of_existing_variants():
     from dreamer4_libero.config import dynamics_variants, load_config
 
     variants = dynamics_variants(load_config())
-    assert variants and all(v["tokenizer_chunk"] is None for v in variants.values())   # the published default
+    assert variants and all(v["tokenizer_chunk"] is None for v in variants.values())  # the published default
     for name, v in variants.items():
-        before = {k: x for k, x in v.items() if k != "tokenizer_chunk"}                # the section before the key
+        before = {k: x for k, x in v.items() if k != "tokenizer_chunk"}  # the section before the key
         assert _ident(v) == _ident(before), name
     v = next(iter(variants.values()))
     chunked = {_ident({**v, "tokenizer_chunk": c}) for c in (2, 16, "train")}
-    assert len(chunked) == 3 and _ident(v) not in chunked                              # set: a new run
+    assert len(chunked) == 3 and _ident(v) not in chunked  # set: a new run
 
 
 def test_tokenizer_chunk_config_key_is_validated():

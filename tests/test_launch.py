@@ -5,7 +5,6 @@ flags are the real executor plugin's (2.8.0), computed from the resources of a d
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,20 +21,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 # -- the launcher text -------------------------------------------------------------------------------------
 
+
 def test_single_node_launchers():
     assert launch.launcher(0) == launch.launcher(1) == "python"
     toks = launch.launcher(4).split()
     assert toks[1:] == ["--standalone", "--nnodes=1", "--nproc_per_node=4"]
     assert launch.launcher(5, nodes=1, cpus_per_task=40).split()[1:] == [
-        "--standalone", "--nnodes=1", "--nproc_per_node=5"]
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=5",
+    ]
 
 
 def test_multi_node_launcher_one_agent_per_node_on_a_c10d_rendezvous():
     cmd = launch.launcher(4, nodes=2, cpus_per_task=32)
     toks = cmd.split()
-    step = toks[1:toks.index("--nnodes=2") - 1]  # the step launcher's options, before the agent's name
+    step = toks[1 : toks.index("--nnodes=2") - 1]  # the step launcher's options, before the agent's name
     assert step == ["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=32", "--mem=0", "--kill-on-bad-exit=1"]
-    agent = toks[toks.index("--nnodes=2"):]
+    agent = toks[toks.index("--nnodes=2") :]
     assert agent[:3] == ["--nnodes=2", "--nproc_per_node=4", "--rdzv-backend=c10d"]
     assert "--standalone" not in toks
     assert f"--rdzv-id={launch.SLURM_JOB_ID_SH}" in cmd
@@ -43,34 +46,54 @@ def test_multi_node_launcher_one_agent_per_node_on_a_c10d_rendezvous():
     assert "show hostnames" in launch.FIRST_NODE_SH and "SLURM_JOB_NODELIST:-" in launch.FIRST_NODE_SH
     # the argv helper the launcher and the tests share
     assert launch.agent_args(2, 1, rdzv_endpoint="127.0.0.1:29600", rdzv_id="7", launcher=("x",)) == [
-        "x", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d", "--rdzv-id=7",
-        "--rdzv-endpoint=127.0.0.1:29600"]
+        "x",
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv-backend=c10d",
+        "--rdzv-id=7",
+        "--rdzv-endpoint=127.0.0.1:29600",
+    ]
 
 
 def test_node_resources():
     cpu = launch.slurm_node_resources(0, 1)
     assert cpu["nodes"] is None and cpu["gpu"] == 0 and cpu["mpi"] is None
     one = launch.slurm_node_resources(5, 1, "h100")
-    assert {k: v for k, v in one.items() if v is not None} == {"nodes": 1, "gpu": 5, "gpu_model": "h100",
-                                                               "gpus_per_node": 5}
+    assert {k: v for k, v in one.items() if v is not None} == {
+        "nodes": 1,
+        "gpu": 5,
+        "gpu_model": "h100",
+        "gpus_per_node": 5,
+    }
     two = launch.slurm_node_resources(4, 2)
     assert two.pop("mpi")  # set: the job-step plugin runs the shell as is (it starts its own job steps)
     assert {k: v for k, v in two.items() if v is not None} == {
-        "nodes": 2, "gpu": 0, "gres": "gpu:4", "tasks": 2, "tasks_per_gpu": 0, "gpus_per_node": 4}
+        "nodes": 2,
+        "gpu": 0,
+        "gres": "gpu:4",
+        "tasks": 2,
+        "tasks_per_gpu": 0,
+        "gpus_per_node": 4,
+    }
     assert launch.slurm_node_resources(4, 3, "a100")["gres"] == "gpu:a100:4"
     assert set(two) | {"mpi"} == set(launch.NODE_RESOURCE_KEYS)
 
 
 # -- config ------------------------------------------------------------------------------------------------
 
+
 def test_nodes_defaults_and_inconsistent_configs_name_the_key():
     cfg = load_config()
     assert cfg["tokenizer"]["nodes"] == 1
     assert all(r["nodes"] == 1 for r in dynamics_variants(cfg).values())
-    with pytest.raises(ConfigError, match=r"'dynamics\.variants\.dynamics_phase3\.nodes': 2 nodes with "
-                                          r"'dynamics\.variants\.dynamics_phase3\.gpus': 0"):
-        dynamics_variants(load_config(overrides={"dynamics": {"variants": {"dynamics_phase3": {"nodes": 2,
-                                                                                                "gpus": 0}}}}))
+    with pytest.raises(
+        ConfigError,
+        match=r"'dynamics\.variants\.dynamics_phase3\.nodes': 2 nodes with "
+        r"'dynamics\.variants\.dynamics_phase3\.gpus': 0",
+    ):
+        dynamics_variants(
+            load_config(overrides={"dynamics": {"variants": {"dynamics_phase3": {"nodes": 2, "gpus": 0}}}})
+        )
     with pytest.raises(ConfigError, match=r"'tokenizer\.nodes': 3 nodes with 'tokenizer\.gpus': 0"):
         load_config(overrides={"tokenizer": {"nodes": 3, "gpus": 0}})
     with pytest.raises(ConfigError, match=r"tokenizer\.nodes.*minimum"):
@@ -109,6 +132,7 @@ def test_only_global_rank_0_writes_the_identity_folder(tmp_path, monkeypatch):
 
 # -- the jobs of the paper config, with the real executor plugin's sbatch flags ----------------------------
 
+
 def _jobs(out: str) -> list[dict]:
     """Every planned job of a dry run (-p) with resources (conftest.dry_run_jobs), resources as a dict (ints
     where they are)."""
@@ -136,8 +160,14 @@ def _sbatch_flags(res: dict) -> list[str]:
 
     job = SimpleNamespace(resources=_Resources(res), threads=res.get("cpus_per_task", 1))
     validate_slurm_extra(job)
-    params = {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": "", "partition": "",
-              "workdir": "/w"}
+    params = {
+        "run_uuid": "u",
+        "slurm_logfile": "l",
+        "comment_str": "c",
+        "account": "",
+        "partition": "",
+        "workdir": "/w",
+    }
     return (get_submit_command(job, params) + set_gres_string(job)).split()
 
 
@@ -150,13 +180,19 @@ def two_node_dry_run(tmp_path_factory) -> list[dict]:
     prof.mkdir(parents=True)
     prof.joinpath("config.yaml").write_text((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     layer = tmp / "nodes.yaml"
-    layer.write_text("tokenizer: {nodes: 2, gpus: 2}\n"
-                     "dynamics: {variants: {dynamics_phase3: {nodes: 2, gpus: 4, cpus_per_gpu: 8}}}\n"
-                     "slurm: {gpu_model: h100}\n"
-                     "dmcontrol_init: {source: pretrain}\n")
-    r = subprocess.run(snakemake_cmd("--profile", "slurm", "-n", "--forceall", "-p", "--configfile", str(layer)),
-                       cwd=REPO, env={**venv_env(), "XDG_CONFIG_HOME": str(tmp / "xdg")}, capture_output=True,
-                       text=True)
+    layer.write_text(
+        "tokenizer: {nodes: 2, gpus: 2}\n"
+        "dynamics: {variants: {dynamics_phase3: {nodes: 2, gpus: 4, cpus_per_gpu: 8}}}\n"
+        "slurm: {gpu_model: h100}\n"
+        "dmcontrol_init: {source: pretrain}\n"
+    )
+    r = subprocess.run(
+        snakemake_cmd("--profile", "slurm", "-n", "--forceall", "-p", "--configfile", str(layer)),
+        cwd=REPO,
+        env={**venv_env(), "XDG_CONFIG_HOME": str(tmp / "xdg")},
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return _jobs(r.stdout + r.stderr)
 
@@ -165,8 +201,11 @@ def test_every_gpu_job_asks_for_exactly_its_nodes(two_node_dry_run):
     jobs = two_node_dry_run
     key = lambda j: (j["rule"], next(iter(j["wildcards"].values()), ""))  # noqa: E731
     by = {key(j): j for j in jobs}
-    multi = {("train_dynamics", "dynamics_phase3"): (4, 32), ("train_tokenizer", "tokenizer_v2_seq16"): (2, 32),
-             ("train_tokenizer", "tokenizer_dmcontrol"): (2, 32)}
+    multi = {
+        ("train_dynamics", "dynamics_phase3"): (4, 32),
+        ("train_tokenizer", "tokenizer_v2_seq16"): (2, 32),
+        ("train_tokenizer", "tokenizer_dmcontrol"): (2, 32),
+    }
     assert multi.keys() <= by.keys(), sorted(by)
     n_single_gpu = 0
     for k, j in by.items():
@@ -198,7 +237,12 @@ def test_every_gpu_job_asks_for_exactly_its_nodes(two_node_dry_run):
 def test_dry_run_refuses_nodes_without_gpus(tmp_path):
     layer = tmp_path / "bad.yaml"
     layer.write_text("tokenizer: {nodes: 2, gpus: 0}\n")
-    r = subprocess.run(snakemake_cmd("-n", "--cores", "1", "--configfile", str(layer)), cwd=REPO, env=venv_env(),
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        snakemake_cmd("-n", "--cores", "1", "--configfile", str(layer)),
+        cwd=REPO,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0
     assert "config key 'tokenizer.nodes': 2 nodes with 'tokenizer.gpus': 0" in r.stdout + r.stderr

@@ -214,9 +214,21 @@ def test_clean_manifest_json(clean_root):
     m = rep.to_manifest()
     assert json.loads(json.dumps(m)) == m
     assert set(m) == {
-        "rel_path", "suite", "stem", "task_id", "image_convention", "convention_assumed", "instruction",
-        "instruction_source", "demos_kept", "demos_skipped", "frames", "warnings", "action_range_violations",
-        "skipped_file", "reader_version",
+        "rel_path",
+        "suite",
+        "stem",
+        "task_id",
+        "image_convention",
+        "convention_assumed",
+        "instruction",
+        "instruction_source",
+        "demos_kept",
+        "demos_skipped",
+        "frames",
+        "warnings",
+        "action_range_violations",
+        "skipped_file",
+        "reader_version",
     }
     assert m["rel_path"] == tasks[0].rel_path and m["task_id"] == tasks[0].task_id
 
@@ -490,8 +502,10 @@ def corrupt_chunk_task(clean_root, tmp_path_factory) -> TaskFile:
     return tasks[0]
 
 
-@pytest.mark.fault(fault="corrupt gzip chunk in demo_5's frames of an HDF5 file that opens fine",
-                   guarantee="the reader fails at that demo with an error naming file, demo and dataset")
+@pytest.mark.fault(
+    fault="corrupt gzip chunk in demo_5's frames of an HDF5 file that opens fine",
+    guarantee="the reader fails at that demo with an error naming file, demo and dataset",
+)
 def test_read_error_mid_file_error_policy(corrupt_chunk_task):
     got = []
     with pytest.raises(LiberoFormatError) as ei:
@@ -540,8 +554,16 @@ def _touch(root: Path, *rels: str) -> None:
 
 
 def test_discover_ignores_hidden_temp_and_non_hdf5(tmp_path):
-    _touch(tmp_path, "libero_goal/A_demo.hdf5", "libero_goal/.A_demo.hdf5.tmp123", "libero_goal/.B_demo.hdf5",
-           ".cache/C_demo.hdf5", "libero_goal/README.txt", "libero_goal/notes.json", "my_suite/D_demo.hdf5")
+    _touch(
+        tmp_path,
+        "libero_goal/A_demo.hdf5",
+        "libero_goal/.A_demo.hdf5.tmp123",
+        "libero_goal/.B_demo.hdf5",
+        ".cache/C_demo.hdf5",
+        "libero_goal/README.txt",
+        "libero_goal/notes.json",
+        "my_suite/D_demo.hdf5",
+    )
     tasks, warnings = discover_task_files(tmp_path)
     assert [t.task_id for t in tasks] == ["libero_goal/A", "my_suite/D"]  # any folder name is a suite
     assert warnings == []

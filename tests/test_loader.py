@@ -39,11 +39,17 @@ def test_window_actions_alignment_unit():
 
 
 def test_windows_pair_frames_with_the_actions_that_produced_them(coded):
-    ds = WindowDataset(coded / "manifest.json", ["libero_10/coded/demo_0", "libero_10/coded/demo_1"],
-                       seq_len=5, batch_size=8, resolution=128, seed=0)
+    ds = WindowDataset(
+        coded / "manifest.json",
+        ["libero_10/coded/demo_0", "libero_10/coded/demo_1"],
+        seq_len=5,
+        batch_size=8,
+        resolution=128,
+        seed=0,
+    )
     seen = 0
     for step in range(20):
-        for (ep, s) in ds.starts_for_step(step):
+        for ep, s in ds.starts_for_step(step):
             w = ds.window(ep, s)
             frames, act, mask = w["frames"], w["actions"], w["act_mask"]
             assert frames.shape == (5, 3, 128, 128)
@@ -61,16 +67,27 @@ def test_windows_pair_frames_with_the_actions_that_produced_them(coded):
 
 
 def test_windows_never_cross_episodes(coded):
-    ds = WindowDataset(coded / "manifest.json", ["libero_10/coded/demo_0", "libero_10/coded/demo_1"],
-                       seq_len=12, batch_size=64, resolution=128, seed=3)
+    ds = WindowDataset(
+        coded / "manifest.json",
+        ["libero_10/coded/demo_0", "libero_10/coded/demo_1"],
+        seq_len=12,
+        batch_size=64,
+        resolution=128,
+        seed=3,
+    )
     assert ds.n_windows == (20 - 12 + 1) + (12 - 12 + 1)
     for w in range(ds.n_windows):
         ep, s = ds.locate(w)
         T = 20 if ep.endswith("demo_0") else 12
         assert 0 <= s and s + 12 <= T
     # episodes shorter than seq_len are left out
-    ds2 = WindowDataset(coded / "manifest.json", ["libero_10/coded/demo_0", "libero_10/coded/demo_1"],
-                        seq_len=13, batch_size=4, resolution=128)
+    ds2 = WindowDataset(
+        coded / "manifest.json",
+        ["libero_10/coded/demo_0", "libero_10/coded/demo_1"],
+        seq_len=13,
+        batch_size=4,
+        resolution=128,
+    )
     assert ds2.episode_ids == ["libero_10/coded/demo_0"]
 
 
@@ -101,28 +118,49 @@ def test_stream_is_deterministic_and_resumable(preprocessed, test_cfg):
 def test_loader_does_not_touch_the_global_torch_rng(preprocessed, test_cfg):
     """A DataLoader draws its base seed from the global RNG unless it has its own generator; that
     draw would shift MAE masks / dropout of a resumed run against an uninterrupted one."""
-    ds = WindowDataset(preprocessed / "manifest.json", preprocessed / "splits" / "train.json", seq_len=8,
-                       batch_size=2, resolution=test_cfg["data"]["model_resolution"], seed=0)
+    ds = WindowDataset(
+        preprocessed / "manifest.json",
+        preprocessed / "splits" / "train.json",
+        seq_len=8,
+        batch_size=2,
+        resolution=test_cfg["data"]["model_resolution"],
+        seed=0,
+    )
     torch.manual_seed(123)
     before = torch.get_rng_state()
     next(iter(make_loader(ds, 5, 10)))
     assert torch.equal(torch.get_rng_state(), before)
 
 
-_SHARD_FAULTS = {"truncated_frames": "a training shard's frames.npy cut short (last 10% missing)",
-                 "garbage_npy_header": "random bytes over a training shard's actions.npy header",
-                 "garbage_episodes_json": "a training shard's episodes.json replaced by random bytes"}
+_SHARD_FAULTS = {
+    "truncated_frames": "a training shard's frames.npy cut short (last 10% missing)",
+    "garbage_npy_header": "random bytes over a training shard's actions.npy header",
+    "garbage_episodes_json": "a training shard's episodes.json replaced by random bytes",
+}
 
 
-@pytest.mark.parametrize("how", [
-    pytest.param(h, marks=pytest.mark.fault(fault=_SHARD_FAULTS[h],
-                                            guarantee="opening the data raises ShardError naming the file"))
-    for h in faults.SHARD_DAMAGE])
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(
+            h,
+            marks=pytest.mark.fault(
+                fault=_SHARD_FAULTS[h], guarantee="opening the data raises ShardError naming the file"
+            ),
+        )
+        for h in faults.SHARD_DAMAGE
+    ],
+)
 def test_corrupt_shard_raises_naming_the_file(preprocessed, test_cfg, tmp_path, how):
     from dreamer4_libero.data.shards import ShardError
 
     bad = faults.corrupt_shard_copy(preprocessed, tmp_path / "pre", how)
     with pytest.raises(ShardError, match="corrupt shard file") as err:
-        WindowDataset(tmp_path / "pre" / "manifest.json", tmp_path / "pre" / "splits" / "train.json", seq_len=4,
-                      batch_size=2, resolution=32)
+        WindowDataset(
+            tmp_path / "pre" / "manifest.json",
+            tmp_path / "pre" / "splits" / "train.json",
+            seq_len=4,
+            batch_size=2,
+            resolution=32,
+        )
     assert str(err.value).startswith(f"{bad}: "), str(err.value)

@@ -105,7 +105,12 @@ def test_first_conv_is_trained_alexnet(lpips):
     print(f"conv1 weight std {std:.4f}, mean lag-1 spatial correlation {lag1:.3f}")
     assert lag1 > 0.4
     assert [tuple(c.weight.shape) for c in lpips.features] == [
-        (64, 3, 11, 11), (192, 64, 5, 5), (384, 192, 3, 3), (256, 384, 3, 3), (256, 256, 3, 3)]
+        (64, 3, 11, 11),
+        (192, 64, 5, 5),
+        (384, 192, 3, 3),
+        (256, 384, 3, 3),
+        (256, 256, 3, 3),
+    ]
 
 
 def test_attributes_for_checkpoints(lpips, weights_path):

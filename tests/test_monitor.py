@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # engine_toy, whatever pytest's import mode
 
@@ -32,8 +31,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cfg(ckpt_dir, **kw) -> EngineConfig:
-    base = dict(ckpt_dir=str(ckpt_dir), max_steps=20, save_every=5, keep_last=0, log_every=1, seed=0,
-                deterministic=True, progress=False, run_name="toy")
+    base = dict(
+        ckpt_dir=str(ckpt_dir),
+        max_steps=20,
+        save_every=5,
+        keep_last=0,
+        log_every=1,
+        seed=0,
+        deterministic=True,
+        progress=False,
+        run_name="toy",
+    )
     base.update(kw)
     return EngineConfig(**base)
 
@@ -70,14 +78,29 @@ def test_tokenizer_run_tensorboard_equals_metrics_and_recon_pictures(preprocesse
     from dreamer4_libero.training.tokenizer_task import TokenizerTask
 
     t = demo_config(test=True)["tokenizer"]
-    t.update(model={**t["model"], "d_model": 32, "depth": 1, "n_latents": 4, "d_bottleneck": 8}, seq_len=4,
-             batch_size=2, max_steps=6, num_workers=0, lpips_weight=0.0)
-    task = TokenizerTask(t, manifest=str(preprocessed / "manifest.json"),
-                         train_split=str(preprocessed / "splits" / "train.json"), resolution=32)
+    t.update(
+        model={**t["model"], "d_model": 32, "depth": 1, "n_latents": 4, "d_bottleneck": 8},
+        seq_len=4,
+        batch_size=2,
+        max_steps=6,
+        num_workers=0,
+        lpips_weight=0.0,
+    )
+    task = TokenizerTask(
+        t,
+        manifest=str(preprocessed / "manifest.json"),
+        train_split=str(preprocessed / "splits" / "train.json"),
+        resolution=32,
+    )
     d = tmp_path / "ck"
     out = tmp_path / "out"
-    assert train(task, cfg(d, max_steps=6, save_every=3, log_every=1, image_every=3, run_name="tok",
-                           lr=1e-3, out_dir=str(out))) == EXIT_OK
+    assert (
+        train(
+            task,
+            cfg(d, max_steps=6, save_every=3, log_every=1, image_every=3, run_name="tok", lr=1e-3, out_dir=str(out)),
+        )
+        == EXIT_OK
+    )
     tb = assert_tb_equals_metrics(d)
     # the finished run's copy in its output folder reads the same
     exported = read_tensorboard(out / TB_DIR)
@@ -100,13 +123,25 @@ def test_world_model_run_tensorboard_equals_metrics_and_rollout_pictures(preproc
     from dreamer4_libero.training.dynamics_task import DynamicsTask
 
     run = dynamics_variants(demo_config(test=True))["dynamics_aux_phase6_leakfree"]
-    run.update(model={**run["model"], "d_model": 32, "depth": 1, "n_heads": 2}, seq_len=8, batch_size=2,
-               bootstrap_start=3, max_steps=4, num_workers=0)
-    task = DynamicsTask(run, manifest=str(preprocessed / "manifest.json"),
-                        train_split=str(preprocessed / "splits" / "train.json"), tokenizer_ckpt=str(tiny_tokenizer_ckpt))
+    run.update(
+        model={**run["model"], "d_model": 32, "depth": 1, "n_heads": 2},
+        seq_len=8,
+        batch_size=2,
+        bootstrap_start=3,
+        max_steps=4,
+        num_workers=0,
+    )
+    task = DynamicsTask(
+        run,
+        manifest=str(preprocessed / "manifest.json"),
+        train_split=str(preprocessed / "splits" / "train.json"),
+        tokenizer_ckpt=str(tiny_tokenizer_ckpt),
+    )
     d = tmp_path / "ck"
-    assert train(task, cfg(d, max_steps=4, save_every=2, log_every=1, grad_clip=1.0, model_key="dynamics",
-                           run_name="wm")) == EXIT_OK
+    assert (
+        train(task, cfg(d, max_steps=4, save_every=2, log_every=1, grad_clip=1.0, model_key="dynamics", run_name="wm"))
+        == EXIT_OK
+    )
     tb = assert_tb_equals_metrics(d)
     for key in ("loss", "train/aux_mse", "grad_norm", "lr", "steps_per_s"):
         assert key in tb["scalars"], key
@@ -141,19 +176,25 @@ class PictureToy(ToyTask):
         return {"images/w": (w > 0).float()[None].repeat(3, 1, 1)}
 
 
-@pytest.mark.fault(fault="a run stopped by its deadline, then resumed",
-                   guarantee="TensorBoard holds each step exactly once, equal to metrics.jsonl; pictures once each")
+@pytest.mark.fault(
+    fault="a run stopped by its deadline, then resumed",
+    guarantee="TensorBoard holds each step exactly once, equal to metrics.jsonl; pictures once each",
+)
 def test_deadline_stop_and_resume_keeps_each_step_once(tmp_path, capsys):
     d = tmp_path / "ck"
-    rc = train(PictureToy(sleep=0.05), cfg(d, time_limit_min=0.9 / 60, deadline_margin_s=0.2, image_every=2,
-                                            start_time=time.time()))
+    rc = train(
+        PictureToy(sleep=0.05),
+        cfg(d, time_limit_min=0.9 / 60, deadline_margin_s=0.2, image_every=2, start_time=time.time()),
+    )
     assert rc == EXIT_RESUME
     out = capsys.readouterr().out
     stopped = int(re.search(r"deadline reached, saved step (\d+)", out).group(1))
     assert 0 < stopped < 20
     # the ETA line at the log cadence, with the deadline save (train.log keeps it too)
-    line = re.compile(r"step (\d+)/20 \((\d+\.\d)%\) \| loss \S+ \| ([\d.]+) steps/s \| ETA (\S+) \| "
-                      r"deadline save in (\S+)")
+    line = re.compile(
+        r"step (\d+)/20 \((\d+\.\d)%\) \| loss \S+ \| ([\d.]+) steps/s \| ETA (\S+) \| "
+        r"deadline save in (\S+)"
+    )
     hits = [m for m in map(line.search, out.splitlines()) if m]
     assert [int(m.group(1)) for m in hits] == list(range(1, stopped + 1))
     for m in hits:
@@ -168,8 +209,10 @@ def test_deadline_stop_and_resume_keeps_each_step_once(tmp_path, capsys):
     assert len(list((d / TB_DIR).glob("*tfevents*"))) == 1
 
 
-@pytest.mark.fault(fault="a crash 3 updates after the last checkpoint (its steps already in TensorBoard), then resume",
-                   guarantee="the crashed attempt's steps after the checkpoint are dropped; each step once")
+@pytest.mark.fault(
+    fault="a crash 3 updates after the last checkpoint (its steps already in TensorBoard), then resume",
+    guarantee="the crashed attempt's steps after the checkpoint are dropped; each step once",
+)
 def test_crash_after_checkpoint_then_resume_keeps_each_step_once(tmp_path):
     d = tmp_path / "ck"
     with pytest.raises(RuntimeError, match="injected crash"):
@@ -246,13 +289,23 @@ def test_progress_line_numbers_with_a_fake_clock():
     now[0] += 100.0
     # 200 steps in 100 s of this attempt: 2 steps/s; 28800 left -> 4 h; deadline save in 3h10m reaches ~23,800
     assert p.line(1200, loss=0.01234567, deadline_save_in_s=3 * 3600 + 600) == (
-        "step 1200/30000 (4.0%) | loss 0.012346 | 2 steps/s | ETA 4h00m | deadline save in 3h10m (~step 24000)")
+        "step 1200/30000 (4.0%) | loss 0.012346 | 2 steps/s | ETA 4h00m | deadline save in 3h10m (~step 24000)"
+    )
     # a deadline after the end: no step estimate; no deadline: no part
     assert progress_line(29000, 30000, 2.0, deadline_save_in_s=7200) == (
-        "step 29000/30000 (96.7%) | 2 steps/s | ETA 8m20s | deadline save in 2h00m")
+        "step 29000/30000 (96.7%) | 2 steps/s | ETA 8m20s | deadline save in 2h00m"
+    )
     assert progress_line(30000, 30000, 3.1) == "step 30000/30000 (100.0%) | 3.1 steps/s | ETA 0s"
     assert [fmt_duration(s) for s in (0, 59.4, 61, 3599, 3600, 9300, 86400 * 2 + 3600 * 5, float("inf"))] == [
-        "0s", "59s", "1m01s", "59m59s", "1h00m", "2h35m", "2d05h", "?"]
+        "0s",
+        "59s",
+        "1m01s",
+        "59m59s",
+        "1h00m",
+        "2h35m",
+        "2d05h",
+        "?",
+    ]
 
 
 # -- W&B --------------------------------------------------------------------------------------------------
@@ -284,7 +337,8 @@ def test_engine_flags_parse():
     import argparse
 
     a = add_engine_args(argparse.ArgumentParser()).parse_args(
-        ["--tensorboard", "false", "--image-every", "0", "--wandb", "offline", "--wandb-project", "p"])
+        ["--tensorboard", "false", "--image-every", "0", "--wandb", "offline", "--wandb-project", "p"]
+    )
     c = engine_config_from_args(a, max_steps=3)
     assert (c.tensorboard, c.image_every, c.wandb, c.wandb_project) == (False, 0, "offline", "p")
     c = engine_config_from_args(add_engine_args(argparse.ArgumentParser()).parse_args([]), max_steps=3)
@@ -293,20 +347,40 @@ def test_engine_flags_parse():
         EngineConfig(wandb="on")
 
 
-@pytest.mark.parametrize("override, flags", [
-    (None, "--tensorboard true --wandb off"),
-    ("monitoring: {tensorboard: false, image_every: 50, wandb: {enabled: true, project: p1, entity: team}}\n",
-     "--tensorboard false --image-every 50 --wandb offline --wandb-project p1 --wandb-entity team"),
-])
+@pytest.mark.parametrize(
+    "override, flags",
+    [
+        (None, "--tensorboard true --wandb off"),
+        (
+            "monitoring: {tensorboard: false, image_every: 50, wandb: {enabled: true, project: p1, entity: team}}\n",
+            "--tensorboard false --image-every 50 --wandb offline --wandb-project p1 --wandb-entity team",
+        ),
+    ],
+)
 def test_monitoring_config_reaches_the_trainers(tmp_path, override, flags):
     """A dry run prints the train_tokenizer command with the flags of config `monitoring` (resources)."""
     files = [str(REPO / "config" / "demo.yaml")]
     if override:
         (tmp_path / "mon.yaml").write_text(override)
         files.append(str(tmp_path / "mon.yaml"))
-    cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", *files, "--", "results/train/tokenizer_demo/checkpoint.json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "-p",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        *files,
+        "--",
+        "results/train/tokenizer_demo/checkpoint.json",
+    ]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=venv_env(), timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     shell = [ln for ln in (r.stdout + r.stderr).splitlines() if "> logs/train_tokenizer/" in ln]
-    assert shell and shell[0].rstrip().endswith(f"--num-workers 0 {flags} > logs/train_tokenizer/tokenizer_demo.log 2>&1")
+    assert shell and shell[0].rstrip().endswith(
+        f"--num-workers 0 {flags} > logs/train_tokenizer/tokenizer_demo.log 2>&1"
+    )

@@ -90,16 +90,25 @@ def test_two_torchrun_agents_as_two_nodes_match_one_agent_with_two_processes(tra
     job_id = 10_000 + port - launch.RDZV_PORT_BASE  # the launcher's port: base + job id % span = port
     venv_bin = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # as the job-step plugin leaves it
-    env.update(PYTHONPATH=str(REPO / "src"), SLURM_JOB_ID=str(job_id), STANDIN_LOG=str(tmp_path / "standin.log"),
-               PATH=f"{bin_dir}:{venv_bin}:{env['PATH']}", OMP_NUM_THREADS="1")
+    env.update(
+        PYTHONPATH=str(REPO / "src"),
+        SLURM_JOB_ID=str(job_id),
+        STANDIN_LOG=str(tmp_path / "standin.log"),
+        PATH=f"{bin_dir}:{venv_bin}:{env['PATH']}",
+        OMP_NUM_THREADS="1",
+    )
 
     # the command rules/common.smk generates for `nodes: 2, gpus: 1` (1 process per node), run by bash as
     # Snakemake runs a rule's shell
     cmd = launch.launcher(1, nodes=2, cpus_per_task=1) + " " + " ".join(_toy_args(two / "ck", two / "out"))
     t0 = time.time()
     agents = trainer_cli.start(["bash", "-euo", "pipefail", "-c", cmd], tmp_path / "two.log", cwd=REPO, env=env)
-    ref = trainer_cli.start(trainer_cli.torchrun(2) + _toy_args(one / "ck", one / "out"), tmp_path / "one.log",
-                            cwd=REPO, env={k: v for k, v in env.items() if k != "SLURM_JOB_ID"})
+    ref = trainer_cli.start(
+        trainer_cli.torchrun(2) + _toy_args(one / "ck", one / "out"),
+        tmp_path / "one.log",
+        cwd=REPO,
+        env={k: v for k, v in env.items() if k != "SLURM_JOB_ID"},
+    )
     try:
         rc_two, rc_one = agents.wait(timeout=240), ref.wait(timeout=240)
     finally:
@@ -115,15 +124,28 @@ def test_two_torchrun_agents_as_two_nodes_match_one_agent_with_two_processes(tra
     # what ran: the step launcher with one task per node, each task one agent of a 2-node c10d rendezvous
     # on the first node of the job's node list (looked up with squeue: SLURM_JOB_NODELIST was not set)
     standin = (tmp_path / "standin.log").read_text().splitlines()
-    assert {"opt --nodes=2", "opt --ntasks-per-node=1", "opt --cpus-per-task=1", "opt --kill-on-bad-exit=1",
-            "opt --mem=0"} <= set(standin), standin
+    assert {
+        "opt --nodes=2",
+        "opt --ntasks-per-node=1",
+        "opt --cpus-per-task=1",
+        "opt --kill-on-bad-exit=1",
+        "opt --mem=0",
+    } <= set(standin), standin
     agent = [ln for ln in standin if ln.startswith("agent ")]
     assert len(agent) == 1, standin
     argv = agent[0].split()[1:]
-    assert argv[:6] == ["torchrun", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
-                        f"--rdzv-id={job_id}", f"--rdzv-endpoint=127.0.0.1:{port}"], argv
-    assert f"queue --noheader --format=%N --jobs={job_id}" in standin and "hostlist show hostnames fakenode[1-2]" \
-        in standin, standin
+    assert argv[:6] == [
+        "torchrun",
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-id={job_id}",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+    ], argv
+    assert (
+        f"queue --noheader --format=%N --jobs={job_id}" in standin
+        and "hostlist show hostnames fakenode[1-2]" in standin
+    ), standin
 
     a, b = load_checkpoint(step_path(one / "ck", STEPS)), load_checkpoint(step_path(two / "ck", STEPS))
     assert a["world_size"] == b["world_size"] == 2 and a["step"] == b["step"] == STEPS

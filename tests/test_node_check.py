@@ -20,9 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check") / "gpu_check.json"
-    r = subprocess.run(["make", "-s", "check-gpu", f"PY={sys.executable}",
-                        f"CHECK_GPU_ARGS=--device cpu --tiny --out {out}"], cwd=REPO, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        ["make", "-s", "check-gpu", f"PY={sys.executable}", f"CHECK_GPU_ARGS=--device cpu --tiny --out {out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return r, out
 
 
@@ -35,7 +39,9 @@ def test_make_check_gpu_tiny_on_cpu_passes_and_writes_the_report(tiny_run):
     assert rep["ok"] is True and rep["failures"] == [] and rep["mode"] == "tiny" and rep["device"] == "cpu"
     assert rep["environment"]["torch"] == str(torch.__version__)
     assert [c["case"] for c in rep["cases"]] == ["tokenizer", "world_model_d512", "world_model_276M"]
-    assert rep["cases"][2]["variant"] == node_check.M276_VARIANT and rep["cases"][1]["variant"] == node_check.D512_VARIANT
+    assert (
+        rep["cases"][2]["variant"] == node_check.M276_VARIANT and rep["cases"][1]["variant"] == node_check.D512_VARIANT
+    )
     for c in rep["cases"]:
         assert c["pass"] is True and c["failures"] == []
         assert c["steps_per_s"] > 0 and c["flops_per_step"] > 0 and c["params"] > 0 and c["steps"] == 3
@@ -65,8 +71,12 @@ def test_make_check_gpu_tiny_on_cpu_passes_and_writes_the_report(tiny_run):
 
 
 def test_make_passes_check_gpu_args_through():
-    r = subprocess.run(["make", "-n", "check-gpu", "PY=python", "CHECK_GPU_ARGS=--device cpu --tiny --out x.json"],
-                       cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run(
+        ["make", "-n", "check-gpu", "PY=python", "CHECK_GPU_ARGS=--device cpu --tiny --out x.json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert "python workflow_scripts/check_gpu.py --device cpu --tiny --out x.json" in r.stdout, r.stdout + r.stderr
 
 
@@ -78,8 +88,12 @@ def test_memory_verdict_is_25_percent_either_way():
 
 
 def test_sdpa_classification_flags_the_math_fallback():
-    ops = {"scaled_dot_product_attention": 4, "_scaled_dot_product_efficient_attention": 2,
-           "_scaled_dot_product_efficient_attention_backward": 2, "_scaled_dot_product_flash_attention": 2}
+    ops = {
+        "scaled_dot_product_attention": 4,
+        "_scaled_dot_product_efficient_attention": 2,
+        "_scaled_dot_product_efficient_attention_backward": 2,
+        "_scaled_dot_product_flash_attention": 2,
+    }
     assert node_check.classify_sdpa(ops) == ["flash", "memory-efficient"]
     assert "math fallback" in node_check.classify_sdpa({**ops, "_scaled_dot_product_attention_math": 1})
     assert node_check.classify_sdpa({"_scaled_dot_product_flash_attention_for_cpu": 1}) == ["flash (CPU)"]

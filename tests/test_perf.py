@@ -46,8 +46,10 @@ def test_meta_counts_equal_real_cpu_counts(demo, name):
         set_attention_backend("sdpa")
     assert f_meta == f_cpu > 1e9
     assert a_meta_explicit == a_cpu and a_cpu["total"] > 1e6
-    print(f"\n{name}: {f_cpu / 1e9:.3f} GFLOP/step, {a_cpu['total'] / 2**20:.1f} MiB saved for backward "
-          f"(explicit attention; SDPA: {a_meta['total'] / 2**20:.1f} MiB), meta == cpu")
+    print(
+        f"\n{name}: {f_cpu / 1e9:.3f} GFLOP/step, {a_cpu['total'] / 2**20:.1f} MiB saved for backward "
+        f"(explicit attention; SDPA: {a_meta['total'] / 2**20:.1f} MiB), meta == cpu"
+    )
 
 
 def test_formula_matches_the_counter_at_paper_scale():
@@ -77,8 +79,9 @@ def test_bootstrap_and_aux_rows_are_in_the_count(demo):
 def test_memory_plan_is_linear_and_checkpointing_shrinks_it(demo):
     cfg, runs, res = demo
     run = runs["dynamics_aux_param_matched_276M"]
-    plan = perf.memory_plan(lambda batch, dtype: perf.dynamics_step(run, cfg["tokenizer"], res, batch=batch,
-                                                                    dtype=dtype), 4)
+    plan = perf.memory_plan(
+        lambda batch, dtype: perf.dynamics_step(run, cfg["tokenizer"], res, batch=batch, dtype=dtype), 4
+    )
     assert plan["linear_in_batch_check"] < 1e-3
     assert plan["activations_bf16_ckpt_GiB"] < 0.6 * plan["activations_bf16_GiB"]
     assert plan["activations_bf16_GiB"] < 0.6 * plan["activations_fp32_GiB"]
@@ -110,8 +113,10 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(demo, which)
         torch.manual_seed(7)
         loss = step.loss()
         loss.backward()
-        results[on] = (loss.detach(), {n: p.grad.clone() for n, p in step.model.named_parameters()
-                                       if p.grad is not None})
+        results[on] = (
+            loss.detach(),
+            {n: p.grad.clone() for n, p in step.model.named_parameters() if p.grad is not None},
+        )
     (l0, g0), (l1, g1) = results[False], results[True]
     assert torch.equal(l0, l1), (l0, l1)
     assert g0.keys() == g1.keys() and len(g0) > 10
@@ -123,8 +128,10 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(demo, which)
     outside = perf.activation_bytes(step)["total"]
     set_activation_checkpointing(step.model, False)
     assert outside < 0.5 * full
-    print(f"\n[{which}] checkpointing: loss {float(l0):.6f} equal, max |Δgrad| {worst:.1e}; "
-          f"saved outside the layers {outside / 2**20:.2f} of {full / 2**20:.2f} MiB")
+    print(
+        f"\n[{which}] checkpointing: loss {float(l0):.6f} equal, max |Δgrad| {worst:.1e}; "
+        f"saved outside the layers {outside / 2**20:.2f} of {full / 2**20:.2f} MiB"
+    )
 
 
 def test_activation_checkpointing_is_an_engine_and_config_switch():
@@ -136,6 +143,7 @@ def test_activation_checkpointing_is_an_engine_and_config_switch():
     cfg = load_config()
     assert cfg["tokenizer"]["activation_checkpointing"] is False
     assert all(r["activation_checkpointing"] is False for r in dynamics_variants(cfg).values())
-    on = load_config(overrides={"dynamics": {"variants": {"dynamics_aux_param_matched_276M":
-                                                          {"activation_checkpointing": True}}}})
+    on = load_config(
+        overrides={"dynamics": {"variants": {"dynamics_aux_param_matched_276M": {"activation_checkpointing": True}}}}
+    )
     assert dynamics_variants(on)["dynamics_aux_param_matched_276M"]["activation_checkpointing"] is True

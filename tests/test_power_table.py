@@ -24,26 +24,35 @@ from test_tables import _md_rows, _row, load, write_synthetic_results
 
 # ---------------------------------------------------------------------------- the rule
 
+
 def _ev(mean, lo, hi=None, feat="wm_spatial", degenerate=False):
     return P.Evidence(feat, mean, lo, hi if hi is not None else (mean + 0.1 if mean is not None else None), degenerate)
 
 
-@pytest.mark.parametrize("delta_ci, evidence, bar, want", [
-    ([0.1, 0.5], [_ev(0.30, 0.10)], 0.02, P.CASE_EXPOSED),
-    ([0.1, 0.5], [_ev(0.05, 0.01), _ev(0.30, 0.10, feat="wm_agent")], 0.02, P.CASE_EXPOSED),   # one feature is enough
-    ([0.1, 0.5], [_ev(0.30, 0.01)], 0.02, P.CASE_HIDDEN),             # CI bound above 0 but not above tok_latent
-    ([0.1, 0.5], [_ev(0.30, 0.10)], 0.20, P.CASE_HIDDEN),             # mean above the bar is not enough
-    ([0.1, 0.5], [_ev(0.30, -0.05)], None, P.CASE_HIDDEN),           # no tok_latent: bound > 0 still needed
-    ([0.1, 0.5], [_ev(0.30, 0.10)], None, P.CASE_EXPOSED),
-    ([0.1, 0.5], [_ev(0.90, 0.80, degenerate=True)], 0.02, P.CASE_HIDDEN),   # DEGENERATE never counts
-    ([0.1, 0.5], [_ev(None, None), _ev(0.05, 0.00)], 0.02, P.CASE_HIDDEN),   # a missing feature is skipped
-    ([0.0, 0.5], [_ev(0.30, 0.10)], 0.02, P.CASE_UNUSED),             # CI touching 0 includes it
-    ([-0.2, 0.5], [_ev(0.30, 0.10)], 0.02, P.CASE_UNUSED),
-    ([-0.5, -0.1], [], 0.02, P.CASE_UNUSED),
-    ([0.1, 0.5], [], 0.02, None),                                     # uses, but no probe records
-    ([0.1, 0.5], [_ev(None, None)], 0.02, None),
-    ([None, None], [_ev(0.30, 0.10)], 0.02, None),                    # no rollout delta
-])
+@pytest.mark.parametrize(
+    "delta_ci, evidence, bar, want",
+    [
+        ([0.1, 0.5], [_ev(0.30, 0.10)], 0.02, P.CASE_EXPOSED),
+        (
+            [0.1, 0.5],
+            [_ev(0.05, 0.01), _ev(0.30, 0.10, feat="wm_agent")],
+            0.02,
+            P.CASE_EXPOSED,
+        ),  # one feature is enough
+        ([0.1, 0.5], [_ev(0.30, 0.01)], 0.02, P.CASE_HIDDEN),  # CI bound above 0 but not above tok_latent
+        ([0.1, 0.5], [_ev(0.30, 0.10)], 0.20, P.CASE_HIDDEN),  # mean above the bar is not enough
+        ([0.1, 0.5], [_ev(0.30, -0.05)], None, P.CASE_HIDDEN),  # no tok_latent: bound > 0 still needed
+        ([0.1, 0.5], [_ev(0.30, 0.10)], None, P.CASE_EXPOSED),
+        ([0.1, 0.5], [_ev(0.90, 0.80, degenerate=True)], 0.02, P.CASE_HIDDEN),  # DEGENERATE never counts
+        ([0.1, 0.5], [_ev(None, None), _ev(0.05, 0.00)], 0.02, P.CASE_HIDDEN),  # a missing feature is skipped
+        ([0.0, 0.5], [_ev(0.30, 0.10)], 0.02, P.CASE_UNUSED),  # CI touching 0 includes it
+        ([-0.2, 0.5], [_ev(0.30, 0.10)], 0.02, P.CASE_UNUSED),
+        ([-0.5, -0.1], [], 0.02, P.CASE_UNUSED),
+        ([0.1, 0.5], [], 0.02, None),  # uses, but no probe records
+        ([0.1, 0.5], [_ev(None, None)], 0.02, None),
+        ([None, None], [_ev(0.30, 0.10)], 0.02, None),  # no rollout delta
+    ],
+)
 def test_classify(delta_ci, evidence, bar, want):
     assert P.classify({"mean": 0.3, "ci": delta_ci}, evidence, bar) == want
 
@@ -56,6 +65,7 @@ def test_classify_without_delta_and_exposes():
 
 
 # ---------------------------------------------------------------------------- the table
+
 
 def _rewrite_probe(summary: Path, pred, mutate) -> int:
     """Edit the records of a summary matching pred(entry) in place; keeps the listed sha256 right."""
@@ -88,8 +98,17 @@ def _add_baselines(res: dict, feats) -> None:
             for s in TT.SEEDS:
                 name = f"{f}__none__{mode}__H{H}__seed{s}.json"
                 write_json(summ.parent / name, TT.probe_record(RS.BASELINES, f, "none", mode, H, s))
-                data["records"].append({"path": name, "sha256": sha256_file(summ.parent / name), "feature": f,
-                                        "extraction": "none", "probe_mode": mode, "H": H, "seed": s})
+                data["records"].append(
+                    {
+                        "path": name,
+                        "sha256": sha256_file(summ.parent / name),
+                        "feature": f,
+                        "extraction": "none",
+                        "probe_mode": mode,
+                        "H": H,
+                        "seed": s,
+                    }
+                )
     write_json(summ, data)
 
 
@@ -102,10 +121,13 @@ def _cases(root: Path) -> dict:
     def unused(rec):
         for s in rec["sets"].values():
             s["delta_action"] = {"mean": 0.1, "ci": [-0.2, 0.4]}
+
     _rewrite_rollout(roll["dynamics_aux_phase6"], unused)
     summ = next(p for p in res["probe_summaries"] if p.parent.name == "dynamics_aux_param_matched_276M")
-    assert _rewrite_probe(summ, lambda e: e["feature"] == "wm_spatial",
-                          lambda r: r["flags"].update({"DEGENERATE": True})) > 0
+    assert (
+        _rewrite_probe(summ, lambda e: e["feature"] == "wm_spatial", lambda r: r["flags"].update({"DEGENERATE": True}))
+        > 0
+    )
     res["rollout"] = [p for p in res["rollout"] if p.parent.name != "dynamics_aux_agent_reads_leakfree"]
     return res
 
@@ -125,11 +147,23 @@ def test_power_files_and_the_three_cases(cases):
     assert "## Method power" in (out / "tables.md").read_text()
     assert '<section id="power">' in (out / "tables.html").read_text()
     rows = _md_rows(md)
-    assert rows[0] == ["Model", "Features", "idm R² held-out [95% CI]", "policy R² held-out [95% CI]",
-                       "Δ vs copy-last (dB)", "Δ vs copy-last, frames 17–24 (dB)",
-                       "Δ true − shuffled actions (dB)", "Exposes actions (idm)", "Case", "Flag"]
-    want = {"dynamics_phase3": P.CASE_EXPOSED, "dynamics_aux_phase6": P.CASE_UNUSED,
-            "dynamics_aux_param_matched_276M ‡": P.CASE_HIDDEN}
+    assert rows[0] == [
+        "Model",
+        "Features",
+        "idm R² held-out [95% CI]",
+        "policy R² held-out [95% CI]",
+        "Δ vs copy-last (dB)",
+        "Δ vs copy-last, frames 17–24 (dB)",
+        "Δ true − shuffled actions (dB)",
+        "Exposes actions (idm)",
+        "Case",
+        "Flag",
+    ]
+    want = {
+        "dynamics_phase3": P.CASE_EXPOSED,
+        "dynamics_aux_phase6": P.CASE_UNUSED,
+        "dynamics_aux_param_matched_276M ‡": P.CASE_HIDDEN,
+    }
     for name, case in want.items():
         for feat in ("wm_spatial", "wm_agent"):
             assert _row(rows, name, feat)[8] == case, (name, feat)
@@ -170,8 +204,9 @@ def test_power_csv_and_tex(cases):
     rows = list(csv.reader(io.StringIO((out / "power.csv").read_text())))
     head = rows[0]
     assert head[:10] == P.HEADER_POWER
-    r = next(x for x in rows
-             if x[head.index("variant")] == "dynamics_phase3" and x[head.index("feature")] == "wm_spatial")
+    r = next(
+        x for x in rows if x[head.index("variant")] == "dynamics_phase3" and x[head.index("feature")] == "wm_spatial"
+    )
     assert r[head.index("case")] == P.CASE_EXPOSED and r[head.index("exposes")] == "true"
     assert float(r[head.index("delta_action_ci_lo")]) == 0.2
     assert float(r[head.index("delta_copy_last_f17_24")]) == 3.5 and float(r[head.index("delta_action_f1_8")]) == 0.3
@@ -202,10 +237,10 @@ def test_power_baselines_set_the_bar(tmp_path, monkeypatch):
     pv = RS.ProbeView(load(res))
     bar = pv.cell(RS.BASELINES, "tok_latent", "none", "idm", 1, "all_valid", RS.TEST).mean
     sp = pv.cell("dynamics_phase3", "wm_spatial", "video_only", "idm", 1, "all_valid", RS.TEST)
-    assert sp.ci[0] > bar > 0                                        # the constructed weak tok_latent
+    assert sp.ci[0] > bar > 0  # the constructed weak tok_latent
     assert _row(rows, "baseline", "tok_latent")[2] != "—" and _row(rows, "baseline", "frame_diff")[3] != "—"
     assert _row(rows, "dynamics_phase3", "wm_spatial")[8] == P.CASE_EXPOSED
-    monkeypatch.setitem(TT.QUALITY, "tok_latent", 0.95)              # idm quality 1.05: near-perfect latents
+    monkeypatch.setitem(TT.QUALITY, "tok_latent", 0.95)  # idm quality 1.05: near-perfect latents
     res = _cases(tmp_path / "strong")
     _add_baselines(res, ("tok_latent", "frame_diff"))
     T.write_tables(load(res), tmp_path / "out_strong", plots=False)
@@ -219,6 +254,7 @@ def test_power_baselines_set_the_bar(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- Table 2's per-horizon column
+
 
 def test_table2_last_third_column_and_older_records(cases, tmp_path):
     t2 = _md_rows((cases["out"] / "table2_quality.md").read_text())
@@ -234,8 +270,10 @@ def test_table2_last_third_column_and_older_records(cases, tmp_path):
     # records written before issue 27 (no *_bins): the columns stay, with dashes, in Table 2 and the power table
     res = write_synthetic_results(tmp_path / "old")
     for p in res["rollout"]:
-        _rewrite_rollout(p, lambda rec: [s.pop(k) for s in rec["sets"].values()
-                                         for k in ("delta_copy_last_bins", "delta_action_bins")])
+        _rewrite_rollout(
+            p,
+            lambda rec: [s.pop(k) for s in rec["sets"].values() for k in ("delta_copy_last_bins", "delta_action_bins")],
+        )
     T.write_tables(load(res), tmp_path / "out", plots=False)
     t2 = _md_rows((tmp_path / "out" / "table2_quality.md").read_text())
     assert t2[0][5] == "Δ vs copy-last, frames 17–24 (dB)"
@@ -247,6 +285,7 @@ def test_table2_last_third_column_and_older_records(cases, tmp_path):
 
 # ---------------------------------------------------------------------------- the workflow declares the files
 
+
 def test_tables_rule_outputs_the_power_table(tmp_path):
     """A dry run asked for results/tables/power.md plans the `tables` job, whose outputs list power.{md,csv,tex}."""
     import shutil
@@ -257,10 +296,28 @@ def test_tables_rule_outputs_the_power_table(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
-    r = subprocess.run([snakemake, "results/tables/power.md", "-n", "-p", "--forceall", "--cores", "1",
-                        "--directory", str(repo), "--snakefile", str(repo / "Snakefile"),
-                        "--configfile", str(repo / "config/demo.yaml")],
-                       capture_output=True, text=True, cwd=tmp_path, env=venv_env(), timeout=300)
+    r = subprocess.run(
+        [
+            snakemake,
+            "results/tables/power.md",
+            "-n",
+            "-p",
+            "--forceall",
+            "--cores",
+            "1",
+            "--directory",
+            str(repo),
+            "--snakefile",
+            str(repo / "Snakefile"),
+            "--configfile",
+            str(repo / "config/demo.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=venv_env(),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = [j for j in dry_run_jobs(r.stdout + r.stderr) if j["rule"] == "tables"]
     assert len(jobs) == 1

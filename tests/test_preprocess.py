@@ -20,8 +20,11 @@ SCRIPT = REPO / "workflow_scripts" / "preprocess.py"
 
 def _tree(folder: Path) -> dict[str, bytes]:
     """Every file under folder (except the checksum cache), relative path -> bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and ".cache" not in p.parts}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".cache" not in p.parts
+    }
 
 
 def test_manifest_matches_ground_truth(preprocessed, synthetic_root):
@@ -63,14 +66,27 @@ def test_rerun_reuses_and_is_byte_identical(tmp_path, synthetic_root):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("frames.npy")} == mtimes  # reused, not rewritten
 
 
-@pytest.mark.fault(fault="preprocessing SIGKILLed after 4 of 12 task files",
-                   guarantee="no manifest.json (nothing looks complete); the rerun is byte-identical to a clean run")
+@pytest.mark.fault(
+    fault="preprocessing SIGKILLed after 4 of 12 task files",
+    guarantee="no manifest.json (nothing looks complete); the rerun is byte-identical to a clean run",
+)
 def test_killed_midway_then_rerun_is_byte_identical(tmp_path, synthetic_root):
     ref = tmp_path / "ref"
     preprocess(synthetic_root, ref, workers=1, min_demo_len=32, progress=False)
     out = tmp_path / "killed"
-    cmd = [sys.executable, str(SCRIPT), "--libero-root", str(synthetic_root), "--out", str(out),
-           "--workers", "1", "--min-demo-len", "32", "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--libero-root",
+        str(synthetic_root),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--min-demo-len",
+        "32",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("shards/*/*/entry.json"))) < 4:
@@ -94,14 +110,30 @@ def test_cli_bad_input_exits_nonzero_naming_file(tmp_path):
     acts = np.zeros((40, 7))
     acts[5, 2] = np.nan
     write_libero_file(root / "libero_goal" / "turn_on_the_stove_demo.hdf5", [(frames, acts)])
-    res = subprocess.run([sys.executable, str(SCRIPT), "--libero-root", str(root), "--out", str(tmp_path / "o"),
-                          "--no-progress"], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, str(SCRIPT), "--libero-root", str(root), "--out", str(tmp_path / "o"), "--no-progress"],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode != 0
     assert "turn_on_the_stove_demo.hdf5" in res.stderr and "demo_0" in res.stderr and "actions" in res.stderr
     assert not (tmp_path / "o" / "manifest.json").exists()
     # the same under skip: nothing usable is left, which is an error too
-    res = subprocess.run([sys.executable, str(SCRIPT), "--libero-root", str(root), "--out", str(tmp_path / "o"),
-                          "--no-progress", "--on-bad-demo", "skip"], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--libero-root",
+            str(root),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+            "--on-bad-demo",
+            "skip",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode != 0 and "no usable demo" in res.stderr
 
 
@@ -122,17 +154,32 @@ def test_skip_policy_records_reasons(tmp_path):
     assert m["totals"]["demos_skipped"] == 2
 
 
-@pytest.mark.parametrize("how", [
-    pytest.param("garbage", marks=pytest.mark.fault(
-        fault="a LIBERO .hdf5 file of random bytes among good ones",
-        guarantee="preprocessing exits non-zero naming the file; no manifest.json, no shard or temp for it")),
-    pytest.param("truncated", marks=pytest.mark.fault(
-        fault="a LIBERO .hdf5 file truncated to half its size among good ones",
-        guarantee="preprocessing exits non-zero naming the file; no manifest.json, no shard or temp for it")),
-    pytest.param("corrupt_chunk", marks=pytest.mark.fault(
-        fault="a corrupt gzip chunk in the 3rd demo of a LIBERO file (it opens; 2 demos read first)",
-        guarantee="exits non-zero naming file, demo and dataset; the 2 demos read are not left as a shard")),
-])
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(
+            "garbage",
+            marks=pytest.mark.fault(
+                fault="a LIBERO .hdf5 file of random bytes among good ones",
+                guarantee="preprocessing exits non-zero naming the file; no manifest.json, no shard or temp for it",
+            ),
+        ),
+        pytest.param(
+            "truncated",
+            marks=pytest.mark.fault(
+                fault="a LIBERO .hdf5 file truncated to half its size among good ones",
+                guarantee="preprocessing exits non-zero naming the file; no manifest.json, no shard or temp for it",
+            ),
+        ),
+        pytest.param(
+            "corrupt_chunk",
+            marks=pytest.mark.fault(
+                fault="a corrupt gzip chunk in the 3rd demo of a LIBERO file (it opens; 2 demos read first)",
+                guarantee="exits non-zero naming file, demo and dataset; the 2 demos read are not left as a shard",
+            ),
+        ),
+    ],
+)
 def test_corrupt_hdf5_fails_naming_the_file_and_writes_no_manifest(tmp_path, how):
     from conftest import write_libero_file
 
@@ -140,18 +187,19 @@ def test_corrupt_hdf5_fails_naming_the_file_and_writes_no_manifest(tmp_path, how
     demo = (np.zeros((40, 128, 128, 3), np.uint8), np.zeros((40, 7)))
     for i, name in enumerate(("a_first_task_demo.hdf5", "b_second_task_demo.hdf5")):  # two different files
         write_libero_file(root / "libero_goal" / name, [demo, (demo[0], demo[1] + 0.1 * i + 0.05)])  # distinct demos
-    bad = root / "libero_goal" / "z_broken_task_demo.hdf5"   # sorted last: the good files are done first
+    bad = root / "libero_goal" / "z_broken_task_demo.hdf5"  # sorted last: the good files are done first
     raw = (root / "libero_goal" / "a_first_task_demo.hdf5").read_bytes()
     rng = random.Random(5)
     if how == "corrupt_chunk":
         import h5py
 
-        write_libero_file(bad, [(demo[0], demo[1] + 0.01 * k) for k in range(3)])   # 3 distinct demos
+        write_libero_file(bad, [(demo[0], demo[1] + 0.01 * k) for k in range(3)])  # 3 distinct demos
         key = "data/demo_2/obs/agentview_rgb"
         with h5py.File(bad, "r+") as f:  # demo_2's frames chunked + gzip, then one chunk's bytes flipped
             del f[key]
-            f.create_dataset(key, data=np.zeros((40, 128, 128, 3), np.uint8), chunks=(8, 128, 128, 3),
-                             compression="gzip")
+            f.create_dataset(
+                key, data=np.zeros((40, 128, 128, 3), np.uint8), chunks=(8, 128, 128, 3), compression="gzip"
+            )
         with h5py.File(bad, "r") as f:
             info = f[key].id.get_chunk_info(0)
         with open(bad, "r+b") as fh:
@@ -159,15 +207,33 @@ def test_corrupt_hdf5_fails_naming_the_file_and_writes_no_manifest(tmp_path, how
             fh.write(bytes(b ^ 0xFF for b in range(min(64, info.size - 2))))
     else:
         bad.write_bytes(bytes(rng.randrange(256) for _ in range(4096)) if how == "garbage" else raw[: len(raw) // 2])
-    res = subprocess.run([sys.executable, str(SCRIPT), "--libero-root", str(root), "--out", str(out), "--workers", "1",
-                          "--min-demo-len", "32", "--no-progress"], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--libero-root",
+            str(root),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--min-demo-len",
+            "32",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2, res.stderr[-3000:]
-    expected = ("z_broken_task_demo.hdf5: data/demo_2/obs/agentview_rgb: expected a readable" if how == "corrupt_chunk"
-                else "z_broken_task_demo.hdf5: expected a readable HDF5 file")
+    expected = (
+        "z_broken_task_demo.hdf5: data/demo_2/obs/agentview_rgb: expected a readable"
+        if how == "corrupt_chunk"
+        else "z_broken_task_demo.hdf5: expected a readable HDF5 file"
+    )
     assert f"ERROR: libero_goal/{expected}" in res.stderr, res.stderr[-3000:]
     assert not (out / "manifest.json").exists()
     shards = sorted(p.name for p in (out / "shards" / "libero_goal").iterdir())
-    assert shards == ["a_first_task", "b_second_task"], shards     # complete shards of the good files only
+    assert shards == ["a_first_task", "b_second_task"], shards  # complete shards of the good files only
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*.tmp"))
 
 
@@ -180,7 +246,10 @@ def _root_with_duplicates(tmp_path) -> Path:
 
     root = tmp_path / "root"
     rng = np.random.default_rng(0)
-    demo = lambda: (rng.integers(0, 255, (34, 128, 128, 3), dtype=np.uint8), rng.uniform(-1, 1, (34, 7)))
+
+    def demo():
+        return rng.integers(0, 255, (34, 128, 128, 3), dtype=np.uint8), rng.uniform(-1, 1, (34, 7))
+
     a = write_libero_file(root / "libero_goal" / "a_demo.hdf5", [demo()])
     (root / "libero_goal" / "b_demo.hdf5").write_bytes(a.read_bytes())
     os.symlink(a, root / "libero_goal" / "c_demo.hdf5")
@@ -190,9 +259,11 @@ def _root_with_duplicates(tmp_path) -> Path:
     return root
 
 
-@pytest.mark.fault(fault="task files with identical content: a copy and symlinks of other task files",
-                   guarantee="error naming both files of each pair (exit non-zero, no manifest); under skip the "
-                             "first of each is kept, the others warned about and listed in the manifest")
+@pytest.mark.fault(
+    fault="task files with identical content: a copy and symlinks of other task files",
+    guarantee="error naming both files of each pair (exit non-zero, no manifest); under skip the "
+    "first of each is kept, the others warned about and listed in the manifest",
+)
 def test_duplicate_task_files_are_an_error_naming_both(tmp_path):
     from dreamer4_libero.data.libero_discovery import LiberoFormatError
 
@@ -210,8 +281,10 @@ def test_duplicate_task_files_are_an_error_naming_both(tmp_path):
     m = preprocess(root, tmp_path / "o", on_bad_demo="skip", min_demo_len=32, progress=False)
     assert [f["rel_path"] for f in m["files"]] == ["libero_10/e_demo.hdf5", "libero_goal/a_demo.hdf5"]
     assert [(d["rel_path"], d["duplicate_of"]) for d in m["duplicates_skipped"]] == [
-        ("libero_goal/b_demo.hdf5", "libero_goal/a_demo.hdf5"), ("libero_goal/c_demo.hdf5", "libero_goal/a_demo.hdf5"),
-        ("libero_goal/d_demo.hdf5", "libero_10/e_demo.hdf5")]
+        ("libero_goal/b_demo.hdf5", "libero_goal/a_demo.hdf5"),
+        ("libero_goal/c_demo.hdf5", "libero_goal/a_demo.hdf5"),
+        ("libero_goal/d_demo.hdf5", "libero_10/e_demo.hdf5"),
+    ]
     assert m["duplicates_skipped"][0]["sha256"] == sha256_file(root / "libero_goal" / "a_demo.hdf5")
     assert m["totals"]["duplicates_skipped"] == 3 and m["totals"]["files"] == 2 and m["totals"]["demos_kept"] == 2
     assert sum("duplicate task file skipped" in w for w in m["discovery_warnings"]) == 3
@@ -220,8 +293,17 @@ def test_duplicate_task_files_are_an_error_naming_both(tmp_path):
 
 def test_cli_duplicate_task_files(tmp_path):
     root = _root_with_duplicates(tmp_path)
-    cmd = [sys.executable, str(SCRIPT), "--libero-root", str(root), "--out", str(tmp_path / "o"), "--no-progress",
-           "--min-demo-len", "32"]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--libero-root",
+        str(root),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+        "--min-demo-len",
+        "32",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 2, res.stderr
     assert "libero_goal/b_demo.hdf5 is a copy of libero_goal/a_demo.hdf5" in res.stderr, res.stderr

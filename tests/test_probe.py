@@ -89,9 +89,7 @@ def test_r2_matches_sklearn():
     yp = yt + rng.normal(size=yt.shape) * 0.3
     r = r2_scores(yt, yp)
     assert r["r2_uniform"] == pytest.approx(r2_score(yt, yp), abs=1e-12)
-    assert r["r2_varweighted"] == pytest.approx(
-        r2_score(yt, yp, multioutput="variance_weighted"), abs=1e-12
-    )
+    assert r["r2_varweighted"] == pytest.approx(r2_score(yt, yp, multioutput="variance_weighted"), abs=1e-12)
     np.testing.assert_allclose(r["r2_per_dim"], r2_score(yt, yp, multioutput="raw_values"), atol=1e-12)
     assert r["nan_dims"] == []
     assert r["gripper_sign_acc"] == pytest.approx(np.mean(np.sign(yp[:, 6]) == yt[:, 6]))
@@ -317,11 +315,14 @@ def test_run_probe_with_pca_and_constant_columns():
     Xte, Yte, _, _ = _task_problem(rng, 4, W=W)
     # embed in a higher-dimensional space with a constant block; PCA to 20 keeps the signal
     M = rng.normal(size=(16, 60))
+
     def lift(X):
         Z = X @ M
         return np.column_stack([Z, np.full((len(X), 5), 2.0)])
-    res = run_probe(lift(Xtr), Ytr, etr, {"test": (lift(Xte), Yte), "train": (lift(Xtr), Ytr)},
-                    seed=3, pca_components=20)
+
+    res = run_probe(
+        lift(Xtr), Ytr, etr, {"test": (lift(Xte), Yte), "train": (lift(Xtr), Ytr)}, seed=3, pca_components=20
+    )
     assert res["n_features_raw"] == 65 and res["n_features_pca"] == 20
     # rank-16 data: the trailing PCA columns are numerically zero and get dropped
     assert res["n_dropped_columns"] == 4 and res["n_features_used"] == 16

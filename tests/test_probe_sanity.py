@@ -33,7 +33,10 @@ def sanity(preprocessed, test_cfg):
     train = episode_list(pd / "probe_train.json")
     test = {"ood": episode_list(pd / "probe_eval_test.json")}
     res = test_cfg["data"]["model_resolution"]
-    return {m: frame_diff_probe(store, train, test, mode=m, resolution=res, seed=0)["eval"]["ood"] for m in ("idm", "policy")}
+    return {
+        m: frame_diff_probe(store, train, test, mode=m, resolution=res, seed=0)["eval"]["ood"]
+        for m in ("idm", "policy")
+    }
 
 
 def test_idm_frame_diff_decodes_actions_on_heldout_tasks(sanity):

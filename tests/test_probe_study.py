@@ -23,13 +23,30 @@ from dreamer4_libero.data.loader import episode_list, model_frames
 from dreamer4_libero.data.shards import ShardStore, parse_episode_id
 from dreamer4_libero.evaluation.bootstrap import percentile_ci, r2_replicates, r2_uniform_from_stats
 from dreamer4_libero.evaluation.diagnostics import degeneracy
-from dreamer4_libero.evaluation.features import (FeatureSet, baseline_feature_sets, copy_prev_prediction,
-                                                 lagged_actions, probe_targets, readout_frame, readout_window,
-                                                 valid_targets, window_plan, window_position)
+from dreamer4_libero.evaluation.features import (
+    FeatureSet,
+    baseline_feature_sets,
+    copy_prev_prediction,
+    lagged_actions,
+    probe_targets,
+    readout_frame,
+    readout_window,
+    valid_targets,
+    window_plan,
+    window_position,
+)
 from dreamer4_libero.evaluation.leak_tests import run_leak_tests
 from dreamer4_libero.evaluation.probe import Standardizer
-from dreamer4_libero.evaluation.probe_study import (FeatureGroup, FeatureTable, ProbeLists, cross_record_flags,
-                                                    load_probe_lists, probe_record, record_name, run_study)
+from dreamer4_libero.evaluation.probe_study import (
+    FeatureGroup,
+    FeatureTable,
+    ProbeLists,
+    cross_record_flags,
+    load_probe_lists,
+    probe_record,
+    record_name,
+    run_study,
+)
 from dreamer4_libero.evaluation.wm_features import WorldModelFeatures, window_jobs
 from dreamer4_libero.fileio import read_json, sha256_file
 from dreamer4_libero.models.dynamics import Dynamics, DynamicsConfig, pack_latents
@@ -37,10 +54,10 @@ from dreamer4_libero.models.upstream import load_frozen_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "workflow_scripts" / "probe.py"
-RES = 32                     # tiny tokenizer's frame size (conftest) = test config's model_resolution
-PIX_CLI = 16                 # the CLI test's pixel resolution (smaller PCAs; the in-process study keeps RES)
-C = 12                       # world-model context window in these tests (episodes have 40-64 frames)
-PACKING = 2                  # tiny tokenizer: 4 latents x 8 -> 2 packed spatial tokens x 16
+RES = 32  # tiny tokenizer's frame size (conftest) = test config's model_resolution
+PIX_CLI = 16  # the CLI test's pixel resolution (smaller PCAs; the in-process study keeps RES)
+C = 12  # world-model context window in these tests (episodes have 40-64 frames)
+PACKING = 2  # tiny tokenizer: 4 latents x 8 -> 2 packed spatial tokens x 16
 TOL = 1e-6
 
 
@@ -62,14 +79,15 @@ def _raw(T: int, dims: int = 7) -> np.ndarray:
 # 1. time alignment
 # =============================================================================================
 
+
 @pytest.mark.parametrize("H", [1, 2, 4])
 def test_targets_and_labels_are_raw_t_plus_H(H):
     T = 10
     raw = _raw(T)
-    np.testing.assert_array_equal(valid_targets(T, H), np.arange(T - H))      # 0 <= t <= T-1-H
+    np.testing.assert_array_equal(valid_targets(T, H), np.arange(T - H))  # 0 <= t <= T-1-H
     t, y = probe_targets(raw, H)
     np.testing.assert_array_equal(t, np.arange(T - H))
-    np.testing.assert_array_equal(y, raw[t + H])                               # a_{t+H-1} = raw[t+H]
+    np.testing.assert_array_equal(y, raw[t + H])  # a_{t+H-1} = raw[t+H]
     np.testing.assert_array_equal(y[:, 0], 100.0 * (np.arange(T - H) + H))
     assert y.dtype == np.float64
     assert valid_targets(3, 4).size == 0 and probe_targets(_raw(3), 4)[1].shape == (0, 7)
@@ -88,8 +106,8 @@ def test_lagged_actions_values_and_validity_bits():
     t = np.array([0, 1, 3, 5])
     X = lagged_actions(raw, t)
     assert X.shape == (4, 4 * 8)
-    lag = lambda row, k: X[row, (k - 1) * 8:(k - 1) * 8 + 7]                 # noqa: E731
-    bit = lambda row, k: X[row, (k - 1) * 8 + 7]                              # noqa: E731
+    lag = lambda row, k: X[row, (k - 1) * 8 : (k - 1) * 8 + 7]  # noqa: E731
+    bit = lambda row, k: X[row, (k - 1) * 8 + 7]  # noqa: E731
     # t = 0: nothing before a_0 -> zeros, bits 0 (raw[0] would be "a_{-1}", which does not exist)
     assert not X[0].any()
     # t = 1: a_0 = raw[1] only
@@ -111,9 +129,9 @@ def test_copy_prev_is_previous_action_with_train_mean_at_t0():
     raw = _raw(6)
     fb = np.full(7, -1.5)
     p = copy_prev_prediction(raw, np.array([0, 1, 4]), fb)
-    np.testing.assert_array_equal(p[0], fb)                                    # a_{-1} unavailable
-    np.testing.assert_array_equal(p[1], raw[1])                                # a_0 = raw[1]
-    np.testing.assert_array_equal(p[2], raw[4])                                # a_3 = raw[4]
+    np.testing.assert_array_equal(p[0], fb)  # a_{-1} unavailable
+    np.testing.assert_array_equal(p[1], raw[1])  # a_0 = raw[1]
+    np.testing.assert_array_equal(p[2], raw[4])  # a_3 = raw[4]
 
 
 def test_window_plan_examples():
@@ -123,7 +141,7 @@ def test_window_plan_examples():
     assert window_plan(33, 32) == [0, 1]
     assert window_plan(32, 32) == [0] and window_plan(20, 32) == [0] and window_plan(1, 32) == [0]
     assert window_plan(12, 4) == [0, 2, 4, 6, 8]
-    assert window_plan(13, 5) == [0, 2, 4, 6, 8]                              # stride 5 // 2 = 2
+    assert window_plan(13, 5) == [0, 2, 4, 6, 8]  # stride 5 // 2 = 2
     assert window_plan(14, 5) == [0, 2, 4, 6, 8, 9]
 
 
@@ -134,16 +152,17 @@ def test_window_plan_and_readout_window_properties(Cw):
         if T <= Cw:
             assert st == [0]
         else:
-            assert st[0] == 0 and st[-1] == T - Cw                            # last window aligned to the end
+            assert st[0] == 0 and st[-1] == T - Cw  # last window aligned to the end
             d = np.diff(st)
             assert (d > 0).all() and (d[:-1] == Cw // 2).all() and d[-1] <= Cw // 2
         for b in range(T):
             s = readout_window(b, st, Cw)
             holding = [w for w in st if w <= b < w + Cw]
-            assert s == min(holding)                                           # most preceding context
-            assert b - s >= min(b, Cw / 2)                                     # >= C/2 context, or all of it
-        np.testing.assert_array_equal(window_position(np.arange(T), "policy", T, Cw),
-                                      [b - readout_window(b, st, Cw) for b in range(T)])
+            assert s == min(holding)  # most preceding context
+            assert b - s >= min(b, Cw / 2)  # >= C/2 context, or all of it
+        np.testing.assert_array_equal(
+            window_position(np.arange(T), "policy", T, Cw), [b - readout_window(b, st, Cw) for b in range(T)]
+        )
     with pytest.raises(ValueError):
         readout_window(50, window_plan(40, Cw), Cw)
 
@@ -151,6 +170,7 @@ def test_window_plan_and_readout_window_properties(Cw):
 # =============================================================================================
 # 2. world-model features
 # =============================================================================================
+
 
 def _dyn(space_mode: str = "wm_agent", seed: int = 0, action_scale: float = 30.0) -> Dynamics:
     """Fresh tiny Dynamics; the action MLP output is scaled up so the past-action pathway is clearly visible
@@ -227,7 +247,7 @@ def test_window_jobs_one_pass_per_window_or_per_target():
     assert [j[0] for j in jobs] == sorted({readout_window(int(b), starts, C) for b in t})
     assert all(L == C and not null for _, L, null, _ in jobs)
     read = np.concatenate([j[3] for j in jobs])
-    assert sorted(read.tolist()) == list(range(len(t)))                       # every target exactly once
+    assert sorted(read.tolist()) == list(range(len(t)))  # every target exactly once
     for s, L, _, idx in jobs:
         assert all(readout_window(int(t[i]), starts, C) == s for i in idx)
     # video_only, idm: still one pass per window, read at block t+1
@@ -245,21 +265,23 @@ def test_window_jobs_one_pass_per_window_or_per_target():
     assert window_jobs(8, valid_targets(8, 1), "policy", "past_actions", C) == [(0, 8, False, list(range(7)))]
 
 
-@pytest.mark.parametrize("mode,extraction", [("policy", "past_actions"), ("idm", "past_actions"),
-                                             ("policy", "video_only"), ("idm", "video_only")])
+@pytest.mark.parametrize(
+    "mode,extraction",
+    [("policy", "past_actions"), ("idm", "past_actions"), ("policy", "video_only"), ("idm", "video_only")],
+)
 def test_wm_features_equal_a_hand_built_window(wm_env, mode, extraction):
     e = wm_env["eps"][0]
     frames, raw = wm_env["episodes"][e]
     T = len(raw)
     t = valid_targets(T, 1)
-    wm = _wm(wm_env, batch=5)                                                  # several batches of passes
+    wm = _wm(wm_env, batch=5)  # several batches of passes
     out = wm.extract(frames, raw, t, mode, extraction)
     n_jobs = len(window_jobs(T, t, mode, extraction, C))
     assert wm.n_calls == n_jobs
     assert n_jobs == (len(t) if (mode, extraction) == ("idm", "past_actions") else len(window_plan(T, C)))
     sp, ag = out["wm_spatial"], out["wm_agent"]
     assert sp.shape == (len(t), 32) and ag.shape == (len(t), 32)
-    assert np.isfinite(sp).all() and sp.std(0).mean() > 1e-2 and ag.std(0).mean() > 1e-2   # non-trivial
+    assert np.isfinite(sp).all() and sp.std(0).mean() > 1e-2 and ag.std(0).mean() > 1e-2  # non-trivial
     starts = window_plan(T, C)
     for ti in [0, 1, 2, C - 2, C - 1, C, 23, T - 2]:
         b = ti + (1 if mode == "idm" else 0)
@@ -268,9 +290,16 @@ def test_wm_features_equal_a_hand_built_window(wm_env, mode, extraction):
         else:
             s = readout_window(b, starts, C)
             stop = s + min(C, T)
-        h_ag, h_sp = _direct(wm.tok, wm.dyn, frames, raw, s, stop,
-                             null_last=(mode == "idm" and extraction == "past_actions"),
-                             video_only=(extraction == "video_only"))
+        h_ag, h_sp = _direct(
+            wm.tok,
+            wm.dyn,
+            frames,
+            raw,
+            s,
+            stop,
+            null_last=(mode == "idm" and extraction == "past_actions"),
+            video_only=(extraction == "video_only"),
+        )
         np.testing.assert_allclose(sp[ti], h_sp[b - s], atol=1e-5, rtol=0)
         np.testing.assert_allclose(ag[ti], h_ag[b - s], atol=1e-5, rtol=0)
         if mode == "idm" and extraction == "past_actions" and ti >= 1:
@@ -288,12 +317,16 @@ def test_wm_features_use_the_runs_tokenizer_chunks(wm_env):
     T = len(raw)
     t = valid_targets(T, 1)
     tok, dyn = wm_env["tok"]["tiny"], _dyn("wm_agent")
-    feats = {c: WorldModelFeatures(tok, dyn, packing=PACKING, window=C, resolution=RES, tokenizer_chunk=c)
-             .extract(frames, raw, t, "policy", "video_only")["wm_spatial"] for c in (None, C, 4)}
-    np.testing.assert_array_equal(feats[C], feats[None])                       # chunk >= window: one call
-    assert np.abs(feats[4] - feats[None]).max() > 1e-4                          # chunks change the latents
+    feats = {
+        c: WorldModelFeatures(tok, dyn, packing=PACKING, window=C, resolution=RES, tokenizer_chunk=c).extract(
+            frames, raw, t, "policy", "video_only"
+        )["wm_spatial"]
+        for c in (None, C, 4)
+    }
+    np.testing.assert_array_equal(feats[C], feats[None])  # chunk >= window: one call
+    assert np.abs(feats[4] - feats[None]).max() > 1e-4  # chunks change the latents
 
-    class Chunked(torch.nn.Module):                                             # hand-built chunked encoding
+    class Chunked(torch.nn.Module):  # hand-built chunked encoding
         def encode(self, x, mae=False):
             return encode_chunked(tok, x, 4)
 
@@ -351,27 +384,31 @@ def test_leak_tests_catch_leaky_feature_sets(wm_env):
     res = run_leak_tests(prev, eps, "policy", n_targets=3, window=C)
     assert res["future_actions"]["pass"] and res["non_vacuity"]["pass"] and res["future_frames"]["pass"]
     # reads frame t+1 in policy mode: fails the causality test (and only that one)
-    peek = FeatureSet("peek", lambda f, r, t, m: np.asarray(f, np.float64)[np.asarray(t) + 1]
-                      .reshape(len(t), -1)[:, :64])
+    peek = FeatureSet(
+        "peek", lambda f, r, t, m: np.asarray(f, np.float64)[np.asarray(t) + 1].reshape(len(t), -1)[:, :64]
+    )
     res = run_leak_tests(peek, eps, "policy", n_targets=3, window=C)
     assert res["future_frames"]["pass"] is False and res["future_actions"]["pass"] is True
     # ... which idm mode is allowed to read
     assert run_leak_tests(peek, eps, "idm", n_targets=3, window=C)["future_frames"]["pass"] is True
     # the raw-index trap on model features: reading block t+1 in policy mode sees a_t in its action token
     wm = _wm(wm_env)
-    off = FeatureSet("off_by_one", lambda f, r, t, m: wm.extract(f, r, np.asarray(t) + 1, "policy",
-                                                                  "past_actions")["wm_spatial"])
+    off = FeatureSet(
+        "off_by_one", lambda f, r, t, m: wm.extract(f, r, np.asarray(t) + 1, "policy", "past_actions")["wm_spatial"]
+    )
     res = run_leak_tests(off, eps, "policy", n_targets=3, window=C)
     assert res["future_actions"]["pass"] is False and res["future_frames"]["pass"] is False
     # video_only features that secretly read an action fail the no-change non-vacuity test
-    sneaky = FeatureSet("sneaky", lambda f, r, t, m: np.asarray(r, np.float64)[np.asarray(t)],
-                        action_sensitivity="no_change")
+    sneaky = FeatureSet(
+        "sneaky", lambda f, r, t, m: np.asarray(r, np.float64)[np.asarray(t)], action_sensitivity="no_change"
+    )
     assert run_leak_tests(sneaky, eps, "policy", n_targets=3, window=C)["non_vacuity"]["pass"] is False
 
 
 # =============================================================================================
 # 3. the inert agent token (upstream wm_agent_isolated)
 # =============================================================================================
+
 
 def _agent_design(env, space_mode, feature="wm_agent", tok="pix"):
     wm = _wm(env, space_mode, tok=tok)
@@ -394,7 +431,7 @@ def test_isolated_agent_token_is_degenerate(wm_env, tok):
     for g in np.unique(inv):
         rows = X[inv == g]
         assert np.abs(rows - rows[0]).max() <= 1e-5
-    assert X.std(0).mean() > 1e-2                                              # ... but not constant over positions
+    assert X.std(0).mean() > 1e-2  # ... but not constant over positions
     Xu = Standardizer().fit_transform(X)
     d = degeneracy(X, Xu, t, keys, in_sample_r2=0.5, cv_r2=0.1)
     assert d["episode_specificity"] < 1e-3, d
@@ -402,8 +439,9 @@ def test_isolated_agent_token_is_degenerate(wm_env, tok):
     assert any("episode specificity" in r for r in d["reasons"]), d["reasons"]
 
 
-@pytest.mark.parametrize("space_mode,feature,least", [("wm_agent", "wm_agent", 1e-2),
-                                                      ("wm_agent_isolated", "wm_spatial", 0.1)])
+@pytest.mark.parametrize(
+    "space_mode,feature,least", [("wm_agent", "wm_agent", 1e-2), ("wm_agent_isolated", "wm_spatial", 0.1)]
+)
 def test_episode_specific_features_are_not_degenerate(wm_env, space_mode, feature, least):
     X, t, keys = _agent_design(wm_env, space_mode, feature)
     d = degeneracy(X, Standardizer().fit_transform(X), t, keys, in_sample_r2=0.5, cv_r2=0.1)
@@ -426,11 +464,25 @@ def test_wm_study_records_flag_the_inert_agent_token(preprocessed, wm_env):
         sub[name] = kept
     lists = ProbeLists({0: sub}, full.hashes, True)
     wm = _wm(wm_env, "wm_agent_isolated", tok="pix")
-    groups = [FeatureGroup(ext, mode, lambda f, r, t, m=mode, x=ext: wm.extract(f, r, t, m, x), wm.feature_sets(ext))
-              for ext in ("past_actions", "video_only") for mode in ("policy", "idm")]
-    recs = run_study(groups, wm_env["store"], lists, seeds=[0], H_list=[1], window=C, B=20,
-                     identity={"variant": "tiny", "space_mode": "wm_agent_isolated"}, leak_episodes=1,
-                     leak_targets=2, n_splits=3, log=lambda s: None)
+    groups = [
+        FeatureGroup(ext, mode, lambda f, r, t, m=mode, x=ext: wm.extract(f, r, t, m, x), wm.feature_sets(ext))
+        for ext in ("past_actions", "video_only")
+        for mode in ("policy", "idm")
+    ]
+    recs = run_study(
+        groups,
+        wm_env["store"],
+        lists,
+        seeds=[0],
+        H_list=[1],
+        window=C,
+        B=20,
+        identity={"variant": "tiny", "space_mode": "wm_agent_isolated"},
+        leak_episodes=1,
+        leak_targets=2,
+        n_splits=3,
+        log=lambda s: None,
+    )
     assert len(recs) == 2 * 4
     for r in recs:
         assert r["space_mode"] == "wm_agent_isolated"
@@ -461,11 +513,24 @@ def study(preprocessed):
     sets = baseline_feature_sets(RES, {}, None, 32, controls=True)
     assert set(sets) == {"pixels", "frame_diff", "time_only", "lagged_actions", "const_control", "leak_control"}
     sets.pop("pixels")
-    groups = [FeatureGroup("none", m, lambda f, r, t, m=m: {n: fs.extract(f, r, t, m) for n, fs in sets.items()}, sets)
-              for m in ("policy", "idm")]
-    recs = run_study(groups, store, lists, seeds=SEEDS, H_list=H_LIST, window=32, B=B,
-                     identity={"variant": "baselines", "checkpoint_sha256": None}, leak_episodes=1, leak_targets=2,
-                     n_splits=3, log=lambda s: None)
+    groups = [
+        FeatureGroup("none", m, lambda f, r, t, m=m: {n: fs.extract(f, r, t, m) for n, fs in sets.items()}, sets)
+        for m in ("policy", "idm")
+    ]
+    recs = run_study(
+        groups,
+        store,
+        lists,
+        seeds=SEEDS,
+        H_list=H_LIST,
+        window=32,
+        B=B,
+        identity={"variant": "baselines", "checkpoint_sha256": None},
+        leak_episodes=1,
+        leak_targets=2,
+        n_splits=3,
+        log=lambda s: None,
+    )
     idx = {(r["feature"], r["probe_mode"], r["H"], r["seed"]): r for r in recs}
     return {"records": recs, "idx": idx, "store": store, "lists": lists}
 
@@ -508,7 +573,7 @@ def test_leak_control_is_flagged_by_the_future_actions_test(study):
             assert r["flags"]["LEAK?"] and "future_actions" in r["flag_reasons"]["LEAK?"]
             assert r["leak_tests"]["future_actions"]["pass"] is False
             assert r["leak_tests"]["future_frames"]["pass"] is True
-            if H == 1:                                       # its features are the H=1 label itself
+            if H == 1:  # its features are the H=1 label itself
                 assert _r2(r, scoring="all_valid") > 0.999
             else:
                 assert _r2(r) < 0.9
@@ -532,8 +597,12 @@ def test_frame_diff_idm_beats_policy_on_heldout_tasks(study):
 
 
 def test_label_shuffle_and_train_mean_are_near_zero(study):
-    worst = max(_r2(r, "label_shuffle", sc, s) for r in study["records"] for sc in ("all_valid", "common_Hmax")
-                for s in ("probe_eval_test", "probe_eval_train"))
+    worst = max(
+        _r2(r, "label_shuffle", sc, s)
+        for r in study["records"]
+        for sc in ("all_valid", "common_Hmax")
+        for s in ("probe_eval_test", "probe_eval_train")
+    )
     print(f"max label_shuffle R² {worst:+.4f}")
     assert worst <= 0.02
     for r in study["records"]:
@@ -597,8 +666,12 @@ def test_labels_frames_and_controls_recomputed_from_the_data(study):
 
 
 def test_bootstrap_cis_and_r2_reproduce_from_stats(study):
-    for key in [("frame_diff", "idm", 1, 0), ("lagged_actions", "policy", 2, 1), ("leak_control", "policy", 1, 1),
-                ("const_control", "idm", 1, 0)]:
+    for key in [
+        ("frame_diff", "idm", 1, 0),
+        ("lagged_actions", "policy", 2, 1),
+        ("leak_control", "policy", 1, 1),
+        ("const_control", "idm", 1, 0),
+    ]:
         r = study["idx"][key]
         seed = r["seed"]
         for scoring in ("all_valid", "common_Hmax"):
@@ -634,8 +707,9 @@ def _relvar_table(store, lists, offset):
 def test_relative_variation_without_pca(study):
     lists = study["lists"].lists[0]
     tb, raws = _relvar_table(study["store"], lists, 1e5)
-    rec = probe_record(tb, raws, lists, feature="offset_lags", pca=None, H=1, H_max=2, seed=0, stride=1, B=10,
-                       window=32, n_splits=3)
+    rec = probe_record(
+        tb, raws, lists, feature="offset_lags", pca=None, H=1, H_max=2, seed=0, stride=1, B=10, window=32, n_splits=3
+    )
     assert rec["degeneracy"]["relative_variation"] < 1e-6
     assert any("relative variation" in x for x in rec["degeneracy"]["reasons"])
 
@@ -643,8 +717,9 @@ def test_relative_variation_without_pca(study):
 def test_relative_variation_uses_raw_x_with_pca(study):
     lists = study["lists"].lists[0]
     tb, raws = _relvar_table(study["store"], lists, 1e5)
-    rec = probe_record(tb, raws, lists, feature="offset_lags", pca=16, H=1, H_max=2, seed=0, stride=1, B=10,
-                       window=32, n_splits=3)
+    rec = probe_record(
+        tb, raws, lists, feature="offset_lags", pca=16, H=1, H_max=2, seed=0, stride=1, B=10, window=32, n_splits=3
+    )
     assert rec["features"]["pca"] == 16
     assert rec["degeneracy"]["relative_variation"] < 1e-6
     assert rec["degeneracy"]["n_columns_raw"] == 32
@@ -654,21 +729,34 @@ def test_relative_variation_uses_raw_x_with_pca(study):
 # 5. cross-record flags
 # =============================================================================================
 
+
 def _fake(feature, mode, H, r2, ci, seed=0):
-    return {"feature": feature, "extraction": "past_actions", "probe_mode": mode, "H": H, "seed": seed,
-            "scorings": {"common_Hmax": {"probe_eval_test": {"probe": {"r2_uniform": r2, "ci": list(ci)}}}},
-            "flags": {"DEGENERATE": False, "NO-SIGNAL": False, "LEAK?": False}, "flag_reasons": {}}
+    return {
+        "feature": feature,
+        "extraction": "past_actions",
+        "probe_mode": mode,
+        "H": H,
+        "seed": seed,
+        "scorings": {"common_Hmax": {"probe_eval_test": {"probe": {"r2_uniform": r2, "ci": list(ci)}}}},
+        "flags": {"DEGENERATE": False, "NO-SIGNAL": False, "LEAK?": False},
+        "flag_reasons": {},
+    }
 
 
 def test_cross_record_flags_idm_below_policy():
-    recs = [_fake("a", "policy", 1, 0.30, (0.2, 0.4)), _fake("a", "idm", 1, 0.25, (0.2, 0.3)),
-            _fake("b", "policy", 1, 0.30, (0.2, 0.4)), _fake("b", "idm", 1, 0.29, (0.2, 0.4)),
-            _fake("c", "policy", 1, 0.30, (0.2, 0.4)), _fake("c", "idm", 1, 0.25, (0.2, 0.3), seed=1)]
+    recs = [
+        _fake("a", "policy", 1, 0.30, (0.2, 0.4)),
+        _fake("a", "idm", 1, 0.25, (0.2, 0.3)),
+        _fake("b", "policy", 1, 0.30, (0.2, 0.4)),
+        _fake("b", "idm", 1, 0.29, (0.2, 0.4)),
+        _fake("c", "policy", 1, 0.30, (0.2, 0.4)),
+        _fake("c", "idm", 1, 0.25, (0.2, 0.3), seed=1),
+    ]
     cross_record_flags(recs)
     assert recs[0]["flags"]["LEAK?"] and recs[1]["flags"]["LEAK?"]
     assert "idm R² +0.250 < policy R² +0.300" in recs[1]["flag_reasons"]["LEAK?"]
     assert recs[0]["flag_reasons"]["LEAK?"] == recs[1]["flag_reasons"]["LEAK?"]
-    assert not any(r["flags"]["LEAK?"] for r in recs[2:])         # within the margin / different seed
+    assert not any(r["flags"]["LEAK?"] for r in recs[2:])  # within the margin / different seed
     # two no-signal numbers differ by noise: no flag when policy mode itself is NO-SIGNAL
     quiet = [_fake("d", "policy", 1, -0.05, (-0.1, 0.0)), _fake("d", "idm", 1, -0.08, (-0.1, 0.0))]
     quiet[0]["flags"]["NO-SIGNAL"] = True
@@ -677,9 +765,14 @@ def test_cross_record_flags_idm_below_policy():
 
 
 def test_cross_record_flags_H2_above_H1_ci():
-    recs = [_fake("a", "policy", 1, 0.30, (0.25, 0.35)), _fake("a", "policy", 2, 0.36, (0.3, 0.4)),
-            _fake("b", "policy", 1, 0.30, (0.25, 0.35)), _fake("b", "policy", 2, 0.34, (0.3, 0.4)),
-            _fake("c", "policy", 1, 0.30, (0.25, 0.35)), _fake("c", "policy", 4, 0.60, (0.5, 0.7))]
+    recs = [
+        _fake("a", "policy", 1, 0.30, (0.25, 0.35)),
+        _fake("a", "policy", 2, 0.36, (0.3, 0.4)),
+        _fake("b", "policy", 1, 0.30, (0.25, 0.35)),
+        _fake("b", "policy", 2, 0.34, (0.3, 0.4)),
+        _fake("c", "policy", 1, 0.30, (0.25, 0.35)),
+        _fake("c", "policy", 4, 0.60, (0.5, 0.7)),
+    ]
     recs[0]["flags"]["LEAK?"] = True
     recs[0]["flag_reasons"]["LEAK?"] = "leak test failed: future_actions"
     cross_record_flags(recs)
@@ -692,7 +785,7 @@ def test_cross_record_flags_H2_above_H1_ci():
         r["flags"]["NO-SIGNAL"] = True
     cross_record_flags(quiet)
     assert not any(r["flags"]["LEAK?"] for r in quiet)
-    quiet[1]["flags"]["NO-SIGNAL"] = False                       # the same numbers with a signal at H=2: flagged
+    quiet[1]["flags"]["NO-SIGNAL"] = False  # the same numbers with a signal at H=2: flagged
     cross_record_flags(quiet)
     assert quiet[1]["flags"]["LEAK?"]
 
@@ -701,16 +794,45 @@ def test_cross_record_flags_H2_above_H1_ci():
 # 6. the CLI
 # =============================================================================================
 
-EVAL = {"H_list": [1, 2], "frame_stride": {}, "bootstrap_B": B, "pca": {}, "pixel_resolution": PIX_CLI,
-        "control_features": True, "leak_episodes": 1, "leak_targets": 2, "n_splits": 3, "batch": 16}
+EVAL = {
+    "H_list": [1, 2],
+    "frame_stride": {},
+    "bootstrap_B": B,
+    "pca": {},
+    "pixel_resolution": PIX_CLI,
+    "control_features": True,
+    "leak_episodes": 1,
+    "leak_targets": 2,
+    "n_splits": 3,
+    "batch": 16,
+}
 
 
 def _cli(pre: Path, probe_root: Path, out: Path, seeds=(0,)) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), "--baselines", "--manifest", str(pre / "manifest.json"),
-                           "--probe-root", str(probe_root), "--seeds", *map(str, seeds), "--resolution", str(RES),
-                           "--eval", json.dumps(EVAL), "--out-dir", str(out)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--baselines",
+            "--manifest",
+            str(pre / "manifest.json"),
+            "--probe-root",
+            str(probe_root),
+            "--seeds",
+            *map(str, seeds),
+            "--resolution",
+            str(RES),
+            "--eval",
+            json.dumps(EVAL),
+            "--out-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_cli_baselines_end_to_end(preprocessed, study, tmp_path):
@@ -726,13 +848,20 @@ def test_cli_baselines_end_to_end(preprocessed, study, tmp_path):
         rec = read_json(out / row["path"])
         assert row["sha256"] == sha256_file(out / row["path"])
         assert row["path"] == record_name(rec)
-        assert (row["feature"], row["extraction"], row["probe_mode"], row["H"], row["seed"]) == \
-            (rec["feature"], rec["extraction"], rec["probe_mode"], rec["H"], rec["seed"])
-        assert sorted(row["flags"]) == sorted(k for k, on in rec["flags"].items() if on)   # records sort keys
+        assert (row["feature"], row["extraction"], row["probe_mode"], row["H"], row["seed"]) == (
+            rec["feature"],
+            rec["extraction"],
+            rec["probe_mode"],
+            rec["H"],
+            rec["seed"],
+        )
+        assert sorted(row["flags"]) == sorted(k for k, on in rec["flags"].items() if on)  # records sort keys
         assert rec["checkpoint_sha256"] is None and rec["extraction"] == "none" and rec["bootstrap_B"] == B
-    assert set(summary["leak_tests"]) == {f"{f}__none__{m}" for f in ("pixels", "frame_diff", "time_only",
-                                                                       "lagged_actions", "const_control",
-                                                                       "leak_control") for m in ("policy", "idm")}
+    assert set(summary["leak_tests"]) == {
+        f"{f}__none__{m}"
+        for f in ("pixels", "frame_diff", "time_only", "lagged_actions", "const_control", "leak_control")
+        for m in ("policy", "idm")
+    }
     assert summary["leak_tests"]["leak_control__none__policy"]["future_actions"]["pass"] is False
     rows = {(r["feature"], r["probe_mode"], r["H"]): r for r in summary["records"]}
     assert "LEAK?" in rows[("leak_control", "policy", 1)]["flags"]

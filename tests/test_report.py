@@ -21,7 +21,6 @@ from headless import Browser, find_browser
 from dreamer4_libero.reporting.tables import TABLE_KEYS
 
 
-
 def report_entries(html_text: str) -> dict[str, dict]:
     """The report's entries (file path -> record with caption, mime type, ... plus its category and
     subcategory), read from the `var results = {...}` and `var categories = {...}` the report embeds."""
@@ -54,8 +53,13 @@ def demo_report(demo_study):
     if out.exists():
         out.unlink()
     t0 = time.time()
-    r = subprocess.run(snakemake_cmd(*_makefile_report_command(), "--report", str(out)), cwd=demo_study,
-                       env=venv_env(), capture_output=True, text=True)
+    r = subprocess.run(
+        snakemake_cmd(*_makefile_report_command(), "--report", str(out)),
+        cwd=demo_study,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+    )
     took = time.time() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     print(f"\n[report] built {out} ({out.stat().st_size / 1e6:.1f} MB) from existing results in {took:.1f} s")
@@ -97,10 +101,14 @@ def test_report_lists_every_table_training_curve_and_rollout_strip(demo_study, d
     assert evaluated[0] in paths[f"results/rollout/{evaluated[0]}/strips.png"]["caption"]
 
     # data, probe, runtime, provenance
-    for p, cat in (("results/report/data_summary.html", "Data"), ("results/report/probe_per_dim.png", "Probe"),
-                   ("results/report/runtime.html", "Runtime"), ("results/report/provenance.html", "Provenance"),
-                   ("results/preprocess/sanity/sample_frames.png", "Data"),
-                   ("results/tokenizer_eval/tokenizer_demo/reconstructions.png", "Tokenizer")):
+    for p, cat in (
+        ("results/report/data_summary.html", "Data"),
+        ("results/report/probe_per_dim.png", "Probe"),
+        ("results/report/runtime.html", "Runtime"),
+        ("results/report/provenance.html", "Provenance"),
+        ("results/preprocess/sanity/sample_frames.png", "Data"),
+        ("results/tokenizer_eval/tokenizer_demo/reconstructions.png", "Tokenizer"),
+    ):
         assert paths[p]["category"] == cat, p
     prov = (demo_study / "results/report/provenance.html").read_text()
     for r in trained:
@@ -111,16 +119,27 @@ def test_report_lists_every_table_training_curve_and_rollout_strip(demo_study, d
         assert f"<td>{rule}</td>" in runtime, rule
     data = (demo_study / "results/report/data_summary.html").read_text()
     assert "test_ood" in data and "DMControl pretraining data" in data
-    assert set(by_cat) == {"Data", "Tokenizer", "Dynamics variants", "Probe", "Rollout", "Tables", "Runtime",
-                           "Provenance"}
+    assert set(by_cat) == {
+        "Data",
+        "Tokenizer",
+        "Dynamics variants",
+        "Probe",
+        "Rollout",
+        "Tables",
+        "Runtime",
+        "Provenance",
+    }
 
 
 @pytest.fixture(scope="module")
 def browser_binary():
     path = find_browser()
     if path is None and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium-headless-shell"], capture_output=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "chromium-headless-shell"],
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
         path = find_browser()
     if path is None:
         if os.environ.get("CI"):
@@ -155,8 +174,10 @@ def test_report_opens_in_a_headless_browser_without_console_errors(demo_report, 
         shot = b.screenshot(tmp_path / "report_tables.png")
         assert b.errors() == [], b.console_messages()
         infos = [t for level, t in b.console_messages()]
-        print(f"\n[report] browser {browser_binary}: {len(infos)} console message(s), 0 errors; "
-              f"screenshot {shot} ({shot.stat().st_size} bytes)")
+        print(
+            f"\n[report] browser {browser_binary}: {len(infos)} console message(s), 0 errors; "
+            f"screenshot {shot} ({shot.stat().st_size} bytes)"
+        )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     if os.environ.get("REPORT_SCREENSHOT"):
         shutil.copy(shot, os.environ["REPORT_SCREENSHOT"])

@@ -13,17 +13,34 @@ import torch
 
 from dreamer4_libero.data.loader import episode_list
 from dreamer4_libero.data.shards import ShardStore
-from dreamer4_libero.evaluation.rollout import (cap_windows, evaluate_rollouts, load_window, paired_delta,
-                                                row_metrics, rollout_windows, score_predictions, shuffle_pairing,
-                                                window_noise, write_windows)
+from dreamer4_libero.evaluation.rollout import (
+    cap_windows,
+    evaluate_rollouts,
+    load_window,
+    paired_delta,
+    row_metrics,
+    rollout_windows,
+    score_predictions,
+    shuffle_pairing,
+    window_noise,
+    write_windows,
+)
 from dreamer4_libero.fileio import read_json, sha256_file
 from dreamer4_libero.models.dynamics import Dynamics, DynamicsConfig, InverseDynamicsHead
 from dreamer4_libero.models.upstream import upstream_dynamics_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "workflow_scripts" / "rollout_eval.py"
-ROW_KEYS = {"psnr_frame_mean", "psnr_pooled", "psnr_pooled_h16", "per_step_psnr", "per_task", "ci",
-            "n_capped_frames", "per_window_mse"}
+ROW_KEYS = {
+    "psnr_frame_mean",
+    "psnr_pooled",
+    "psnr_pooled_h16",
+    "per_step_psnr",
+    "per_task",
+    "ci",
+    "n_capped_frames",
+    "per_window_mse",
+}
 
 
 def _store(lengths: dict[str, int]):
@@ -50,17 +67,21 @@ def test_window_list_rules(tmp_path):
     lengths["libero_10/task_a/demo_5"] = 32
     w = rollout_windows(_store(lengths), list(lengths)[::-1], eps_per_task=4)
     got = [(x["episode"], x["start"]) for x in w]
-    assert got == [("libero_10/task_a/demo_5", 0),                              # T = 32: exactly one window
-                   (f"{b}/demo_2", 0), (f"{b}/demo_2", 40),                     # s + 31 <= T - 1 = 71
-                   (f"{b}/demo_3", 0),                                          # T = 71: 40 + 31 > 70
-                   (f"{b}/demo_9", 0),
-                   (f"{b}/demo_10", 0), (f"{b}/demo_10", 40)]                   # at most 2; demo_10 after demo_2, 9
-    assert all(x["task"] == x["episode"].rsplit("/", 1)[0] for x in w)           # demo_1 (T 31) filtered out
+    assert got == [
+        ("libero_10/task_a/demo_5", 0),  # T = 32: exactly one window
+        (f"{b}/demo_2", 0),
+        (f"{b}/demo_2", 40),  # s + 31 <= T - 1 = 71
+        (f"{b}/demo_3", 0),  # T = 71: 40 + 31 > 70
+        (f"{b}/demo_9", 0),
+        (f"{b}/demo_10", 0),
+        (f"{b}/demo_10", 40),
+    ]  # at most 2; demo_10 after demo_2, 9
+    assert all(x["task"] == x["episode"].rsplit("/", 1)[0] for x in w)  # demo_1 (T 31) filtered out
     assert len({x["id"] for x in w}) == len(w)
     sha = write_windows(tmp_path / "w.json", w, {"set": "x"})
     assert sha == sha256_file(tmp_path / "w.json") and write_windows(tmp_path / "w2.json", w, {"set": "x"}) == sha
     assert read_json(tmp_path / "w.json")["windows"] == w
-    capped = cap_windows(w, 3)                                                   # round robin across tasks
+    capped = cap_windows(w, 3)  # round robin across tasks
     assert [x["id"] for x in capped] == [w[0]["id"], w[1]["id"], w[2]["id"]]
 
 
@@ -74,7 +95,7 @@ def test_derangement_pairs_across_tasks_and_errors_when_one_task_dominates():
         wins = _wins([f"suite/t{k}" for k, c in enumerate(counts) for _ in range(c)])
         wins = [wins[i] for i in rng.permutation(len(wins))]
         pi = shuffle_pairing(wins)
-        assert sorted(pi) == list(range(len(wins)))                              # a permutation
+        assert sorted(pi) == list(range(len(wins)))  # a permutation
         assert all(wins[i]["task"] != wins[pi[i]]["task"] for i in range(len(wins)))
     with pytest.raises(ValueError, match=r"'suite/a' holds 5 of them.*'suite/a': 5, 'suite/b': 2, 'suite/c': 2"):
         shuffle_pairing(_wins(["suite/a"] * 5 + ["suite/b"] * 2 + ["suite/c"] * 2))
@@ -93,7 +114,7 @@ def test_ground_truth_rollout_scores_exactly_100_db():
     assert row["psnr_frame_mean"] == 100.0 and row["psnr_pooled"] == 100.0 and row["psnr_pooled_h16"] == 100.0
     assert row["per_step_psnr"] == [100.0] * 24 and row["n_capped_frames"] == 72 and row["ci"] == [100.0, 100.0]
     assert row["per_task"] == {"s/a": 100.0, "s/b": 100.0}
-    json.dumps(row, allow_nan=False)                                             # never inf / nan
+    json.dumps(row, allow_nan=False)  # never inf / nan
     pred = gt.clone()
     pred[1, 5] = (pred[1, 5] + 0.1).clamp(0, 1)
     row = score_predictions(pred, gt, wins, B=50)
@@ -108,6 +129,7 @@ def test_bootstrap_ci_contains_point_estimate():
     ra = row_metrics(mse_a, wins, B=500)
     assert ra["ci"][0] <= ra["psnr_frame_mean"] <= ra["ci"][1] and ra["ci"][0] < ra["ci"][1]
     from dreamer4_libero.evaluation.rollout import bootstrap_counts
+
     d = paired_delta(mse_a, mse_b, wins, bootstrap_counts(wins, 500, 0, "x"))
     assert d["ci"][0] <= d["mean"] <= d["ci"][1] and d["mean"] > 0 and d["ci"][0] > 0
 
@@ -156,7 +178,7 @@ class ActionPainter(torch.nn.Module):
         self.cfg = SimpleNamespace(k_max=8, emax=3, n_spatial=n_spatial, d_spatial=d_spatial)
 
     def forward_step(self, t, cache, actions, step_idxs, signal_idxs, packed, act_mask=None):
-        a = (actions * act_mask)[..., :7].sum(-1)                                # (B,1)
+        a = (actions * act_mask)[..., :7].sum(-1)  # (B,1)
         x1 = (0.5 + 0.4 * torch.tanh(a))[..., None, None].expand_as(packed) * self.w
         return (x1, None), [None]
 
@@ -179,13 +201,14 @@ def ood(preprocessed):
 
 
 def _eval(store, wins, tok=None, dyn=None, **kw):
-    return evaluate_rollouts(tok or PixelTokenizer(), dyn or _dyn(), store, wins, resolution=RES, packing=2,
-                             B=100, **kw)
+    return evaluate_rollouts(
+        tok or PixelTokenizer(), dyn or _dyn(), store, wins, resolution=RES, packing=2, B=100, **kw
+    )
 
 
 def test_copy_last_and_ceiling_rows(ood):
     store, wins = ood
-    two = [wins[0], next(w for w in wins if w["task"] != wins[0]["task"])]     # the pairing needs two tasks
+    two = [wins[0], next(w for w in wins if w["task"] != wins[0]["task"])]  # the pairing needs two tasks
     block, _ = _eval(store, two)
     x, _, _ = load_window(store, wins[0]["episode"], wins[0]["start"], 32, RES)
     x = x[0].double()
@@ -194,7 +217,7 @@ def test_copy_last_and_ceiling_rows(ood):
     np.testing.assert_allclose(row["per_window_mse"][0], hand, rtol=1e-12)
     hand_psnr = np.mean([10 * np.log10(1 / max(v, 1e-10)) for v in hand + row["per_window_mse"][1]])
     assert row["psnr_frame_mean"] == pytest.approx(hand_psnr, abs=1e-9)
-    assert block["rows"]["tokenizer_ceiling"]["psnr_frame_mean"] == 100.0       # exact tokenizer
+    assert block["rows"]["tokenizer_ceiling"]["psnr_frame_mean"] == 100.0  # exact tokenizer
     # the ceiling scores the last 24 frames only: corrupting a context frame changes nothing, frame 8 does
     assert _eval(store, two, tok=PixelTokenizer(range(8)))[0]["rows"]["tokenizer_ceiling"]["n_capped_frames"] == 48
     c8 = _eval(store, two, tok=PixelTokenizer([8]))[0]["rows"]["tokenizer_ceiling"]
@@ -222,28 +245,30 @@ def test_chunked_ceiling_row_and_chunked_model_encoding(ood):
     makes the context encoding and the rollout decoding use chunks too (positions restart in each)."""
     store, wins = ood
     two = [wins[0], next(w for w in wins if w["task"] != wins[0]["task"])]
-    whole, _ = _eval(store, two, tok=PixelTokenizer([0]))                       # no chunks: the published setup
+    whole, _ = _eval(store, two, tok=PixelTokenizer([0]))  # no chunks: the published setup
     assert whole["tokenizer_chunk"] is None and whole["ceiling_chunk"] is None
-    assert whole["rows"]["tokenizer_ceiling"]["n_capped_frames"] == 48          # frame 0 is context: unscored
-    assert whole["rows"]["tokenizer_ceiling_chunked"]["per_window_mse"] == \
-        whole["rows"]["tokenizer_ceiling"]["per_window_mse"]                     # chunk None = the whole window
+    assert whole["rows"]["tokenizer_ceiling"]["n_capped_frames"] == 48  # frame 0 is context: unscored
+    assert (
+        whole["rows"]["tokenizer_ceiling_chunked"]["per_window_mse"]
+        == whole["rows"]["tokenizer_ceiling"]["per_window_mse"]
+    )  # chunk None = the whole window
     ch, _ = _eval(store, two, tok=PixelTokenizer([0]), ceiling_chunk=8)
     assert ch["ceiling_chunk"] == 8
-    assert ch["rows"]["tokenizer_ceiling"]["n_capped_frames"] == 48             # the whole-window row is unchanged
+    assert ch["rows"]["tokenizer_ceiling"]["n_capped_frames"] == 48  # the whole-window row is unchanged
     c = ch["rows"]["tokenizer_ceiling_chunked"]
-    assert c["n_capped_frames"] == 48 - 2 * 3                                    # chunk starts 8, 16, 24 corrupted
+    assert c["n_capped_frames"] == 48 - 2 * 3  # chunk starts 8, 16, 24 corrupted
     bad = [u - 8 for u in (8, 16, 24)]
     assert all(c["per_window_mse"][w][k] > 1e-4 for w in range(2) for k in bad)
-    assert ch["rows"]["model"]["per_window_mse"] == whole["rows"]["model"]["per_window_mse"]   # the run: unchanged
+    assert ch["rows"]["model"]["per_window_mse"] == whole["rows"]["model"]["per_window_mse"]  # the run: unchanged
     # the run's own chunks: context encoded in chunks of 4, the 32 generated latents decoded in chunks of 4
     spy = SpyTokenizer([0])
     run, _ = _eval(store, two, tok=spy, tokenizer_chunk=4, ceiling_chunk=8)
     assert run["tokenizer_chunk"] == 4
-    assert ("encode", 32) in spy.calls and ("encode", 8) in spy.calls           # the two ceiling rows
-    assert ("encode", 4) in spy.calls and ("decode", 4) in spy.calls            # the model rows
+    assert ("encode", 32) in spy.calls and ("encode", 8) in spy.calls  # the two ceiling rows
+    assert ("encode", 4) in spy.calls and ("decode", 4) in spy.calls  # the model rows
     m = np.array(run["rows"]["model"]["per_window_mse"])
     m0 = np.array(whole["rows"]["model"]["per_window_mse"])
-    grey = [k for k in range(24) if (k + 8) % 4 == 0]                            # frames 8, 12, ..., 28: chunk starts
+    grey = [k for k in range(24) if (k + 8) % 4 == 0]  # frames 8, 12, ..., 28: chunk starts
     other = [k for k in range(24) if k not in grey]
     np.testing.assert_allclose(m[:, other], m0[:, other], rtol=1e-6, atol=1e-9)
     assert (np.abs(m[:, grey] - m0[:, grey]) > 1e-6).any()
@@ -257,14 +282,15 @@ def test_common_random_numbers_and_action_rows(ood):
         assert a["rows"][r]["per_window_mse"] == b["rows"][r]["per_window_mse"]  # two calls: identical
     assert len(ex) == 2 and ex[0]["gt"].shape == (32, 3, RES, RES)
     m, s = np.array(a["rows"]["model"]["per_window_mse"]), np.array(a["rows"]["action_shuffled"]["per_window_mse"])
-    assert np.abs(m - s).max() > 1e-7                                           # this model sees actions a little
+    assert np.abs(m - s).max() > 1e-7  # this model sees actions a little
     # a model whose prediction is set by the actions: the three action rows differ clearly
     p, _ = _eval(store, wins, dyn=ActionPainter())
     rows = {r: np.array(p["rows"][r]["per_window_mse"]) for r in ("model", "action_shuffled", "null_actions")}
     assert np.abs(rows["model"] - rows["action_shuffled"]).max() > 1e-3
     assert np.abs(rows["model"] - rows["null_actions"]).max() > 1e-3
-    assert p["delta_action"]["mean"] == pytest.approx(p["rows"]["model"]["psnr_frame_mean"]
-                                                      - p["rows"]["action_shuffled"]["psnr_frame_mean"])
+    assert p["delta_action"]["mean"] == pytest.approx(
+        p["rows"]["model"]["psnr_frame_mean"] - p["rows"]["action_shuffled"]["psnr_frame_mean"]
+    )
     assert p["delta_action"]["ci"][0] <= p["delta_action"]["mean"] <= p["delta_action"]["ci"][1]
     # issue 27: the same deltas per third of the horizon, each the mean of its steps' per-step differences
     for key, ref in (("delta_copy_last_bins", "copy_last_context"), ("delta_action_bins", "action_shuffled")):
@@ -272,7 +298,7 @@ def test_common_random_numbers_and_action_rows(ood):
         assert [b["frames"] for b in bins] == [[1, 8], [9, 16], [17, 24]]
         diff = np.subtract(p["rows"]["model"]["per_step_psnr"], p["rows"][ref]["per_step_psnr"])
         for b in bins:
-            assert b["mean"] == pytest.approx(diff[b["frames"][0] - 1:b["frames"][1]].mean(), abs=1e-9)
+            assert b["mean"] == pytest.approx(diff[b["frames"][0] - 1 : b["frames"][1]].mean(), abs=1e-9)
             assert b["ci"][0] <= b["mean"] <= b["ci"][1]
         whole = p["delta_copy_last" if ref == "copy_last_context" else "delta_action"]["mean"]
         assert np.mean([b["mean"] for b in bins]) == pytest.approx(whole, abs=1e-9)
@@ -299,28 +325,77 @@ def _ckpt(tmp_path: Path, tok: Path, **extra_args) -> Path:
     dyn = Dynamics(DynamicsConfig(d_model=32, depth=1, n_heads=2, n_spatial=2, d_spatial=16))
     for p in dyn.parameters():
         torch.nn.init.normal_(p, std=0.05)
-    ck = upstream_dynamics_checkpoint(dyn, step=7, args={
-        "tokenizer_ckpt": str(tok), "tokenizer_sha256": sha256_file(tok), "packing_factor": 2, "n_spatial": 2,
-        "n_heads": 2, "k_max": 8, "n_agent": 1, "space_mode": "wm_agent_isolated", "variant": "dyn_tiny",
-        **extra_args})
-    ck["aux_head"] = InverseDynamicsHead(32).state_dict()                       # present in the file, never loaded
+    ck = upstream_dynamics_checkpoint(
+        dyn,
+        step=7,
+        args={
+            "tokenizer_ckpt": str(tok),
+            "tokenizer_sha256": sha256_file(tok),
+            "packing_factor": 2,
+            "n_spatial": 2,
+            "n_heads": 2,
+            "k_max": 8,
+            "n_agent": 1,
+            "space_mode": "wm_agent_isolated",
+            "variant": "dyn_tiny",
+            **extra_args,
+        },
+    )
+    ck["aux_head"] = InverseDynamicsHead(32).state_dict()  # present in the file, never loaded
     torch.save(ck, tmp_path / "step_0000007.pt")
     cj = tmp_path / "checkpoint.json"
-    cj.write_text(json.dumps({"path": str(tmp_path / "step_0000007.pt"), "step": 7, "run_name": "dyn_tiny",
-                              "sha256": sha256_file(tmp_path / "step_0000007.pt")}))
+    cj.write_text(
+        json.dumps(
+            {
+                "path": str(tmp_path / "step_0000007.pt"),
+                "step": 7,
+                "run_name": "dyn_tiny",
+                "sha256": sha256_file(tmp_path / "step_0000007.pt"),
+            }
+        )
+    )
     return cj
 
 
-EVAL = {"eps_per_task": 4, "context": 8, "horizon": 24, "euler_steps": 4, "rollout_seed": 0, "bootstrap_B": 200,
-        "max_val_windows": 6, "n_strips": 2}
+EVAL = {
+    "eps_per_task": 4,
+    "context": 8,
+    "horizon": 24,
+    "euler_steps": 4,
+    "rollout_seed": 0,
+    "bootstrap_B": 200,
+    "max_val_windows": 6,
+    "n_strips": 2,
+}
 
 
 def _cli(pre: Path, cj: Path, out: Path, ev: dict, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), "--checkpoint-json", str(cj), "--manifest",
-                           str(pre / "manifest.json"), "--test-ood", str(pre / "splits" / "test_ood.json"),
-                           "--val", str(pre / "splits" / "val.json"), "--resolution", "32", "--eval", json.dumps(ev),
-                           "--out-dir", str(out), "--progress", "false", *extra], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--checkpoint-json",
+            str(cj),
+            "--manifest",
+            str(pre / "manifest.json"),
+            "--test-ood",
+            str(pre / "splits" / "test_ood.json"),
+            "--val",
+            str(pre / "splits" / "val.json"),
+            "--resolution",
+            "32",
+            "--eval",
+            json.dumps(ev),
+            "--out-dir",
+            str(out),
+            "--progress",
+            "false",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_cli_end_to_end(preprocessed, tiny_tokenizer_ckpt, tmp_path):
@@ -331,17 +406,45 @@ def test_cli_end_to_end(preprocessed, tiny_tokenizer_ckpt, tmp_path):
     assert "test_ood" in res.stdout and "Δ_action" in res.stdout
     rec = read_json(out / "rollout.json")
     assert rec["protocol"] == "eval-protocol-v1" and rec["variant"] == "dyn_tiny"
-    assert {"checkpoint_sha256", "tokenizer_sha256", "n_params", "context", "horizon", "euler_steps", "k_max",
-            "decode_window", "rollout_seeds", "bootstrap_B", "sets", "tokenizer_eval"} <= set(rec)
+    assert {
+        "checkpoint_sha256",
+        "tokenizer_sha256",
+        "n_params",
+        "context",
+        "horizon",
+        "euler_steps",
+        "k_max",
+        "decode_window",
+        "rollout_seeds",
+        "bootstrap_B",
+        "sets",
+        "tokenizer_eval",
+    } <= set(rec)
     assert rec["decode_window"] == 32 and rec["euler_steps"] == 4 and rec["k_max"] == 8 and rec["rollout_seeds"] == [0]
     assert rec["tokenizer_sha256"] == sha256_file(tiny_tokenizer_ckpt) and rec["aux_head_loaded"] is False
     for name in ("test_ood", "val"):
         s = rec["sets"][name]
-        assert {"windows_file", "windows_sha256", "n_windows", "n_episodes", "rows", "delta_action",
-                "delta_copy_last", "delta_copy_last_bins", "delta_action_bins", "shuffle_pairs"} <= set(s)
+        assert {
+            "windows_file",
+            "windows_sha256",
+            "n_windows",
+            "n_episodes",
+            "rows",
+            "delta_action",
+            "delta_copy_last",
+            "delta_copy_last_bins",
+            "delta_action_bins",
+            "shuffle_pairs",
+        } <= set(s)
         assert [b["frames"] for b in s["delta_copy_last_bins"]] == [[1, 8], [9, 16], [17, 24]]
-        assert set(s["rows"]) == {"model", "action_shuffled", "null_actions", "copy_last_context", "tokenizer_ceiling",
-                                  "tokenizer_ceiling_chunked"}
+        assert set(s["rows"]) == {
+            "model",
+            "action_shuffled",
+            "null_actions",
+            "copy_last_context",
+            "tokenizer_ceiling",
+            "tokenizer_ceiling_chunked",
+        }
         assert s["tokenizer_chunk"] is None and s["ceiling_chunk"] == rec["tokenizer_train_seq_len"]
         for row in s["rows"].values():
             assert ROW_KEYS <= set(row) and len(row["per_step_psnr"]) == 24
@@ -355,6 +458,7 @@ def test_cli_end_to_end(preprocessed, tiny_tokenizer_ckpt, tmp_path):
     for f in ("strips.png", "per_step_psnr.png"):
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
+
     with Image.open(out / "rollout.gif") as im:
         assert im.format == "GIF" and im.n_frames == 32
 
@@ -363,8 +467,8 @@ def test_load_run_reads_the_runs_tokenizer_chunk(tiny_tokenizer_ckpt, tmp_path):
     from dreamer4_libero.evaluation.loading import load_run
 
     _, _, info = load_run(str(_ckpt(tmp_path, tiny_tokenizer_ckpt)))
-    assert info["tokenizer_chunk"] is None                                       # older checkpoints: whole window
-    assert info["tokenizer_train_seq_len"] == 8                                  # not in its args: upstream default
+    assert info["tokenizer_chunk"] is None  # older checkpoints: whole window
+    assert info["tokenizer_train_seq_len"] == 8  # not in its args: upstream default
     (tmp_path / "b").mkdir()
     _, _, info = load_run(str(_ckpt(tmp_path / "b", tiny_tokenizer_ckpt, tokenizer_chunk=4)))
     assert info["tokenizer_chunk"] == 4
@@ -375,12 +479,12 @@ def test_load_run_reads_the_runs_tokenizer_chunk(tiny_tokenizer_ckpt, tmp_path):
 
 def test_cli_bad_input_names_file_and_key(preprocessed, tiny_tokenizer_ckpt, tmp_path):
     cj = _ckpt(tmp_path, tiny_tokenizer_ckpt)
-    res = _cli(preprocessed, cj, tmp_path / "o", {**EVAL, "horizon": 0})            # the schema's minimum is 1
+    res = _cli(preprocessed, cj, tmp_path / "o", {**EVAL, "horizon": 0})  # the schema's minimum is 1
     assert res.returncode == 2 and "config key 'rollout_eval.horizon': 0 is less than the minimum of 1" in res.stderr
-    res = _cli(preprocessed, cj, tmp_path / "o", {**EVAL, "gpus": 1})   # resources never travel in the section
+    res = _cli(preprocessed, cj, tmp_path / "o", {**EVAL, "gpus": 1})  # resources never travel in the section
     assert res.returncode == 2 and "'gpus' was unexpected" in res.stderr, res.stderr[-2000:]
     res = _cli(preprocessed, cj, tmp_path / "o", {k: v for k, v in EVAL.items() if k != "horizon"})
-    assert res.returncode == 0, res.stderr[-2000:]                      # a missing key takes the schema default
+    assert res.returncode == 0, res.stderr[-2000:]  # a missing key takes the schema default
     assert read_json(tmp_path / "o" / "rollout.json")["horizon"] == 24
     ck = read_json(cj)
     state = torch.load(ck["path"], weights_only=True)

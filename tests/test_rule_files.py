@@ -32,8 +32,19 @@ RULES = REPO / "rules"
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
 # what Snakemake puts in a Snakefile's namespace besides its module globals (snakemake/workflow.py Workflow.__init__)
 SNAKEMAKE_NAMES = set(vars(snakemake.workflow)) | {
-    "config", "rules", "workflow", "checkpoints", "shell", "scatter", "gather", "storage", "access",
-    "github", "gitlab", "gitfile", "from_queue",
+    "config",
+    "rules",
+    "workflow",
+    "checkpoints",
+    "shell",
+    "scatter",
+    "gather",
+    "storage",
+    "access",
+    "github",
+    "gitlab",
+    "gitfile",
+    "from_queue",
 }
 ALLOWED = SNAKEMAKE_NAMES | set(dir(builtins))
 INCLUDE = re.compile(r'^include: "rules/(\w+)\.smk"$', re.M)
@@ -124,7 +135,11 @@ def test_rule_references_name_upstream_rules():
                 assert own[name] < line, f"rules/{stem}.smk reads rules.{name} before defining it"
     # the constraint the Snakefile's comment states: which files must come before which
     assert _requires() == {
-        "common": set(), "assets": set(), "preprocess": set(), "dmcontrol": set(), "dynamics": set(),
+        "common": set(),
+        "assets": set(),
+        "preprocess": set(),
+        "dmcontrol": set(),
+        "dynamics": set(),
         "tokenizer": {"preprocess"},
         "evaluation": {"preprocess", "dynamics"},
         "tables": {"preprocess", "tokenizer", "evaluation"},
@@ -148,14 +163,33 @@ def _reversed_order() -> list[str]:
 def _jobs(snakefile: Path, tmp_path: Path) -> list[str]:
     """Every job of the demo's forceall dry run: its block (rule, wildcards, files, resources, shell command) with
     the run-specific lines (date, job id) dropped, sorted."""
-    r = subprocess.run([SNAKEMAKE, "-n", "-p", "--forceall", "--cores", "1", "--directory", str(REPO),
-                        "--snakefile", str(snakefile), "--configfile", str(REPO / "config/demo.yaml")],
-                       capture_output=True, text=True, cwd=tmp_path, env=venv_env(), timeout=300)
+    r = subprocess.run(
+        [
+            SNAKEMAKE,
+            "-n",
+            "-p",
+            "--forceall",
+            "--cores",
+            "1",
+            "--directory",
+            str(REPO),
+            "--snakefile",
+            str(snakefile),
+            "--configfile",
+            str(REPO / "config/demo.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=venv_env(),
+        timeout=300,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     job = re.compile(r"^(local)?rule \w+:$", re.M)
     return sorted(
         "\n".join(ln for ln in block.splitlines() if not ln.startswith("[") and not ln.strip().startswith("jobid:"))
-        for block in (r.stdout + r.stderr).split("\n\n") if job.search(block)
+        for block in (r.stdout + r.stderr).split("\n\n")
+        if job.search(block)
     )
 
 

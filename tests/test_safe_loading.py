@@ -29,24 +29,33 @@ def _malicious(tmp_path):
     return path, marker
 
 
-@pytest.mark.fault(fault="a crafted checkpoint whose pickle calls os.system (opened by every checkpoint loader)",
-                   guarantee="refused with an error naming the file and trust_checkpoint; the payload never runs")
+@pytest.mark.fault(
+    fault="a crafted checkpoint whose pickle calls os.system (opened by every checkpoint loader)",
+    guarantee="refused with an error naming the file and trust_checkpoint; the payload never runs",
+)
 def test_malicious_pickle_is_refused_and_never_executes(tmp_path, monkeypatch):
     monkeypatch.delenv(TRUST_ENV, raising=False)
     path, marker = _malicious(tmp_path)
-    for load in (lambda: safe_torch_load(path), lambda: read_checkpoint(str(path)),
-                 lambda: load_dynamics_checkpoint(str(path))):
+    for load in (
+        lambda: safe_torch_load(path),
+        lambda: read_checkpoint(str(path)),
+        lambda: load_dynamics_checkpoint(str(path)),
+    ):
         with pytest.raises(CheckpointTrustError) as e:
             load()
         msg = str(e.value)
         assert str(path) in msg and "trust_checkpoint: true" in msg and "system" in msg, msg
     assert not marker.exists(), "the payload ran"
-    print("fault: crafted pickle calling os.system in a checkpoint; guarantee: refused with an error naming the "
-          "file and trust_checkpoint, payload not executed")
+    print(
+        "fault: crafted pickle calling os.system in a checkpoint; guarantee: refused with an error naming the "
+        "file and trust_checkpoint, payload not executed"
+    )
 
 
-@pytest.mark.fault(fault="the same file with trust_checkpoint: true",
-                   guarantee="loaded with full unpickling and a warning saying why that is unsafe")
+@pytest.mark.fault(
+    fault="the same file with trust_checkpoint: true",
+    guarantee="loaded with full unpickling and a warning saying why that is unsafe",
+)
 def test_trusted_checkpoint_loads_with_a_warning(tmp_path, monkeypatch):
     path, marker = _malicious(tmp_path)
     monkeypatch.setenv(TRUST_ENV, "1")
@@ -56,8 +65,10 @@ def test_trusted_checkpoint_loads_with_a_warning(tmp_path, monkeypatch):
     assert marker.exists()  # trust means full unpickling: exactly why it is off by default
 
 
-@pytest.mark.fault(fault="a plain checkpoint (dicts, tensors, numbers, strings) from outside the pipeline",
-                   guarantee="opens with weights_only=True, no trust needed")
+@pytest.mark.fault(
+    fault="a plain checkpoint (dicts, tensors, numbers, strings) from outside the pipeline",
+    guarantee="opens with weights_only=True, no trust needed",
+)
 def test_plain_checkpoints_need_no_trust(tmp_path, monkeypatch):
     monkeypatch.delenv(TRUST_ENV, raising=False)
     path = tmp_path / "plain.pt"

@@ -34,12 +34,12 @@ def test_levels_grid_and_rng_order():
     torch.manual_seed(5)
     step, sig, tau = sample_levels(8, 50, 2, 8)
     assert (step[:6] == 3).all() and set(step[6:].unique().tolist()) <= {0, 1, 2}
-    K = 2 ** step
+    K = 2**step
     assert torch.equal(sig, (tau * 8).round().long()) and (tau < 1).all()
-    assert torch.allclose(tau * K, (tau * K).round())                    # tau on its row's grid
+    assert torch.allclose(tau * K, (tau * K).round())  # tau on its row's grid
     torch.manual_seed(5)
-    r = torch.randint(0, 3, (2, 50))                                     # randint first ...
-    u = torch.rand(8, 50)                                                # ... then rand
+    r = torch.randint(0, 3, (2, 50))  # randint first ...
+    u = torch.rand(8, 50)  # ... then rand
     assert torch.equal(step[6:], r)
     assert torch.equal(sig[:6], torch.floor(u[:6] * 8).long())
 
@@ -52,10 +52,10 @@ def test_loss_composition_and_bootstrap_switch():
     torch.manual_seed(1)
     after, ma = shortcut_loss(m, z1, act, mask, step=10, bootstrap_start=10)
     assert mb["loss_self"] == 0 and mb["bootstrap_mse"] == 0 and mb["b_self"] == 1
-    assert torch.isclose(before, mb["loss_emp"] * 3 / 4)                  # flow loss scaled by B_emp/B
+    assert torch.isclose(before, mb["loss_emp"] * 3 / 4)  # flow loss scaled by B_emp/B
     assert ma["loss_self"] > 0 and ma["bootstrap_mse"] > 0
     assert torch.isclose(after, (ma["loss_emp"] * 3 + ma["loss_self"]) / 4)
-    assert torch.isclose(ma["loss_emp"], mb["loss_emp"])                 # same draws, same flow part
+    assert torch.isclose(ma["loss_emp"], mb["loss_emp"])  # same draws, same flow part
     # B = 2 has no self rows: the bootstrap never runs
     torch.manual_seed(1)
     _, m2 = shortcut_loss(m, z1[:2], act[:2], mask[:2], step=100, bootstrap_start=0)
@@ -95,8 +95,8 @@ def test_action_free_aux_never_sees_actions_and_leaky_does():
     z1, act, mask = _batch()
     for aux_input, should_change in (("action_free", False), ("leaky", True)):
         base = _aux_pred(m, head, z1, act, mask, aux_input)
-        assert base.shape == (3, 5, 16)                                  # empirical rows, t = 0..T-2
-        for t in (1, 3, 5):                                              # a_t lives in the token of frame t
+        assert base.shape == (3, 5, 16)  # empirical rows, t = 0..T-2
+        for t in (1, 3, 5):  # a_t lives in the token of frame t
             act2 = act.clone()
             act2[:, t, :7] = -act2[:, t, :7] + 0.3
             changed = not torch.allclose(_aux_pred(m, head, z1, act2, mask, aux_input), base, atol=1e-6)
@@ -114,7 +114,7 @@ def test_aux_loss_adds_weighted_masked_mse_and_trains_the_transformer():
     assert torch.isclose(loss_aux, loss_plain + 0.5 * met["aux_mse"], atol=1e-6)
     m.zero_grad()
     (met["aux_mse"] * 0 + loss_aux - loss_plain.detach()).backward()
-    assert m.transformer.layers[0].space.attn.qkv.weight.grad.abs().sum() > 0   # gradients reach the transformer
+    assert m.transformer.layers[0].space.attn.qkv.weight.grad.abs().sum() > 0  # gradients reach the transformer
     assert head.fc1.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="aux_input"):
         shortcut_loss(m, z1, act, mask, step=0, bootstrap_start=0, aux_head=head, aux_weight=0.1, aux_input="x")

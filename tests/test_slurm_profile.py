@@ -27,10 +27,10 @@ def test_install_only_when_no_profile_exists(tmp_path):
     dest = home / "snakemake" / "slurm" / "config.yaml"
     assert dest.read_text() == (REPO / "profiles" / "slurm" / "config.yaml").read_text()
     dest.write_text("executor: slurm\n# the user's own edits\n")
-    r = _install(home, site, tmp_path)                                   # never overwrites
+    r = _install(home, site, tmp_path)  # never overwrites
     assert r.returncode == 0 and "already exists" in r.stdout
     assert dest.read_text().endswith("# the user's own edits\n")
-    assert not (tmp_path / "slurm").exists()                             # never a ./slurm that shadows profiles
+    assert not (tmp_path / "slurm").exists()  # never a ./slurm that shadows profiles
 
 
 def test_site_profile_wins(tmp_path):
@@ -48,10 +48,16 @@ def test_site_default_resources_reach_every_job(tmp_path):
     prof = tmp_path / "xdg" / "snakemake" / "slurm"
     prof.mkdir(parents=True)
     prof.joinpath("config.yaml").write_text(
-        "executor: slurm\njobs: 10\ndefault-resources:\n  slurm_account: fakeacct\n  slurm_partition: fakepart\n")
+        "executor: slurm\njobs: 10\ndefault-resources:\n  slurm_account: fakeacct\n  slurm_partition: fakepart\n"
+    )
     env = {**venv_env(), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    r = subprocess.run(snakemake_cmd("--profile", "slurm", "-n", "--forceall", "--configfile", "config/demo.yaml"),
-                       cwd=REPO, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        snakemake_cmd("--profile", "slurm", "-n", "--forceall", "--configfile", "config/demo.yaml"),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip().startswith("resources:")]
     assert len(lines) >= 20
@@ -73,19 +79,34 @@ def test_config_slurm_settings_reach_the_jobs(tmp_path):
     prof = tmp_path / "xdg" / "snakemake" / "slurm"
     prof.mkdir(parents=True)
     prof.joinpath("config.yaml").write_text(
-        "executor: slurm\njobs: 10\ndefault-resources:\n  slurm_account: siteacct\n  slurm_partition: sitepart\n")
+        "executor: slurm\njobs: 10\ndefault-resources:\n  slurm_account: siteacct\n  slurm_partition: sitepart\n"
+    )
     layer = tmp_path / "site.yaml"
-    layer.write_text("slurm: {gpu_partition: gpupart, account: myacct, qos: normal, gpu_model: h100, "
-                     "extra: '--exclusive'}\n")
+    layer.write_text(
+        "slurm: {gpu_partition: gpupart, account: myacct, qos: normal, gpu_model: h100, extra: '--exclusive'}\n"
+    )
     env = {**venv_env(), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    r = subprocess.run(snakemake_cmd("--profile", "slurm", "-n", "--forceall", "--configfile", "config/demo.yaml",
-                                     "config/ci_slurm.yaml", str(layer)),
-                       cwd=REPO, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        snakemake_cmd(
+            "--profile",
+            "slurm",
+            "-n",
+            "--forceall",
+            "--configfile",
+            "config/demo.yaml",
+            "config/ci_slurm.yaml",
+            str(layer),
+        ),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = _planned_resources(r.stdout + r.stderr)
-    gpu_rules = {"train_tokenizer", "train_dynamics"}                     # ci_slurm: 2 and 1 (fake) GPUs
+    gpu_rules = {"train_tokenizer", "train_dynamics"}  # ci_slurm: 2 and 1 (fake) GPUs
     assert gpu_rules <= res.keys() and len(res) >= 10, res.keys()
-    res.pop("all")                                                        # the target rule: no job
+    res.pop("all")  # the target rule: no job
     for rule, lines in res.items():
         for ln in lines:
             assert "slurm_account=myacct" in ln and "qos=normal" in ln and "slurm_extra=--exclusive" in ln, (rule, ln)
@@ -133,8 +154,13 @@ def test_profile_keeps_going_and_runs_the_widest_level_at_once():
 
     prof = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     assert prof["keep-going"] is True
-    r = subprocess.run(snakemake_cmd("-n", "--forceall", "--config", "dmcontrol_init={source: pretrain}"), cwd=REPO,
-                       env=venv_env(), capture_output=True, text=True)
+    r = subprocess.run(
+        snakemake_cmd("-n", "--forceall", "--config", "dmcontrol_init={source: pretrain}"),
+        cwd=REPO,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = planned_jobs(r.stdout + r.stderr)
     widest = jobs["probe"] + jobs["rollout_eval"] + jobs["probe_baselines"] + jobs["tokenizer_eval"]
@@ -157,7 +183,8 @@ def test_controller_wrapper_runs_snakemake_in_the_submit_dir(tmp_path):
     (site / ".venv" / "bin" / "activate").write_text(f'export VIRTUAL_ENV="{site}/.venv"\n')
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env.update(PATH=f"{bin_}:/usr/bin:/bin", SLURM_SUBMIT_DIR=str(site))
-    r = subprocess.run(["bash", str(script), "--configfile", "my_site.yaml"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["bash", str(script), "--configfile", "my_site.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"cwd={site} venv={site}/.venv args=--profile slurm --configfile my_site.yaml"

@@ -108,7 +108,13 @@ def test_demo_sizes():
 @pytest.mark.parametrize("form", ["canonical", "list", "mapping", "tasks", "stems"])
 def test_user_split_file_forms(tmp_path, form):
     avail = {"libero_10/a": [0, 1, 2], "libero_goal/b": [0, 1], "libero_goal/c": [0]}
-    want = ["libero_10/a/demo_0", "libero_10/a/demo_1", "libero_10/a/demo_2", "libero_goal/b/demo_0", "libero_goal/b/demo_1"]
+    want = [
+        "libero_10/a/demo_0",
+        "libero_10/a/demo_1",
+        "libero_10/a/demo_2",
+        "libero_goal/b/demo_0",
+        "libero_goal/b/demo_1",
+    ]
     data = {
         "canonical": {"format": "libero-split-v1", "episodes": want},
         "list": want,
@@ -134,5 +140,7 @@ def test_user_split_errors(tmp_path):
     with pytest.raises(SplitError, match="task libero_10/a is in both train and test_ood"):
         validate_split(bad)
     with pytest.raises(SplitError, match="share episode"):
-        validate_probe({"probe_train": ["libero_10/a/demo_0"], "probe_eval_train": ["libero_10/a/demo_0"],
-                        "probe_eval_test": []}, Split(["libero_10/a/demo_0"], [], []))
+        validate_probe(
+            {"probe_train": ["libero_10/a/demo_0"], "probe_eval_train": ["libero_10/a/demo_0"], "probe_eval_test": []},
+            Split(["libero_10/a/demo_0"], [], []),
+        )

@@ -20,16 +20,30 @@ from dreamer4_libero.training.tokenizer_task import TokenizerTask
 
 def _tok_cfg() -> dict:
     t = demo_config()["tokenizer"]
-    t.update(model={**t["model"], "d_model": 32, "depth": 1, "n_latents": 4, "d_bottleneck": 8}, lpips_weight=0.0,
-             seq_len=4, batch_size=2, max_steps=4, num_workers=0)
+    t.update(
+        model={**t["model"], "d_model": 32, "depth": 1, "n_latents": 4, "d_bottleneck": 8},
+        lpips_weight=0.0,
+        seq_len=4,
+        batch_size=2,
+        max_steps=4,
+        num_workers=0,
+    )
     return t
 
 
 def _train(manifest: str, pre: Path, ckpt: Path) -> dict:
     t = _tok_cfg()
     task = TokenizerTask(t, manifest=manifest, train_split=pre / "splits" / "train.json", resolution=32)
-    cfg = EngineConfig(ckpt_dir=str(ckpt), max_steps=t["max_steps"], save_every=t["max_steps"], seed=0,
-                       deterministic=True, progress=False, lr=t["lr"], log_every=2)
+    cfg = EngineConfig(
+        ckpt_dir=str(ckpt),
+        max_steps=t["max_steps"],
+        save_every=t["max_steps"],
+        seed=0,
+        deterministic=True,
+        progress=False,
+        lr=t["lr"],
+        log_every=2,
+    )
     assert train(task, cfg) == 0
     return torch.load(ckpt / f"step_{t['max_steps']:07d}.pt", weights_only=True), task
 
@@ -56,13 +70,17 @@ def test_training_from_staged_shards_is_bitwise_the_same(preprocessed, tmp_path)
 def test_stage_reports_bytes_and_time(preprocessed, tmp_path):
     res = stage_shards(preprocessed / "manifest.json", tmp_path / "stage")
     frames = sum(p.stat().st_size for p in (preprocessed / "shards").rglob("*") if p.is_file())
-    assert res["bytes"] == frames and res["files"] == len([p for p in (preprocessed / "shards").rglob("*") if p.is_file()])
+    assert res["bytes"] == frames and res["files"] == len(
+        [p for p in (preprocessed / "shards").rglob("*") if p.is_file()]
+    )
     assert res["seconds"] > 0 and res["seconds_per_GB"] == pytest.approx(res["seconds"] / (frames / 1e9))
     assert not (tmp_path / "stage.tmp").exists()
 
 
-@pytest.mark.fault(fault="the staged copy of a shard file is corrupted (one byte flipped after the copy)",
-                   guarantee="the sha256 check fails, a StagingWarning names the file, training uses the shared path")
+@pytest.mark.fault(
+    fault="the staged copy of a shard file is corrupted (one byte flipped after the copy)",
+    guarantee="the sha256 check fails, a StagingWarning names the file, training uses the shared path",
+)
 def test_corrupted_copy_falls_back_to_the_shared_path(preprocessed, tmp_path, monkeypatch):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -80,16 +98,21 @@ def test_corrupted_copy_falls_back_to_the_shared_path(preprocessed, tmp_path, mo
 
     monkeypatch.setattr(staging, "_copy_hashed", flip_a_byte)
     src = str(preprocessed / "manifest.json")
-    with pytest.warns(StagingWarning, match=r"stage_to_local: copy to .* failed \(StagingError: .*frames\.npy: sha256 "
-                                            r".* after the copy.*falling back to the shared path") as rec:
+    with pytest.warns(
+        StagingWarning,
+        match=r"stage_to_local: copy to .* failed \(StagingError: .*frames\.npy: sha256 "
+        r".* after the copy.*falling back to the shared path",
+    ) as rec:
         with staged_manifest(src, True, env={"SLURM_TMPDIR": str(scratch)}) as manifest:
             assert manifest == src
             assert not [p for p in scratch.iterdir() if p.is_dir()]  # the partial copy is gone
     assert len(rec) == 1 and list(scratch.iterdir()) == []
 
 
-@pytest.mark.fault(fault="the node-local scratch is not a writable folder ($TMPDIR names a file)",
-                   guarantee="a StagingWarning, and training uses the shared path")
+@pytest.mark.fault(
+    fault="the node-local scratch is not a writable folder ($TMPDIR names a file)",
+    guarantee="a StagingWarning, and training uses the shared path",
+)
 def test_unwritable_scratch_falls_back(preprocessed, tmp_path):
     bad = tmp_path / "not_a_dir"
     bad.write_text("")
@@ -123,7 +146,9 @@ def test_other_local_ranks_wait_for_rank0(preprocessed, tmp_path):
             assert m1 == m0  # rank 1 copies nothing, reads rank 0's copy
         assert Path(m0).exists()  # rank 1 leaving does not remove rank 0's copy
     assert list(scratch.iterdir()) == []
-    with pytest.warns(StagingWarning, match="local rank 0 did not stage the shards .*no status from local rank 0 in 0.2 s"):
+    with pytest.warns(
+        StagingWarning, match="local rank 0 did not stage the shards .*no status from local rank 0 in 0.2 s"
+    ):
         with staged_manifest(src, True, env={**base, "LOCAL_RANK": "1", staging.WAIT_ENV: "0.2"}) as m1:
             assert m1 == src
 
@@ -147,7 +172,9 @@ def test_the_workflow_sets_the_trainers_flag_from_the_config():
     from dreamer4_libero.config import load_config
 
     repo = Path(__file__).resolve().parents[1]
-    assert "export D4L_STAGE_TO_LOCAL={int(config['data']['stage_to_local'])}; " in (repo / "rules/common.smk").read_text()
+    assert (
+        "export D4L_STAGE_TO_LOCAL={int(config['data']['stage_to_local'])}; " in (repo / "rules/common.smk").read_text()
+    )
     # how the trainers read the shards, not what is in them: not a parameter of the preprocessing rule (a change
     # would rerun it, and everything after it)
     assert 'if k not in ("workers", "stage_to_local")' in (repo / "rules/preprocess.smk").read_text()
@@ -167,10 +194,24 @@ def test_two_rank_trainer_stages_once_and_matches_unstaged(trainer_cli, preproce
     scratch.mkdir()
 
     def cmd(ck: Path, stage: str) -> list[str]:
-        return [*trainer_cli.torchrun(2), str(repo / "workflow_scripts" / "train_tokenizer.py"), "--tokenizer",
-                json.dumps(t), "--manifest", str(preprocessed / "manifest.json"), "--train-split",
-                str(preprocessed / "splits" / "train.json"), "--resolution", "32", "--ckpt-dir", str(ck),
-                "--progress", "false", "--stage-to-local", stage]
+        return [
+            *trainer_cli.torchrun(2),
+            str(repo / "workflow_scripts" / "train_tokenizer.py"),
+            "--tokenizer",
+            json.dumps(t),
+            "--manifest",
+            str(preprocessed / "manifest.json"),
+            "--train-split",
+            str(preprocessed / "splits" / "train.json"),
+            "--resolution",
+            "32",
+            "--ckpt-dir",
+            str(ck),
+            "--progress",
+            "false",
+            "--stage-to-local",
+            stage,
+        ]
 
     env = {**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"}
     env.pop("SLURM_TMPDIR", None)
@@ -187,8 +228,10 @@ def test_two_rank_trainer_stages_once_and_matches_unstaged(trainer_cli, preproce
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.fault(fault="training fails (an exception) while it reads the staged shards",
-                   guarantee="the staged copy and its status file are removed all the same")
+@pytest.mark.fault(
+    fault="training fails (an exception) while it reads the staged shards",
+    guarantee="the staged copy and its status file are removed all the same",
+)
 def test_staged_copy_is_removed_when_training_fails(preprocessed, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()

@@ -66,8 +66,7 @@ def trap_root(tmp_path_factory) -> tuple[Path, dict[str, str], dict]:
     tids = sy.cycle_task_ids(len(traps_mod.TRAP_NAMES))
     assign = dict(zip(traps_mod.TRAP_NAMES, tids))
     traps = [{"trap": n, "task": t, "demo": TRAP_DEMO} for n, t in assign.items()]
-    summary = sy.generate(root, tids, n_demos=TRAP_N_DEMOS, len_range=(12, 16), seed=5, traps=traps,
-                          progress=False)
+    summary = sy.generate(root, tids, n_demos=TRAP_N_DEMOS, len_range=(12, 16), seed=5, traps=traps, progress=False)
     return root, assign, summary
 
 
@@ -78,7 +77,7 @@ def test_task_id_helpers():
     ids = sy.demo_task_ids()
     assert len(ids) == 12
     for i, s in enumerate(("libero_10", "libero_goal", "libero_spatial")):
-        assert ids[4 * i:4 * i + 4] == [f"{s}/{t}" for t in SUITES[s][:4]]
+        assert ids[4 * i : 4 * i + 4] == [f"{s}/{t}" for t in SUITES[s][:4]]
     all_ids = {f"{s}/{t}" for s, v in SUITES.items() for t in v}
     c = sy.cycle_task_ids(130)
     assert len(set(c)) == 130 and set(c) == all_ids
@@ -94,11 +93,23 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="valid trap names: .*zero_bytes"):
         sy.generate(tmp_path, sy.cycle_task_ids(2), n_demos=2, len_range=(8, 9), traps=["nope"], progress=False)
     with pytest.raises(ValueError, match="out of range"):
-        sy.generate(tmp_path, sy.cycle_task_ids(2), n_demos=2, len_range=(8, 9),
-                    traps=[{"trap": "actions_nan", "demo": 5}], progress=False)
+        sy.generate(
+            tmp_path,
+            sy.cycle_task_ids(2),
+            n_demos=2,
+            len_range=(8, 9),
+            traps=[{"trap": "actions_nan", "demo": 5}],
+            progress=False,
+        )
     with pytest.raises(ValueError, match="not among"):
-        sy.generate(tmp_path, sy.cycle_task_ids(2), n_demos=2, len_range=(8, 9),
-                    traps=["actions_nan:libero_10/nope:0"], progress=False)
+        sy.generate(
+            tmp_path,
+            sy.cycle_task_ids(2),
+            n_demos=2,
+            len_range=(8, 9),
+            traps=["actions_nan:libero_10/nope:0"],
+            progress=False,
+        )
     with pytest.raises(ValueError):
         sy.generate(tmp_path, ["no_slash"], n_demos=2, len_range=(8, 9), progress=False)
     with pytest.raises(ValueError):
@@ -150,12 +161,16 @@ def test_layout_and_attrs(demo_root):
                 total += T
                 assert isinstance(g.attrs["model_file"], str) and g.attrs["model_file"].startswith("<mujoco")
                 expect = {
-                    "actions": (np.float64, (T, 7)), "robot_states": (np.float64, (T, 9)),
-                    "rewards": (np.uint8, (T,)), "dones": (np.uint8, (T,)),
+                    "actions": (np.float64, (T, 7)),
+                    "robot_states": (np.float64, (T, 9)),
+                    "rewards": (np.uint8, (T,)),
+                    "dones": (np.uint8, (T,)),
                     "obs/agentview_rgb": (np.uint8, (T, 128, 128, 3)),
                     "obs/eye_in_hand_rgb": (np.uint8, (T, 128, 128, 3)),
-                    "obs/joint_states": (np.float64, (T, 7)), "obs/gripper_states": (np.float64, (T, 2)),
-                    "obs/ee_pos": (np.float64, (T, 3)), "obs/ee_ori": (np.float64, (T, 3)),
+                    "obs/joint_states": (np.float64, (T, 7)),
+                    "obs/gripper_states": (np.float64, (T, 2)),
+                    "obs/ee_pos": (np.float64, (T, 3)),
+                    "obs/ee_ori": (np.float64, (T, 3)),
                     "obs/ee_states": (np.float64, (T, 6)),
                 }
                 for key, (dt, shape) in expect.items():
@@ -298,14 +313,18 @@ def test_regenerating_into_a_root_removes_only_the_earlier_generations_files(tmp
     out = sy.generate(tmp_path, tids[:2], **kw)
     now = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert sorted(p for p in now if p.endswith(".hdf5")) == sorted(out["files"])
-    assert not any(p.endswith(("README.txt", "notes.json")) for p in now)    # the earlier trap's side files
+    assert not any(p.endswith(("README.txt", "notes.json")) for p in now)  # the earlier trap's side files
     assert mine.read_text() == "keep me"
 
 
 def test_determinism(tmp_path):
     tids = sy.cycle_task_ids(3)
-    kw = dict(n_demos=11, len_range=(12, 20), progress=False,
-              traps=[{"trap": "demo_name_padded", "task": tids[1], "demo": 3}, "attrs_bytes"])
+    kw = dict(
+        n_demos=11,
+        len_range=(12, 20),
+        progress=False,
+        traps=[{"trap": "demo_name_padded", "task": tids[1], "demo": 3}, "attrs_bytes"],
+    )
     sy.generate(tmp_path / "a", tids, seed=7, **kw)
     sy.generate(tmp_path / "b", tids, seed=7, **kw)
     sy.generate(tmp_path / "c", tids, seed=8, **kw)
@@ -359,9 +378,11 @@ def _check_trap(name: str, root: Path, tid: str, gt: dict) -> None:  # noqa: C90
             h5py.File(path, "r")
         return
     if name in ("h5_extension", "no_demo_suffix", "outside_suite"):
-        expect = {"h5_extension": root / suite / f"{stem}_demo.h5",
-                  "no_demo_suffix": root / suite / f"{stem}.hdf5",
-                  "outside_suite": root / f"{stem}_demo.hdf5"}[name]
+        expect = {
+            "h5_extension": root / suite / f"{stem}_demo.h5",
+            "no_demo_suffix": root / suite / f"{stem}.hdf5",
+            "outside_suite": root / f"{stem}_demo.hdf5",
+        }[name]
         assert expect.is_file() and not path.exists()
         assert gt["tasks"][tid]["files"] == [expect.relative_to(root).as_posix()]
         with h5py.File(expect, "r") as f:
@@ -415,16 +436,31 @@ def _check_trap(name: str, root: Path, tid: str, gt: dict) -> None:  # noqa: C90
         elif name == "too_short":
             g = data[dn]
             assert int(g.attrs["num_samples"]) == 1
-            for key in ("actions", "states", "robot_states", "rewards", "dones", "obs/agentview_rgb",
-                        "obs/eye_in_hand_rgb", "obs/joint_states", "obs/gripper_states"):
+            for key in (
+                "actions",
+                "states",
+                "robot_states",
+                "rewards",
+                "dones",
+                "obs/agentview_rgb",
+                "obs/eye_in_hand_rgb",
+                "obs/joint_states",
+                "obs/gripper_states",
+            ):
                 assert g[key].shape[0] == 1, key
             assert int(a["total"]) == sum(int(data[n].attrs["num_samples"]) for n in names)
         elif name.startswith("images_"):
             img = data[dn]["obs/agentview_rgb"]
-            expect = {"images_float": (np.float32, (T, 128, 128, 3)), "images_uint16": (np.uint16, (T, 128, 128, 3)),
-                      "images_int64": (np.int64, (T, 128, 128, 3)), "images_256": (np.uint8, (T, 256, 256, 3)),
-                      "images_84": (np.uint8, (T, 84, 84, 3)), "images_chw": (np.uint8, (T, 3, 128, 128)),
-                      "images_rgba": (np.uint8, (T, 128, 128, 4)), "images_gray": (np.uint8, (T, 128, 128))}[name]
+            expect = {
+                "images_float": (np.float32, (T, 128, 128, 3)),
+                "images_uint16": (np.uint16, (T, 128, 128, 3)),
+                "images_int64": (np.int64, (T, 128, 128, 3)),
+                "images_256": (np.uint8, (T, 256, 256, 3)),
+                "images_84": (np.uint8, (T, 84, 84, 3)),
+                "images_chw": (np.uint8, (T, 3, 128, 128)),
+                "images_rgba": (np.uint8, (T, 128, 128, 4)),
+                "images_gray": (np.uint8, (T, 128, 128)),
+            }[name]
             assert img.dtype == expect[0] and img.shape == expect[1]
             x = img[()]
             if name == "images_float":
@@ -450,8 +486,13 @@ def _check_trap(name: str, root: Path, tid: str, gt: dict) -> None:  # noqa: C90
                 assert x.shape == (T, 7) and np.issubdtype(x.dtype, np.integer)
             else:
                 assert x.shape == (T, 6 if name == "actions_width6" else 8)
-        elif name in ("convention_missing", "convention_unknown", "convention_opencv",
-                      "convention_mixed_case_bytes", "upright_but_opengl"):
+        elif name in (
+            "convention_missing",
+            "convention_unknown",
+            "convention_opencv",
+            "convention_mixed_case_bytes",
+            "upright_but_opengl",
+        ):
             stored = data["demo_0/obs/agentview_rgb"][0]
             if name == "convention_missing":
                 assert "macros_image_convention" not in a
@@ -522,9 +563,24 @@ def test_demo_traps_touch_only_demo_k(trap_root):
     """Demo-level traps (demo_1 here) leave demo_0 of the same file exactly as generated."""
     root, assign, _ = trap_root
     gt = _gt(root)
-    demo_level = [n for n in traps_mod.TRAP_NAMES if n.startswith(("missing_", "length_", "num_samples_", "too_short",
-                                                             "images_", "actions_", "gripper_", "demo_name_",
-                                                             "extra_keys", "corrupt_dataset_header"))]
+    demo_level = [
+        n
+        for n in traps_mod.TRAP_NAMES
+        if n.startswith(
+            (
+                "missing_",
+                "length_",
+                "num_samples_",
+                "too_short",
+                "images_",
+                "actions_",
+                "gripper_",
+                "demo_name_",
+                "extra_keys",
+                "corrupt_dataset_header",
+            )
+        )
+    ]
     assert len(demo_level) == 26
     for name in demo_level:
         tid = assign[name]
@@ -539,11 +595,21 @@ def test_demo_traps_touch_only_demo_k(trap_root):
 def test_combined_traps_one_file(tmp_path):
     tids = sy.cycle_task_ids(2)
     stem = tids[1].split("/")[1]
-    sy.generate(tmp_path, tids, n_demos=3, len_range=(10, 12), progress=False,
-                traps=[f"h5_extension:{tids[1]}", f"outside_suite:{tids[1]}", f"attrs_bytes:{tids[1]}",
-                       {"trap": "demo_gap", "task": tids[1], "demo": 0},
-                       {"trap": "too_short", "task": tids[1], "demo": 2, "length": 3},
-                       {"trap": "duplicate_copy_name", "task": tids[0], "name": "x_demo copy.hdf5"}])
+    sy.generate(
+        tmp_path,
+        tids,
+        n_demos=3,
+        len_range=(10, 12),
+        progress=False,
+        traps=[
+            f"h5_extension:{tids[1]}",
+            f"outside_suite:{tids[1]}",
+            f"attrs_bytes:{tids[1]}",
+            {"trap": "demo_gap", "task": tids[1], "demo": 0},
+            {"trap": "too_short", "task": tids[1], "demo": 2, "length": 3},
+            {"trap": "duplicate_copy_name", "task": tids[0], "name": "x_demo copy.hdf5"},
+        ],
+    )
     p = tmp_path / f"{stem}_demo.h5"
     with h5py.File(p, "r") as f:
         assert _demo_names(f["data"]) == ["demo_1", "demo_2"]
@@ -557,17 +623,46 @@ def test_combined_traps_one_file(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_cli(tmp_path):
     script = REPO / "workflow_scripts" / "make_synthetic.py"
-    r = subprocess.run([sys.executable, str(script), "--root", str(tmp_path / "out"), "--tasks", "2",
-                        "--demos", "2", "--len-min", "8", "--len-max", "10", "--seed", "1", "--no-progress",
-                        "--trap", "actions_nan::1"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--root",
+            str(tmp_path / "out"),
+            "--tasks",
+            "2",
+            "--demos",
+            "2",
+            "--len-min",
+            "8",
+            "--len-max",
+            "10",
+            "--seed",
+            "1",
+            "--no-progress",
+            "--trap",
+            "actions_nan::1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "2 tasks" in r.stdout and str(tmp_path / "out") in r.stdout
     assert len(list((tmp_path / "out").rglob("*.hdf5"))) == 2
-    for bad in (["--tasks", "x"], ["--tasks", "500"], ["--trap", "nonsense"], ["--demos", "0"],
-                ["--len-min", "9", "--len-max", "3"]):
-        r = subprocess.run([sys.executable, str(script), "--root", str(tmp_path / "bad"), "--no-progress", *bad],
-                           capture_output=True, text=True, timeout=120)
+    for bad in (
+        ["--tasks", "x"],
+        ["--tasks", "500"],
+        ["--trap", "nonsense"],
+        ["--demos", "0"],
+        ["--len-min", "9", "--len-max", "3"],
+    ):
+        r = subprocess.run(
+            [sys.executable, str(script), "--root", str(tmp_path / "bad"), "--no-progress", *bad],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode != 0 and "error" in r.stderr, bad
     assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").rglob("*.hdf5"))
 
@@ -662,8 +757,9 @@ def _probe(data, train, test, kind, targets=("shifted",)):
                 sse[ai] += ((Z[va] @ W + b - Yz[va]) ** 2).sum(0)
         best = sse.argmin(0)  # α per action dim
         fits = _ridge_path(Z, Yz, _ALPHAS)
-        pred = np.stack([(Zt @ fits[best[j]][0][:, j] + fits[best[j]][1][j]) * ys[j] + ym[j]
-                         for j in range(Y.shape[1])], axis=1)
+        pred = np.stack(
+            [(Zt @ fits[best[j]][0][:, j] + fits[best[j]][1][j]) * ys[j] + ym[j] for j in range(Y.shape[1])], axis=1
+        )
         out[tgt] = r2_score(Yt, pred, multioutput="raw_values")
     return out
 

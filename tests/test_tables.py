@@ -38,23 +38,67 @@ B = 200
 TOK_PARAMS, DYN_PARAMS = 21361488, 42642496
 
 VARIANTS = [
-    {"name": "dynamics_phase3", "label": None, "runnable": True, "not_run_reason": None, "stand_in_for": None,
-     "aux_weight": 0.0, "aux_input": None, "space_mode": "wm_agent_isolated", "init_from": None},
-    {"name": "dynamics_aux_phase6", "label": None, "runnable": True, "not_run_reason": None, "stand_in_for": None,
-     "aux_weight": 0.05, "aux_input": "leaky", "space_mode": "wm_agent_isolated", "init_from": None},
-    {"name": "dynamics_aux_dmcontrol_pretrained", "label": None, "runnable": False,
-     "not_run_reason": "no DMControl checkpoint configured", "stand_in_for": None, "aux_weight": 0.05,
-     "aux_input": "leaky", "space_mode": None, "init_from": "dmcontrol"},
-    {"name": "dynamics_aux_param_matched_276M", "label": None, "runnable": True, "not_run_reason": None,
-     "stand_in_for": "dynamics_aux_param_matched_276M (d_model 1024, depth 12): a tiny CPU stand-in",
-     "aux_weight": 0.05, "aux_input": "leaky", "space_mode": "wm_agent_isolated", "init_from": None},
-    {"name": "dynamics_aux_agent_reads_leakfree", "label": None, "runnable": True, "not_run_reason": None,
-     "stand_in_for": None, "aux_weight": 0.05, "aux_input": "action_free", "space_mode": "agent_reads",
-     "init_from": None},
+    {
+        "name": "dynamics_phase3",
+        "label": None,
+        "runnable": True,
+        "not_run_reason": None,
+        "stand_in_for": None,
+        "aux_weight": 0.0,
+        "aux_input": None,
+        "space_mode": "wm_agent_isolated",
+        "init_from": None,
+    },
+    {
+        "name": "dynamics_aux_phase6",
+        "label": None,
+        "runnable": True,
+        "not_run_reason": None,
+        "stand_in_for": None,
+        "aux_weight": 0.05,
+        "aux_input": "leaky",
+        "space_mode": "wm_agent_isolated",
+        "init_from": None,
+    },
+    {
+        "name": "dynamics_aux_dmcontrol_pretrained",
+        "label": None,
+        "runnable": False,
+        "not_run_reason": "no DMControl checkpoint configured",
+        "stand_in_for": None,
+        "aux_weight": 0.05,
+        "aux_input": "leaky",
+        "space_mode": None,
+        "init_from": "dmcontrol",
+    },
+    {
+        "name": "dynamics_aux_param_matched_276M",
+        "label": None,
+        "runnable": True,
+        "not_run_reason": None,
+        "stand_in_for": "dynamics_aux_param_matched_276M (d_model 1024, depth 12): a tiny CPU stand-in",
+        "aux_weight": 0.05,
+        "aux_input": "leaky",
+        "space_mode": "wm_agent_isolated",
+        "init_from": None,
+    },
+    {
+        "name": "dynamics_aux_agent_reads_leakfree",
+        "label": None,
+        "runnable": True,
+        "not_run_reason": None,
+        "stand_in_for": None,
+        "aux_weight": 0.05,
+        "aux_input": "action_free",
+        "space_mode": "agent_reads",
+        "init_from": None,
+    },
 ]
 RUN_VARIANTS = [v["name"] for v in VARIANTS if v["runnable"]]
-NOT_RUN_REASON = ("no DMControl checkpoint configured (dmcontrol_init.dynamics is null): "
-                  "this DMControl-initialised variant is not run")
+NOT_RUN_REASON = (
+    "no DMControl checkpoint configured (dmcontrol_init.dynamics is null): "
+    "this DMControl-initialised variant is not run"
+)
 BASE_FEATS = ("lagged_actions", "time_only", "const_control")
 # (probe_mode, H) combinations written: policy at every H, idm at H = 1
 MODES = [("policy", 1), ("policy", 2), ("idm", 1)]
@@ -98,46 +142,87 @@ def _block(seed, set_name, scoring, mode, H, feature, variant):
         "label_shuffle": [rng.normal(0, 0.1, y.shape) for y in ys],
         "copy_prev": [0.7 * y + rng.normal(0, 0.5, y.shape) for y in ys],
     }
-    stats = {"episodes": eps, "tasks": tasks, "n": [len(y) for y in ys],
-             "sum_y": [y.sum(0).tolist() for y in ys], "sum_y2": [(y ** 2).sum(0).tolist() for y in ys],
-             "sse": {k: [((y - p) ** 2).sum(0).tolist() for y, p in zip(ys, v)] for k, v in preds.items()}}
+    stats = {
+        "episodes": eps,
+        "tasks": tasks,
+        "n": [len(y) for y in ys],
+        "sum_y": [y.sum(0).tolist() for y in ys],
+        "sum_y2": [(y**2).sum(0).tolist() for y in ys],
+        "sse": {k: [((y - p) ** 2).sum(0).tolist() for y, p in zip(ys, v)] for k, v in preds.items()},
+    }
     ones = np.ones((1, len(eps)))
     blk = {"n_episodes": len(eps), "n_frames": int(sum(stats["n"])), "n_tasks": len(set(tasks)), "stats": stats}
     for k in preds:
         per_dim = bootstrap.r2_from_stats(ones, stats["n"], stats["sum_y"], stats["sum_y2"], stats["sse"][k])[0]
-        r2u = float(bootstrap.r2_uniform_from_stats(ones, stats["n"], stats["sum_y"], stats["sum_y2"],
-                                                    stats["sse"][k])[0])
-        blk[k] = {"r2_uniform": r2u, "r2_varweighted": r2u - 0.01, "r2_per_dim": per_dim.tolist(),
-                  "gripper_sign_acc": 0.5, "nan_dims": [], "ci": [r2u - 0.1, r2u + 0.1],
-                  "ci_task": [r2u - 0.2, r2u + 0.2]}
+        r2u = float(
+            bootstrap.r2_uniform_from_stats(ones, stats["n"], stats["sum_y"], stats["sum_y2"], stats["sse"][k])[0]
+        )
+        blk[k] = {
+            "r2_uniform": r2u,
+            "r2_varweighted": r2u - 0.01,
+            "r2_per_dim": per_dim.tolist(),
+            "gripper_sign_acc": 0.5,
+            "nan_dims": [],
+            "ci": [r2u - 0.1, r2u + 0.1],
+            "ci_task": [r2u - 0.2, r2u + 0.2],
+        }
     return blk
 
 
 def probe_record(variant, feature, extraction, mode, H, seed, *, seeds_vary=True, flags=None):
     base = variant == RS.BASELINES
     rec = {
-        "protocol": RS.PROTOCOL, "variant": variant, "checkpoint_sha256": None if base else "c" * 64,
-        "tokenizer_sha256": "t" * 64, "space_mode": None if base else "wm_agent_isolated",
+        "protocol": RS.PROTOCOL,
+        "variant": variant,
+        "checkpoint_sha256": None if base else "c" * 64,
+        "tokenizer_sha256": "t" * 64,
+        "space_mode": None if base else "wm_agent_isolated",
         "n_params": {"tokenizer": TOK_PARAMS, "dynamics": None if base else DYN_PARAMS},
-        "feature": feature, "extraction": extraction, "probe_mode": mode, "H": H, "seed": seed,
-        "H_list": list(H_LIST), "H_max": max(H_LIST), "frame_stride": 1, "stride_offset_rule": "seeded",
-        "seeds_vary_episodes": seeds_vary, "null_action": "zero action, zero mask",
+        "feature": feature,
+        "extraction": extraction,
+        "probe_mode": mode,
+        "H": H,
+        "seed": seed,
+        "H_list": list(H_LIST),
+        "H_max": max(H_LIST),
+        "frame_stride": 1,
+        "stride_offset_rule": "seeded",
+        "seeds_vary_episodes": seeds_vary,
+        "null_action": "zero action, zero mask",
         "split_hashes": {"probe_train": "a" * 64, "probe_eval_train": "b" * 64, "probe_eval_test": "d" * 64},
-        "n": {"probe_train": {"episodes": 12, "frames": 96, "tasks": 4},
-              "probe_eval_train": {"episodes": 8, "frames": 64, "tasks": 4},
-              "probe_eval_test": {"episodes": 6, "frames": 48, "tasks": 3}},
+        "n": {
+            "probe_train": {"episodes": 12, "frames": 96, "tasks": 4},
+            "probe_eval_train": {"episodes": 8, "frames": 64, "tasks": 4},
+            "probe_eval_test": {"episodes": 6, "frames": 48, "tasks": 3},
+        },
         "features": {"n_raw": 64, "pca": None, "n_dropped": 0, "n_used": 64},
-        "alpha": {"task": 10.0, "episode": 3.16}, "alpha_on_grid_edge": {"task": False, "episode": False},
-        "cv_curve": {"task": {"alphas": [1.0, 10.0], "mean_r2": [-0.1, 0.0]},
-                     "episode": {"alphas": [1.0, 10.0], "mean_r2": [-0.1, 0.0]}},
-        "scorings": {sc: {s: _block(seed, s, sc, mode, H, feature, variant) for s in (RS.TEST, RS.TRAIN)}
-                     for sc in ("all_valid", "common_Hmax")},
-        "degeneracy": {"total_variance": 64.0 * (1 + seed), "relative_variation": 0.8, "n_columns_raw": 64,
-                       "n_nonconstant": 64 - seed, "effective_rank": 10.0 + seed, "time_explained": 0.1,
-                       "episode_specificity": 0.5, "in_sample_r2": 0.3, "cv_r2": 0.05, "reasons": []},
-        "leak_tests": {"future_actions": {"max_abs_delta": 0.0, "pass": True, "n_targets": 6},
-                       "non_vacuity": {"max_abs_delta": 0.3, "pass": True, "expect": "change", "feature": "wm_spatial"},
-                       "future_frames": {"max_abs_delta": 0.0, "pass": True}},
+        "alpha": {"task": 10.0, "episode": 3.16},
+        "alpha_on_grid_edge": {"task": False, "episode": False},
+        "cv_curve": {
+            "task": {"alphas": [1.0, 10.0], "mean_r2": [-0.1, 0.0]},
+            "episode": {"alphas": [1.0, 10.0], "mean_r2": [-0.1, 0.0]},
+        },
+        "scorings": {
+            sc: {s: _block(seed, s, sc, mode, H, feature, variant) for s in (RS.TEST, RS.TRAIN)}
+            for sc in ("all_valid", "common_Hmax")
+        },
+        "degeneracy": {
+            "total_variance": 64.0 * (1 + seed),
+            "relative_variation": 0.8,
+            "n_columns_raw": 64,
+            "n_nonconstant": 64 - seed,
+            "effective_rank": 10.0 + seed,
+            "time_explained": 0.1,
+            "episode_specificity": 0.5,
+            "in_sample_r2": 0.3,
+            "cv_r2": 0.05,
+            "reasons": [],
+        },
+        "leak_tests": {
+            "future_actions": {"max_abs_delta": 0.0, "pass": True, "n_targets": 6},
+            "non_vacuity": {"max_abs_delta": 0.3, "pass": True, "expect": "change", "feature": "wm_spatial"},
+            "future_frames": {"max_abs_delta": 0.0, "pass": True},
+        },
         "flags": {"DEGENERATE": False, "NO-SIGNAL": False, "LEAK?": False},
         "flag_reasons": {},
         "versions": {"python": "3.11", "torch": "x", "numpy": "x", "sklearn": "x", "code": "unknown"},
@@ -154,42 +239,99 @@ def probe_record(variant, feature, extraction, mode, H, seed, *, seeds_vary=True
 def rollout_record(variant, pooled=13.0, frame_mean=14.0, copy_last=12.0):
     def row(fm, pooled_):
         steps = [fm + 2.0 - 0.15 * k for k in range(24)]
-        return {"psnr_frame_mean": fm, "psnr_pooled": pooled_, "psnr_pooled_h16": pooled_ + 0.3,
-                "per_step_psnr": steps, "per_task": {"suite/ood_task0": fm}, "ci": [fm - 0.5, fm + 0.5],
-                "n_capped_frames": 0, "per_window_mse": [[0.01] * 24, [0.02] * 24]}
-    rows = {"model": row(frame_mean, pooled), "action_shuffled": row(frame_mean - 0.7, pooled - 0.7),
-            "null_actions": row(frame_mean - 1.0, pooled - 1.0), "copy_last_context": row(copy_last, copy_last - 0.5),
-            "tokenizer_ceiling": row(22.0, 21.5), "tokenizer_ceiling_chunked": row(23.25, 22.75)}
-    test = {"windows_file": "results/rollout/windows.json", "windows_sha256": "w" * 64, "n_windows": 2,
-            "tokenizer_chunk": None, "ceiling_chunk": 2,
-            "n_episodes": 2, "rows": rows, "delta_action": {"mean": 0.7, "ci": [0.2, 1.2]},
-            "delta_copy_last": {"mean": frame_mean - copy_last, "ci": [frame_mean - copy_last - 0.4,
-                                                                      frame_mean - copy_last + 0.4]},
-            # issue 27: per third of the horizon (copy-last wins early, the model late)
-            "delta_copy_last_bins": [{"frames": [1 + 8 * k, 8 + 8 * k], "mean": frame_mean - copy_last - 1.5 + 1.5 * k,
-                                      "ci": [frame_mean - copy_last - 1.9 + 1.5 * k,
-                                             frame_mean - copy_last - 1.1 + 1.5 * k]} for k in range(3)],
-            "delta_action_bins": [{"frames": [1 + 8 * k, 8 + 8 * k], "mean": 0.3 + 0.4 * k,
-                                   "ci": [-0.1 + 0.4 * k, 0.7 + 0.4 * k]} for k in range(3)],
-            "shuffle_pairs": [[0, 1], [1, 0]]}
-    return {"protocol": RS.PROTOCOL, "variant": variant, "checkpoint_sha256": "c" * 64, "tokenizer_sha256": "t" * 64,
-            "n_params": {"tokenizer": TOK_PARAMS, "dynamics": DYN_PARAMS}, "context": 8, "horizon": 24,
-            "euler_steps": 4, "k_max": 8, "decode_window": 32, "rollout_seeds": [0], "bootstrap_B": 1000,
-            "sets": {"test_ood": test, "val": copy.deepcopy(test)}, "tokenizer_eval": None}
+        return {
+            "psnr_frame_mean": fm,
+            "psnr_pooled": pooled_,
+            "psnr_pooled_h16": pooled_ + 0.3,
+            "per_step_psnr": steps,
+            "per_task": {"suite/ood_task0": fm},
+            "ci": [fm - 0.5, fm + 0.5],
+            "n_capped_frames": 0,
+            "per_window_mse": [[0.01] * 24, [0.02] * 24],
+        }
+
+    rows = {
+        "model": row(frame_mean, pooled),
+        "action_shuffled": row(frame_mean - 0.7, pooled - 0.7),
+        "null_actions": row(frame_mean - 1.0, pooled - 1.0),
+        "copy_last_context": row(copy_last, copy_last - 0.5),
+        "tokenizer_ceiling": row(22.0, 21.5),
+        "tokenizer_ceiling_chunked": row(23.25, 22.75),
+    }
+    test = {
+        "windows_file": "results/rollout/windows.json",
+        "windows_sha256": "w" * 64,
+        "n_windows": 2,
+        "tokenizer_chunk": None,
+        "ceiling_chunk": 2,
+        "n_episodes": 2,
+        "rows": rows,
+        "delta_action": {"mean": 0.7, "ci": [0.2, 1.2]},
+        "delta_copy_last": {
+            "mean": frame_mean - copy_last,
+            "ci": [frame_mean - copy_last - 0.4, frame_mean - copy_last + 0.4],
+        },
+        # issue 27: per third of the horizon (copy-last wins early, the model late)
+        "delta_copy_last_bins": [
+            {
+                "frames": [1 + 8 * k, 8 + 8 * k],
+                "mean": frame_mean - copy_last - 1.5 + 1.5 * k,
+                "ci": [frame_mean - copy_last - 1.9 + 1.5 * k, frame_mean - copy_last - 1.1 + 1.5 * k],
+            }
+            for k in range(3)
+        ],
+        "delta_action_bins": [
+            {"frames": [1 + 8 * k, 8 + 8 * k], "mean": 0.3 + 0.4 * k, "ci": [-0.1 + 0.4 * k, 0.7 + 0.4 * k]}
+            for k in range(3)
+        ],
+        "shuffle_pairs": [[0, 1], [1, 0]],
+    }
+    return {
+        "protocol": RS.PROTOCOL,
+        "variant": variant,
+        "checkpoint_sha256": "c" * 64,
+        "tokenizer_sha256": "t" * 64,
+        "n_params": {"tokenizer": TOK_PARAMS, "dynamics": DYN_PARAMS},
+        "context": 8,
+        "horizon": 24,
+        "euler_steps": 4,
+        "k_max": 8,
+        "decode_window": 32,
+        "rollout_seeds": [0],
+        "bootstrap_B": 1000,
+        "sets": {"test_ood": test, "val": copy.deepcopy(test)},
+        "tokenizer_eval": None,
+    }
 
 
 def tokenizer_record(run="tokenizer_demo", psnr=26.1):
-    s = {"tok_psnr_frame_mean": psnr, "tok_psnr_pooled": psnr - 0.3, "tok_psnr_per_suite": {"suite": psnr},
-         "tok_psnr_masked_train_style": psnr - 1.0, "n_frames": 100, "n_episodes": 4}
-    return {"run": run, "checkpoint_sha256": "t" * 64, "step": 600, "chunk": 8,
-            "sets": {"test_ood_rollout_list": s, "val": dict(s)}}
+    s = {
+        "tok_psnr_frame_mean": psnr,
+        "tok_psnr_pooled": psnr - 0.3,
+        "tok_psnr_per_suite": {"suite": psnr},
+        "tok_psnr_masked_train_style": psnr - 1.0,
+        "n_frames": 100,
+        "n_episodes": 4,
+    }
+    return {
+        "run": run,
+        "checkpoint_sha256": "t" * 64,
+        "step": 600,
+        "chunk": 8,
+        "sets": {"test_ood_rollout_list": s, "val": dict(s)},
+    }
 
 
 def metrics_lines(n=40, aux=True, nan_at=None, aux_flat=False):
     out = []
     for i in range(n):
-        rec = {"step": 10 * (i + 1), "loss": 1.0 / (1 + 0.2 * i), "lr": 0.001, "time": 1.0e9 + i,
-               "train/flow_mse": 0.5 / (1 + i)}
+        rec = {
+            "step": 10 * (i + 1),
+            "loss": 1.0 / (1 + 0.2 * i),
+            "lr": 0.001,
+            "time": 1.0e9 + i,
+            "train/flow_mse": 0.5 / (1 + i),
+        }
         if aux:
             rec["train/aux_mse"] = 0.4 if aux_flat else 0.4 / (1 + 0.3 * i)
         if nan_at is not None and i == nan_at:
@@ -202,8 +344,17 @@ def write_train_dir(root: Path, name: str, aux: bool, **kw) -> Path:
     d = root / "train" / name
     d.mkdir(parents=True, exist_ok=True)
     (d / "metrics.jsonl").write_text(metrics_lines(aux=aux, **kw))
-    write_json(d / "checkpoint.json", {"run_name": name, "path": str(d / "ckpt.pt"), "sha256": "c" * 64,
-                                       "step": 400, "model_key": "dynamics", "extra": {}})
+    write_json(
+        d / "checkpoint.json",
+        {
+            "run_name": name,
+            "path": str(d / "ckpt.pt"),
+            "sha256": "c" * 64,
+            "step": 400,
+            "model_key": "dynamics",
+            "extra": {},
+        },
+    )
     write_json(d / "config.json", {"engine": {}, "task": {}})
     return d
 
@@ -225,8 +376,17 @@ def write_synthetic_results(root: Path, variants=None) -> dict:
                         rec = probe_record(variant, f, e, mode, H, s, flags=fl)
                         name = f"{f}__{e}__{mode}__H{H}__seed{s}.json"
                         write_json(folder / name, rec)
-                        entries.append({"path": name, "sha256": sha256_file(folder / name), "feature": f,
-                                        "extraction": e, "probe_mode": mode, "H": H, "seed": s})
+                        entries.append(
+                            {
+                                "path": name,
+                                "sha256": sha256_file(folder / name),
+                                "feature": f,
+                                "extraction": e,
+                                "probe_mode": mode,
+                                "H": H,
+                                "seed": s,
+                            }
+                        )
         write_json(folder / "summary.json", {"variant": variant, "records": entries})
         summaries.append(folder / "summary.json")
 
@@ -247,15 +407,32 @@ def write_synthetic_results(root: Path, variants=None) -> dict:
     tok = root / "tokenizer_eval" / "tokenizer_demo" / "psnr.json"
     write_json(tok, tokenizer_record())
     train_dirs.insert(0, write_train_dir(root, "tokenizer_demo", aux=False))
-    cfg = {"variants": variants, "H_list": list(H_LIST), "seeds": list(SEEDS), "bootstrap_B": B,
-           "tokenizer_run": "tokenizer_demo"}
-    return {"config": cfg, "probe_summaries": summaries, "rollout": rollouts, "tokenizer_eval": [tok],
-            "train_dirs": train_dirs, "root": root}
+    cfg = {
+        "variants": variants,
+        "H_list": list(H_LIST),
+        "seeds": list(SEEDS),
+        "bootstrap_B": B,
+        "tokenizer_run": "tokenizer_demo",
+    }
+    return {
+        "config": cfg,
+        "probe_summaries": summaries,
+        "rollout": rollouts,
+        "tokenizer_eval": [tok],
+        "train_dirs": train_dirs,
+        "root": root,
+    }
 
 
 def load(res: dict) -> RS.Inputs:
-    return RS.load_inputs(res["config"], res["probe_summaries"], res["rollout"], res["tokenizer_eval"],
-                         res["train_dirs"], root=res["root"])
+    return RS.load_inputs(
+        res["config"],
+        res["probe_summaries"],
+        res["rollout"],
+        res["tokenizer_eval"],
+        res["train_dirs"],
+        root=res["root"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -286,6 +463,7 @@ def _row(rows, first, second=None):
 
 # ---------------------------------------------------------------------------- files and headers
 
+
 def test_all_outputs_written(built):
     for key in T.TABLE_KEYS:
         for ext in ("md", "csv", "tex"):
@@ -297,23 +475,38 @@ def test_all_outputs_written(built):
 
 def test_verbatim_headers(built):
     md = {k: (built / f"{k}.md").read_text() for k in T.TABLE_KEYS}
-    assert ("| Model | Features | Held-out-task R² (H=1) | ± std (3 seeds) | 95% CI | Seen-task R² | Params | "
-            "Archived | Flag |") in md["table1_probe"]
-    assert ("| Model | Tokenizer PSNR (dB) | Rollout PSNR (dB, 8→24) | Pooled PSNR (dB) | Δ vs copy-last (dB) | "
-            "Δ vs copy-last, frames 17–24 (dB) | Δ true − shuffled actions (dB) | Params | Archived rollout |"
-            ) in md["table2_quality"]
+    assert (
+        "| Model | Features | Held-out-task R² (H=1) | ± std (3 seeds) | 95% CI | Seen-task R² | Params | "
+        "Archived | Flag |"
+    ) in md["table1_probe"]
+    assert (
+        "| Model | Tokenizer PSNR (dB) | Rollout PSNR (dB, 8→24) | Pooled PSNR (dB) | Δ vs copy-last (dB) | "
+        "Δ vs copy-last, frames 17–24 (dB) | Δ true − shuffled actions (dB) | Params | Archived rollout |"
+    ) in md["table2_quality"]
     assert "| Variant | params | test R² (action probe, H=1, mean of 3 seeds) |" in md["paper_table_probe"]
     assert "| Variant | rollout PSNR (LIBERO test_ood) |" in md["paper_table_rollout"]
     rows = _md_rows(md["paper_table_probe"])[1:]
-    assert [r[0] for r in rows[:4]] == ["D4 dynamics (scratch, agent token)", "D4 dynamics + aux λ=0.05 (agent)",
-                                        "D4 + DMControl pretrain + aux (agent)", "D4 param-matched 276M + aux (agent)"]
+    assert [r[0] for r in rows[:4]] == [
+        "D4 dynamics (scratch, agent token)",
+        "D4 dynamics + aux λ=0.05 (agent)",
+        "D4 + DMControl pretrain + aux (agent)",
+        "D4 param-matched 276M + aux (agent)",
+    ]
     assert rows[4][0] == "D4 dynamics + aux λ=0.05 (leak-free aux) (agent reads frame) (agent)"
-    assert [r[0] for r in rows[5:]] == ["V-JEPA 2 ViT-L + aux (paper main) †", "LAPA + aux (paper main) †",
-                                        "LAPA frozen †"]
+    assert [r[0] for r in rows[5:]] == [
+        "V-JEPA 2 ViT-L + aux (paper main) †",
+        "LAPA + aux (paper main) †",
+        "LAPA frozen †",
+    ]
     assert [r[1:] for r in rows[5:]] == [["304M", "+0.845"], ["344M", "+0.510"], ["344M", "+0.410"]]
     rrows = _md_rows(md["paper_table_rollout"])[1:]
-    assert [r[0] for r in rrows] == ["D4 dynamics (scratch)", "D4 + aux", "D4 + DMControl pretrain + aux",
-                                     "D4 param-matched 276M + aux", "D4 + aux (leak-free aux) (agent reads frame)"]
+    assert [r[0] for r in rrows] == [
+        "D4 dynamics (scratch)",
+        "D4 + aux",
+        "D4 + DMControl pretrain + aux",
+        "D4 param-matched 276M + aux",
+        "D4 + aux (leak-free aux) (agent reads frame)",
+    ]
     # CSV keeps the verbatim header first
     head = next(csv.reader(io.StringIO((built / "table1_probe.csv").read_text())))
     assert head[:9] == BL.HEADER_TABLE1
@@ -354,11 +547,14 @@ def test_config_labels_the_276m_leakfree_variant_as_the_archive_style():
     from dreamer4_libero.config import load_config
 
     v = load_config()["dynamics"]["variants"]["dynamics_aux_param_matched_276M_leakfree"]
-    assert v["label"] == {"probe": "D4 param-matched 276M + aux (leak-free aux) (agent)",
-                          "rollout": "D4 param-matched 276M + aux (leak-free aux)"}
+    assert v["label"] == {
+        "probe": "D4 param-matched 276M + aux (leak-free aux) (agent)",
+        "rollout": "D4 param-matched 276M + aux (leak-free aux)",
+    }
 
 
 # ---------------------------------------------------------------------------- signs and formats
+
 
 def test_sign_formats(built):
     md = (built / "table1_probe.md").read_text()
@@ -376,7 +572,7 @@ def test_sign_formats(built):
     assert RD.render_cell(("r2", -0.0391), "tex") == "$-$0.039"
     assert RD.render_cell(("r2", -0.039), "csv") == "-0.039000"
     assert RD.render_cell(("r2", 0.8451), "md") == "+0.845"
-    assert RD.render_cell(("r2", -0.0001), "md") == "+0.000"          # no negative zero
+    assert RD.render_cell(("r2", -0.0001), "md") == "+0.000"  # no negative zero
     assert RD.render_cell(("psnr", 13.4149), "md") == "13.41"
     assert RD.render_cell(("dpsnr", -0.5), "md") == "\u22120.50"
     assert RD.render_cell(("ci_r2", (-0.1, 0.02)), "md") == "[\u22120.100, +0.020]"
@@ -399,8 +595,11 @@ def test_tex_is_ascii_booktabs_and_escaped(built):
 
 def test_quoted_rows_dagger(built):
     rows = _md_rows((built / "table1_probe.md").read_text())
-    for name, val, params in (("V-JEPA 2 ViT-L + aux †", "+0.845", "304M"), ("LAPA + aux †", "+0.510", "344M"),
-                              ("LAPA frozen †", "+0.410", "344M")):
+    for name, val, params in (
+        ("V-JEPA 2 ViT-L + aux †", "+0.845", "304M"),
+        ("LAPA + aux †", "+0.510", "344M"),
+        ("LAPA frozen †", "+0.410", "344M"),
+    ):
         r = _row(rows, name)
         assert r[2] == val and r[6] == params and r[7] == "—"
     assert "quoted from the paper, not recomputed" in (built / "table1_probe.md").read_text()
@@ -437,7 +636,7 @@ def test_not_run_rows_everywhere(built):
         for line in md.splitlines():
             if "not run:" in line:
                 cells = line.split(" | ")
-                after = " ".join(cells[cells.index(next(c for c in cells if "not run:" in c)) + 1:])
+                after = " ".join(cells[cells.index(next(c for c in cells if "not run:" in c)) + 1 :])
                 assert not any(ch.isdigit() for ch in after.replace("|", "")), line
     tex = (built / "table1_probe.tex").read_text()
     assert r"\multicolumn{7}{l}{not run: no DMControl" in tex
@@ -493,12 +692,15 @@ def test_table2_reports_the_tokenizer_ceiling_both_ways(results, built, tmp_path
         res["rollout"].append(q)
     out = tmp_path / "out"
     T.write_tables(load(res), out, plots=False)
-    r = _row(_md_rows((out / "table2_quality.md").read_text()),
-             "tokenizer reconstruction ceiling, chunks of its training length")
+    r = _row(
+        _md_rows((out / "table2_quality.md").read_text()),
+        "tokenizer reconstruction ceiling, chunks of its training length",
+    )
     assert r[1:] == ["—"] * 8
 
 
 # ---------------------------------------------------------------------------- numbers
+
 
 def test_mean_std_and_pooled_ci(results, built):
     inp = load(results)
@@ -523,8 +725,12 @@ def test_mean_std_and_pooled_ci(results, built):
     assert float(r["ci_task_lo"]) == pytest.approx(lo, abs=1e-6)
     assert float(r["ci_task_hi"]) == pytest.approx(hi, abs=1e-6)
     # seen-task column = mean of probe_eval_train values
-    seen = [inp.probe[("dynamics_aux_phase6", "wm_spatial", "past_actions", "policy", 1, s)]["scorings"]["all_valid"]
-            [RS.TRAIN]["probe"]["r2_uniform"] for s in SEEDS]
+    seen = [
+        inp.probe[("dynamics_aux_phase6", "wm_spatial", "past_actions", "policy", 1, s)]["scorings"]["all_valid"][
+            RS.TRAIN
+        ]["probe"]["r2_uniform"]
+        for s in SEEDS
+    ]
     assert row[5] == fmt(sum(seen) / 3)
     assert row[6] == "64.0M"
 
@@ -535,11 +741,14 @@ def test_cached_bootstrap_equals_library(results):
     a = inp.probe[("dynamics_phase3", "wm_spatial", "past_actions", "policy", 2, 1)]["scorings"]["common_Hmax"][RS.TEST]
     b = inp.probe[(RS.BASELINES, "lagged_actions", "none", "policy", 2, 1)]["scorings"]["common_Hmax"][RS.TEST]
     for level in ("task", "episode"):
-        np.testing.assert_array_equal(cache.replicates(a["stats"], "probe", level, 1, RS.TEST),
-                                      bootstrap.r2_replicates(a["stats"], "probe", level, 1, RS.TEST, B))
-        np.testing.assert_array_equal(cache.paired(a["stats"], "probe", b["stats"], "probe", level, 1, RS.TEST),
-                                      bootstrap.paired_r2_diff(a["stats"], "probe", b["stats"], "probe", level, 1,
-                                                               RS.TEST, B))
+        np.testing.assert_array_equal(
+            cache.replicates(a["stats"], "probe", level, 1, RS.TEST),
+            bootstrap.r2_replicates(a["stats"], "probe", level, 1, RS.TEST, B),
+        )
+        np.testing.assert_array_equal(
+            cache.paired(a["stats"], "probe", b["stats"], "probe", level, 1, RS.TEST),
+            bootstrap.paired_r2_diff(a["stats"], "probe", b["stats"], "probe", level, 1, RS.TEST, B),
+        )
 
 
 def test_fixed_lists_std(results, tmp_path):
@@ -584,8 +793,9 @@ def test_controls_table(results, built):
     for f in BASE_FEATS:
         assert any(r[0] == "baseline" and r[1] == f for r in rows)
     wm = [r for r in rows if r[0] == "dynamics_phase3"]
-    assert {(r[1], r[2], r[3], r[4]) for r in wm} == {(f, e, m, str(h)) for f in RS.WM_FEATURES
-                                                      for e in RS.EXTRACTIONS for m, h in MODES}
+    assert {(r[1], r[2], r[3], r[4]) for r in wm} == {
+        (f, e, m, str(h)) for f in RS.WM_FEATURES for e in RS.EXTRACTIONS for m, h in MODES
+    }
     # paired Δ vs lagged_actions on common_Hmax, by hand for one row
     inp = load(results)
     diffs, reps = [], []
@@ -601,13 +811,20 @@ def test_controls_table(results, built):
     assert r[9] == f"{fmt(np.mean(diffs))} [{fmt(lo)}, {fmt(hi)}]"
     # controls use common_Hmax, not all_valid
     tm = [x for x in rows if x[0] == "train_mean" and x[3] == "policy" and x[4] == "1"][0]
-    v = np.mean([inp.probe[(RS.BASELINES, "lagged_actions", "none", "policy", 1, s)]["scorings"]["common_Hmax"]
-                 [RS.TEST]["train_mean"]["r2_uniform"] for s in SEEDS])
+    v = np.mean(
+        [
+            inp.probe[(RS.BASELINES, "lagged_actions", "none", "policy", 1, s)]["scorings"]["common_Hmax"][RS.TEST][
+                "train_mean"
+            ]["r2_uniform"]
+            for s in SEEDS
+        ]
+    )
     assert tm[5] == fmt(v)
     assert "off-distribution" in md and "not training variance" in md
 
 
 # ---------------------------------------------------------------------------- quality bars
+
 
 def test_quality_bar_functions():
     recs = [json.loads(x) for x in metrics_lines(aux=True).splitlines()]
@@ -616,10 +833,10 @@ def test_quality_bar_functions():
     nan = [json.loads(x) for x in metrics_lines(nan_at=20).splitlines()]
     assert QB.loss_smoothness(nan)["result"] is False
     nulled = [dict(r) for r in recs]
-    nulled[5]["loss"] = None                      # metrics.jsonl stores NaN/Inf as null
+    nulled[5]["loss"] = None  # metrics.jsonl stores NaN/Inf as null
     assert QB.loss_smoothness(nulled)["result"] is False
     assert QB.aux_mse_drop([json.loads(x) for x in metrics_lines(aux_flat=True).splitlines()])["result"] is False
-    assert QB.aux_mse_drop(recs[:9])["result"] is None           # fewer than 10 points: n/a
+    assert QB.aux_mse_drop(recs[:9])["result"] is None  # fewer than 10 points: n/a
     spike = [dict(r) for r in recs] + [{"step": 1000 + i, "loss": 1e6} for i in range(20)]
     assert QB.loss_smoothness(spike)["result"] is False
     rising = [{"step": i, "loss": 1.0 + 0.1 * i} for i in range(40)]
@@ -630,8 +847,8 @@ def test_quality_bars_table_flips(results, built, tmp_path):
     rows = _md_rows((built / "quality_bars.md").read_text())
     bars = {(r[0], r[1]): r[4] for r in rows[1:] if len(r) == 5}
     assert bars[("tokenizer_demo", "tokenizer PSNR (tok_psnr_frame_mean, test_ood rollout list)")] == "✓"
-    assert bars[("dynamics_phase3", "rollout psnr_pooled")] == "✓"            # 18.5 ≥ 18
-    assert bars[("dynamics_aux_phase6", "rollout psnr_pooled")] == "✗"        # 13.0
+    assert bars[("dynamics_phase3", "rollout psnr_pooled")] == "✓"  # 18.5 ≥ 18
+    assert bars[("dynamics_aux_phase6", "rollout psnr_pooled")] == "✗"  # 13.0
     assert bars[("dynamics_phase3", "rollout psnr_frame_mean > copy-last-context")] == "✓"
     assert bars[("dynamics_aux_phase6", "smooth loss curve (heuristic)")] == "✓"
     assert bars[("dynamics_aux_phase6", "aux head MSE drops")] == "✓"
@@ -663,6 +880,7 @@ def test_quality_bars_table_flips(results, built, tmp_path):
 
 # ---------------------------------------------------------------------------- determinism and CLI
 
+
 def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -677,7 +895,7 @@ def test_footer_lists_every_input(results, built):
     paths = [d for d, _ in inp.files]
     assert any(p.endswith("metrics.jsonl") for p in paths) and any(p.endswith("not_run.json") for p in paths)
     assert any(p.endswith("psnr.json") for p in paths) and any("__seed2.json" in p for p in paths)
-    assert all(not os.path.isabs(p) for p in paths)                       # relative to the results root
+    assert all(not os.path.isabs(p) for p in paths)  # relative to the results root
 
 
 def test_rerun_is_byte_identical(results, built, tmp_path):
@@ -691,10 +909,22 @@ def test_rerun_is_byte_identical(results, built, tmp_path):
 
 
 def _cli(res: dict, out: Path, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "workflow_scripts" / "make_tables.py"), "--tables-config",
-           json.dumps(res["config"]), "--probe-summaries", *map(str, res["probe_summaries"]),
-           "--rollout", *map(str, res["rollout"]), "--tokenizer-eval", *map(str, res["tokenizer_eval"]),
-           "--train-dirs", *map(str, res["train_dirs"]), "--out-dir", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "workflow_scripts" / "make_tables.py"),
+        "--tables-config",
+        json.dumps(res["config"]),
+        "--probe-summaries",
+        *map(str, res["probe_summaries"]),
+        "--rollout",
+        *map(str, res["rollout"]),
+        "--tokenizer-eval",
+        *map(str, res["tokenizer_eval"]),
+        "--train-dirs",
+        *map(str, res["train_dirs"]),
+        "--out-dir",
+        str(out),
+    ]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
@@ -706,10 +936,11 @@ def test_cli_runs_and_matches_library(results, built):
 
 
 def test_tables_path_does_not_import_torch():
-    code = ("import sys, runpy; sys.argv = ['make_tables.py', '--help']\n"
-            "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "import dreamer4_libero.reporting.tables\nprint('torch' in sys.modules)") % str(
-                REPO / "workflow_scripts" / "make_tables.py")
+    code = (
+        "import sys, runpy; sys.argv = ['make_tables.py', '--help']\n"
+        "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "import dreamer4_libero.reporting.tables\nprint('torch' in sys.modules)"
+    ) % str(REPO / "workflow_scripts" / "make_tables.py")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.stdout.strip().splitlines()[-1] == "False", p.stdout + p.stderr
 

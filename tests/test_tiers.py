@@ -5,8 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +14,14 @@ UNIT_ONLY = "not e2e and not integration"
 
 
 def _pytest(*args, cwd=REPO, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_tier_follows_the_heaviest_fixture():
@@ -29,26 +33,29 @@ def test_tier_follows_the_heaviest_fixture():
     assert set(TIER_FIXTURES.values()) == {"integration", "e2e"}
 
 
-@pytest.mark.parametrize("argv,what", [
-    ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "x.py"], "torchrun"),
-    (["torchrun", "--standalone", "x.py"], "torchrun"),
-    ([sys.executable, "/r/workflow_scripts/train_tokenizer.py", "--tokenizer", "{}"], "a trainer script"),
-    ([sys.executable, "workflow_scripts/train_dynamics.py"], "a trainer script"),
-    ([sys.executable, str(REPO / "tests" / "engine_toy.py"), "--max-steps", "3"], "a trainer script"),
-    (["sbatch", "--wrap", "true"], "a Slurm job"),
-    (["/venv/bin/snakemake", "--cores", "2", "--configfile", "config/demo.yaml"], "a real (not dry) Snakemake run"),
-    (["snakemake", "--profile", "slurm", "results/tables/tables.md"], "a real (not dry) Snakemake run"),
-    ([sys.executable, "-m", "snakemake", "--cores", "1"], "a real (not dry) Snakemake run"),
-    (["snakemake", "-n", "--cores", "1"], None),
-    (["snakemake", "--dry-run", "--forceall"], None),
-    (["snakemake", "-np", "--forceall"], None),
-    (["snakemake", "--lint"], None),
-    (["snakemake", "--report", "r.html"], None),
-    ([sys.executable, "workflow_scripts/probe.py", "--baselines"], None),
-    ([sys.executable, "workflow_scripts/preprocess.py", "--workers", "2"], None),
-    (["git", "ls-files"], None),
-    ("echo torchrun is mentioned in a shell string", "torchrun"),
-])
+@pytest.mark.parametrize(
+    "argv,what",
+    [
+        ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "x.py"], "torchrun"),
+        (["torchrun", "--standalone", "x.py"], "torchrun"),
+        ([sys.executable, "/r/workflow_scripts/train_tokenizer.py", "--tokenizer", "{}"], "a trainer script"),
+        ([sys.executable, "workflow_scripts/train_dynamics.py"], "a trainer script"),
+        ([sys.executable, str(REPO / "tests" / "engine_toy.py"), "--max-steps", "3"], "a trainer script"),
+        (["sbatch", "--wrap", "true"], "a Slurm job"),
+        (["/venv/bin/snakemake", "--cores", "2", "--configfile", "config/demo.yaml"], "a real (not dry) Snakemake run"),
+        (["snakemake", "--profile", "slurm", "results/tables/tables.md"], "a real (not dry) Snakemake run"),
+        ([sys.executable, "-m", "snakemake", "--cores", "1"], "a real (not dry) Snakemake run"),
+        (["snakemake", "-n", "--cores", "1"], None),
+        (["snakemake", "--dry-run", "--forceall"], None),
+        (["snakemake", "-np", "--forceall"], None),
+        (["snakemake", "--lint"], None),
+        (["snakemake", "--report", "r.html"], None),
+        ([sys.executable, "workflow_scripts/probe.py", "--baselines"], None),
+        ([sys.executable, "workflow_scripts/preprocess.py", "--workers", "2"], None),
+        (["git", "ls-files"], None),
+        ("echo torchrun is mentioned in a shell string", "torchrun"),
+    ],
+)
 def test_heavy_commands(argv, what):
     hit = heavy_command(argv)
     assert (hit[0] if hit else None) == what
@@ -69,9 +76,14 @@ def test_unit_tier_collection_uses_nothing_of_a_higher_tier(tmp_path):
     assert wrong == {}, json.dumps(wrong, indent=1)
     assert "tests/test_tiers.py::test_unit_tier_collection_uses_nothing_of_a_higher_tier" in unit
     # and the other way: what the suite knows to be heavy is not in the unit tier
-    for heavy in ("tests/test_demo_study.py", "tests/test_slurm.py", "tests/test_workflow_resume.py",
-                  "tests/test_tokenizer_train.py", "tests/test_dynamics_train.py",
-                  "tests/test_engine.py::test_torchrun_two_processes_exit_ddp_gradients_and_nan_on_one_rank"):
+    for heavy in (
+        "tests/test_demo_study.py",
+        "tests/test_slurm.py",
+        "tests/test_workflow_resume.py",
+        "tests/test_tokenizer_train.py",
+        "tests/test_dynamics_train.py",
+        "tests/test_engine.py::test_torchrun_two_processes_exit_ddp_gradients_and_nan_on_one_rank",
+    ):
         assert not [k for k in unit if k.startswith(heavy)], heavy
 
 
@@ -133,18 +145,36 @@ def test_long_training_asks_for_the_fixture(long_training):
 def test_guard_fails_mis_tiered_tests(tmp_path):
     """A new test that starts a trainer, torchrun or a real Snakemake run, or trains longer than the unit budget,
     without asking for the fixture of its tier, fails (even if it catches the refusal); with the fixture it passes."""
-    (tmp_path / "test_mistiered.py").write_text(MISTIERED.format(steps=UNIT_MAX_STEPS + 10,
-                                                                   ok_steps=UNIT_MAX_STEPS))
-    r = _pytest("-p", "conftest", "-rA", "-W", "ignore::pytest.PytestUnknownMarkWarning", "--rootdir", str(tmp_path), str(tmp_path / "test_mistiered.py"),
-                cwd=tmp_path, env={"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])})
+    (tmp_path / "test_mistiered.py").write_text(MISTIERED.format(steps=UNIT_MAX_STEPS + 10, ok_steps=UNIT_MAX_STEPS))
+    r = _pytest(
+        "-p",
+        "conftest",
+        "-rA",
+        "-W",
+        "ignore::pytest.PytestUnknownMarkWarning",
+        "--rootdir",
+        str(tmp_path),
+        str(tmp_path / "test_mistiered.py"),
+        cwd=tmp_path,
+        env={"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])},
+    )
     out = r.stdout + r.stderr
-    outcome = {ln.split("::")[1].split()[0]: ln.split()[0] for ln in out.splitlines()
-               if ln.startswith(("PASSED", "FAILED", "ERROR")) and "::" in ln}
+    outcome = {
+        ln.split("::")[1].split()[0]: ln.split()[0]
+        for ln in out.splitlines()
+        if ln.startswith(("PASSED", "FAILED", "ERROR")) and "::" in ln
+    }
     assert outcome == {
-        "test_starts_a_trainer_script": "FAILED", "test_starts_torchrun": "FAILED", "test_real_snakemake_run": "FAILED",
-        "test_swallows_the_refusal": "FAILED", "test_trains_too_long": "FAILED",
-        "test_trains_within_the_budget": "PASSED", "test_dry_run_and_plain_scripts_are_fine": "PASSED",
-        "test_asks_for_the_fixture": "PASSED", "test_long_training_asks_for_the_fixture": "PASSED"}, out[-5000:]
+        "test_starts_a_trainer_script": "FAILED",
+        "test_starts_torchrun": "FAILED",
+        "test_real_snakemake_run": "FAILED",
+        "test_swallows_the_refusal": "FAILED",
+        "test_trains_too_long": "FAILED",
+        "test_trains_within_the_budget": "PASSED",
+        "test_dry_run_and_plain_scripts_are_fine": "PASSED",
+        "test_asks_for_the_fixture": "PASSED",
+        "test_long_training_asks_for_the_fixture": "PASSED",
+    }, out[-5000:]
     assert "is in the unit tier but starts a trainer script" in out and "`trainer_cli` fixture" in out
     assert "starts torchrun" in out and "starts a real (not dry) Snakemake run" in out
     assert f"took {UNIT_MAX_STEPS + 10} optimizer steps" in out and "`long_training` fixture" in out

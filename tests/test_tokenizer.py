@@ -1,4 +1,5 @@
-"""Causal video tokenizer, shared blocks, upstream state-dict layout and MAE loss (dreamer4_model.md §1, §2, §7, §12)."""
+"""Causal video tokenizer, shared blocks, upstream state-dict layout and MAE loss
+(dreamer4_model.md §1, §2, §7, §12)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,34 @@ import pytest
 import torch
 
 from dreamer4_libero.models import blocks
-from dreamer4_libero.models.blocks import (AGENT, IMAGE, LATENT, MLP, Attention, Layer, RMSNorm, SpaceAttention,
-                                           TimeAttention, Transformer, add_positions, sinusoid_table, space_mask)
+from dreamer4_libero.models.blocks import (
+    AGENT,
+    IMAGE,
+    LATENT,
+    MLP,
+    Attention,
+    Layer,
+    RMSNorm,
+    SpaceAttention,
+    TimeAttention,
+    Transformer,
+    add_positions,
+    sinusoid_table,
+    space_mask,
+)
 from dreamer4_libero.models.tokenizer import Tokenizer, TokenizerConfig, patchify, sample_mae_mask, unpatchify
-from dreamer4_libero.models.upstream import (add_prefix, load_tokenizer_checkpoint, save_upstream_tokenizer_checkpoint,
-                                             strip_prefixes, to_upstream_state_dict, tokenizer_config_from_state_dict,
-                                             upstream_tokenizer_checkpoint)
+from dreamer4_libero.models.upstream import (
+    add_prefix,
+    load_tokenizer_checkpoint,
+    save_upstream_tokenizer_checkpoint,
+    strip_prefixes,
+    to_upstream_state_dict,
+    tokenizer_config_from_state_dict,
+    upstream_tokenizer_checkpoint,
+)
 from dreamer4_libero.objectives.mae import masked_mse, tokenizer_loss
 
-TINY = TokenizerConfig(H=32, W=32, patch=4, d_model=64, n_heads=4, depth=2, n_latents=4, d_bottleneck=8,
-                       dropout=0.0)
+TINY = TokenizerConfig(H=32, W=32, patch=4, d_model=64, n_heads=4, depth=2, n_latents=4, d_bottleneck=8, dropout=0.0)
 
 
 def tiny(**kw) -> Tokenizer:
@@ -30,24 +49,46 @@ def spec_keys(D=256, h=1024, depth=8, time_layers=None, L=16, Db=32, Dp=48, Np=1
     time_layers = range(depth) if time_layers is None else time_layers
 
     def layer(prefix, i):
-        out = [(f"{prefix}.norm1.scale", (D,)),
-               (f"{prefix}.space.attn.qkv.weight", (3 * D, D)), (f"{prefix}.space.attn.qkv.bias", (3 * D,)),
-               (f"{prefix}.space.attn.out.weight", (D, D)), (f"{prefix}.space.attn.out.bias", (D,))]
+        out = [
+            (f"{prefix}.norm1.scale", (D,)),
+            (f"{prefix}.space.attn.qkv.weight", (3 * D, D)),
+            (f"{prefix}.space.attn.qkv.bias", (3 * D,)),
+            (f"{prefix}.space.attn.out.weight", (D, D)),
+            (f"{prefix}.space.attn.out.bias", (D,)),
+        ]
         if i in time_layers:
-            out += [(f"{prefix}.norm2.scale", (D,)),
-                    (f"{prefix}.time.attn.qkv.weight", (3 * D, D)), (f"{prefix}.time.attn.qkv.bias", (3 * D,)),
-                    (f"{prefix}.time.attn.out.weight", (D, D)), (f"{prefix}.time.attn.out.bias", (D,))]
-        return out + [(f"{prefix}.norm3.scale", (D,)),
-                      (f"{prefix}.mlp.fc_in.weight", (2 * h, D)), (f"{prefix}.mlp.fc_in.bias", (2 * h,)),
-                      (f"{prefix}.mlp.fc_out.weight", (D, h)), (f"{prefix}.mlp.fc_out.bias", (D,))]
+            out += [
+                (f"{prefix}.norm2.scale", (D,)),
+                (f"{prefix}.time.attn.qkv.weight", (3 * D, D)),
+                (f"{prefix}.time.attn.qkv.bias", (3 * D,)),
+                (f"{prefix}.time.attn.out.weight", (D, D)),
+                (f"{prefix}.time.attn.out.bias", (D,)),
+            ]
+        return out + [
+            (f"{prefix}.norm3.scale", (D,)),
+            (f"{prefix}.mlp.fc_in.weight", (2 * h, D)),
+            (f"{prefix}.mlp.fc_in.bias", (2 * h,)),
+            (f"{prefix}.mlp.fc_out.weight", (D, h)),
+            (f"{prefix}.mlp.fc_out.bias", (D,)),
+        ]
 
-    keys = [("encoder.latents", (L, D)), ("encoder.patch_proj.weight", (D, Dp)), ("encoder.patch_proj.bias", (D,)),
-            ("encoder.bottleneck_proj.weight", (Db, D)), ("encoder.bottleneck_proj.bias", (Db,))]
+    keys = [
+        ("encoder.latents", (L, D)),
+        ("encoder.patch_proj.weight", (D, Dp)),
+        ("encoder.patch_proj.bias", (D,)),
+        ("encoder.bottleneck_proj.weight", (Db, D)),
+        ("encoder.bottleneck_proj.bias", (Db,)),
+    ]
     for i in range(depth):
         keys += layer(f"encoder.transformer.layers.{i}", i)
-    keys += [("encoder.mae.mask_token", (D,)), ("decoder.patch_queries", (Np, D)),
-             ("decoder.up_proj.weight", (D, Db)), ("decoder.up_proj.bias", (D,)),
-             ("decoder.patch_head.weight", (Dp, D)), ("decoder.patch_head.bias", (Dp,))]
+    keys += [
+        ("encoder.mae.mask_token", (D,)),
+        ("decoder.patch_queries", (Np, D)),
+        ("decoder.up_proj.weight", (D, Db)),
+        ("decoder.up_proj.bias", (D,)),
+        ("decoder.patch_head.weight", (Dp, D)),
+        ("decoder.patch_head.bias", (Dp,)),
+    ]
     for i in range(depth):
         keys += layer(f"decoder.transformer.layers.{i}", i)
     return keys
@@ -63,12 +104,13 @@ TINY_KEYS = dict(D=64, h=256, depth=2, L=4, Db=8, Dp=48, Np=64)
 
 def dependency(fn, x):
     """dep[i, j] = output token i depends on input token j (tokens = all dims but the last)."""
-    J = torch.autograd.functional.jacobian(fn, x)                          # (*tok, D, *tok, D)
+    J = torch.autograd.functional.jacobian(fn, x)  # (*tok, D, *tok, D)
     n = x[..., 0].numel()
     return J.reshape(n, x.shape[-1], n, x.shape[-1]).abs().sum((1, 3)) > 0
 
 
 # --------------------------------------------------------------------------------------------- blocks
+
 
 def test_rmsnorm_and_mlp_formulas():
     torch.manual_seed(0)
@@ -76,14 +118,14 @@ def test_rmsnorm_and_mlp_formulas():
     n = RMSNorm(8)
     with torch.no_grad():
         n.scale.copy_(torch.randn(8))
-    ref = x * n.scale / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-6)
+    ref = x * n.scale / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6)
     torch.testing.assert_close(n(x), ref)
     assert [k for k, _ in n.named_parameters()] == ["scale"]
 
     m = MLP(8, 4.0).eval()
     assert m.fc_in.weight.shape == (64, 8) and m.fc_out.weight.shape == (8, 32)
     a = m.fc_in(x)
-    u, v = a[..., :32], a[..., 32:]                                        # second half gates
+    u, v = a[..., :32], a[..., 32:]  # second half gates
     torch.testing.assert_close(m(x), m.fc_out(u * torch.nn.functional.silu(v)))
 
 
@@ -110,11 +152,11 @@ def test_attention_heads_and_shapes():
 def test_space_mask_patterns_exact():
     T, F = True, False
     tok = torch.tensor([LATENT, LATENT, IMAGE, IMAGE, IMAGE])
-    enc = [[T, T, T, T, T]] * 2 + [[F, F, T, T, T]] * 3                   # patches do not see latents
-    dec = [[T, T, F, F, F]] * 2 + [[T, T, T, T, T]] * 3                   # latents see latents only
+    enc = [[T, T, T, T, T]] * 2 + [[F, F, T, T, T]] * 3  # patches do not see latents
+    dec = [[T, T, F, F, F]] * 2 + [[T, T, T, T, T]] * 3  # latents see latents only
     assert space_mask(tok, "encoder").tolist() == enc
     assert space_mask(tok, "decoder").tolist() == dec
-    dyn = torch.tensor([1, 5, 6, 4, 4, 3, AGENT])                          # action, sig, step, spatial x2, reg, agent
+    dyn = torch.tensor([1, 5, 6, 4, 4, 3, AGENT])  # action, sig, step, spatial x2, reg, agent
     assert space_mask(dyn, "wm_agent").all()
     iso = space_mask(dyn, "wm_agent_isolated")
     assert iso[:6, :6].all() and not iso[:6, 6].any() and not iso[6, :6].any() and iso[6, 6]
@@ -138,7 +180,7 @@ def test_time_attention_causal_per_slot():
     x = torch.randn(1, T_, S, 8)
     t = torch.arange(T_).repeat_interleave(S)
     s = torch.arange(S).repeat(T_)
-    causal = (s[:, None] == s[None, :]) & (t[None, :] <= t[:, None])       # (t,s) sees (t'<=t, s)
+    causal = (s[:, None] == s[None, :]) & (t[None, :] <= t[:, None])  # (t,s) sees (t'<=t, s)
     full = TimeAttention(8, 2).eval()
     assert torch.equal(dependency(full, x), causal)
     part = TimeAttention(8, 2, n_slots=n).eval()
@@ -146,7 +188,7 @@ def test_time_attention_causal_per_slot():
     latent = s < n
     assert torch.equal(dep[latent], causal[latent])
     assert torch.equal(dep[~latent], torch.eye(T_ * S, dtype=torch.bool)[~latent])
-    assert torch.equal(part(x)[:, :, n:], x[:, :, n:])                     # non-latent slots: copy of input
+    assert torch.equal(part(x)[:, :, n:], x[:, :, n:])  # non-latent slots: copy of input
 
 
 def test_layer_keys_and_latents_only_time_quirk():
@@ -159,11 +201,11 @@ def test_layer_keys_and_latents_only_time_quirk():
     layer = with_t.eval()
     x1 = x + layer.space(layer.norm1(x), mask)
     x2 = x1 + layer.time(layer.norm2(x1))
-    torch.testing.assert_close(x2[:, :, 2:], x1[:, :, 2:] + layer.norm2(x1)[:, :, 2:])   # §11.8: x + norm2(x)
+    torch.testing.assert_close(x2[:, :, 2:], x1[:, :, 2:] + layer.norm2(x1)[:, :, 2:])  # §11.8: x + norm2(x)
     torch.testing.assert_close(layer(x, mask), x2 + layer.mlp(layer.norm3(x2)))
     tr = Transformer(8, 2, 4, torch.tensor([LATENT] * 2 + [IMAGE] * 3), "encoder", time_every=2, time_slots=2)
-    assert [hasattr(l, "time") for l in tr.layers] == [False, True, False, True]
-    assert len(tr.state_dict()) == 2 * 15 + 2 * 10                         # no buffers persisted
+    assert [hasattr(layer, "time") for layer in tr.layers] == [False, True, False, True]
+    assert len(tr.state_dict()) == 2 * 15 + 2 * 10  # no buffers persisted
     assert {n for n, _ in tr.named_buffers()} == {"modality", "space_mask"}
 
 
@@ -182,6 +224,7 @@ def test_sinusoid_table_and_positions():
 
 # --------------------------------------------------------------------------------------------- tokenizer
 
+
 def test_patchify_vectors():
     x = torch.arange(2 * 3 * 128 * 128, dtype=torch.float32).view(1, 2, 3, 128, 128)
     p = patchify(x, 4)
@@ -190,14 +233,28 @@ def test_patchify_vectors():
     assert p[0, 0, 0, 1] == f[0, 0, 1] and p[0, 0, 0, 4] == f[0, 1, 0] and p[0, 0, 0, 16] == f[1, 0, 0]
     assert p[0, 0, 1, 0] == f[0, 0, 4] and p[0, 0, 32, 0] == f[0, 4, 0]  # patch 1 at x=4; row-major
     assert p[0, 1, 0, 0] == x[0, 1, 0, 0, 0]
-    assert torch.equal(p[0, 0, 33], f[:, 4:8, 4:8].reshape(48))           # (channel, row, col) order
+    assert torch.equal(p[0, 0, 33], f[:, 4:8, 4:8].reshape(48))  # (channel, row, col) order
     assert torch.equal(unpatchify(p, 4, 128, 128), x)
 
 
 def test_default_config_counts_and_keys():
-    assert TokenizerConfig() == TokenizerConfig(H=128, W=128, C=3, patch=4, d_model=256, n_heads=4, depth=8,
-                                                n_latents=16, d_bottleneck=32, dropout=0.05, mlp_ratio=4.0,
-                                                time_every=1, mae_p_min=0.0, mae_p_max=0.9, scale_pos_embeds=False)
+    assert TokenizerConfig() == TokenizerConfig(
+        H=128,
+        W=128,
+        C=3,
+        patch=4,
+        d_model=256,
+        n_heads=4,
+        depth=8,
+        n_latents=16,
+        d_bottleneck=32,
+        dropout=0.05,
+        mlp_ratio=4.0,
+        time_every=1,
+        mae_p_min=0.0,
+        mae_p_max=0.9,
+        scale_pos_embeds=False,
+    )
     with torch.device("meta"):
         m = Tokenizer()
     sd = m.state_dict()
@@ -205,7 +262,7 @@ def test_default_config_counts_and_keys():
     assert sum(p.numel() for p in m.parameters()) == 21_361_488
     assert sum(p.numel() for p in m.encoder.parameters()) == 10_551_840
     assert sum(p.numel() for p in m.decoder.parameters()) == 10_809_648
-    assert [(k, tuple(v.shape)) for k, v in sd.items()] == spec_keys()    # names, shapes and order of §7.1
+    assert [(k, tuple(v.shape)) for k, v in sd.items()] == spec_keys()  # names, shapes and order of §7.1
     with torch.device("meta"):
         m4 = Tokenizer(TokenizerConfig(time_every=4))
     assert sum(p.numel() for p in m4.parameters()) == 18_200_400
@@ -241,7 +298,7 @@ def test_causality_encoder_and_decoder():
         torch.testing.assert_close(m.encode(y)[:, :3], z[:, :3], atol=1e-6, rtol=1e-5)
         rec = m.decode(z)
         torch.testing.assert_close(m.decode(z[:, :2]), rec[:, :2], atol=1e-6, rtol=1e-5)
-        assert not torch.allclose(m.decode(z[:, 1:]), rec[:, 1:])       # positions restart per window
+        assert not torch.allclose(m.decode(z[:, 1:]), rec[:, 1:])  # positions restart per window
 
 
 def test_mae_off_in_eval_on_in_train():
@@ -250,18 +307,18 @@ def test_mae_off_in_eval_on_in_train():
     rng = torch.get_rng_state()
     with torch.no_grad():
         a, b = m(x), m(x)
-    assert torch.equal(torch.get_rng_state(), rng)                        # no random draws in eval
+    assert torch.equal(torch.get_rng_state(), rng)  # no random draws in eval
     assert torch.equal(a["recon"], b["recon"]) and not a["mae_mask"].any()
     assert torch.equal(a["keep_prob"], torch.ones(2, 3, 1))
     with torch.no_grad():
         forced = m(x, mae=True)
-    assert forced["mae_mask"].any()                                       # explicit switch in eval
+    assert forced["mae_mask"].any()  # explicit switch in eval
     m.train()
     with torch.no_grad():
         out = m(x)
         off = m(x, mae=False)
     assert not off["mae_mask"].any()
-    frac = out["mae_mask"].float().mean((2, 3))                           # (B,T)
+    frac = out["mae_mask"].float().mean((2, 3))  # (B,T)
     assert out["mae_mask"].any() and (frac <= 0.9 + 0.2).all()
     assert ((out["keep_prob"] >= 0.1 - 1e-6) & (out["keep_prob"] <= 1.0)).all()
     torch.manual_seed(1)
@@ -287,18 +344,19 @@ def test_mae_replaces_projected_tokens_by_mask_token():
 
 # --------------------------------------------------------------------------------------------- upstream layout
 
+
 def test_upstream_layout_strict_load_and_roundtrip():
     keys = spec_keys(**TINY_KEYS)
     up = random_upstream_dict(keys)
     m = tiny()
-    m.load_state_dict(up, strict=True)                                    # dict built from §7.1 loads
+    m.load_state_dict(up, strict=True)  # dict built from §7.1 loads
     back = to_upstream_state_dict(m)
     assert list(back) == [k for k, _ in keys] and all(torch.equal(back[k], up[k]) for k in up)
     m2, report = load_tokenizer_checkpoint(upstream_tokenizer_checkpoint(m))
     x = torch.rand(1, 2, 3, 32, 32)
     m.eval()
     with torch.no_grad():
-        assert torch.equal(m(x)["recon"], m2(x)["recon"])                 # ours -> dict -> ours
+        assert torch.equal(m(x)["recon"], m2(x)["recon"])  # ours -> dict -> ours
     assert m2.cfg == m.cfg and not m2.training and report["fallbacks"] == []
 
 
@@ -311,7 +369,7 @@ def test_orig_mod_and_module_prefixes(tmp_path):
     raw = torch.load(path, weights_only=True)
     assert all(k.startswith("_orig_mod.") for k in raw["model"])
     with pytest.raises(RuntimeError):
-        Tokenizer(m.cfg).load_state_dict(raw["model"], strict=True)     # upstream loaders fail here
+        Tokenizer(m.cfg).load_state_dict(raw["model"], strict=True)  # upstream loaders fail here
     m2, report = load_tokenizer_checkpoint(path)
     assert report["step"] == 7
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
@@ -319,32 +377,43 @@ def test_orig_mod_and_module_prefixes(tmp_path):
 
 def test_config_from_foreign_state_dict_and_fallbacks():
     up = random_upstream_dict(spec_keys(**{**TINY_KEYS, "depth": 4}, time_layers={1, 3}))
-    cfg, report = tokenizer_config_from_state_dict(add_prefix(up))         # no args at all
+    cfg, report = tokenizer_config_from_state_dict(add_prefix(up))  # no args at all
     assert (cfg.d_model, cfg.depth, cfg.time_every, cfg.n_latents, cfg.d_bottleneck) == (64, 4, 2, 4, 8)
     assert (cfg.H, cfg.W, cfg.C, cfg.patch, cfg.mlp_ratio) == (32, 32, 3, 4, 4.0)
     assert cfg.scale_pos_embeds is True and report["source"]["scale_pos_embeds"] == "default"
     assert any(f.startswith("n_heads") for f in report["fallbacks"])
     assert any(f.startswith("scale_pos_embeds=True") for f in report["fallbacks"])
-    args = {"n_heads": 8, "time_every": 1, "scale_pos_embeds": False, "H": 32, "W": 32, "C": 3, "patch": 4,
-            "dropout": 0.0, "mae_p_min": 0.0, "mae_p_max": 0.5}
+    args = {
+        "n_heads": 8,
+        "time_every": 1,
+        "scale_pos_embeds": False,
+        "H": 32,
+        "W": 32,
+        "C": 3,
+        "patch": 4,
+        "dropout": 0.0,
+        "mae_p_min": 0.0,
+        "mae_p_max": 0.5,
+    }
     cfg, report = tokenizer_config_from_state_dict(up, args, explicit={"n_heads": 2, "dropout": None})
     assert cfg.n_heads == 2 and report["source"]["n_heads"] == "explicit"
     assert cfg.dropout == 0.0 and report["source"]["dropout"] == "args"
-    assert cfg.time_every == 2 and any("time_every" in n for n in report["notes"])   # keys beat args
+    assert cfg.time_every == 2 and any("time_every" in n for n in report["notes"])  # keys beat args
     assert cfg.scale_pos_embeds is False and cfg.mae_p_max == 0.5 and report["fallbacks"] == []
     model, _ = load_tokenizer_checkpoint({"model": up, "args": {"n_heads": 4}, "scale_pos_embeds": False, "step": 3})
-    assert model.cfg.scale_pos_embeds is False                            # top-level duplicate used
+    assert model.cfg.scale_pos_embeds is False  # top-level duplicate used
     assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in up.values())
 
 
 # --------------------------------------------------------------------------------------------- loss
+
 
 def test_masked_mse_target():
     pred, tgt = torch.rand(2, 3, 10, 48), torch.rand(2, 3, 10, 48)
     mask = torch.rand(2, 3, 10, 1) < 0.4
     ref = ((pred - tgt) ** 2)[mask.expand_as(pred)].sum() / (mask.sum() * 48)
     torch.testing.assert_close(masked_mse(pred, tgt, mask), ref)
-    pred2 = torch.where(mask, pred, tgt + 5)                               # visible-patch errors are ignored
+    pred2 = torch.where(mask, pred, tgt + 5)  # visible-patch errors are ignored
     torch.testing.assert_close(masked_mse(pred2, tgt, mask), ref)
     assert masked_mse(pred, tgt, torch.zeros_like(mask)) == 0
 
@@ -360,11 +429,18 @@ def test_tokenizer_loss_lpips_term_and_gradients():
         calls.append((a.detach().clone(), b.detach().clone()))
         return (a - b).abs().mean((1, 2, 3))
 
-    loss, met = tokenizer_loss(out["recon"], x, out["mae_mask"], lpips_fn=fake_lpips, lpips_weight=0.2,
-                               lpips_frac=0.5, keep_prob=out["keep_prob"])
-    (a, b), = calls
-    assert a.shape == (2 * 3, 3, 32, 32)                                  # frames 0, 2, 4 of each clip
-    assert a.min() >= 0 and a.max() <= 1                                  # [0,1]; the callable maps to [-1,1]
+    loss, met = tokenizer_loss(
+        out["recon"],
+        x,
+        out["mae_mask"],
+        lpips_fn=fake_lpips,
+        lpips_weight=0.2,
+        lpips_frac=0.5,
+        keep_prob=out["keep_prob"],
+    )
+    ((a, b),) = calls
+    assert a.shape == (2 * 3, 3, 32, 32)  # frames 0, 2, 4 of each clip
+    assert a.min() >= 0 and a.max() <= 1  # [0,1]; the callable maps to [-1,1]
     torch.testing.assert_close(b, x[:, ::2].reshape(-1, 3, 32, 32))
     comp = torch.where(out["mae_mask"], out["recon_patches"], out["target_patches"]).detach()
     torch.testing.assert_close(a, unpatchify(comp, 4, 32, 32)[:, ::2].reshape(-1, 3, 32, 32))
@@ -374,9 +450,15 @@ def test_tokenizer_loss_lpips_term_and_gradients():
     torch.testing.assert_close(met["psnr"], 10 * torch.log10(1 / mse.detach()))
     assert {"loss", "mse", "lpips", "psnr", "mse_all", "masked_frac", "keep_prob"} <= set(met)
     loss.backward()
-    for name in ("encoder.latents", "encoder.mae.mask_token", "encoder.patch_proj.weight",
-                 "encoder.transformer.layers.1.time.attn.qkv.weight", "decoder.patch_queries",
-                 "decoder.patch_head.weight", "decoder.up_proj.weight"):
+    for name in (
+        "encoder.latents",
+        "encoder.mae.mask_token",
+        "encoder.patch_proj.weight",
+        "encoder.transformer.layers.1.time.attn.qkv.weight",
+        "decoder.patch_queries",
+        "decoder.patch_head.weight",
+        "decoder.up_proj.weight",
+    ):
         g = m.get_parameter(name).grad
         assert g is not None and g.abs().sum() > 0, name
     no_lp, met2 = tokenizer_loss(out["recon"].detach(), x, out["mae_mask"])
@@ -386,14 +468,14 @@ def test_tokenizer_loss_lpips_term_and_gradients():
 
 def test_visible_mse_weight_adds_the_visible_patch_term_only():
     """issue 27: visible_mse_weight w adds w * MSE over the unmasked patches; w = 0 is upstream's loss exactly."""
-    pred, tgt = torch.rand(2, 3, 4, 8, 8), torch.rand(2, 3, 4, 8, 8)           # (B,T,C,H,W) frames, patch 4 -> Np 4
+    pred, tgt = torch.rand(2, 3, 4, 8, 8), torch.rand(2, 3, 4, 8, 8)  # (B,T,C,H,W) frames, patch 4 -> Np 4
     mask = torch.tensor([True, False, False, True]).view(1, 1, 4, 1).expand(2, 3, 4, 1)
-    pp, tp = patchify(pred, 4), patchify(tgt, 4)                              # (B,T,4,48)
+    pp, tp = patchify(pred, 4), patchify(tgt, 4)  # (B,T,4,48)
     masked_ref = ((pp - tp) ** 2)[:, :, [0, 3]].mean()
     visible_ref = ((pp - tp) ** 2)[:, :, [1, 2]].mean()
     up, met = tokenizer_loss(pred, tgt, mask)
-    torch.testing.assert_close(up, masked_ref)                                # upstream: masked patches only
-    torch.testing.assert_close(met["mse_visible"], visible_ref)              # logged either way
+    torch.testing.assert_close(up, masked_ref)  # upstream: masked patches only
+    torch.testing.assert_close(met["mse_visible"], visible_ref)  # logged either way
     ours, _ = tokenizer_loss(pred, tgt, mask, visible_weight=0.5)
     torch.testing.assert_close(ours, masked_ref + 0.5 * visible_ref)
     # gradients reach the visible patches only when the weight is on
@@ -412,7 +494,7 @@ def test_tiny_train_step_reduces_loss():
     losses = []
     for _ in range(6):
         out = m(x)
-        loss, _ = tokenizer_loss(out["recon"], x, torch.ones_like(out["mae_mask"]))   # full-frame MSE
+        loss, _ = tokenizer_loss(out["recon"], x, torch.ones_like(out["mae_mask"]))  # full-frame MSE
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -33,42 +33,86 @@ def test_demo_dag_dry_run(tmp_path):
 _SCHEMA_GUARANTEE = "load_config and Snakemake fail naming the key; no job runs, no results/ or logs/ written"
 
 
-@pytest.mark.parametrize("layer,needle", [
-    pytest.param({"data": {"bogus_key": 1}}, "bogus_key", id="unknown_key",
-                 marks=pytest.mark.fault(fault="config: unknown key data.bogus_key", guarantee=_SCHEMA_GUARANTEE)),
-    pytest.param({"data": {"workers": "many"}}, "data.workers", id="wrong_type",
-                 marks=pytest.mark.fault(fault="config: wrong type (data.workers: 'many')", guarantee=_SCHEMA_GUARANTEE)),
-    pytest.param({"split": {"ood_fraction": 1.5}}, "split.ood_fraction", id="above_maximum",
-                 marks=pytest.mark.fault(fault="config: out of range (split.ood_fraction: 1.5 > maximum)",
-                                         guarantee=_SCHEMA_GUARANTEE)),
-    pytest.param({"tokenizer": {"model": {"depth": "eight"}}}, "tokenizer.model.depth", id="nested_wrong_type",
-                 marks=pytest.mark.fault(fault="config: wrong type in a nested section (tokenizer.model.depth)",
-                                         guarantee=_SCHEMA_GUARANTEE)),
-    pytest.param({"tokenizer": {"max_steps": 0}}, "tokenizer.max_steps", id="below_minimum",
-                 marks=pytest.mark.fault(fault="config: out of range (tokenizer.max_steps: 0 < minimum 1)",
-                                         guarantee=_SCHEMA_GUARANTEE)),
-    pytest.param({"tokenizer": {"nonfinite": "ignore"}}, "tokenizer.nonfinite", id="not_in_enum",
-                 marks=pytest.mark.fault(fault="config: value outside an enum (tokenizer.nonfinite: ignore)",
-                                         guarantee=_SCHEMA_GUARANTEE)),
-    pytest.param({"dynamics": {"variants": {"dynamics_phase3": {"bogus_knob": 1}}}}, "bogus_knob", id="variant_unknown_key",
-                 marks=pytest.mark.fault(fault="config: unknown key in a dynamics variant (merged, then checked)",
-                                         guarantee=_SCHEMA_GUARANTEE)),
-])
+@pytest.mark.parametrize(
+    "layer,needle",
+    [
+        pytest.param(
+            {"data": {"bogus_key": 1}},
+            "bogus_key",
+            id="unknown_key",
+            marks=pytest.mark.fault(fault="config: unknown key data.bogus_key", guarantee=_SCHEMA_GUARANTEE),
+        ),
+        pytest.param(
+            {"data": {"workers": "many"}},
+            "data.workers",
+            id="wrong_type",
+            marks=pytest.mark.fault(fault="config: wrong type (data.workers: 'many')", guarantee=_SCHEMA_GUARANTEE),
+        ),
+        pytest.param(
+            {"split": {"ood_fraction": 1.5}},
+            "split.ood_fraction",
+            id="above_maximum",
+            marks=pytest.mark.fault(
+                fault="config: out of range (split.ood_fraction: 1.5 > maximum)", guarantee=_SCHEMA_GUARANTEE
+            ),
+        ),
+        pytest.param(
+            {"tokenizer": {"model": {"depth": "eight"}}},
+            "tokenizer.model.depth",
+            id="nested_wrong_type",
+            marks=pytest.mark.fault(
+                fault="config: wrong type in a nested section (tokenizer.model.depth)", guarantee=_SCHEMA_GUARANTEE
+            ),
+        ),
+        pytest.param(
+            {"tokenizer": {"max_steps": 0}},
+            "tokenizer.max_steps",
+            id="below_minimum",
+            marks=pytest.mark.fault(
+                fault="config: out of range (tokenizer.max_steps: 0 < minimum 1)", guarantee=_SCHEMA_GUARANTEE
+            ),
+        ),
+        pytest.param(
+            {"tokenizer": {"nonfinite": "ignore"}},
+            "tokenizer.nonfinite",
+            id="not_in_enum",
+            marks=pytest.mark.fault(
+                fault="config: value outside an enum (tokenizer.nonfinite: ignore)", guarantee=_SCHEMA_GUARANTEE
+            ),
+        ),
+        pytest.param(
+            {"dynamics": {"variants": {"dynamics_phase3": {"bogus_knob": 1}}}},
+            "bogus_knob",
+            id="variant_unknown_key",
+            marks=pytest.mark.fault(
+                fault="config: unknown key in a dynamics variant (merged, then checked)", guarantee=_SCHEMA_GUARANTEE
+            ),
+        ),
+    ],
+)
 def test_schema_errors_name_the_key(snakemake_repo, tmp_path, layer, needle):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(layer))
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         dynamics_variants(load_config([REPO / "config" / "demo.yaml", bad]))  # variants are checked when merged
     # a real (not dry) run of the workflow: the config is refused before any job starts
-    r = subprocess.run([SNAKEMAKE, "--cores", "1", "--configfile", "config/demo.yaml", str(bad)], cwd=snakemake_repo,
-                       capture_output=True, text=True, env=venv_env(), timeout=300)
+    r = subprocess.run(
+        [SNAKEMAKE, "--cores", "1", "--configfile", "config/demo.yaml", str(bad)],
+        cwd=snakemake_repo,
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+        timeout=300,
+    )
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert needle.split(".")[-1] in out, out[-3000:]
     assert "Job stats" not in out and "rule make_synthetic" not in out, out[-3000:]
     made = [d for d in ("results", "logs", "benchmarks", "checkpoints") if (snakemake_repo / d).exists()]
     assert made == [], f"{made} written by a refused config"
-    assert not (snakemake_repo / ".snakemake" / "incomplete").exists() or not any((snakemake_repo / ".snakemake" / "incomplete").iterdir())
+    assert not (snakemake_repo / ".snakemake" / "incomplete").exists() or not any(
+        (snakemake_repo / ".snakemake" / "incomplete").iterdir()
+    )
 
 
 def test_layering_and_defaults():
@@ -91,6 +135,7 @@ def test_every_schema_key_has_default_and_description():
             assert "default" in sub, f"{path}{k}: no default"
             assert sub.get("description"), f"{path}{k}: no description"
             walk(sub, f"{path}{k}.")
+
     walk(schema, "")
 
 

@@ -85,32 +85,48 @@ def _kill_tree(root: int) -> list[int]:
 
 def _outputs(work: Path) -> dict[str, int]:
     """Every file under results/ with its mtime (ns)."""
-    return {str(p.relative_to(work)): p.stat().st_mtime_ns for p in sorted((work / "results").rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(work)): p.stat().st_mtime_ns for p in sorted((work / "results").rglob("*")) if p.is_file()
+    }
 
 
-@pytest.mark.parametrize("how", [
-    pytest.param("ctrl_c", marks=pytest.mark.fault(
-        fault="Ctrl-C (SIGINT to the process group) of a local Snakemake run while the tokenizer trains",
-        guarantee="the ranks save on SIGINT; --rerun-incomplete reruns only that job from it; finished outputs untouched")),
-    pytest.param("sigkill", marks=pytest.mark.fault(
-        fault="SIGKILL of the whole local Snakemake run (every process) while the tokenizer trains",
-        guarantee="after --unlock, --rerun-incomplete reruns only that job, from its checkpoint")),
-])
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(
+            "ctrl_c",
+            marks=pytest.mark.fault(
+                fault="Ctrl-C (SIGINT to the process group) of a local Snakemake run while the tokenizer trains",
+                guarantee="the ranks save on SIGINT; --rerun-incomplete reruns only that job from it; "
+                "finished outputs untouched",
+            ),
+        ),
+        pytest.param(
+            "sigkill",
+            marks=pytest.mark.fault(
+                fault="SIGKILL of the whole local Snakemake run (every process) while the tokenizer trains",
+                guarantee="after --unlock, --rerun-incomplete reruns only that job, from its checkpoint",
+            ),
+        ),
+    ],
+)
 def test_interrupted_dag_resumes_without_rerunning_finished_jobs(dag_repo, how):
     t_start = time.time()
     work = dag_repo
     env = venv_env()
     log1 = work / "run1.log"
     with open(log1, "w") as fh:
-        p = subprocess.Popen(_snakemake(), cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            _snakemake(), cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
     ckpts = str(work / "checkpoints" / "tokenizer_ci" / "*" / "step_0000030.pt")
     t0 = time.time()
     try:
         while not glob.glob(ckpts):
             if p.poll() is not None:
-                pytest.fail(f"snakemake exited ({p.returncode}) before the first checkpoint:\n{log1.read_text()[-4000:]}")
+                pytest.fail(
+                    f"snakemake exited ({p.returncode}) before the first checkpoint:\n{log1.read_text()[-4000:]}"
+                )
             if time.time() - t0 > 300:
                 pytest.fail(f"no step-30 checkpoint after 300 s:\n{log1.read_text()[-4000:]}")
             time.sleep(0.05)
@@ -138,8 +154,10 @@ def test_interrupted_dag_resumes_without_rerunning_finished_jobs(dag_repo, how):
             if time.time() > deadline:
                 raise
             time.sleep(0.5)
-    assert any(name.startswith("cmVzdWx0cy90cmFpbi90b2tlbml6ZXJfY2kv")  # base64 of results/train/tokenizer_ci/
-               for name in os.listdir(work / ".snakemake" / "incomplete")), "the training job is not marked incomplete"
+    assert any(
+        name.startswith("cmVzdWx0cy90cmFpbi90b2tlbml6ZXJfY2kv")  # base64 of results/train/tokenizer_ci/
+        for name in os.listdir(work / ".snakemake" / "incomplete")
+    ), "the training job is not marked incomplete"
 
     if how == "sigkill":
         r = subprocess.run(_snakemake("--rerun-incomplete"), cwd=work, env=env, capture_output=True, text=True)
@@ -147,8 +165,7 @@ def test_interrupted_dag_resumes_without_rerunning_finished_jobs(dag_repo, how):
         r = subprocess.run(_snakemake("--unlock"), cwd=work, env=env, capture_output=True, text=True)
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
 
-    r = subprocess.run(_snakemake("--rerun-incomplete"), cwd=work, env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(_snakemake("--rerun-incomplete"), cwd=work, env=env, capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-5000:]
     assert planned_jobs(out) == {"train_tokenizer": 1, "total": 1}, out[-3000:]
@@ -171,6 +188,8 @@ def test_interrupted_dag_resumes_without_rerunning_finished_jobs(dag_repo, how):
     assert [a["start_step"] for a in starts] == [0, saved], attempts
     assert (work / starts[1]["resumed_from"]).resolve() == (ckpt_dir / f"step_{saved:07d}.pt").resolve()
     assert "RESUMED from" in (work / "logs" / "train_tokenizer" / "tokenizer_ci.log").read_text()
-    print(f"\n[fault] {how}: interrupted {t_interrupt:.0f} s after the start (step-30 checkpoint), "
-          f"resumed run {time.time() - t_start - t_interrupt:.0f} s; {len(before)} finished outputs untouched; "
-          f"attempts start at steps {[a['start_step'] for a in starts]}")
+    print(
+        f"\n[fault] {how}: interrupted {t_interrupt:.0f} s after the start (step-30 checkpoint), "
+        f"resumed run {time.time() - t_start - t_interrupt:.0f} s; {len(before)} finished outputs untouched; "
+        f"attempts start at steps {[a['start_step'] for a in starts]}"
+    )

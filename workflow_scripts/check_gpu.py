@@ -17,8 +17,12 @@ def main() -> int:
     ap.add_argument("--gpus", type=int, default=1, help="GPUs the jobs of this node will ask for (default 1)")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny model sizes (seconds on a CPU) instead of config.yaml's")
-    ap.add_argument("--out", default="bench/results/gpu_check.json", help="the report (JSON; the table beside it as .md)")
-    ap.add_argument("--steps", type=int, default=None, help="timed train steps per config (default 10 on a GPU, 3 on the CPU)")
+    ap.add_argument(
+        "--out", default="bench/results/gpu_check.json", help="the report (JSON; the table beside it as .md)"
+    )
+    ap.add_argument(
+        "--steps", type=int, default=None, help="timed train steps per config (default 10 on a GPU, 3 on the CPU)"
+    )
     ap.add_argument("--no-ddp", action="store_true", help="skip the 2-process DDP gradient check")
     a = ap.parse_args()
     if a.device == "cuda":
@@ -30,8 +34,7 @@ def main() -> int:
     from dreamer4_libero.training import node_check
 
     print(f"[check-gpu] {'tiny' if a.tiny else 'paper-scale'} configs on {a.device} ...", flush=True)
-    report = node_check.run(a.device, tiny=a.tiny, steps=a.steps, ddp=not a.no_ddp,
-                            log=lambda s: print(s, flush=True))
+    report = node_check.run(a.device, tiny=a.tiny, steps=a.steps, ddp=not a.no_ddp, log=lambda s: print(s, flush=True))
     js, md = node_check.write_report(report, a.out)
     print(f"[check-gpu] wrote {js} and {md} ({report['seconds']:.0f} s)")
     for f in report["failures"]:

@@ -11,8 +11,12 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("a", help="the first results/ folder")
     ap.add_argument("b", help="the second results/ folder")
-    ap.add_argument("--pattern", action="append", default=None,
-                    help=f"glob relative to the folders (repeatable); default: {' '.join(DEFAULT_PATTERNS)}")
+    ap.add_argument(
+        "--pattern",
+        action="append",
+        default=None,
+        help=f"glob relative to the folders (repeatable); default: {' '.join(DEFAULT_PATTERNS)}",
+    )
     args = ap.parse_args()
     res = compare_trees(args.a, args.b, tuple(args.pattern) if args.pattern else DEFAULT_PATTERNS)
     print("\n".join(report_lines(res)))

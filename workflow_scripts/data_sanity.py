@@ -29,17 +29,26 @@ def main() -> None:
     store = ShardStore(a.manifest)
     pd = Path(a.probe_dir)
     train = episode_list(pd / "probe_train.json")
-    evals = {"probe_eval_test": episode_list(pd / "probe_eval_test.json"),
-             "probe_eval_train": episode_list(pd / "probe_eval_train.json")}
-    out = {mode: frame_diff_probe(store, train, evals, mode=mode, resolution=a.resolution, seed=a.seed)
-           for mode in ("idm", "policy")}
+    evals = {
+        "probe_eval_test": episode_list(pd / "probe_eval_test.json"),
+        "probe_eval_train": episode_list(pd / "probe_eval_train.json"),
+    }
+    out = {
+        mode: frame_diff_probe(store, train, evals, mode=mode, resolution=a.resolution, seed=a.seed)
+        for mode in ("idm", "policy")
+    }
     write_json(a.out_json, out)
     for mode, r in out.items():
         e = r["eval"]["probe_eval_test"]
-        print(f"frame_diff {mode:6s} held-out tasks: R2 uniform {e['r2_uniform']:+.3f}, dims 0-5 "
-              f"{e['r2_mean_dims_0_5']:+.3f}, per dim " + json.dumps({k: round(v, 3) for k, v in e["r2_per_dim"].items()}))
-    r2_per_dim_bars({m: out[m]["eval"]["probe_eval_test"] for m in out}, a.out_png,
-                    "frame_diff ridge probe on held-out tasks (idm should beat policy)")
+        print(
+            f"frame_diff {mode:6s} held-out tasks: R2 uniform {e['r2_uniform']:+.3f}, dims 0-5 "
+            f"{e['r2_mean_dims_0_5']:+.3f}, per dim " + json.dumps({k: round(v, 3) for k, v in e["r2_per_dim"].items()})
+        )
+    r2_per_dim_bars(
+        {m: out[m]["eval"]["probe_eval_test"] for m in out},
+        a.out_png,
+        "frame_diff ridge probe on held-out tasks (idm should beat policy)",
+    )
     rows = {}
     for task, shard in list(store.shards.items())[:12]:
         ep = shard.episodes[0]

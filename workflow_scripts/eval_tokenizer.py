@@ -20,19 +20,43 @@ def main() -> None:
     ap.add_argument("--eval", required=True, help="JSON of the config's `tokenizer.eval` section")
     ap.add_argument("--out-json", required=True)
     ap.add_argument("--out-png", required=True)
-    ap.add_argument("--batch", type=int, default=16, help="causal chunks per model pass (default 16: about "
-                    "1 GB of activations at the paper's 128 px, seq_len 16 under bf16)")
-    ap.add_argument("--amp", choices=AMP_CHOICES, default=None,
-                    help="mixed precision on CUDA (default: the run's own, from its config.json); CPU runs fp32")
-    ap.add_argument("--expect-gpus", type=int, default=0, help="GPUs the job was given: stop at once if torch "
-                    "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=16,
+        help="causal chunks per model pass (default 16: about "
+        "1 GB of activations at the paper's 128 px, seq_len 16 under bf16)",
+    )
+    ap.add_argument(
+        "--amp",
+        choices=AMP_CHOICES,
+        default=None,
+        help="mixed precision on CUDA (default: the run's own, from its config.json); CPU runs fp32",
+    )
+    ap.add_argument(
+        "--expect-gpus",
+        type=int,
+        default=0,
+        help="GPUs the job was given: stop at once if torch "
+        "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)",
+    )
     a = ap.parse_args()
     if a.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {a.batch}")
     device = eval_device(a.expect_gpus, who="tokenizer_eval")  # before any data or checkpoint is loaded
-    run_tokenizer_eval(parse_section(a.eval, "tokenizer.eval", "--eval"), checkpoint_json=a.checkpoint_json,
-                       manifest=a.manifest, test_ood=a.test_ood, val=a.val, resolution=a.resolution,
-                       out_json=a.out_json, out_png=a.out_png, device=device, batch=a.batch, amp=a.amp)
+    run_tokenizer_eval(
+        parse_section(a.eval, "tokenizer.eval", "--eval"),
+        checkpoint_json=a.checkpoint_json,
+        manifest=a.manifest,
+        test_ood=a.test_ood,
+        val=a.val,
+        resolution=a.resolution,
+        out_json=a.out_json,
+        out_png=a.out_png,
+        device=device,
+        batch=a.batch,
+        amp=a.amp,
+    )
 
 
 if __name__ == "__main__":

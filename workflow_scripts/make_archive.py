@@ -17,8 +17,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     add_result_args(ap)
     ap.add_argument("--tables-dir", default=None, help="results/tables (tables.md and plots/ are copied)")
-    ap.add_argument("--rollout-dirs", nargs="*", default=[],
-                    help="results/rollout/<variant> folders; their *.png / *.gif strips are copied when present")
+    ap.add_argument(
+        "--rollout-dirs",
+        nargs="*",
+        default=[],
+        help="results/rollout/<variant> folders; their *.png / *.gif strips are copied when present",
+    )
     ap.add_argument("--splits-dir", default=None, help="results/preprocess/splits (split files + sha256)")
     ap.add_argument("--manifest", default=None, help="results/preprocess/manifest.json (frame counts; optional)")
     ap.add_argument("--out-dir", required=True, help="e.g. results/archive")
@@ -28,10 +32,19 @@ def main() -> None:
 
     from dreamer4_libero.reporting.archive import make_archive
 
-    paths = make_archive(cfg, a.out_dir, probe_summaries=a.probe_summaries, rollout=a.rollout,
-                         tokenizer_eval=a.tokenizer_eval, train_dirs=a.train_dirs, tables_dir=a.tables_dir,
-                         rollout_dirs=a.rollout_dirs, splits_dir=a.splits_dir, manifest=a.manifest,
-                         verify=not a.no_verify)
+    paths = make_archive(
+        cfg,
+        a.out_dir,
+        probe_summaries=a.probe_summaries,
+        rollout=a.rollout,
+        tokenizer_eval=a.tokenizer_eval,
+        train_dirs=a.train_dirs,
+        tables_dir=a.tables_dir,
+        rollout_dirs=a.rollout_dirs,
+        splits_dir=a.splits_dir,
+        manifest=a.manifest,
+        verify=not a.no_verify,
+    )
     for p in paths:
         print(p)
 

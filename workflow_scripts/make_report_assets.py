@@ -25,10 +25,19 @@ def main() -> None:
 
     from dreamer4_libero.reporting.report import build_assets
 
-    written = build_assets(tables_config=parse_section(a.tables_config, "$defs.tables_config", "--tables-config"), out_dir=a.out_dir, runs=a.runs,
-                           manifest=a.manifest, splits_summary=a.splits_summary, bench_dir=a.benchmarks,
-                           probe_summaries=a.probe_summaries, rollout=a.rollout, tokenizer_eval=a.tokenizer_eval,
-                           train_root=a.train_root, dmcontrol_manifest=a.dmcontrol_manifest)
+    written = build_assets(
+        tables_config=parse_section(a.tables_config, "$defs.tables_config", "--tables-config"),
+        out_dir=a.out_dir,
+        runs=a.runs,
+        manifest=a.manifest,
+        splits_summary=a.splits_summary,
+        bench_dir=a.benchmarks,
+        probe_summaries=a.probe_summaries,
+        rollout=a.rollout,
+        tokenizer_eval=a.tokenizer_eval,
+        train_root=a.train_root,
+        dmcontrol_manifest=a.dmcontrol_manifest,
+    )
     for k, v in written.items():
         print(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}")
 

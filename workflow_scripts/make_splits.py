@@ -15,8 +15,12 @@ def main() -> None:
     ap.add_argument("--split", required=True, help="JSON of the config's `split` section")
     ap.add_argument("--probe", required=True, help="JSON of the config's `probe` section")
     a = ap.parse_args()
-    summary = build_and_write(a.manifest, a.out, split_cfg=parse_section(a.split, "split", "--split"),
-                              probe_cfg=parse_section(a.probe, "probe", "--probe"))
+    summary = build_and_write(
+        a.manifest,
+        a.out,
+        split_cfg=parse_section(a.split, "split", "--split"),
+        probe_cfg=parse_section(a.probe, "probe", "--probe"),
+    )
     for name, s in summary["sets"].items():
         print(f"{name:10s} {s['episodes']:6d} episodes from {s['tasks']:4d} tasks")
     for seed, lists in summary["probe"].items():

@@ -33,8 +33,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--len-min", type=int, default=48, help="minimum frames per demo (default 48)")
     p.add_argument("--len-max", type=int, default=80, help="maximum frames per demo (default 80)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
-    p.add_argument("--trap", action="append", default=[], metavar="NAME:TASK_ID:K",
-                   help="inject a trap (repeatable)")
+    p.add_argument("--trap", action="append", default=[], metavar="NAME:TASK_ID:K", help="inject a trap (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.demos < 1:
@@ -59,15 +58,23 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--tasks must be 'demo' or an integer, got {args.tasks!r}") from None
             task_ids = sy.cycle_task_ids(n)
         traps = [parse_trap_spec(t) for t in args.trap]
-        summary = sy.generate(args.root, task_ids, n_demos=args.demos,
-                              len_range=(args.len_min, args.len_max), seed=args.seed,
-                              traps=traps, progress=not args.no_progress)
+        summary = sy.generate(
+            args.root,
+            task_ids,
+            n_demos=args.demos,
+            len_range=(args.len_min, args.len_max),
+            seed=args.seed,
+            traps=traps,
+            progress=not args.no_progress,
+        )
     except ValueError as e:
         print(f"make_synthetic.py: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {len(summary['files'])} file(s) under {summary['root']}: "
-          f"{summary['n_tasks']} tasks x {summary['n_demos_per_task']} demos = {summary['n_demos']} demos, "
-          f"{summary['n_frames']} frames")
+    print(
+        f"wrote {len(summary['files'])} file(s) under {summary['root']}: "
+        f"{summary['n_tasks']} tasks x {summary['n_demos_per_task']} demos = {summary['n_demos']} demos, "
+        f"{summary['n_frames']} frames"
+    )
     for t in summary["traps"]:
         where = t["task"] + (f" demo_{t['demo']}" if "demo" in t else "")
         print(f"  trap {t['trap']}: {where}")

@@ -23,8 +23,15 @@ def main() -> None:
 
     from dreamer4_libero.reporting.tables import make_tables
 
-    paths = make_tables(cfg, a.out_dir, probe_summaries=a.probe_summaries, rollout=a.rollout,
-                        tokenizer_eval=a.tokenizer_eval, train_dirs=a.train_dirs, plots=not a.no_plots)
+    paths = make_tables(
+        cfg,
+        a.out_dir,
+        probe_summaries=a.probe_summaries,
+        rollout=a.rollout,
+        tokenizer_eval=a.tokenizer_eval,
+        train_dirs=a.train_dirs,
+        plots=not a.no_plots,
+    )
     print(f"wrote {len(paths)} files under {a.out_dir}")
 
 

@@ -19,8 +19,16 @@ def main() -> None:
     ap.add_argument("--resize", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args()
-    m = preprocess(a.libero_root, a.out, workers=a.workers, on_bad_demo=a.on_bad_demo, min_demo_len=a.min_demo_len,
-                   convert_dtype=a.convert_dtype, resize=a.resize, progress=not a.no_progress)
+    m = preprocess(
+        a.libero_root,
+        a.out,
+        workers=a.workers,
+        on_bad_demo=a.on_bad_demo,
+        min_demo_len=a.min_demo_len,
+        convert_dtype=a.convert_dtype,
+        resize=a.resize,
+        progress=not a.no_progress,
+    )
     print(json.dumps(m["totals"]))
     print(f"manifest: {a.out}/manifest.json")
     print(f"shards:   {a.out}/{m['shard_root']}/<suite>/<task>/")

@@ -30,15 +30,28 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=32, help="baselines: context window C of the window plan")
     ap.add_argument("--eval", required=True, help="JSON of the config's `probe_eval` section (config/schema.yaml)")
     ap.add_argument("--out-dir", required=True)
-    ap.add_argument("--expect-gpus", type=int, default=0, help="GPUs the job was given: stop at once if torch "
-                    "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)")
+    ap.add_argument(
+        "--expect-gpus",
+        type=int,
+        default=0,
+        help="GPUs the job was given: stop at once if torch "
+        "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)",
+    )
     a = ap.parse_args()
     # the GPU the job was given (checked before any data or checkpoint is loaded), else the CPU
     device = eval_device(a.expect_gpus, who="probe_baselines" if a.baselines else "probe")
-    run_probe(parse_section(a.eval, "probe_eval", "--eval"), manifest=a.manifest, probe_root=a.probe_root,
-              seeds=a.seeds, resolution=a.resolution, out_dir=a.out_dir, device=device,
-              checkpoint_json=a.checkpoint_json, tokenizer_checkpoint_json=a.tokenizer_checkpoint_json,
-              window=a.window)
+    run_probe(
+        parse_section(a.eval, "probe_eval", "--eval"),
+        manifest=a.manifest,
+        probe_root=a.probe_root,
+        seeds=a.seeds,
+        resolution=a.resolution,
+        out_dir=a.out_dir,
+        device=device,
+        checkpoint_json=a.checkpoint_json,
+        tokenizer_checkpoint_json=a.tokenizer_checkpoint_json,
+        window=a.window,
+    )
 
 
 if __name__ == "__main__":

@@ -23,20 +23,40 @@ def main() -> None:
     ap.add_argument("--val", required=True, help="splits/val.json (secondary windows: seen tasks, unseen demos)")
     ap.add_argument("--resolution", type=int, required=True, help="model resolution (data.model_resolution)")
     ap.add_argument("--eval", required=True, help="JSON of the config's `rollout_eval` section (config/schema.yaml)")
-    ap.add_argument("--study-tokenizer-checkpoint-json", default=None,
-                    help="the study tokenizer's checkpoint.json (its sha256 is used as --study-tokenizer-sha256)")
-    ap.add_argument("--study-tokenizer-sha256", default=None,
-                    help="sha256 of the study tokenizer; a variant with another tokenizer also gets its §3 block")
+    ap.add_argument(
+        "--study-tokenizer-checkpoint-json",
+        default=None,
+        help="the study tokenizer's checkpoint.json (its sha256 is used as --study-tokenizer-sha256)",
+    )
+    ap.add_argument(
+        "--study-tokenizer-sha256",
+        default=None,
+        help="sha256 of the study tokenizer; a variant with another tokenizer also gets its §3 block",
+    )
     ap.add_argument("--out-dir", required=True, help="results/rollout/<variant>")
     ap.add_argument("--progress", default="true", choices=["true", "false"])
-    ap.add_argument("--expect-gpus", type=int, default=0, help="GPUs the job was given: stop at once if torch "
-                    "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)")
+    ap.add_argument(
+        "--expect-gpus",
+        type=int,
+        default=0,
+        help="GPUs the job was given: stop at once if torch "
+        "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)",
+    )
     a = ap.parse_args()
     device = eval_device(a.expect_gpus, who="rollout_eval")  # before any data or checkpoint is loaded
-    run_rollout_eval(a.checkpoint_json, a.manifest, a.test_ood, a.val, resolution=a.resolution,
-                     ev=parse_section(a.eval, "rollout_eval", "--eval"), out_dir=a.out_dir, device=device,
-                     study_tokenizer_sha256=a.study_tokenizer_sha256,
-                     study_tokenizer_checkpoint_json=a.study_tokenizer_checkpoint_json, progress=a.progress == "true")
+    run_rollout_eval(
+        a.checkpoint_json,
+        a.manifest,
+        a.test_ood,
+        a.val,
+        resolution=a.resolution,
+        ev=parse_section(a.eval, "rollout_eval", "--eval"),
+        out_dir=a.out_dir,
+        device=device,
+        study_tokenizer_sha256=a.study_tokenizer_sha256,
+        study_tokenizer_checkpoint_json=a.study_tokenizer_checkpoint_json,
+        progress=a.progress == "true",
+    )
 
 
 if __name__ == "__main__":

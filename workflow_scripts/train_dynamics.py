@@ -14,8 +14,12 @@ from dreamer4_libero.data.staging import add_staging_arg, staged_manifest
 from dreamer4_libero.fileio import read_json
 from dreamer4_libero.training.dynamics_task import DynamicsTask
 from dreamer4_libero.training.engine import train_run
-from dreamer4_libero.training.engine_config import (add_engine_args, job_loader_workers, require_job_gpus,
-                                                     section_engine_config)
+from dreamer4_libero.training.engine_config import (
+    add_engine_args,
+    job_loader_workers,
+    require_job_gpus,
+    section_engine_config,
+)
 
 
 def main() -> int:
@@ -28,8 +32,7 @@ def main() -> int:
     add_staging_arg(ap)
     a = ap.parse_args()
     require_job_gpus(a, "train_dynamics")  # before any data is loaded
-    run = parse_section(a.variant, "dynamics.defaults", "--variant", derived=VARIANT_DERIVED_KEYS,
-                        scheduling="allow")
+    run = parse_section(a.variant, "dynamics.defaults", "--variant", derived=VARIANT_DERIVED_KEYS, scheduling="allow")
     run["num_workers"] = job_loader_workers(a, run.get("num_workers"))  # per rank, from the job's CPUs
     tok = read_json(a.tokenizer_checkpoint_json)["path"] if a.tokenizer_checkpoint_json else None
     # data.stage_to_local: the shards from node-local scratch (a verified copy, removed at the end)
@@ -39,8 +42,14 @@ def main() -> int:
             print(f"[train_dynamics] fallback: {line}", flush=True)
         for line in task.dyn_report.get("notes", []):
             print(f"[train_dynamics] note: {line}", flush=True)
-        cfg = section_engine_config(a, run, run_name=run["name"], model_key="dynamics",
-                                    extra_args=task.upstream_args(), grad_clip=run["grad_clip"])
+        cfg = section_engine_config(
+            a,
+            run,
+            run_name=run["name"],
+            model_key="dynamics",
+            extra_args=task.upstream_args(),
+            grad_clip=run["grad_clip"],
+        )
         return train_run(task, cfg, run, a.ckpt_root)
 
 

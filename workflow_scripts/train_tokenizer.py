@@ -11,8 +11,12 @@ from dreamer4_libero.cli import run_main
 from dreamer4_libero.config import parse_section
 from dreamer4_libero.data.staging import add_staging_arg, staged_manifest
 from dreamer4_libero.training.engine import train_run
-from dreamer4_libero.training.engine_config import (add_engine_args, job_loader_workers, require_job_gpus,
-                                                     section_engine_config)
+from dreamer4_libero.training.engine_config import (
+    add_engine_args,
+    job_loader_workers,
+    require_job_gpus,
+    section_engine_config,
+)
 from dreamer4_libero.training.tokenizer_task import TokenizerTask
 
 
@@ -22,8 +26,12 @@ def main() -> int:
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--train-split", required=True)
     ap.add_argument("--resolution", type=int, required=True)
-    ap.add_argument("--lpips-cache", default=None, help="folder of the LPIPS weights made beforehand (rule fetch_lpips: "
-                    "results/assets/lpips; default: the machine cache); never downloaded here")
+    ap.add_argument(
+        "--lpips-cache",
+        default=None,
+        help="folder of the LPIPS weights made beforehand (rule fetch_lpips: "
+        "results/assets/lpips; default: the machine cache); never downloaded here",
+    )
     add_engine_args(ap)
     add_staging_arg(ap)
     a = ap.parse_args()
@@ -32,10 +40,19 @@ def main() -> int:
     t["num_workers"] = job_loader_workers(a, t.get("num_workers"))  # per rank, from the job's CPUs
     # data.stage_to_local: the shards from node-local scratch (a verified copy, removed at the end)
     with staged_manifest(a.manifest, a.stage_to_local) as manifest:
-        task = TokenizerTask(t, manifest=manifest, train_split=a.train_split, resolution=a.resolution,
-                             lpips_cache=a.lpips_cache)
-        cfg = section_engine_config(a, t, run_name=t["run_name"], model_key="model", extra_args=task.upstream_args(),
-                                    grad_clip=None, lr_mult=dict(t["lr_mult"]), lr_schedule=t["lr_schedule"])
+        task = TokenizerTask(
+            t, manifest=manifest, train_split=a.train_split, resolution=a.resolution, lpips_cache=a.lpips_cache
+        )
+        cfg = section_engine_config(
+            a,
+            t,
+            run_name=t["run_name"],
+            model_key="model",
+            extra_args=task.upstream_args(),
+            grad_clip=None,
+            lr_mult=dict(t["lr_mult"]),
+            lr_schedule=t["lr_schedule"],
+        )
         return train_run(task, cfg, t, a.ckpt_root)
 
 

@@ -68,8 +68,9 @@ def validate(cfg: dict, schema: dict | None = None) -> dict:
     return cfg
 
 
-def load_config(files: Iterable[str | Path] = (), overrides: dict | None = None,
-                base: str | Path | None = REPO_ROOT / "config.yaml") -> dict:
+def load_config(
+    files: Iterable[str | Path] = (), overrides: dict | None = None, base: str | Path | None = REPO_ROOT / "config.yaml"
+) -> dict:
     """Load config.yaml, then each override file, then a dict of overrides; validate."""
     cfg: dict[str, Any] = {}
     paths = ([base] if base else []) + list(files)
@@ -131,19 +132,32 @@ def _dmcontrol_init(cfg: dict) -> tuple[dict, str | None, str | None, str]:
     dm = dict(cfg.get("dmcontrol_init") or {})
     source = _dmcontrol_source(dm)
     if source == "none":
-        return ({"tokenizer": None, "dynamics": None},
-                "dmcontrol_init.source is none: this DMControl-initialised variant is not run", None, "not run")
+        return (
+            {"tokenizer": None, "dynamics": None},
+            "dmcontrol_init.source is none: this DMControl-initialised variant is not run",
+            None,
+            "not run",
+        )
     reason = None
     if source == "released":  # present or not: the workflow checks at parse time (check_dmcontrol_files)
         paths = release_paths(dm.get("released_dir") or DEFAULT_DIR)
         note = f"DMControl init from the released {HF_REPO} checkpoints ({paths['dynamics']})"
     elif source == "files":
         paths = {"tokenizer": dm.get("tokenizer"), "dynamics": dm.get("dynamics")}
-        reason = None if paths["dynamics"] else ("no DMControl checkpoint configured (dmcontrol_init.dynamics is "
-                                                 "null): this DMControl-initialised variant is not run")
+        reason = (
+            None
+            if paths["dynamics"]
+            else (
+                "no DMControl checkpoint configured (dmcontrol_init.dynamics is "
+                "null): this DMControl-initialised variant is not run"
+            )
+        )
         note = f"DMControl init from the configured files ({paths['dynamics']})"
     else:
-        paths = {"tokenizer": f"{DMCONTROL_PRETRAIN_DIR}/tokenizer.pt", "dynamics": f"{DMCONTROL_PRETRAIN_DIR}/dynamics.pt"}
+        paths = {
+            "tokenizer": f"{DMCONTROL_PRETRAIN_DIR}/tokenizer.pt",
+            "dynamics": f"{DMCONTROL_PRETRAIN_DIR}/dynamics.pt",
+        }
         note = "DMControl init from the pipeline's own DMControl pretraining (collect_dmcontrol + pretrain_dmcontrol)"
     choice = dm.get("tokenizer_choice", "dmcontrol")
     if choice == "study" or not paths["tokenizer"]:
@@ -181,7 +195,8 @@ def _dmcontrol_start_tokenizer(dm: dict) -> str | None:
 
 def _finetune_run_name(cfg: dict) -> str:
     return ((cfg.get("dmcontrol_pretrain") or {}).get("finetune_tokenizer") or {}).get(
-        "run_name", "tokenizer_dmcontrol_libero")
+        "run_name", "tokenizer_dmcontrol_libero"
+    )
 
 
 def _validated(run: dict, sub: dict, where: str) -> dict:
@@ -189,8 +204,12 @@ def _validated(run: dict, sub: dict, where: str) -> dict:
     _fill_defaults(sub, run)
     errors = sorted(jsonschema.Draft202012Validator(sub).iter_errors(run), key=lambda e: list(e.absolute_path))
     if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(
-            f"config key '{where}.{'.'.join(str(p) for p in e.absolute_path)}': {e.message}" for e in errors))
+        raise ConfigError(
+            "invalid configuration:\n  "
+            + "\n  ".join(
+                f"config key '{where}.{'.'.join(str(p) for p in e.absolute_path)}': {e.message}" for e in errors
+            )
+        )
     if "nodes" in run:
         check_launch(run, where)
     return run
@@ -239,8 +258,9 @@ def parse_section(text: str, where: str, arg: str, derived: Iterable[str] = (), 
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{arg}: not valid JSON ({exc}); expected the config section {where!r}") from None
     if not isinstance(section, dict):
-        raise ConfigError(f"{arg}: expected the config section {where!r} as a JSON object, "
-                          f"found {type(section).__name__}")
+        raise ConfigError(
+            f"{arg}: expected the config section {where!r} as a JSON object, found {type(section).__name__}"
+        )
     return validate_section(section, where, derived=derived, scheduling=scheduling)
 
 
@@ -276,20 +296,38 @@ def dmcontrol_pretrain_runs(cfg: dict, schema: dict | None = None) -> dict[str, 
     schema = schema or load_schema()
     props = schema["properties"]
     pre = cfg.get("dmcontrol_pretrain") or {}
-    tok = _validated(deep_merge(deep_merge(cfg.get("tokenizer", {}), {"run_name": "tokenizer_dmcontrol", "fresh_tag": ""}),
-                                pre.get("tokenizer") or {}), props["tokenizer"], "dmcontrol_pretrain.tokenizer")
-    dyn = _validated(deep_merge(deep_merge(cfg.get("dynamics", {}).get("defaults", {}),
-                                           {"aux_weight": 0.0, "init_from": None, "enabled": True, "fresh_tag": "",
-                                            "stand_in_for": None}),
-                                pre.get("dynamics") or {}),
-                     props["dynamics"]["properties"]["defaults"], "dmcontrol_pretrain.dynamics")
-    dyn.update(name="dynamics_dmcontrol", init_paths=None, init_source=None, init_note=None, runnable=True,
-               not_run_reason=None)
+    tok = _validated(
+        deep_merge(
+            deep_merge(cfg.get("tokenizer", {}), {"run_name": "tokenizer_dmcontrol", "fresh_tag": ""}),
+            pre.get("tokenizer") or {},
+        ),
+        props["tokenizer"],
+        "dmcontrol_pretrain.tokenizer",
+    )
+    dyn = _validated(
+        deep_merge(
+            deep_merge(
+                cfg.get("dynamics", {}).get("defaults", {}),
+                {"aux_weight": 0.0, "init_from": None, "enabled": True, "fresh_tag": "", "stand_in_for": None},
+            ),
+            pre.get("dynamics") or {},
+        ),
+        props["dynamics"]["properties"]["defaults"],
+        "dmcontrol_pretrain.dynamics",
+    )
+    dyn.update(
+        name="dynamics_dmcontrol", init_paths=None, init_source=None, init_note=None, runnable=True, not_run_reason=None
+    )
     dm = dict(cfg.get("dmcontrol_init") or {})
     start = _dmcontrol_start_tokenizer(dm)
-    ft = _validated(deep_merge(deep_merge(tok, {"run_name": _finetune_run_name(cfg), "init_from": start}),
-                               pre.get("finetune_tokenizer") or {}), props["tokenizer"],
-                    "dmcontrol_pretrain.finetune_tokenizer")
+    ft = _validated(
+        deep_merge(
+            deep_merge(tok, {"run_name": _finetune_run_name(cfg), "init_from": start}),
+            pre.get("finetune_tokenizer") or {},
+        ),
+        props["tokenizer"],
+        "dmcontrol_pretrain.finetune_tokenizer",
+    )
     return {"tokenizer": tok, "dynamics": dyn, "finetune_tokenizer": ft}
 
 

@@ -186,6 +186,7 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", trust: b
             raise CheckpointTrustError(
                 f"{path}: refusing to load: it needs arbitrary unpickling, which can run code from the file "
                 f"({reason.strip()}). Pipeline checkpoints never need this; if you trust where this file comes "
-                f"from, set `trust_checkpoint: true` in the config (or {TRUST_ENV}=1)") from None
+                f"from, set `trust_checkpoint: true` in the config (or {TRUST_ENV}=1)"
+            ) from None
         warnings.warn(f"{path}: loading with full unpickling because trust_checkpoint is set ({reason.strip()})")
         return torch.load(str(path), map_location=map_location, weights_only=False)

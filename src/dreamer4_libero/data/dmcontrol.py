@@ -37,18 +37,54 @@ from .splits import SPLIT_FORMAT
 
 #: upstream's task_set.py, in order (the index selects the task embedding and action mask): name -> action dim
 UPSTREAM_TASKS: dict[str, int] = {
-    "walker-stand": 6, "walker-walk": 6, "walker-run": 6, "cheetah-run": 6, "reacher-easy": 2, "reacher-hard": 2,
-    "acrobot-swingup": 1, "pendulum-swingup": 1, "cartpole-balance": 1, "cartpole-balance-sparse": 1,
-    "cartpole-swingup": 1, "cartpole-swingup-sparse": 1, "cup-catch": 2, "finger-spin": 2, "finger-turn-easy": 2,
-    "finger-turn-hard": 2, "hopper-stand": 4, "hopper-hop": 4, "walker-walk-backward": 6, "walker-run-backward": 6,
-    "cheetah-run-backward": 6, "cheetah-run-front": 6, "cheetah-run-back": 6, "cheetah-jump": 6,
-    "hopper-hop-backward": 4, "cup-spin": 2, "pendulum-spin": 1, "jumper-jump": 2, "reacher-three-easy": 3,
+    "walker-stand": 6,
+    "walker-walk": 6,
+    "walker-run": 6,
+    "cheetah-run": 6,
+    "reacher-easy": 2,
+    "reacher-hard": 2,
+    "acrobot-swingup": 1,
+    "pendulum-swingup": 1,
+    "cartpole-balance": 1,
+    "cartpole-balance-sparse": 1,
+    "cartpole-swingup": 1,
+    "cartpole-swingup-sparse": 1,
+    "cup-catch": 2,
+    "finger-spin": 2,
+    "finger-turn-easy": 2,
+    "finger-turn-hard": 2,
+    "hopper-stand": 4,
+    "hopper-hop": 4,
+    "walker-walk-backward": 6,
+    "walker-run-backward": 6,
+    "cheetah-run-backward": 6,
+    "cheetah-run-front": 6,
+    "cheetah-run-back": 6,
+    "cheetah-jump": 6,
+    "hopper-hop-backward": 4,
+    "cup-spin": 2,
+    "pendulum-spin": 1,
+    "jumper-jump": 2,
+    "reacher-three-easy": 3,
     "reacher-three-hard": 3,
 }
 #: tasks that MMBench's custom environments add (not in stock dm_control): left out, and said so
-CUSTOM_TASKS = frozenset({"walker-walk-backward", "walker-run-backward", "cheetah-run-backward", "cheetah-run-front",
-                          "cheetah-run-back", "cheetah-jump", "hopper-hop-backward", "cup-spin", "pendulum-spin",
-                          "jumper-jump", "reacher-three-easy", "reacher-three-hard"})
+CUSTOM_TASKS = frozenset(
+    {
+        "walker-walk-backward",
+        "walker-run-backward",
+        "cheetah-run-backward",
+        "cheetah-run-front",
+        "cheetah-run-back",
+        "cheetah-jump",
+        "hopper-hop-backward",
+        "cup-spin",
+        "pendulum-spin",
+        "jumper-jump",
+        "reacher-three-easy",
+        "reacher-three-hard",
+    }
+)
 STOCK_TASKS = [t for t in UPSTREAM_TASKS if t not in CUSTOM_TASKS]
 ACTION_DIM = 16
 RELEASE_SIZE = 128
@@ -63,8 +99,9 @@ class DMControlError(ValueError):
 
 def task_index(name: str) -> int:
     if name not in UPSTREAM_TASKS:
-        raise DMControlError(f"unknown DMControl task {name!r}: not in upstream's 30-task list "
-                             f"({', '.join(UPSTREAM_TASKS)})")
+        raise DMControlError(
+            f"unknown DMControl task {name!r}: not in upstream's 30-task list ({', '.join(UPSTREAM_TASKS)})"
+        )
     return list(UPSTREAM_TASKS).index(name)
 
 
@@ -72,8 +109,10 @@ def dm_control_name(name: str) -> tuple[str, str]:
     """Upstream `domain-task` -> dm_control's (domain, task): `cup-catch` -> (`ball_in_cup`, `catch`)."""
     task_index(name)
     if name in CUSTOM_TASKS:
-        raise DMControlError(f"DMControl task {name!r} comes from MMBench's custom environments, not stock "
-                             f"dm_control; the stock subset is: {', '.join(STOCK_TASKS)}")
+        raise DMControlError(
+            f"DMControl task {name!r} comes from MMBench's custom environments, not stock "
+            f"dm_control; the stock subset is: {', '.join(STOCK_TASKS)}"
+        )
     domain, _, task = name.partition("-")
     return ("ball_in_cup" if domain == "cup" else domain), task.replace("-", "_")
 
@@ -104,6 +143,7 @@ def make_policy(kind: str, low: np.ndarray, high: np.ndarray, rng: np.random.Gen
     def smooth(k: int) -> np.ndarray:
         state["u"] = 0.8 * state["u"] + 0.6 * rng.standard_normal(low.shape)
         return mid + half * np.clip(state["u"], -1.0, 1.0)
+
     return smooth
 
 
@@ -123,8 +163,16 @@ def episode_seed(seed: int, name: str, episode: int) -> int:
     return int(np.random.SeedSequence([int(seed), task_index(name), int(episode)]).generate_state(1)[0])
 
 
-def collect_episode(name: str, *, seed: int, steps: int, policy: str = "random", render_size: int = 224,
-                    camera_id: int = 0, actions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def collect_episode(
+    name: str,
+    *,
+    seed: int,
+    steps: int,
+    policy: str = "random",
+    render_size: int = 224,
+    camera_id: int = 0,
+    actions: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """One episode: (frames uint8 (steps+1, 128, 128, 3), actions float64 (steps+1, A)), LIBERO-aligned.
 
     `actions` (steps+1, A), if given, are replayed instead of the policy's (actions[0] is ignored)."""
@@ -173,8 +221,13 @@ def _collect_task(name: str, shard_root: Path, options: dict, bar) -> dict:
         aw = NpyStreamWriter(tmp / "actions.npy", np.float64, (width,))
         episodes, demos = [], []
         for e in range(options["episodes"]):
-            frames, actions = collect_episode(name, seed=episode_seed(options["seed"], name, e), steps=options["steps"],
-                                              policy=options["policy"], render_size=options["render_size"])
+            frames, actions = collect_episode(
+                name,
+                seed=episode_seed(options["seed"], name, e),
+                steps=options["steps"],
+                policy=options["policy"],
+                render_size=options["render_size"],
+            )
             demo = f"demo_{e}"
             episodes.append({"name": demo, "index": e, "start": fw.n, "T": int(len(frames))})
             demos.append(demo_stats(demo, frames, actions))
@@ -183,20 +236,38 @@ def _collect_task(name: str, shard_root: Path, options: dict, bar) -> dict:
             bar.update(len(frames))
         fw.close()
         aw.close()
-        (tmp / "episodes.json").write_text(dumps_json({"format": SHARD_FORMAT, "task_id": task_id,
-                                                       "episodes": episodes}))
+        (tmp / "episodes.json").write_text(
+            dumps_json({"format": SHARD_FORMAT, "task_id": task_id, "episodes": episodes})
+        )
         dm_domain, dm_task = dm_control_name(name)
-        entry = {"task_id": task_id, "upstream_task": name, "task_index": task_index(name),
-                 "dm_control": {"domain": dm_domain, "task": dm_task}, "action_dim": width,
-                 "demos_kept": [d["name"] for d in demos], "demos_skipped": [], "frames": int(fw.n),
-                 "options": options, "demos": demos}
+        entry = {
+            "task_id": task_id,
+            "upstream_task": name,
+            "task_index": task_index(name),
+            "dm_control": {"domain": dm_domain, "task": dm_task},
+            "action_dim": width,
+            "demos_kept": [d["name"] for d in demos],
+            "demos_skipped": [],
+            "frames": int(fw.n),
+            "options": options,
+            "demos": demos,
+        }
         (tmp / "entry.json").write_text(dumps_json(entry))
     return entry
 
 
-def collect(out_dir: str | os.PathLike, tasks: list[str], *, episodes: int, steps: int, seed: int = 0,
-            policy: str = "random", policy_per_task: dict | None = None, render_size: int = 224,
-            progress: bool = True) -> dict:
+def collect(
+    out_dir: str | os.PathLike,
+    tasks: list[str],
+    *,
+    episodes: int,
+    steps: int,
+    seed: int = 0,
+    policy: str = "random",
+    policy_per_task: dict | None = None,
+    render_size: int = 224,
+    progress: bool = True,
+) -> dict:
     """Collect every task into `<out_dir>/shards/`, write `<out_dir>/manifest.json` and the training list
     `<out_dir>/splits/train.json` (all episodes); return the manifest. Finished tasks are reused."""
     if not tasks:
@@ -206,28 +277,56 @@ def collect(out_dir: str | os.PathLike, tasks: list[str], *, episodes: int, step
     policy_per_task = dict(policy_per_task or {})
     unknown = sorted(set(policy_per_task) - set(tasks))
     if unknown:
-        raise DMControlError(f"dmcontrol_pretrain.collect.policy_per_task names tasks that are not collected: {unknown}")
+        raise DMControlError(
+            f"dmcontrol_pretrain.collect.policy_per_task names tasks that are not collected: {unknown}"
+        )
     for t in tasks:
         dm_control_name(t)  # unknown or custom tasks fail before any rendering
     check_headless_rendering()  # so does a node without a working headless OpenGL (no EGL): before any file
     out = Path(out_dir)
     shard_root = out / "shards"
-    bar = tqdm(total=len(tasks) * episodes * (steps + 1), desc="collect_dmcontrol", unit="frame",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(tasks) * episodes * (steps + 1),
+        desc="collect_dmcontrol",
+        unit="frame",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     files = []
     try:
         for t in tasks:
-            options = {"collector_version": COLLECTOR_VERSION, "episodes": int(episodes), "steps": int(steps),
-                       "seed": int(seed), "policy": policy_per_task.get(t, policy), "render_size": int(render_size)}
+            options = {
+                "collector_version": COLLECTOR_VERSION,
+                "episodes": int(episodes),
+                "steps": int(steps),
+                "seed": int(seed),
+                "policy": policy_per_task.get(t, policy),
+                "render_size": int(render_size),
+            }
             files.append(_collect_task(t, shard_root, options, bar))
     finally:
         bar.close()
-    manifest = {"format": MANIFEST_FORMAT, "shard_root": "shards", "action_dim": ACTION_DIM,
-                "tasks": tasks, "files": files,
-                "totals": {"tasks": len(files), "demos_kept": sum(len(f["demos_kept"]) for f in files),
-                           "frames": sum(f["frames"] for f in files)}}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "shard_root": "shards",
+        "action_dim": ACTION_DIM,
+        "tasks": tasks,
+        "files": files,
+        "totals": {
+            "tasks": len(files),
+            "demos_kept": sum(len(f["demos_kept"]) for f in files),
+            "frames": sum(f["frames"] for f in files),
+        },
+    }
     write_json(out / "manifest.json", manifest)
     eps = sorted(f"{f['task_id']}/{d}" for f in files for d in f["demos_kept"])
-    write_json(out / "splits" / "train.json", {"format": SPLIT_FORMAT, "source": "dmcontrol collection",
-                                               "tasks": sorted(f["task_id"] for f in files), "episodes": eps})
+    write_json(
+        out / "splits" / "train.json",
+        {
+            "format": SPLIT_FORMAT,
+            "source": "dmcontrol collection",
+            "tasks": sorted(f["task_id"] for f in files),
+            "episodes": eps,
+        },
+    )
     return manifest

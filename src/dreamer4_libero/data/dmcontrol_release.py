@@ -46,8 +46,10 @@ def base_url(override: str | None = None) -> str:
 
 def release_paths(released_dir: str) -> dict[str, str]:
     """{tokenizer, dynamics} paths of the release files in `released_dir`."""
-    return {"tokenizer": f"{released_dir.rstrip('/')}/{TOKENIZER_FILE}",
-            "dynamics": f"{released_dir.rstrip('/')}/{DYNAMICS_FILE}"}
+    return {
+        "tokenizer": f"{released_dir.rstrip('/')}/{TOKENIZER_FILE}",
+        "dynamics": f"{released_dir.rstrip('/')}/{DYNAMICS_FILE}",
+    }
 
 
 def pretrain_cost(cfg: dict) -> dict:
@@ -64,21 +66,33 @@ def pretrain_cost(cfg: dict) -> dict:
     for key in ("tokenizer", "dynamics"):
         r = runs[key]
         name = r.get("run_name") or r["name"]
-        train[key] = {"run": name, "steps": r["max_steps"], "gpus": r["gpus"], "runtime_min": r["runtime_min"],
-                      "gpu_hours": r["gpus"] * r["runtime_min"] / 60}
-    return {"frames": frames, "collect_hours": frames / rate / 3600, "collect_frames_per_s": rate,
-            "shard_bytes": frames * FRAME_BYTES, "train": train,
-            "gpu_hours": sum(t["gpu_hours"] for t in train.values())}
+        train[key] = {
+            "run": name,
+            "steps": r["max_steps"],
+            "gpus": r["gpus"],
+            "runtime_min": r["runtime_min"],
+            "gpu_hours": r["gpus"] * r["runtime_min"] / 60,
+        }
+    return {
+        "frames": frames,
+        "collect_hours": frames / rate / 3600,
+        "collect_frames_per_s": rate,
+        "shard_bytes": frames * FRAME_BYTES,
+        "train": train,
+        "gpu_hours": sum(t["gpu_hours"] for t in train.values()),
+    }
 
 
 def pretrain_cost_text(cfg: dict) -> str:
     c = pretrain_cost(cfg)
     t, d = c["train"]["tokenizer"], c["train"]["dynamics"]
-    return (f"collect_dmcontrol renders {c['frames']:,} frames on one core (about {c['collect_hours']:.1f} h at "
-            f"{c['collect_frames_per_s']} frames/s, {c['shard_bytes'] / 1e9:.0f} GB of shards), then "
-            f"{t['run']} trains {t['steps']:,} steps on {t['gpus']} GPUs and {d['run']} {d['steps']:,} steps on "
-            f"{d['gpus']} GPUs: {c['gpu_hours']:.0f} GPU-hours requested ({t['gpus']} x {t['runtime_min']} min + "
-            f"{d['gpus']} x {d['runtime_min']} min per attempt)")
+    return (
+        f"collect_dmcontrol renders {c['frames']:,} frames on one core (about {c['collect_hours']:.1f} h at "
+        f"{c['collect_frames_per_s']} frames/s, {c['shard_bytes'] / 1e9:.0f} GB of shards), then "
+        f"{t['run']} trains {t['steps']:,} steps on {t['gpus']} GPUs and {d['run']} {d['steps']:,} steps on "
+        f"{d['gpus']} GPUs: {c['gpu_hours']:.0f} GPU-hours requested ({t['gpus']} x {t['runtime_min']} min + "
+        f"{d['gpus']} x {d['runtime_min']} min per attempt)"
+    )
 
 
 def check_dmcontrol_files(cfg: dict) -> None:
@@ -94,8 +108,11 @@ def check_dmcontrol_files(cfg: dict) -> None:
         return
     dm = cfg.get("dmcontrol_init") or {}
     source = runs[0]["init_source"]
-    paths = (release_paths(dm.get("released_dir") or DEFAULT_DIR) if source == "released"
-             else {k: dm.get(k) for k in ("tokenizer", "dynamics")})
+    paths = (
+        release_paths(dm.get("released_dir") or DEFAULT_DIR)
+        if source == "released"
+        else {k: dm.get(k) for k in ("tokenizer", "dynamics")}
+    )
     if dm.get("tokenizer_choice", "dmcontrol") == "study":
         paths.pop("tokenizer")
     ft = dmcontrol_pretrain_runs(cfg)["finetune_tokenizer"]
@@ -109,13 +126,17 @@ def check_dmcontrol_files(cfg: dict) -> None:
     lines += [f"    {k}: {p}" for k, p in missing.items()]
     lines.append(f"  The DMControl-initialised variants ({names}) need them. Either:")
     if source == "released":
-        lines.append(f"  1. fetch the released {HF_REPO} files (on a machine with internet, e.g. the login node): "
-                     f"`make fetch-dmcontrol` (downloads {TOKENIZER_FILE} and {DYNAMICS_FILE} into "
-                     f"{dm.get('released_dir') or DEFAULT_DIR}/ and records their sha256; offline, copy them in "
-                     f"and run `make fetch-dmcontrol FETCH_ARGS='--from DIR'`), or")
+        lines.append(
+            f"  1. fetch the released {HF_REPO} files (on a machine with internet, e.g. the login node): "
+            f"`make fetch-dmcontrol` (downloads {TOKENIZER_FILE} and {DYNAMICS_FILE} into "
+            f"{dm.get('released_dir') or DEFAULT_DIR}/ and records their sha256; offline, copy them in "
+            f"and run `make fetch-dmcontrol FETCH_ARGS='--from DIR'`), or"
+        )
     else:
-        lines.append("  1. put the files at the paths of dmcontrol_init.tokenizer / dmcontrol_init.dynamics (or use "
-                     "`dmcontrol_init.source: released` and `make fetch-dmcontrol`), or")
+        lines.append(
+            "  1. put the files at the paths of dmcontrol_init.tokenizer / dmcontrol_init.dynamics (or use "
+            "`dmcontrol_init.source: released` and `make fetch-dmcontrol`), or"
+        )
     lines.append(f"  2. set `dmcontrol_init.source: pretrain` to make them in the study: {pretrain_cost_text(cfg)}.")
     lines.append("  (`dmcontrol_init.source: none` skips the DMControl variants instead.)")
     raise ConfigError("\n".join(lines))

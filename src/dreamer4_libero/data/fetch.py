@@ -56,18 +56,29 @@ def _progress(total: int | None, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     # unit_scale bytes: the bar shows size done / total, rate (MB/s) and ETA
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled,
-                file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
 
 
 def _check_digest(name: str, got: str, expected: str | None, source: str) -> None:
     if expected and got != expected:
-        raise FetchError(f"{name}: sha256 mismatch (from {source}): expected {expected}, got {got}; the file was "
-                         f"not kept")
+        raise FetchError(
+            f"{name}: sha256 mismatch (from {source}): expected {expected}, got {got}; the file was not kept"
+        )
 
 
-def download(url: str, dest: Path, expected_sha256: str | None = None, progress: bool = True,
-             timeout_s: float = 60.0) -> dict:
+def download(
+    url: str, dest: Path, expected_sha256: str | None = None, progress: bool = True, timeout_s: float = 60.0
+) -> dict:
     """Stream `url` into `dest` via a temp file; return {size, sha256}. Errors name the URL."""
     h = hashlib.sha256()
     size = 0
@@ -79,8 +90,10 @@ def download(url: str, dest: Path, expected_sha256: str | None = None, progress:
             raise FetchError(f"{dest.name}: HTTP error {exc.code} ({exc.reason}) for {url}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
-            raise FetchError(f"{dest.name}: cannot reach {url}: {reason} (no network on this machine? run the "
-                             f"fetch where there is internet, or copy the files in and use --from DIR)") from None
+            raise FetchError(
+                f"{dest.name}: cannot reach {url}: {reason} (no network on this machine? run the "
+                f"fetch where there is internet, or copy the files in and use --from DIR)"
+            ) from None
         with resp, open(tmp, "wb") as out:
             total = resp.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
@@ -92,11 +105,14 @@ def download(url: str, dest: Path, expected_sha256: str | None = None, progress:
                         size += len(block)
                         bar.update(len(block))
                 except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
-                    raise FetchError(f"{dest.name}: download from {url} broke off after {size} bytes "
-                                     f"({type(exc).__name__}: {exc}); the file was not kept") from None
+                    raise FetchError(
+                        f"{dest.name}: download from {url} broke off after {size} bytes "
+                        f"({type(exc).__name__}: {exc}); the file was not kept"
+                    ) from None
         if total is not None and size != total:
-            raise FetchError(f"{dest.name}: download from {url} ended after {size} of {total} bytes; the file was "
-                             f"not kept")
+            raise FetchError(
+                f"{dest.name}: download from {url} ended after {size} of {total} bytes; the file was not kept"
+            )
         _check_digest(dest.name, h.hexdigest(), expected_sha256, url)
     return {"size": size, "sha256": h.hexdigest()}
 
@@ -128,9 +144,16 @@ def read_record(path: Path) -> dict:
     return rec
 
 
-def fetch_files(files: list[RemoteFile], dest_dir: str | os.PathLike, base_url: str | None = None,
-                from_dir: str | os.PathLike | None = None, record_name: str = "fetch_record.json",
-                source_label: str = "", progress: bool = True, log=log_info) -> dict:
+def fetch_files(
+    files: list[RemoteFile],
+    dest_dir: str | os.PathLike,
+    base_url: str | None = None,
+    from_dir: str | os.PathLike | None = None,
+    record_name: str = "fetch_record.json",
+    source_label: str = "",
+    progress: bool = True,
+    log=log_info,
+) -> dict:
     """Fetch every file into `dest_dir` (from `base_url`, or copied from `from_dir`); return the record.
 
     Exactly one of base_url / from_dir. Files already in place with the expected sha256 are skipped."""
@@ -153,22 +176,33 @@ def fetch_files(files: list[RemoteFile], dest_dir: str | os.PathLike, base_url: 
             t0 = time.perf_counter()
             got = sha256_file(target)
             if got == expected:
-                log(f"{f.name}: present, sha256 {got} matches the {against} ({time.perf_counter() - t0:.1f} s to "
-                    f"check): skipped")
+                log(
+                    f"{f.name}: present, sha256 {got} matches the {against} ({time.perf_counter() - t0:.1f} s to "
+                    f"check): skipped"
+                )
                 continue
             log(f"{f.name}: present but its sha256 {got} is not the {against} {expected}: removed, fetching it again")
             target.unlink()
         where = join_url(base_url, f.url_path) if base_url is not None else str(Path(from_dir) / f.name)
         log(f"{f.name}: {'downloading' if base_url is not None else 'copying'} {where}")
         t0 = time.perf_counter()
-        got = (download(where, target, expected, progress) if base_url is not None
-               else copy_local(Path(where), target, expected, progress))
+        got = (
+            download(where, target, expected, progress)
+            if base_url is not None
+            else copy_local(Path(where), target, expected, progress)
+        )
         dt = time.perf_counter() - t0
-        entry = {("url" if base_url is not None else "copied_from"): where, "size": got["size"],
-                 "sha256": got["sha256"], "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "verified_against": against or "nothing (first fetch: sha256 recorded here)"}
-        log(f"{f.name}: {got['size']} bytes in {dt:.1f} s, sha256 {got['sha256']} "
-            f"({'verified against the ' + against if against else 'recorded'})")
+        entry = {
+            ("url" if base_url is not None else "copied_from"): where,
+            "size": got["size"],
+            "sha256": got["sha256"],
+            "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "verified_against": against or "nothing (first fetch: sha256 recorded here)",
+        }
+        log(
+            f"{f.name}: {got['size']} bytes in {dt:.1f} s, sha256 {got['sha256']} "
+            f"({'verified against the ' + against if against else 'recorded'})"
+        )
         record["files"][f.name] = entry
         write_json(record_path, record)
     return record

@@ -27,8 +27,9 @@ from ..cli import SetupError
 
 DEFAULT_BACKEND = "egl"
 PROBE_SIZE = 16
-_PROBE_XML = ("<mujoco><worldbody><light pos='0 0 1'/>"
-              "<geom type='sphere' size='0.1' rgba='1 0 0 1'/></worldbody></mujoco>")
+_PROBE_XML = (
+    "<mujoco><worldbody><light pos='0 0 1'/><geom type='sphere' size='0.1' rgba='1 0 0 1'/></worldbody></mujoco>"
+)
 ALTERNATIVES = (
     "Alternatives (docs/variants.md, \"DMControl pretraining\"):\n"
     "  - run collect_dmcontrol where EGL works: a GPU node (the NVIDIA driver ships libEGL) or a node with "
@@ -79,8 +80,9 @@ def check_headless_rendering(probe: Callable[[], np.ndarray] | None = None, *, f
         return _verified
     backend, platform = configure_backend()
     if probe is None and importlib.util.find_spec("dm_control") is None:
-        raise HeadlessRenderingError("dm_control is not importable; install requirements.txt "
-                                     "(dm-control==1.0.50, mujoco==3.17.0)")
+        raise HeadlessRenderingError(
+            "dm_control is not importable; install requirements.txt (dm-control==1.0.50, mujoco==3.17.0)"
+        )
     t0 = time.perf_counter()
     try:
         frame = (probe or _probe_render)()
@@ -88,8 +90,13 @@ def check_headless_rendering(probe: Callable[[], np.ndarray] | None = None, *, f
         raise HeadlessRenderingError(_message(backend, platform, f"{type(exc).__name__}: {exc}")) from exc
     frame = np.asarray(frame)
     if frame.shape != (PROBE_SIZE, PROBE_SIZE, 3) or frame.dtype != np.uint8:
-        raise HeadlessRenderingError(_message(backend, platform, f"the probe returned {frame.dtype} {frame.shape}, "
-                                                                 f"expected uint8 {(PROBE_SIZE, PROBE_SIZE, 3)}"))
+        raise HeadlessRenderingError(
+            _message(
+                backend,
+                platform,
+                f"the probe returned {frame.dtype} {frame.shape}, expected uint8 {(PROBE_SIZE, PROBE_SIZE, 3)}",
+            )
+        )
     rec = {"MUJOCO_GL": backend, "PYOPENGL_PLATFORM": platform, "probe_s": round(time.perf_counter() - t0, 3)}
     if probe is None:
         _verified = rec
@@ -99,11 +106,15 @@ def check_headless_rendering(probe: Callable[[], np.ndarray] | None = None, *, f
 def _message(backend: str, platform: str, error: str) -> str:
     extra = ""
     if backend == "egl":
-        extra = (" (libEGL found no usable device: no GPU driver's EGL and no Mesa EGL vendor under "
-                 f"{os.environ.get('__EGL_VENDOR_LIBRARY_DIRS') or '/usr/share/glvnd/egl_vendor.d'})")
+        extra = (
+            " (libEGL found no usable device: no GPU driver's EGL and no Mesa EGL vendor under "
+            f"{os.environ.get('__EGL_VENDOR_LIBRARY_DIRS') or '/usr/share/glvnd/egl_vendor.d'})"
+        )
     elif backend == "osmesa":
         extra = " (no OSMesa library found: install libosmesa6)"
-    return (f"headless rendering does not work on {socket.gethostname()}: tried MUJOCO_GL={backend} "
-            f"(PYOPENGL_PLATFORM={platform or 'unset'}), rendering one {PROBE_SIZE}x{PROBE_SIZE} frame of a "
-            f"one-sphere MuJoCo model through dm_control, and it failed{extra}: {error.rstrip('.')}. DMControl collection "
-            f"renders every frame, so it stopped before rendering any episode.\n{ALTERNATIVES}")
+    return (
+        f"headless rendering does not work on {socket.gethostname()}: tried MUJOCO_GL={backend} "
+        f"(PYOPENGL_PLATFORM={platform or 'unset'}), rendering one {PROBE_SIZE}x{PROBE_SIZE} frame of a "
+        f"one-sphere MuJoCo model through dm_control, and it failed{extra}: {error.rstrip('.')}. DMControl collection "
+        f"renders every frame, so it stopped before rendering any episode.\n{ALTERNATIVES}"
+    )

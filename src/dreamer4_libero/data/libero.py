@@ -55,8 +55,15 @@ from typing import Any, Iterator
 import numpy as np
 
 from .libero_discovery import LiberoFormatError, TaskFile
-from .libero_values import (attr_as_int, canonical_demo_name, clean_text, decode_attr, is_clean_text, missing_ids,
-                            resize_hwc)
+from .libero_values import (
+    attr_as_int,
+    canonical_demo_name,
+    clean_text,
+    decode_attr,
+    is_clean_text,
+    missing_ids,
+    resize_hwc,
+)
 
 try:  # h5py is a hard dependency of the reader, imported lazily for discovery-only users
     import h5py
@@ -223,9 +230,7 @@ class TaskFileReader:
         except LiberoFormatError:
             raise
         except _H5_ERRORS as e:
-            raise self._err(
-                key, f"expected a readable HDF5 {what}, found {type(e).__name__}: {e}", "file", demo
-            ) from e
+            raise self._err(key, f"expected a readable HDF5 {what}, found {type(e).__name__}: {e}", "file", demo) from e
 
     def _skip_file(self, err: LiberoFormatError) -> None:
         self.report.skipped_file = err.reason
@@ -282,6 +287,7 @@ class TaskFileReader:
         data = self._h5("data", "group", lambda: f["data"])
         if not isinstance(data, h5py.Group):
             raise self._err("data", f"expected a group, found {type(data).__name__}", "file")
+
         def read_attrs() -> dict[str, Any]:
             present = set(data.attrs.keys())
             return {k: decode_attr(data.attrs[k]) for k in _DATA_ATTRS if k in present}
@@ -296,9 +302,7 @@ class TaskFileReader:
         demos = self._resolve_demo_names(members)
         n_named = sum(canonical_demo_name(m) is not None for m in members)
         if not demos:
-            raise self._err(
-                "data", f"expected demo groups 'demo_<k>', found none (members: {sorted(members)})", "file"
-            )
+            raise self._err("data", f"expected demo groups 'demo_<k>', found none (members: {sorted(members)})", "file")
         total = self._collided_T
         seen: dict[tuple, str] = {}  # demo identity (object address, content digest) -> first demo with it
         for source_name, name, k in demos:
@@ -316,6 +320,7 @@ class TaskFileReader:
         """A demo that is the same HDF5 object as an earlier one (a soft or hard link) or has the same actions
         array (every value; teleoperated demos never repeat one): an error naming both, or under `skip` a
         skipped demo (issue 29). Images are not read here: a corrupt image chunk surfaces when it is read."""
+
         def identity() -> list[tuple]:
             g = data[source]
             a = np.ascontiguousarray(g["actions"][()])
@@ -417,7 +422,9 @@ class TaskFileReader:
             parsed = canonical_demo_name(m)
             if parsed is None:
                 if m.lower().startswith("demo"):
-                    err = self._err(f"data/{m}", r"expected a demo group name matching '^demo_\d+$', found " + repr(m), "demo", m)
+                    err = self._err(
+                        f"data/{m}", r"expected a demo group name matching '^demo_\d+$', found " + repr(m), "demo", m
+                    )
                     if not self.skip:
                         raise err
                     self._skip_demo(m, err)
@@ -431,7 +438,8 @@ class TaskFileReader:
                     others = [o for o in names if o != n]
                     err = self._err(
                         f"data/{n}",
-                        f"expected a unique demo id, found id {k} also used by {', '.join('data/' + o for o in others)}",
+                        f"expected a unique demo id, found id {k} also used by "
+                        f"{', '.join('data/' + o for o in others)}",
                         "demo",
                         n,
                     )
@@ -483,7 +491,9 @@ class TaskFileReader:
                 raise self._err(f"{gk}/obs", f"expected a group, found {type(obs).__name__}", "demo", source)
         img_key = f"{gk}/obs/agentview_rgb"
         if obs is None or not self._h5(f"{gk}/obs", "group", lambda: "agentview_rgb" in obs, source):
-            raise self._err(img_key, "expected a dataset (T, 128, 128, 3) uint8, found nothing (missing)", "demo", source)
+            raise self._err(
+                img_key, "expected a dataset (T, 128, 128, 3) uint8, found nothing (missing)", "demo", source
+            )
         act_key = f"{gk}/actions"
         if not self._h5(gk, "group", lambda: "actions" in g, source):
             raise self._err(act_key, "expected a dataset (T, 7) float64, found nothing (missing)", "demo", source)
@@ -508,7 +518,12 @@ class TaskFileReader:
         else:
             T_attr = attr_as_int(ns_raw)
             if T_attr is None or T_attr < 0:
-                raise self._err(f"{gk} attr num_samples", f"expected a non-negative integer, found {decode_attr(ns_raw)!r}", "demo", source)
+                raise self._err(
+                    f"{gk} attr num_samples",
+                    f"expected a non-negative integer, found {decode_attr(ns_raw)!r}",
+                    "demo",
+                    source,
+                )
             T = T_attr
         content_T = int(img_T) if img_T is not None else T
 
@@ -627,7 +642,8 @@ class TaskFileReader:
             bad = np.argwhere(~finite)[0]
             raise self._err(
                 act_key,
-                f"expected finite values, found {int((~finite).sum())} non-finite (first {float(actions[tuple(bad)])} at [{int(bad[0])}, {int(bad[1])}])",
+                f"expected finite values, found {int((~finite).sum())} non-finite "
+                f"(first {float(actions[tuple(bad)])} at [{int(bad[0])}, {int(bad[1])}])",
                 "demo",
                 src,
             )
@@ -677,6 +693,9 @@ class TaskFileReader:
         lo, hi = int(frames.min()), int(frames.max())
         if lo < 0 or hi > 255:
             raise self._err(
-                key, f"expected integer image values in 0..255 for conversion, found range [{lo}, {hi}] ({frames.dtype})", "demo", src
+                key,
+                f"expected integer image values in 0..255 for conversion, found range [{lo}, {hi}] ({frames.dtype})",
+                "demo",
+                src,
             )
         return frames.astype(np.uint8)

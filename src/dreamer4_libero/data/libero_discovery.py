@@ -76,8 +76,8 @@ def normalise_file_name(name: str) -> tuple[str, list[str]]:
     if ext is None:
         raise ValueError(f"not an HDF5 file name: {name!r}")
     base = base[: -len(ext)]
-    if name[-len(ext):] != ".hdf5":
-        notes.append(f"extension {name[-len(ext):]!r} instead of '.hdf5' (accepted)")
+    if name[-len(ext) :] != ".hdf5":
+        notes.append(f"extension {name[-len(ext) :]!r} instead of '.hdf5' (accepted)")
     stripped = base
     while True:
         m = _COPY_MARKER_RE.search(stripped)
@@ -85,7 +85,7 @@ def normalise_file_name(name: str) -> tuple[str, list[str]]:
             break
         stripped = stripped[: m.start()]
     if stripped != base:
-        notes.append(f"copy marker {base[len(stripped):]!r} stripped from the file name")
+        notes.append(f"copy marker {base[len(stripped) :]!r} stripped from the file name")
     if stripped.endswith("_demo") and len(stripped) > len("_demo"):
         stem = stripped[: -len("_demo")]
     else:
@@ -101,8 +101,10 @@ def _is_dir_loop(here: Path, d: str, rel_dir: Path, warnings: list[str]) -> bool
         return False
     target, cur = os.path.realpath(sub), os.path.realpath(here)
     if cur == target or cur.startswith(target.rstrip(os.sep) + os.sep):
-        msg = (f"{(rel_dir / d).as_posix()}: symbolic link loop (points to {os.readlink(sub)!r}, a folder above it): "
-               "not followed")
+        msg = (
+            f"{(rel_dir / d).as_posix()}: symbolic link loop (points to {os.readlink(sub)!r}, a folder above it): "
+            "not followed"
+        )
         warnings.append(msg)
         log.warning(msg)
         return True
@@ -133,13 +135,18 @@ def discover_task_files(root: str | os.PathLike) -> tuple[list[TaskFile], list[s
     """
     root = Path(root)
     if not root.is_dir():
-        raise LiberoFormatError(f"dataset root: expected a folder, found {'a file' if root.exists() else 'nothing'} at {root}", level="dataset")
+        raise LiberoFormatError(
+            f"dataset root: expected a folder, found {'a file' if root.exists() else 'nothing'} at {root}",
+            level="dataset",
+        )
     warnings: list[str] = []
     found: list[TaskFile] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
         rel_dir = here.relative_to(root)
-        dirnames[:] = [d for d in sorted(dirnames) if not d.startswith(".") and not _is_dir_loop(here, d, rel_dir, warnings)]
+        dirnames[:] = [
+            d for d in sorted(dirnames) if not d.startswith(".") and not _is_dir_loop(here, d, rel_dir, warnings)
+        ]
         for fname in sorted(filenames):
             if fname.startswith("."):
                 continue

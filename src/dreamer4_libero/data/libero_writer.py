@@ -22,6 +22,7 @@ import numpy as np
 from ..fileio import sha256_bytes
 from .synthetic_world import IMAGE_SIZE, Task, simulate_demo
 
+
 # --------------------------------------------------------------------------------------------
 # Metadata strings
 # --------------------------------------------------------------------------------------------
@@ -42,29 +43,55 @@ def bddl_content(task: Task) -> str:
 
 
 def _problem_info(task: Task) -> str:
-    return json.dumps({"problem_name": task.problem_name, "domain_name": "robosuite",
-                       "language_instruction": task.instruction})
+    return json.dumps(
+        {"problem_name": task.problem_name, "domain_name": "robosuite", "language_instruction": task.instruction}
+    )
 
 
 def _env_args(task: Task) -> str:
     controller = {
-        "type": "OSC_POSE", "input_max": 1, "input_min": -1,
+        "type": "OSC_POSE",
+        "input_max": 1,
+        "input_min": -1,
         "output_max": [0.05, 0.05, 0.05, 0.5, 0.5, 0.5],
         "output_min": [-0.05, -0.05, -0.05, -0.5, -0.5, -0.5],
-        "kp": 150, "damping_ratio": 1, "impedance_mode": "fixed", "kp_limits": [0, 300],
-        "damping_ratio_limits": [0, 10], "position_limits": None, "orientation_limits": None,
-        "uncouple_pos_ori": True, "control_delta": True, "interpolation": None, "ramp_ratio": 0.2,
+        "kp": 150,
+        "damping_ratio": 1,
+        "impedance_mode": "fixed",
+        "kp_limits": [0, 300],
+        "damping_ratio_limits": [0, 10],
+        "position_limits": None,
+        "orientation_limits": None,
+        "uncouple_pos_ori": True,
+        "control_delta": True,
+        "interpolation": None,
+        "ramp_ratio": 0.2,
     }
     env_kwargs = {
-        "robots": ["Panda"], "controller_configs": controller, "bddl_file_name": _bddl_path(task),
-        "has_renderer": False, "has_offscreen_renderer": True, "ignore_done": True,
-        "use_camera_obs": True, "camera_depths": False,
-        "camera_names": ["robot0_eye_in_hand", "agentview"], "reward_shaping": True,
-        "control_freq": 20, "camera_heights": IMAGE_SIZE, "camera_widths": IMAGE_SIZE,
+        "robots": ["Panda"],
+        "controller_configs": controller,
+        "bddl_file_name": _bddl_path(task),
+        "has_renderer": False,
+        "has_offscreen_renderer": True,
+        "ignore_done": True,
+        "use_camera_obs": True,
+        "camera_depths": False,
+        "camera_names": ["robot0_eye_in_hand", "agentview"],
+        "reward_shaping": True,
+        "control_freq": 20,
+        "camera_heights": IMAGE_SIZE,
+        "camera_widths": IMAGE_SIZE,
         "camera_segmentations": None,
     }
-    return json.dumps({"type": 1, "env_name": task.env_name, "problem_name": task.problem_name,
-                       "bddl_file": _bddl_path(task), "env_kwargs": env_kwargs})
+    return json.dumps(
+        {
+            "type": 1,
+            "env_name": task.env_name,
+            "problem_name": task.problem_name,
+            "bddl_file": _bddl_path(task),
+            "env_kwargs": env_kwargs,
+        }
+    )
 
 
 def _model_xml(task: Task, d: int) -> str:
@@ -73,11 +100,12 @@ def _model_xml(task: Task, d: int) -> str:
         f'<freejoint/><geom type="{"sphere" if task.obj_shape[i] == "disc" else "box"}" size="0.02"/></body>'
         for i in range(task.n_obj)
     )
-    return (f'<mujoco model="{task.problem_name}"><compiler angle="radian"/>'
-            f'<option timestep="0.002"/><worldbody><geom name="table" type="box" size="0.5 0.5 0.02"/>'
-            f'<body name="robot0_base"><geom type="cylinder" size="0.06 0.1"/></body>{bodies}'
-            f"</worldbody><!-- synthetic demo {d} --></mujoco>")
-
+    return (
+        f'<mujoco model="{task.problem_name}"><compiler angle="radian"/>'
+        f'<option timestep="0.002"/><worldbody><geom name="table" type="box" size="0.5 0.5 0.02"/>'
+        f'<body name="robot0_base"><geom type="cylinder" size="0.06 0.1"/></body>{bodies}'
+        f"</worldbody><!-- synthetic demo {d} --></mujoco>"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,8 +118,7 @@ def _demo_rng(seed: int, task_index: int, demo_index: int) -> np.random.Generato
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(task_index), int(demo_index) + 1, 0xD3]))
 
 
-def write_task_file(path: Path, task: Task, n_demos: int, len_range: tuple[int, int],
-                     seed: int) -> dict:
+def write_task_file(path: Path, task: Task, n_demos: int, len_range: tuple[int, int], seed: int) -> dict:
     """Write a clean task file at ``path``; return ground truth per demo."""
     demos_gt: dict[str, Any] = {}
     lo, hi = len_range
@@ -140,4 +167,3 @@ def write_task_file(path: Path, task: Task, n_demos: int, len_range: tuple[int, 
         data.attrs["total"] = np.int64(total)
         data.attrs["tag"] = "libero-v1"
     return demos_gt
-

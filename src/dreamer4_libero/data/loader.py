@@ -27,7 +27,6 @@ from ..fileio import read_json
 from .shards import ShardStore
 
 
-
 def _area_chw(frames: np.ndarray, size: int) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float32 tensor (N, 3, size, size) in [0, 1], N = prod(leading dims)."""
     h, w = frames.shape[-3], frames.shape[-2]
@@ -62,7 +61,7 @@ def window_actions(raw: np.ndarray, start: int, seq_len: int, action_dim: int = 
         raise ValueError(f"actions of width {width} do not fit the {action_dim}-wide action token")
     act = np.zeros((seq_len, action_dim), np.float32)
     mask = np.zeros((seq_len, action_dim), np.float32)
-    act[1:, :width] = raw[start + 1:start + seq_len]
+    act[1:, :width] = raw[start + 1 : start + seq_len]
     mask[1:, :width] = 1.0
     return act, mask
 
@@ -75,9 +74,19 @@ def episode_list(path: str | os.PathLike) -> list[str]:
 class WindowDataset(Dataset):
     """Map-style dataset whose item `step` is the whole per-rank batch of that training step."""
 
-    def __init__(self, manifest: str | os.PathLike, episodes: list[str] | str | os.PathLike, *, seq_len: int,
-                 batch_size: int, resolution: int, seed: int = 0, rank: int = 0, action_dim: int = 16,
-                 cache_mb: float = 1024):
+    def __init__(
+        self,
+        manifest: str | os.PathLike,
+        episodes: list[str] | str | os.PathLike,
+        *,
+        seq_len: int,
+        batch_size: int,
+        resolution: int,
+        seed: int = 0,
+        rank: int = 0,
+        action_dim: int = 16,
+        cache_mb: float = 1024,
+    ):
         self.store = ShardStore(manifest)
         # Downsampled whole episodes, kept while they fit in cache_mb (per process). Area resampling
         # acts on each frame alone, so a cached episode slice equals downsampling the window itself.
@@ -111,7 +120,11 @@ class WindowDataset(Dataset):
             if cached.nbytes <= self._cache_left:
                 self._cache[episode_id] = cached
                 self._cache_left -= cached.nbytes
-        x = cached[start:start + L] if cached is not None else model_frames(frames[start:start + L], self.resolution)
+        x = (
+            cached[start : start + L]
+            if cached is not None
+            else model_frames(frames[start : start + L], self.resolution)
+        )
         return {"frames": x, "actions": act, "act_mask": mask}  # a view; __getitem__ stacks (copies) it
 
     def starts_for_step(self, step: int) -> list[tuple[str, int]]:
@@ -123,14 +136,17 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, step: int) -> dict:
         items = [self.window(e, s) for e, s in self.starts_for_step(step)]
-        return {"frames": torch.from_numpy(np.stack([it["frames"] for it in items])),  # (B,L,3,r,r)
-                "actions": torch.from_numpy(np.stack([it["actions"] for it in items])),  # (B,L,16)
-                "act_mask": torch.from_numpy(np.stack([it["act_mask"] for it in items])),  # (B,L,16)
-                "step": step}
+        return {
+            "frames": torch.from_numpy(np.stack([it["frames"] for it in items])),  # (B,L,3,r,r)
+            "actions": torch.from_numpy(np.stack([it["actions"] for it in items])),  # (B,L,16)
+            "act_mask": torch.from_numpy(np.stack([it["act_mask"] for it in items])),  # (B,L,16)
+            "step": step,
+        }
 
 
-def make_loader(dataset: WindowDataset, start_step: int, max_steps: int, num_workers: int = 0,
-                pin_memory: bool | None = None) -> DataLoader:
+def make_loader(
+    dataset: WindowDataset, start_step: int, max_steps: int, num_workers: int = 0, pin_memory: bool | None = None
+) -> DataLoader:
     """Batches for steps start_step .. max_steps-1, in order; a resumed run passes its next step.
 
     With workers, each keeps 2 batches prefetched; on a CUDA machine batches come in pinned memory
@@ -141,7 +157,13 @@ def make_loader(dataset: WindowDataset, start_step: int, max_steps: int, num_wor
     from the *global* torch RNG, which would shift the training RNG stream (MAE masks, dropout)
     of a resumed run against an uninterrupted one.
     """
-    return DataLoader(dataset, batch_size=None, sampler=range(start_step, max_steps), num_workers=num_workers,
-                      persistent_workers=num_workers > 0, prefetch_factor=2 if num_workers > 0 else None,
-                      pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-                      generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=range(start_step, max_steps),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=2 if num_workers > 0 else None,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        generator=torch.Generator().manual_seed(0),
+    )

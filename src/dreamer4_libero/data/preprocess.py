@@ -33,8 +33,12 @@ SHARD_DIRNAME = "shards"
 
 
 def _options(on_bad_demo: str, min_demo_len: int, convert_dtype: bool, resize: int | None) -> dict:
-    return {"on_bad_demo": on_bad_demo, "min_demo_len": int(min_demo_len),
-            "convert_dtype": bool(convert_dtype), "resize": resize}
+    return {
+        "on_bad_demo": on_bad_demo,
+        "min_demo_len": int(min_demo_len),
+        "convert_dtype": bool(convert_dtype),
+        "resize": resize,
+    }
 
 
 class ChecksumCache:
@@ -68,7 +72,11 @@ def process_file(task: TaskFile, shard_root: Path, options: dict, size: int, sha
         try:
             old = read_json(entry_path)
             same_input = (old.get("size"), old.get("sha256"), old.get("options"), old.get("reader_version")) == (
-                size, sha256, options, READER_VERSION)
+                size,
+                sha256,
+                options,
+                READER_VERSION,
+            )
             data_ok = old.get("skipped_file") or all(npy_data_ok(final / n) for n in ("frames.npy", "actions.npy"))
             if same_input and data_ok:
                 old["_reused"] = True
@@ -79,8 +87,13 @@ def process_file(task: TaskFile, shard_root: Path, options: dict, size: int, sha
         frames_w = NpyStreamWriter(tmp / "frames.npy", np.uint8, (128, 128, 3))
         actions_w = NpyStreamWriter(tmp / "actions.npy", np.float64, (7,))
         episodes, demos = [], []
-        with TaskFileReader(task, on_bad_demo=options["on_bad_demo"], min_len=options["min_demo_len"],
-                            convert_dtype=options["convert_dtype"], resize=options["resize"]) as reader:
+        with TaskFileReader(
+            task,
+            on_bad_demo=options["on_bad_demo"],
+            min_len=options["min_demo_len"],
+            convert_dtype=options["convert_dtype"],
+            resize=options["resize"],
+        ) as reader:
             for rec in reader.demos():
                 episodes.append({"name": rec.name, "index": rec.index, "start": frames_w.n, "T": int(rec.T)})
                 demos.append(demo_stats(rec.name, rec.frames, rec.actions))
@@ -95,10 +108,17 @@ def process_file(task: TaskFile, shard_root: Path, options: dict, size: int, sha
             episodes, demos = [], []
             report["demos_kept"], report["frames"] = [], 0
         else:
-            (tmp / "episodes.json").write_text(dumps_json(
-                {"format": SHARD_FORMAT, "task_id": task.task_id, "episodes": episodes}))
-        entry = {**report, "size": size, "sha256": sha256, "options": options,
-                 "reader_version": READER_VERSION, "demos": demos}
+            (tmp / "episodes.json").write_text(
+                dumps_json({"format": SHARD_FORMAT, "task_id": task.task_id, "episodes": episodes})
+            )
+        entry = {
+            **report,
+            "size": size,
+            "sha256": sha256,
+            "options": options,
+            "reader_version": READER_VERSION,
+            "demos": demos,
+        }
         (tmp / "entry.json").write_text(dumps_json(entry))
     entry["_reused"] = False
     return entry
@@ -109,10 +129,10 @@ def skip_reasons(files: list[dict], limit: int = 5) -> str:
     reasons = Counter()
     for f in files:
         demos = f.get("demos_skipped") or []
-        for d in demos:   # "data/demo_3: too short: ..." -> "too short: ..." (counted over demos and files)
+        for d in demos:  # "data/demo_3: too short: ..." -> "too short: ..." (counted over demos and files)
             reasons[re.sub(r"^data/[^:]+: ", "", d["reason"])] += 1
         if f.get("skipped_file") and not (demos and NO_USABLE_DEMOS in f["skipped_file"]):
-            reasons[f"{f.get('rel_path') or '?'}: {f['skipped_file']}"] += 1   # a file-level reason of its own
+            reasons[f"{f.get('rel_path') or '?'}: {f['skipped_file']}"] += 1  # a file-level reason of its own
     if not reasons:
         return "No skip was recorded."
     top = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(limit))
@@ -127,10 +147,23 @@ def unreadable_entry(task: TaskFile, err: OSError, options: dict) -> dict:
     if options["on_bad_demo"] != "skip":
         raise LiberoFormatError(reason, file=task.rel_path, level="file")
     log.warning("%s: skipping file: %s", task.rel_path, reason)
-    report = FileReport(rel_path=task.rel_path, suite=task.suite, stem=task.stem, task_id=task.task_id,
-                        warnings=list(task.notes), skipped_file=reason).to_manifest()   # as a reader's skip report
-    return {**report, "size": None, "sha256": None, "options": options, "reader_version": READER_VERSION,
-            "demos": [], "_reused": False}
+    report = FileReport(
+        rel_path=task.rel_path,
+        suite=task.suite,
+        stem=task.stem,
+        task_id=task.task_id,
+        warnings=list(task.notes),
+        skipped_file=reason,
+    ).to_manifest()  # as a reader's skip report
+    return {
+        **report,
+        "size": None,
+        "sha256": None,
+        "options": options,
+        "reader_version": READER_VERSION,
+        "demos": [],
+        "_reused": False,
+    }
 
 
 def find_duplicates(tasks: list[TaskFile], known: dict[str, tuple[int, str | None, int]]) -> list[dict]:
@@ -154,8 +187,15 @@ def find_duplicates(tasks: list[TaskFile], known: dict[str, tuple[int, str | Non
             if digest in first_of:
                 f = first_of[digest]
                 how = "the same file as" if t.path.samefile(f.path) else "a copy of"  # a symlink / hard link
-                dups.append({"task_id": t.task_id, "rel_path": t.rel_path, "duplicate_of": f.rel_path,
-                             "sha256": digest, "how": how})
+                dups.append(
+                    {
+                        "task_id": t.task_id,
+                        "rel_path": t.rel_path,
+                        "duplicate_of": f.rel_path,
+                        "sha256": digest,
+                        "how": how,
+                    }
+                )
             else:
                 first_of[digest] = t
     return dups
@@ -169,9 +209,17 @@ def _clean_stale(shard_root: Path) -> None:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int = 1,
-               on_bad_demo: str = "error", min_demo_len: int = 2, convert_dtype: bool = False,
-               resize: int | None = None, progress: bool = True) -> dict:
+def preprocess(
+    libero_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    workers: int = 1,
+    on_bad_demo: str = "error",
+    min_demo_len: int = 2,
+    convert_dtype: bool = False,
+    resize: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Run the whole stage; return the manifest (also written to `<out_dir>/manifest.json`).
 
     Raises LiberoFormatError (message names file, demo, key, expected vs found) on bad input
@@ -201,9 +249,13 @@ def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, wo
     if dups:
         lines = [f"{d['rel_path']} is {d['how']} {d['duplicate_of']} (sha256 {d['sha256'][:16]}...)" for d in dups]
         if on_bad_demo != "skip":
-            raise LiberoFormatError(f"{root}: {len(dups)} task file(s) with the same content as another: "
-                                    + "; ".join(lines) + ". Remove the duplicates, or set data.on_bad_demo: skip "
-                                    "to keep the first of each", level="dataset")
+            raise LiberoFormatError(
+                f"{root}: {len(dups)} task file(s) with the same content as another: "
+                + "; ".join(lines)
+                + ". Remove the duplicates, or set data.on_bad_demo: skip "
+                "to keep the first of each",
+                level="dataset",
+            )
         for line in lines:
             msg = f"duplicate task file skipped (on_bad_demo: skip keeps the first): {line}"
             warnings.append(msg)
@@ -221,8 +273,10 @@ def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, wo
                 bar.update()
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
-                futs = {pool.submit(process_file, t, shard_root, options, known[t.task_id][0], known[t.task_id][1]): t
-                        for t in todo}
+                futs = {
+                    pool.submit(process_file, t, shard_root, options, known[t.task_id][0], known[t.task_id][1]): t
+                    for t in todo
+                }
                 for fut in as_completed(futs):
                     entries[futs[fut].task_id] = fut.result()
                     bar.set_postfix(frames=sum(e["frames"] for e in entries.values()))
@@ -242,10 +296,11 @@ def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, wo
         files.append(e)
     kept = sum(len(f["demos_kept"]) for f in files)
     if kept == 0:
-        raise LiberoFormatError(f"{root}: no usable demo left after validation "
-                                f"({sum(len(f['demos_skipped']) for f in files)} demos and "
-                                f"{sum(bool(f.get('skipped_file')) for f in files)} files skipped). "
-                                + skip_reasons(files))
+        raise LiberoFormatError(
+            f"{root}: no usable demo left after validation "
+            f"({sum(len(f['demos_skipped']) for f in files)} demos and "
+            f"{sum(bool(f.get('skipped_file')) for f in files)} files skipped). " + skip_reasons(files)
+        )
     manifest = {
         "format": MANIFEST_FORMAT,
         "reader_version": READER_VERSION,
@@ -265,11 +320,17 @@ def preprocess(libero_root: str | os.PathLike, out_dir: str | os.PathLike, *, wo
         },
     }
     if dups:  # only then, so that a manifest without duplicates stays as it was
-        manifest["duplicates_skipped"] = [{k: d[k] for k in ("task_id", "rel_path", "duplicate_of", "sha256")}
-                                          for d in dups]
+        manifest["duplicates_skipped"] = [
+            {k: d[k] for k in ("task_id", "rel_path", "duplicate_of", "sha256")} for d in dups
+        ]
         manifest["totals"]["duplicates_skipped"] = len(dups)
     write_json(out / "manifest.json", manifest)
     reused = sum(bool(entries[t.task_id].get("_reused")) for t in tasks)
-    log.info("preprocess: %d files (%d reused), %d demos kept, %d frames", len(files), reused, kept,
-             manifest["totals"]["frames"])
+    log.info(
+        "preprocess: %d files (%d reused), %d demos kept, %d frames",
+        len(files),
+        reused,
+        kept,
+        manifest["totals"]["frames"],
+    )
     return manifest

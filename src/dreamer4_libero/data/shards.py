@@ -39,13 +39,18 @@ class NpyStreamWriter:
 
     def write(self, rows: np.ndarray) -> None:
         if rows.dtype != self.dtype or rows.shape[1:] != self.row_shape:
-            raise ValueError(f"{self.path}: expected rows {self.dtype}{self.row_shape}, got {rows.dtype}{rows.shape[1:]}")
+            raise ValueError(
+                f"{self.path}: expected rows {self.dtype}{self.row_shape}, got {rows.dtype}{rows.shape[1:]}"
+            )
         self._fh.write(np.ascontiguousarray(rows).data)
         self.n += rows.shape[0]
 
     def close(self) -> None:
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": (self.n, *self.row_shape)}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.n, *self.row_shape),
+        }
         text = repr(header).encode("latin1")
         prefix = b"\x93NUMPY\x01\x00"
         pad = _NPY_HEADER_LEN - len(prefix) - 2 - len(text) - 1
@@ -79,10 +84,14 @@ def demo_stats(name: str, frames: np.ndarray, actions: np.ndarray) -> dict:
     """A demo's manifest entry: T, first-frame sha256 and raw action sum/min/max (the run identity's data
     fingerprint reads T, the hash and the sums)."""
     a = np.asarray(actions)
-    return {"name": name, "T": int(len(a)), "first_frame_sha256": sha256_bytes(np.ascontiguousarray(frames[0]).tobytes()),
-            "action_sum": [float(x) for x in a.sum(axis=0)],
-            "action_min": [float(x) for x in a.min(axis=0)],
-            "action_max": [float(x) for x in a.max(axis=0)]}
+    return {
+        "name": name,
+        "T": int(len(a)),
+        "first_frame_sha256": sha256_bytes(np.ascontiguousarray(frames[0]).tobytes()),
+        "action_sum": [float(x) for x in a.sum(axis=0)],
+        "action_min": [float(x) for x in a.min(axis=0)],
+        "action_max": [float(x) for x in a.max(axis=0)],
+    }
 
 
 @dataclass(frozen=True)
@@ -112,14 +121,20 @@ def _npy_rows(path: Path, dtype: np.dtype, ndim: int) -> int:
     except FileNotFoundError:
         raise ShardError(f"{path}: shard file missing ({why})") from None
     except (OSError, ValueError, EOFError, SyntaxError) as e:
-        raise ShardError(f"{path}: corrupt shard file: unreadable .npy header ({type(e).__name__}: {e}); {why}") from None
+        raise ShardError(
+            f"{path}: corrupt shard file: unreadable .npy header ({type(e).__name__}: {e}); {why}"
+        ) from None
     if found != np.dtype(dtype) or len(shape) != ndim or fortran:
-        raise ShardError(f"{path}: corrupt shard file: expected a {ndim}-d {np.dtype(dtype)} array, header says "
-                         f"{found} {tuple(shape)}{' (Fortran order)' if fortran else ''}; {why}")
+        raise ShardError(
+            f"{path}: corrupt shard file: expected a {ndim}-d {np.dtype(dtype)} array, header says "
+            f"{found} {tuple(shape)}{' (Fortran order)' if fortran else ''}; {why}"
+        )
     size, expected = os.path.getsize(path), offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
     if size != expected:
-        raise ShardError(f"{path}: corrupt shard file: {size} bytes on disk, its header ({tuple(shape)}) needs "
-                         f"{expected} (truncated or overwritten); {why}")
+        raise ShardError(
+            f"{path}: corrupt shard file: {size} bytes on disk, its header ({tuple(shape)}) needs "
+            f"{expected} (truncated or overwritten); {why}"
+        )
     return int(shape[0])
 
 
@@ -139,21 +154,27 @@ class Shard:
             if meta.get("format") != SHARD_FORMAT:
                 raise ShardError(f"{meta_path}: expected format {SHARD_FORMAT!r}, found {meta.get('format')!r}")
             self.task_id: str = meta["task_id"]
-            self.episodes = [Episode(f"{self.task_id}/{e['name']}", self.task_id, self.folder, int(e["start"]),
-                                     int(e["T"])) for e in meta["episodes"]]
+            self.episodes = [
+                Episode(f"{self.task_id}/{e['name']}", self.task_id, self.folder, int(e["start"]), int(e["T"]))
+                for e in meta["episodes"]
+            ]
         except ShardError:
             raise
         except FileNotFoundError:
             raise ShardError(f"{meta_path}: shard file missing (rerun the preprocessing stage)") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ShardError(f"{meta_path}: corrupt shard file ({type(e).__name__}: {e}); rerun the preprocessing "
-                             "stage to rebuild it") from None
+            raise ShardError(
+                f"{meta_path}: corrupt shard file ({type(e).__name__}: {e}); rerun the preprocessing "
+                "stage to rebuild it"
+            ) from None
         n_frames = _npy_rows(self.folder / "frames.npy", np.uint8, 4)  # (N, H, W, 3)
         n_actions = _npy_rows(self.folder / "actions.npy", np.float64, 2)  # (N, action width)
         need = max((e.start + e.T for e in self.episodes), default=0)
         if n_frames != n_actions or n_frames < need:
-            raise ShardError(f"{self.folder}: corrupt shard: frames.npy has {n_frames} rows, actions.npy {n_actions}, "
-                             f"episodes.json needs {need}; rerun the preprocessing stage to rebuild it")
+            raise ShardError(
+                f"{self.folder}: corrupt shard: frames.npy has {n_frames} rows, actions.npy {n_actions}, "
+                f"episodes.json needs {need}; rerun the preprocessing stage to rebuild it"
+            )
 
     @cached_property
     def frames(self) -> np.ndarray:  # (N,128,128,3) uint8, memory-mapped
@@ -204,5 +225,3 @@ def parse_episode_id(episode_id: str) -> tuple[str, int]:
     if not task_id or not demo.startswith("demo_") or not demo[5:].isdigit():
         raise ValueError(f"not an episode id (<suite>/<stem>/demo_<k>): {episode_id!r}")
     return task_id, int(demo[5:])
-
-

@@ -47,7 +47,7 @@ def available_from_manifest(manifest: dict) -> dict[str, list[int]]:
     for f in manifest["files"]:
         if f.get("skipped_file") or not f["demos_kept"]:
             continue
-        out[f["task_id"]] = sorted(int(n[len("demo_"):]) for n in f["demos_kept"])
+        out[f["task_id"]] = sorted(int(n[len("demo_") :]) for n in f["demos_kept"])
     return dict(sorted(out.items()))
 
 
@@ -72,8 +72,9 @@ def _per_suite(tasks) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def default_split(available: dict[str, list[int]], split_seed: int = 0, ood_fraction: float = 0.2,
-                  train_demo_fraction: float = 0.8) -> Split:
+def default_split(
+    available: dict[str, list[int]], split_seed: int = 0, ood_fraction: float = 0.2, train_demo_fraction: float = 0.8
+) -> Split:
     """§7.2 steps 1-4: per suite, the first round(ood_fraction * n) tasks by rank are OOD."""
     by_suite: dict[str, list[str]] = defaultdict(list)
     for t in sorted(available):
@@ -91,15 +92,19 @@ def default_split(available: dict[str, list[int]], split_seed: int = 0, ood_frac
             val += [episode_id(t, k) for k in demos[n_train:]]
     pool = f"the {len(available)} preprocessed tasks (per suite {_per_suite(available)})"
     if not train:
-        raise SplitError(f"split.ood_fraction = {ood_fraction} leaves no train task: round({ood_fraction} x n) of "
-                         f"each suite's n tasks go to test_ood, from {pool}; lower split.ood_fraction"
-                         + ("" if ood else " (or raise split.train_demo_fraction: it keeps 0 demos per task)"))
+        raise SplitError(
+            f"split.ood_fraction = {ood_fraction} leaves no train task: round({ood_fraction} x n) of "
+            f"each suite's n tasks go to test_ood, from {pool}; lower split.ood_fraction"
+            + ("" if ood else " (or raise split.train_demo_fraction: it keeps 0 demos per task)")
+        )
     if not ood:
         biggest = max(len(v) for v in by_suite.values())
-        raise SplitError(f"split.ood_fraction = {ood_fraction} gives an empty test_ood: round({ood_fraction} x n) "
-                         f"is 0 for every suite of {pool}; the task-OOD evaluation needs at least one held-out "
-                         f"task: set split.ood_fraction >= {0.5 / biggest:.3g}, or give split.train_file, "
-                         f"split.val_file and split.test_ood_file")
+        raise SplitError(
+            f"split.ood_fraction = {ood_fraction} gives an empty test_ood: round({ood_fraction} x n) "
+            f"is 0 for every suite of {pool}; the task-OOD evaluation needs at least one held-out "
+            f"task: set split.ood_fraction >= {0.5 / biggest:.3g}, or give split.train_file, "
+            f"split.val_file and split.test_ood_file"
+        )
     return Split(sorted(train), sorted(val), sorted(ood))
 
 
@@ -129,38 +134,57 @@ def choose_probe_tasks(pool: list[str], n_tasks: int, probe_task_seed: int) -> l
     return sorted(chosen)
 
 
-def probe_lists(split: Split, seed: int, *, probe_task_seed: int = 0, reseed_tasks: bool = False,
-                n_train_tasks: int = 27, n_ood_tasks: int = 7, n_probe_train: int = 400,
-                n_eval_train: int = 200, n_eval_test: int = 200) -> dict[str, list[str]]:
+def probe_lists(
+    split: Split,
+    seed: int,
+    *,
+    probe_task_seed: int = 0,
+    reseed_tasks: bool = False,
+    n_train_tasks: int = 27,
+    n_ood_tasks: int = 7,
+    n_probe_train: int = 400,
+    n_eval_train: int = 200,
+    n_eval_test: int = 200,
+) -> dict[str, list[str]]:
     """The three probe lists of one seed (evaluation.md §1.1, §1.6)."""
     task_seed = seed if reseed_tasks else probe_task_seed
-    for key, n, name in (("probe.n_train_tasks", n_train_tasks, "train"),
-                         ("probe.n_ood_tasks", n_ood_tasks, "test_ood")):
+    for key, n, name in (
+        ("probe.n_train_tasks", n_train_tasks, "train"),
+        ("probe.n_ood_tasks", n_ood_tasks, "test_ood"),
+    ):
         pool = split.tasks(name)
         if n > len(pool):
-            raise SplitError(f"{key} = {n} cannot be met: its pool, the tasks of {name}.json, holds {len(pool)} "
-                             f"tasks (per suite {_per_suite(pool)}); set {key} <= {len(pool)}"
-                             + (", or lower split.ood_fraction" if name == "train" else
-                                ", or raise split.ood_fraction"))
+            raise SplitError(
+                f"{key} = {n} cannot be met: its pool, the tasks of {name}.json, holds {len(pool)} "
+                f"tasks (per suite {_per_suite(pool)}); set {key} <= {len(pool)}"
+                + (", or lower split.ood_fraction" if name == "train" else ", or raise split.ood_fraction")
+            )
     train_tasks = set(choose_probe_tasks(split.tasks("train"), n_train_tasks, task_seed))
     ood_tasks = set(choose_probe_tasks(split.tasks("test_ood"), n_ood_tasks, task_seed))
     rank = lambda eps: sorted(eps, key=lambda e: _h(f"{seed}:{e}"))  # noqa: E731
     tr = rank([e for e in split.train if parse_episode_id(e)[0] in train_tasks])
     te = rank([e for e in split.test_ood if parse_episode_id(e)[0] in ood_tasks])
     if len(tr) < n_probe_train + n_eval_train:
-        raise SplitError(f"probe seed {seed}: the {n_train_tasks} probe train tasks (probe.n_train_tasks) hold "
-                         f"{len(tr)} train.json episodes, need probe.n_probe_train + probe.n_eval_train = "
-                         f"{n_probe_train} + {n_eval_train}; lower those or raise probe.n_train_tasks")
+        raise SplitError(
+            f"probe seed {seed}: the {n_train_tasks} probe train tasks (probe.n_train_tasks) hold "
+            f"{len(tr)} train.json episodes, need probe.n_probe_train + probe.n_eval_train = "
+            f"{n_probe_train} + {n_eval_train}; lower those or raise probe.n_train_tasks"
+        )
     if len(te) < n_eval_test:
-        raise SplitError(f"probe seed {seed}: the {n_ood_tasks} probe OOD tasks (probe.n_ood_tasks) hold {len(te)} "
-                         f"test_ood.json episodes, need probe.n_eval_test = {n_eval_test}; lower it or raise "
-                         f"probe.n_ood_tasks")
-    return {"probe_train": sorted(tr[:n_probe_train]),
-            "probe_eval_train": sorted(tr[n_probe_train:n_probe_train + n_eval_train]),
-            "probe_eval_test": sorted(te[:n_eval_test])}
+        raise SplitError(
+            f"probe seed {seed}: the {n_ood_tasks} probe OOD tasks (probe.n_ood_tasks) hold {len(te)} "
+            f"test_ood.json episodes, need probe.n_eval_test = {n_eval_test}; lower it or raise "
+            f"probe.n_ood_tasks"
+        )
+    return {
+        "probe_train": sorted(tr[:n_probe_train]),
+        "probe_eval_train": sorted(tr[n_probe_train : n_probe_train + n_eval_train]),
+        "probe_eval_test": sorted(te[:n_eval_test]),
+    }
 
 
 # ---------------------------------------------------------------- user-provided files (§7.3)
+
 
 def _resolve_task(name: str, available: dict[str, list[int]], path: Path) -> str:
     if name in available:
@@ -229,9 +253,14 @@ def user_split(train_file, val_file, test_ood_file, available) -> Split:
     for k in ("train", "test_ood"):
         if not eps[k]:
             raise SplitError(f"{files[k]}: split.{k}_file names no episode; {k} needs at least one task")
-    return Split(eps["train"], eps["val"], eps["test_ood"], source="user",
-                 user_files={k: sha256_file(v) for k, v in files.items()},
-                 user_paths={k: str(v) for k, v in files.items()})
+    return Split(
+        eps["train"],
+        eps["val"],
+        eps["test_ood"],
+        source="user",
+        user_files={k: sha256_file(v) for k, v in files.items()},
+        user_paths={k: str(v) for k, v in files.items()},
+    )
 
 
 def validate_split(split: Split) -> None:
@@ -248,12 +277,16 @@ def validate_split(split: Split) -> None:
     train_tasks, ood_tasks = set(split.tasks("train")), set(split.tasks("test_ood"))
     where = f"{split.user_paths['val']} (split.val_file)" if "val" in split.user_paths else "val.json"
     task_of = {e: parse_episode_id(e)[0] for e in split.val}
-    for what, bad in (("a test_ood task", sorted(e for e, t in task_of.items() if t in ood_tasks)),
-                      ("not a train task", sorted(e for e, t in task_of.items() if t not in train_tasks))):
+    for what, bad in (
+        ("a test_ood task", sorted(e for e, t in task_of.items() if t in ood_tasks)),
+        ("not a train task", sorted(e for e, t in task_of.items() if t not in train_tasks)),
+    ):
         if bad:
             n_tasks = len({task_of[e] for e in bad})
-            raise SplitError(f"{where}: episode {bad[0]} is of task {task_of[bad[0]]}, {what}; val must hold unseen "
-                             f"demos of train tasks only ({len(bad)} such episodes from {n_tasks} tasks)")
+            raise SplitError(
+                f"{where}: episode {bad[0]} is of task {task_of[bad[0]]}, {what}; val must hold unseen "
+                f"demos of train tasks only ({len(bad)} such episodes from {n_tasks} tasks)"
+            )
 
 
 def validate_probe(lists: dict[str, list[str]], split: Split) -> None:
@@ -262,8 +295,11 @@ def validate_probe(lists: dict[str, list[str]], split: Split) -> None:
         for b in PROBE_SETS:
             if a < b and sets[a] & sets[b]:
                 raise SplitError(f"probe lists {a} and {b} share episode {sorted(sets[a] & sets[b])[0]}")
-    pools = {"probe_train": set(split.train), "probe_eval_train": set(split.train),
-             "probe_eval_test": set(split.test_ood)}
+    pools = {
+        "probe_train": set(split.train),
+        "probe_eval_train": set(split.train),
+        "probe_eval_test": set(split.test_ood),
+    }
     for k, pool in pools.items():
         bad = sorted(sets[k] - pool)
         if bad:
@@ -272,6 +308,7 @@ def validate_probe(lists: dict[str, list[str]], split: Split) -> None:
 
 
 # ---------------------------------------------------------------- writing
+
 
 def _doc(episodes: list[str], header: dict, **extra) -> dict:
     tasks = sorted({parse_episode_id(e)[0] for e in episodes})
@@ -290,14 +327,20 @@ def build_and_write(manifest_path: str | Path, out_dir: str | Path, *, split_cfg
     manifest_path, out = Path(manifest_path), Path(out_dir)
     available = available_from_manifest(read_json(manifest_path))
     if any(split_cfg.get(k) for k in ("train_file", "val_file", "test_ood_file")):
-        split = user_split(split_cfg.get("train_file"), split_cfg.get("val_file"), split_cfg.get("test_ood_file"),
-                           available)
+        split = user_split(
+            split_cfg.get("train_file"), split_cfg.get("val_file"), split_cfg.get("test_ood_file"), available
+        )
     else:
-        split = default_split(available, split_cfg["split_seed"], split_cfg["ood_fraction"],
-                              split_cfg["train_demo_fraction"])
+        split = default_split(
+            available, split_cfg["split_seed"], split_cfg["ood_fraction"], split_cfg["train_demo_fraction"]
+        )
     validate_split(split)
-    header = {"split_seed": split_cfg["split_seed"], "ood_fraction": split_cfg["ood_fraction"],
-              "source_manifest_sha256": sha256_file(manifest_path), "split_source": split.source}
+    header = {
+        "split_seed": split_cfg["split_seed"],
+        "ood_fraction": split_cfg["ood_fraction"],
+        "source_manifest_sha256": sha256_file(manifest_path),
+        "split_source": split.source,
+    }
     if split.user_files:
         header["user_file_sha256"] = split.user_files
     docs: dict[Path, dict] = {}  # relative path -> document, written only once all are built
@@ -307,28 +350,43 @@ def build_and_write(manifest_path: str | Path, out_dir: str | Path, *, split_cfg
         docs[Path(f"{name}.json")] = _doc(eps, header)
         summary["sets"][name] = {"episodes": len(eps), "tasks": len(split.tasks(name))}
 
-    user_probe = {k: probe_cfg.get(f) for k, f in
-                  (("probe_train", "probe_train_file"), ("probe_eval_train", "eval_train_file"),
-                   ("probe_eval_test", "eval_test_file"))}
+    user_probe = {
+        k: probe_cfg.get(f)
+        for k, f in (
+            ("probe_train", "probe_train_file"),
+            ("probe_eval_train", "eval_train_file"),
+            ("probe_eval_test", "eval_test_file"),
+        )
+    }
     fixed = any(user_probe.values())
     if fixed and not all(user_probe.values()):
-        raise SplitError("user-provided probe lists need all of probe.probe_train_file, probe.eval_train_file, "
-                         "probe.eval_test_file")
+        raise SplitError(
+            "user-provided probe lists need all of probe.probe_train_file, probe.eval_train_file, probe.eval_test_file"
+        )
     for s in probe_cfg["seeds"]:
         if fixed:
             lists = {k: load_episode_file(v, available) for k, v in user_probe.items()}
         else:
-            lists = probe_lists(split, s, probe_task_seed=probe_cfg["task_seed"],
-                                reseed_tasks=probe_cfg["reseed_tasks"], n_train_tasks=probe_cfg["n_train_tasks"],
-                                n_ood_tasks=probe_cfg["n_ood_tasks"], n_probe_train=probe_cfg["n_probe_train"],
-                                n_eval_train=probe_cfg["n_eval_train"], n_eval_test=probe_cfg["n_eval_test"])
+            lists = probe_lists(
+                split,
+                s,
+                probe_task_seed=probe_cfg["task_seed"],
+                reseed_tasks=probe_cfg["reseed_tasks"],
+                n_train_tasks=probe_cfg["n_train_tasks"],
+                n_ood_tasks=probe_cfg["n_ood_tasks"],
+                n_probe_train=probe_cfg["n_probe_train"],
+                n_eval_train=probe_cfg["n_eval_train"],
+                n_eval_test=probe_cfg["n_eval_test"],
+            )
         validate_probe(lists, split)
         task_seed = s if probe_cfg["reseed_tasks"] else probe_cfg["task_seed"]
         for k, eps in lists.items():
             docs[Path("probe") / f"seed{s}" / f"{k}.json"] = _doc(
-                eps, header, probe_seed=s, probe_task_seed=task_seed, seeds_vary_episodes=not fixed)
-        summary["probe"][f"seed{s}"] = {k: {"episodes": len(v), "tasks": len({parse_episode_id(e)[0] for e in v})}
-                                        for k, v in lists.items()}
+                eps, header, probe_seed=s, probe_task_seed=task_seed, seeds_vary_episodes=not fixed
+            )
+        summary["probe"][f"seed{s}"] = {
+            k: {"episodes": len(v), "tasks": len({parse_episode_id(e)[0] for e in v})} for k, v in lists.items()
+        }
     summary["seeds_vary_episodes"] = not fixed
     _write_set(out, docs, summary)
     return summary

@@ -72,9 +72,14 @@ def add_staging_arg(parser: argparse.ArgumentParser) -> None:
     """The trainers' ``--stage-to-local BOOL`` (default: ``$D4L_STAGE_TO_LOCAL``)."""
     from ..training.engine_config import parse_bool
 
-    parser.add_argument("--stage-to-local", type=parse_bool, metavar="BOOL", default=None,
-                        help=f"train from a verified copy of the shards on $SLURM_TMPDIR / $TMPDIR (config "
-                             f"data.stage_to_local; default: ${STAGE_ENV})")
+    parser.add_argument(
+        "--stage-to-local",
+        type=parse_bool,
+        metavar="BOOL",
+        default=None,
+        help=f"train from a verified copy of the shards on $SLURM_TMPDIR / $TMPDIR (config "
+        f"data.stage_to_local; default: ${STAGE_ENV})",
+    )
 
 
 def scratch_dir(env=None) -> tuple[Path | None, str | None]:
@@ -89,8 +94,9 @@ def scratch_dir(env=None) -> tuple[Path | None, str | None]:
 def stage_key(manifest: str | os.PathLike, env=None) -> str:
     """The same for every local rank of one launch, different between launches and runs."""
     env = env if env is not None else os.environ
-    launch = (f"{os.getppid()}.{env.get('TORCHELASTIC_RESTART_COUNT', '0')}" if "LOCAL_RANK" in env
-              else f"p{os.getpid()}")  # under torchrun: the agent (the ranks' parent); alone: this process
+    launch = (
+        f"{os.getppid()}.{env.get('TORCHELASTIC_RESTART_COUNT', '0')}" if "LOCAL_RANK" in env else f"p{os.getpid()}"
+    )  # under torchrun: the agent (the ranks' parent); alone: this process
     h = hashlib.sha256(str(Path(manifest).resolve()).encode()).hexdigest()[:10]
     return f"{h}_{env.get('SLURM_JOB_ID') or 'nojob'}_{launch}"
 
@@ -117,8 +123,11 @@ def _copy_hashed(src: Path, dst: Path) -> tuple[int, str]:
 def verify_against_manifest(staged_root: Path, manifest: dict) -> None:
     """Each kept shard under ``staged_root/shards`` opens and holds the manifest's demos with their
     fingerprints; raises ``StagingError`` naming the shard."""
-    root = staged_root / manifest["shard_root"] if not Path(manifest["shard_root"]).is_absolute() \
+    root = (
+        staged_root / manifest["shard_root"]
+        if not Path(manifest["shard_root"]).is_absolute()
         else staged_root / "shards"
+    )
     for f in manifest["files"]:
         if f.get("skipped_file") or not f["demos_kept"]:
             continue
@@ -130,20 +139,29 @@ def verify_against_manifest(staged_root: Path, manifest: dict) -> None:
         for d in f.get("demos") or []:
             e = eps.get(d["name"])
             if e is None or e.T != d["T"]:
-                raise StagingError(f"staged shard {shard.folder}: demo {d['name']} has "
-                                   f"{'no episode' if e is None else f'T={e.T}'}, the manifest says T={d['T']}")
+                raise StagingError(
+                    f"staged shard {shard.folder}: demo {d['name']} has "
+                    f"{'no episode' if e is None else f'T={e.T}'}, the manifest says T={d['T']}"
+                )
             first = hashlib.sha256(np.ascontiguousarray(shard.frames[e.start]).tobytes()).hexdigest()
             if first != d["first_frame_sha256"]:
-                raise StagingError(f"staged shard {shard.folder / 'frames.npy'}: demo {d['name']}'s first frame has "
-                                   f"sha256 {first[:16]}..., the manifest says {d['first_frame_sha256'][:16]}...")
-            s = np.asarray(shard.actions[e.start:e.start + e.T]).sum(axis=0)
+                raise StagingError(
+                    f"staged shard {shard.folder / 'frames.npy'}: demo {d['name']}'s first frame has "
+                    f"sha256 {first[:16]}..., the manifest says {d['first_frame_sha256'][:16]}..."
+                )
+            s = np.asarray(shard.actions[e.start : e.start + e.T]).sum(axis=0)
             if not np.allclose(s, d["action_sum"], rtol=1e-6, atol=1e-6):
-                raise StagingError(f"staged shard {shard.folder / 'actions.npy'}: demo {d['name']}'s action sums "
-                                   f"differ from the manifest's")
+                raise StagingError(
+                    f"staged shard {shard.folder / 'actions.npy'}: demo {d['name']}'s action sums "
+                    f"differ from the manifest's"
+                )
 
 
-def stage_shards(manifest_path: str | os.PathLike, dest: str | os.PathLike,
-                 copy: Callable[[Path, Path], tuple[int, str]] | None = None) -> dict:
+def stage_shards(
+    manifest_path: str | os.PathLike,
+    dest: str | os.PathLike,
+    copy: Callable[[Path, Path], tuple[int, str]] | None = None,
+) -> dict:
     """Copy the manifest and its kept shards to ``dest`` (built as ``dest.tmp``, renamed when verified).
 
     Returns {manifest (the staged manifest's path), bytes, files, seconds, seconds_per_GB}; raises
@@ -156,8 +174,12 @@ def stage_shards(manifest_path: str | os.PathLike, dest: str | os.PathLike,
     src_root = shard_root if shard_root.is_absolute() else src_manifest.parent / shard_root
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".tmp")
-    todo = [(src_root / t / p.name, Path("shards") / t / p.name)
-            for t in kept_shards(manifest) for p in sorted((src_root / t).iterdir()) if p.is_file()]
+    todo = [
+        (src_root / t / p.name, Path("shards") / t / p.name)
+        for t in kept_shards(manifest)
+        for p in sorted((src_root / t).iterdir())
+        if p.is_file()
+    ]
     need = sum(s.stat().st_size for s, _ in todo)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(dest, ignore_errors=True)
@@ -177,16 +199,22 @@ def stage_shards(manifest_path: str | os.PathLike, dest: str | os.PathLike,
             total += n
             got = sha256_file(tmp / rel)
             if got != digest:
-                raise StagingError(f"{tmp / rel}: sha256 {got[:16]}... after the copy, {digest[:16]}... read from "
-                                   f"{src}")
+                raise StagingError(
+                    f"{tmp / rel}: sha256 {got[:16]}... after the copy, {digest[:16]}... read from {src}"
+                )
         verify_against_manifest(tmp, manifest if not shard_root.is_absolute() else {**manifest, "shard_root": "shards"})
         os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     dt = time.perf_counter() - t0
-    return {"manifest": str(dest / "manifest.json"), "bytes": total, "files": len(todo), "seconds": dt,
-            "seconds_per_GB": dt / (total / 1e9) if total else None}
+    return {
+        "manifest": str(dest / "manifest.json"),
+        "bytes": total,
+        "files": len(todo),
+        "seconds": dt,
+        "seconds_per_GB": dt / (total / 1e9) if total else None,
+    }
 
 
 def _status_paths(scratch: Path, key: str) -> list[Path]:
@@ -208,8 +236,9 @@ def _wait_for_status(paths: list[Path], timeout_s: float, poll_s: float = 0.5) -
 
 
 @contextmanager
-def staged_manifest(manifest: str | os.PathLike, enabled: bool | None = None, *, env=None,
-                    log: Callable[[str], None] = print) -> Iterator[str]:
+def staged_manifest(
+    manifest: str | os.PathLike, enabled: bool | None = None, *, env=None, log: Callable[[str], None] = print
+) -> Iterator[str]:
     """The manifest path to train from: the staged copy's where staging is on and worked, else ``manifest``.
 
     ``enabled`` None = ``$D4L_STAGE_TO_LOCAL``. Local rank 0 (``$LOCAL_RANK``, 0 without torchrun) copies
@@ -236,8 +265,9 @@ def staged_manifest(manifest: str | os.PathLike, enabled: bool | None = None, *,
         if st and st.get("ok"):
             yield st["manifest"]
         else:
-            why = (st or {}).get("error") or (f"no status from local rank 0 in {wait:g} s" if usable
-                                              else f"{scratch} is not a writable folder")
+            why = (st or {}).get("error") or (
+                f"no status from local rank 0 in {wait:g} s" if usable else f"{scratch} is not a writable folder"
+            )
             warn(f"local rank 0 did not stage the shards ({why}): training from the shared path {manifest}")
             yield manifest
         return
@@ -246,12 +276,15 @@ def staged_manifest(manifest: str | os.PathLike, enabled: bool | None = None, *,
         try:
             res = stage_shards(manifest, dest)
             used = res["manifest"]
-            log(f"stage_to_local: {res['bytes'] / 1e9:.3f} GB ({res['files']} files) staged to {dest} (${var}) in "
-                f"{res['seconds']:.1f} s, verified against the source and the manifest; training from there")
+            log(
+                f"stage_to_local: {res['bytes'] / 1e9:.3f} GB ({res['files']} files) staged to {dest} (${var}) in "
+                f"{res['seconds']:.1f} s, verified against the source and the manifest; training from there"
+            )
             st = {"ok": True, **res}
         except Exception as e:  # any failure: the shared path still has the same bytes
-            warn(f"copy to {dest} (${var}) failed ({type(e).__name__}: {e}); falling back to the shared path "
-                 f"{manifest}")
+            warn(
+                f"copy to {dest} (${var}) failed ({type(e).__name__}: {e}); falling back to the shared path {manifest}"
+            )
             st = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         for status in statuses:  # a full or read-only scratch: /dev/shm, so that no rank waits in vain
             try:

@@ -34,8 +34,9 @@ GENERATOR_VERSION = "synthetic-libero-v2"
 GROUND_TRUTH_NAME = "_synthetic_ground_truth.json"
 
 
-def demo_task_ids(per_suite: int = 4,
-                  suites: Sequence[str] = ("libero_10", "libero_goal", "libero_spatial")) -> list[str]:
+def demo_task_ids(
+    per_suite: int = 4, suites: Sequence[str] = ("libero_10", "libero_goal", "libero_spatial")
+) -> list[str]:
     """The first ``per_suite`` tasks (official order) of each suite, as ``<suite>/<stem>``."""
     out: list[str] = []
     for s in suites:
@@ -92,9 +93,15 @@ def _stale_files(root: Path, gt_path: Path, files: list[str]) -> list[str]:
     return sorted(old_files - set(files) - {GROUND_TRUTH_NAME})
 
 
-def generate(root: str | os.PathLike, task_ids: Sequence[str], n_demos: int = 12,
-             len_range: tuple[int, int] = (48, 80), seed: int = 0, traps: Iterable[Any] = (),
-             progress: bool = True) -> dict:
+def generate(
+    root: str | os.PathLike,
+    task_ids: Sequence[str],
+    n_demos: int = 12,
+    len_range: tuple[int, int] = (48, 80),
+    seed: int = 0,
+    traps: Iterable[Any] = (),
+    progress: bool = True,
+) -> dict:
     """Write a synthetic LIBERO-format dataset under ``root``; return a summary dict.
 
     One file ``<root>/<suite>/<stem>_demo.hdf5`` per task id (``<suite>/<stem>``), ``n_demos``
@@ -187,7 +194,7 @@ def generate(root: str | os.PathLike, task_ids: Sequence[str], n_demos: int = 12
         "traps": applied,
         "conventions": {
             "first_frame_sha256": "sha256 of the raw C-order bytes of the UPRIGHT first agentview frame "
-                                  "(uint8 (128,128,3)), before any trap",
+            "(uint8 (128,128,3)), before any trap",
             "action_sum": "sum over the raw (T,7) actions array (actions[0] included), before any trap",
         },
     }

@@ -145,8 +145,7 @@ def parse_trap_spec(spec: Any) -> dict:
 def _replace_ds(grp: h5py.Group, key: str, data: np.ndarray, compress: bool = False) -> None:
     del grp[key]
     if compress and data.ndim >= 3:
-        grp.create_dataset(key, data=data, compression="gzip", compression_opts=1,
-                           chunks=(1,) + tuple(data.shape[1:]))
+        grp.create_dataset(key, data=data, compression="gzip", compression_opts=1, chunks=(1,) + tuple(data.shape[1:]))
     else:
         grp.create_dataset(key, data=data)
 
@@ -232,8 +231,12 @@ def _apply_h5_trap(f: h5py.File, tr: dict, task: Task, demo_T: dict[str, int], r
         a = g["actions"][()]
         row = int(rng.integers(0, a.shape[0]))
         col = 6 if name == "gripper_not_pm1" else int(rng.integers(0, 6))
-        a[row, col] = {"actions_nan": np.nan, "actions_inf": np.inf,
-                       "actions_out_of_range": 1.5, "gripper_not_pm1": 0.3}[name]
+        a[row, col] = {
+            "actions_nan": np.nan,
+            "actions_inf": np.inf,
+            "actions_out_of_range": 1.5,
+            "gripper_not_pm1": 0.3,
+        }[name]
         g["actions"][...] = a
         notes["index"] = [row, col]
     elif name == "actions_width6":
@@ -287,13 +290,17 @@ def _apply_h5_trap(f: h5py.File, tr: dict, task: Task, demo_T: dict[str, int], r
         data.attrs["total"] = np.int64(int(data.attrs["total"]) + 100)
     elif name == "extra_keys":
         T = demo_T[dn]
-        g["obs"].create_dataset("agentview_depth", data=np.zeros((T, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32),
-                                compression="gzip", compression_opts=1, chunks=(1, IMAGE_SIZE, IMAGE_SIZE, 1))
+        g["obs"].create_dataset(
+            "agentview_depth",
+            data=np.zeros((T, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32),
+            compression="gzip",
+            compression_opts=1,
+            chunks=(1, IMAGE_SIZE, IMAGE_SIZE, 1),
+        )
         nxt = g.create_group("next_obs")
         nxt.create_dataset("joint_states", data=g["obs/joint_states"][()])
         mask = data.create_group("mask")
-        names = sorted((n for n in data.keys() if re.fullmatch(r"demo_\d+", n)),
-                       key=lambda s: int(s[5:]))
+        names = sorted((n for n in data.keys() if re.fullmatch(r"demo_\d+", n)), key=lambda s: int(s[5:]))
         mask.create_dataset("train", data=np.array([n.encode() for n in names], dtype="S16"))
         data.attrs["bddl_file_content"] = bddl_content(task)
     else:  # pragma: no cover
@@ -391,15 +398,17 @@ def task_file_path(root: Path, task: Task, trs: list[dict]) -> Path:
     return folder / f"{base}{ext}"
 
 
-def trap_task_file(path: Path, trs: list[dict], task: Task, demo_T: dict[str, int],
-                   rng: np.random.Generator) -> tuple[str, list[dict]]:
+def trap_task_file(
+    path: Path, trs: list[dict], task: Task, demo_T: dict[str, int], rng: np.random.Generator
+) -> tuple[str, list[dict]]:
     """Apply the in-file traps of ``trs`` to the clean file at ``path`` (not yet in place).
 
     Returns (stored image orientation after the traps, applied trap records in the order applied)."""
     orientation = "upside_down"
     applied: list[dict] = []
-    h5_trs = [t for t in trs if t["trap"] not in _NAME_TRAPS | _COPY_TRAPS | _SIDE_TRAPS
-              and t["trap"] not in _BYTE_TRAPS]
+    h5_trs = [
+        t for t in trs if t["trap"] not in _NAME_TRAPS | _COPY_TRAPS | _SIDE_TRAPS and t["trap"] not in _BYTE_TRAPS
+    ]
     if h5_trs:
         with h5py.File(path, "r+") as f:
             for t in h5_trs:
@@ -437,8 +446,10 @@ def write_copies_and_side_files(root: Path, final: Path, task: Task, trs: list[d
         applied.append({**t, "path": rel_files[-1]})
     for t in trs:
         if t["trap"] == "non_hdf5_file":
-            write_bytes(root / task.suite / "README.txt",
-                        b"Synthetic LIBERO-format data. Not an HDF5 file; readers must ignore it.\n")
+            write_bytes(
+                root / task.suite / "README.txt",
+                b"Synthetic LIBERO-format data. Not an HDF5 file; readers must ignore it.\n",
+            )
             write_json(root / task.suite / "notes.json", {"note": "not a task file", "task": task.task_id})
             applied.append({**t, "paths": [f"{task.suite}/README.txt", f"{task.suite}/notes.json"]})
     return rel_files, applied

@@ -79,26 +79,50 @@ _KP, _P_MAX, _A_MAX = 0.5, 0.8, 0.9375
 
 # scene families: (env_name, problem_name, state dim S, table rgb, wall rgb, n objects)
 _FAMILIES: dict[str, tuple[str, str, int, tuple[int, int, int], tuple[int, int, int], int]] = {
-    "KITCHEN": ("Libero_Kitchen_Tabletop_Manipulation", "libero_kitchen_tabletop_manipulation", 92,
-                (96, 76, 58), (70, 70, 82), 3),
-    "LIVING_ROOM": ("Libero_Living_Room_Tabletop_Manipulation",
-                    "libero_living_room_tabletop_manipulation", 110, (70, 84, 62), (88, 72, 62), 3),
-    "STUDY": ("Libero_Study_Tabletop_Manipulation", "libero_study_tabletop_manipulation", 79,
-              (62, 64, 90), (78, 78, 66), 3),
-    "SPATIAL": ("Libero_Tabletop_Manipulation", "libero_tabletop_manipulation", 45,
-                (88, 86, 80), (60, 66, 74), 2),
-    "OBJECT": ("Libero_Floor_Manipulation", "libero_floor_manipulation", 110,
-               (92, 80, 70), (66, 60, 56), 3),
-    "GOAL": ("Libero_Tabletop_Manipulation", "libero_tabletop_manipulation", 79,
-             (78, 68, 96), (64, 74, 64), 3),
+    "KITCHEN": (
+        "Libero_Kitchen_Tabletop_Manipulation",
+        "libero_kitchen_tabletop_manipulation",
+        92,
+        (96, 76, 58),
+        (70, 70, 82),
+        3,
+    ),
+    "LIVING_ROOM": (
+        "Libero_Living_Room_Tabletop_Manipulation",
+        "libero_living_room_tabletop_manipulation",
+        110,
+        (70, 84, 62),
+        (88, 72, 62),
+        3,
+    ),
+    "STUDY": (
+        "Libero_Study_Tabletop_Manipulation",
+        "libero_study_tabletop_manipulation",
+        79,
+        (62, 64, 90),
+        (78, 78, 66),
+        3,
+    ),
+    "SPATIAL": ("Libero_Tabletop_Manipulation", "libero_tabletop_manipulation", 45, (88, 86, 80), (60, 66, 74), 2),
+    "OBJECT": ("Libero_Floor_Manipulation", "libero_floor_manipulation", 110, (92, 80, 70), (66, 60, 56), 3),
+    "GOAL": ("Libero_Tabletop_Manipulation", "libero_tabletop_manipulation", 79, (78, 68, 96), (64, 74, 64), 3),
 }
 _SUITE_FAMILY = {"libero_spatial": "SPATIAL", "libero_object": "OBJECT", "libero_goal": "GOAL"}
 _SCENE_RE = re.compile(r"^(KITCHEN|LIVING_ROOM|STUDY)_SCENE(\d+)_")
 _OBJ_COLOURS = np.array(
     [
-        (200, 40, 40), (40, 160, 60), (40, 70, 200), (210, 150, 30), (150, 60, 170),
-        (30, 160, 170), (190, 100, 60), (120, 120, 30), (170, 40, 110), (60, 110, 140),
-        (20, 20, 20), (140, 80, 40),
+        (200, 40, 40),
+        (40, 160, 60),
+        (40, 70, 200),
+        (210, 150, 30),
+        (150, 60, 170),
+        (30, 160, 170),
+        (190, 100, 60),
+        (120, 120, 30),
+        (170, 40, 110),
+        (60, 110, 140),
+        (20, 20, 20),
+        (140, 80, 40),
     ],
     dtype=np.float64,
 )
@@ -106,7 +130,6 @@ _SHAPES = ("disc", "square", "diamond")
 
 _Q_HOME = np.array([0.0, -0.16, 0.0, -2.44, 0.0, 2.23, 0.79])
 _JOINT_MAP = np.random.default_rng(20240607).normal(0.0, 0.6, size=(7, 6))  # fixed robot
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,15 +229,32 @@ def make_task(index: int, task_id: str, seed: int) -> Task:
     home[2] = z_start
     home[3:] = rng.uniform(-1.0, 1.0, 3)
     return Task(
-        index=index, task_id=task_id, suite=suite, stem=stem, family=fam, scene=scene,
-        instruction=instruction_for(suite, stem), env_name=env_name, problem_name=problem_name,
-        state_dim=S, table_rgb=table_rgb, wall_rgb=wall_rgb, n_obj=n_obj, obj_xy=obj_xy,
-        obj_rgb=np.clip(obj_rgb, 0, 215), obj_shape=shapes,
-        obj_radius=rng.uniform(7.0, 9.0, n_obj), target=0, goal_xy=goal_xy,
-        goal_rgb=np.clip(goal_rgb, 0, 220), home=home,
+        index=index,
+        task_id=task_id,
+        suite=suite,
+        stem=stem,
+        family=fam,
+        scene=scene,
+        instruction=instruction_for(suite, stem),
+        env_name=env_name,
+        problem_name=problem_name,
+        state_dim=S,
+        table_rgb=table_rgb,
+        wall_rgb=wall_rgb,
+        n_obj=n_obj,
+        obj_xy=obj_xy,
+        obj_rgb=np.clip(obj_rgb, 0, 215),
+        obj_shape=shapes,
+        obj_radius=rng.uniform(7.0, 9.0, n_obj),
+        target=0,
+        goal_xy=goal_xy,
+        goal_rgb=np.clip(goal_rgb, 0, 220),
+        home=home,
         rot_grasp=np.array([rng.uniform(-1.5, 1.5), rng.uniform(-1.5, 1.5), rng.uniform(-3.5, 3.5)]),
         rot_place=np.array([rng.uniform(-1.5, 1.5), rng.uniform(-1.5, 1.5), rng.uniform(-3.5, 3.5)]),
-        z_start=z_start, z_carry=float(rng.uniform(0.0, 2.5)), z_place=float(rng.uniform(-3.5, -1.5)),
+        z_start=z_start,
+        z_carry=float(rng.uniform(0.0, 2.5)),
+        z_place=float(rng.uniform(-3.5, -1.5)),
         fixture_q=srng.uniform(-0.1, 0.1, 64),
     )
 
@@ -326,7 +366,6 @@ def _rollout(task: Task, rng: np.random.Generator, T: int) -> _Rollout:
     return _Rollout(actions=actions, pose=pose, opening=opening, obj=obj, goal=goal, phases=phases)
 
 
-
 # --------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------
@@ -337,8 +376,16 @@ def pixel_of_ee_pos(ee_pos: np.ndarray) -> np.ndarray:
     return np.stack([_XY_CENTRE - PX_PER_UNIT * u[..., 1], _XY_CENTRE + PX_PER_UNIT * u[..., 0]], axis=-1)
 
 
-def _blend(img: np.ndarray, cy: np.ndarray, cx: np.ndarray, radius: float, sigma: float,
-           rgb: Sequence[float], shape: str = "disc", ring: bool = False) -> None:
+def _blend(
+    img: np.ndarray,
+    cy: np.ndarray,
+    cx: np.ndarray,
+    radius: float,
+    sigma: float,
+    rgb: Sequence[float],
+    shape: str = "disc",
+    ring: bool = False,
+) -> None:
     """Alpha-blend a Gaussian-edged shape centred at (cy[t], cx[t]) into every frame of img."""
     T, H, W, _ = img.shape
     P = int(2 * math.ceil(radius + 3.5 * sigma) + 3)
@@ -380,18 +427,19 @@ def _static_background(task: Task, goal_xy: np.ndarray) -> np.ndarray:
     bg[0, :_SCENE, :_SCENE] = scene
     # faint grooves of the indicator tracks (fixed)
     g = np.asarray(_GROOVE_RGB, np.float32)
-    bg[0, int(_Z_ROW) - 1:int(_Z_ROW) + 2, 8:120] = g
-    bg[0, int(_RX_ROW) - 1:int(_RX_ROW) + 2, 8:120] = g
-    bg[0, 8:86, int(_RY_COL) - 1:int(_RY_COL) + 2] = g
-    bg[0, 8:86, int(_RZ_COL) - 1:int(_RZ_COL) + 2] = g
+    bg[0, int(_Z_ROW) - 1 : int(_Z_ROW) + 2, 8:120] = g
+    bg[0, int(_RX_ROW) - 1 : int(_RX_ROW) + 2, 8:120] = g
+    bg[0, 8:86, int(_RY_COL) - 1 : int(_RY_COL) + 2] = g
+    bg[0, 8:86, int(_RZ_COL) - 1 : int(_RZ_COL) + 2] = g
     gy = np.array([_XY_CENTRE - PX_PER_UNIT * goal_xy[1]])
     gx = np.array([_XY_CENTRE + PX_PER_UNIT * goal_xy[0]])
     _blend(bg, gy, gx, 11.0, 1.5, task.goal_rgb, ring=True)
     return bg
 
 
-def _render(task: Task, goal_xy: np.ndarray, pose: np.ndarray, opening: np.ndarray,
-            obj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _render(
+    task: Task, goal_xy: np.ndarray, pose: np.ndarray, opening: np.ndarray, obj: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Upright agentview and eye-in-hand uint8 frames for the given states (T', ...)."""
     T = pose.shape[0]
     bg = _static_background(task, goal_xy)
@@ -425,7 +473,6 @@ def _render(task: Task, goal_xy: np.ndarray, pose: np.ndarray, opening: np.ndarr
     return agent, np.ascontiguousarray(eye)
 
 
-
 # --------------------------------------------------------------------------------------------
 # Low-dimensional arrays
 # --------------------------------------------------------------------------------------------
@@ -433,12 +480,15 @@ def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Hamilton product of (..., 4) quaternions stored (x, y, z, w)."""
     ax, ay, az, aw = np.moveaxis(a, -1, 0)
     bx, by, bz, bw = np.moveaxis(b, -1, 0)
-    return np.stack([
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-        aw * bw - ax * bx - ay * by - az * bz,
-    ], axis=-1)
+    return np.stack(
+        [
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        ],
+        axis=-1,
+    )
 
 
 def _axis_quat(axis: int, ang: np.ndarray) -> np.ndarray:
@@ -512,7 +562,6 @@ def _full_states(task: Task, ro: _Rollout) -> np.ndarray:
     return np.ascontiguousarray(full, dtype=np.float64)
 
 
-
 # --------------------------------------------------------------------------------------------
 # One demo
 # --------------------------------------------------------------------------------------------
@@ -539,6 +588,14 @@ def simulate_demo(task: Task, rng: np.random.Generator, T: int) -> DemoArrays:
     after = slice(1, T + 1)
     agent, eye = _render(task, ro.goal, ro.pose[after], ro.opening[after], ro.obj[after])
     quat = _ee_quat(ro.pose[after, 3:6])
-    return DemoArrays(actions=ro.actions, states=full[:T], joints=full[1:T + 1, 1:8], agentview=agent,
-                      eye_in_hand=eye, gripper=_fingers(ro.opening[after]), ee_pos=_ee_pos(ro.pose[after]),
-                      ee_quat=quat, ee_ori=_quat2axisangle(quat))
+    return DemoArrays(
+        actions=ro.actions,
+        states=full[:T],
+        joints=full[1 : T + 1, 1:8],
+        agentview=agent,
+        eye_in_hand=eye,
+        gripper=_fingers(ro.opening[after]),
+        ee_pos=_ee_pos(ro.pose[after]),
+        ee_quat=quat,
+        ee_ori=_quat2axisangle(quat),
+    )

@@ -69,12 +69,13 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def r2_from_stats(counts: np.ndarray, n: np.ndarray, sum_y: np.ndarray, sum_y2: np.ndarray,
-                  sse: np.ndarray) -> np.ndarray:
+def r2_from_stats(
+    counts: np.ndarray, n: np.ndarray, sum_y: np.ndarray, sum_y2: np.ndarray, sse: np.ndarray
+) -> np.ndarray:
     """(B, D) pooled per-dim R² of each resample (NaN where the resampled target is constant)."""
     c = np.asarray(counts, dtype=np.float64)
-    N = c @ np.asarray(n, dtype=np.float64)                                      # (B,)
-    Sy = c @ np.asarray(sum_y, dtype=np.float64)                                 # (B,D)
+    N = c @ np.asarray(n, dtype=np.float64)  # (B,)
+    Sy = c @ np.asarray(sum_y, dtype=np.float64)  # (B,D)
     Sy2 = c @ np.asarray(sum_y2, dtype=np.float64)
     SSE = c @ np.asarray(sse, dtype=np.float64)
     Nn = np.maximum(N, 1.0)[:, None]
@@ -112,8 +113,9 @@ def r2_replicates(stats: dict, predictor: str, level: str, seed: int, set_name: 
     return r2_uniform_from_stats(counts, stats["n"], stats["sum_y"], stats["sum_y2"], stats["sse"][predictor])
 
 
-def paired_r2_diff(stats_a: dict, pred_a: str, stats_b: dict, pred_b: str, level: str, seed: int,
-                   set_name: str, B: int) -> np.ndarray:
+def paired_r2_diff(
+    stats_a: dict, pred_a: str, stats_b: dict, pred_b: str, level: str, seed: int, set_name: str, B: int
+) -> np.ndarray:
     """(B,) replicates of R²(a) − R²(b) from the same resamples (both rows must score the same episodes)."""
     if list(stats_a["episodes"]) != list(stats_b["episodes"]) or list(stats_a["n"]) != list(stats_b["n"]):
         raise ValueError("paired bootstrap needs two rows scored on the same episodes and frames")

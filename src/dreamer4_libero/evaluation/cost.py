@@ -53,13 +53,28 @@ def tokenizer_flops_per_frame(tok_cfg: dict, resolution: int, chunk: int) -> dic
     enc = _count(lambda: model.encode(x, mae=False)) / chunk
     dec = _count(lambda: model.decode(z)) / chunk
     masked = _count(lambda: model(x, mae=True, mask=mask)) / chunk
-    return {"encode": enc, "decode": dec, "encode_decode": enc + dec, "masked_pass": masked,
-            "tokenizer_eval": enc + dec + masked, "tokens_per_frame": mcfg.n_latents + mcfg.n_patches,
-            "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "encode": enc,
+        "decode": dec,
+        "encode_decode": enc + dec,
+        "masked_pass": masked,
+        "tokenizer_eval": enc + dec + masked,
+        "tokens_per_frame": mcfg.n_latents + mcfg.n_patches,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
 
-def tokenizer_fwd_formula(d_model: int, depth: int, mlp_ratio: float, n_latents: int, n_patches: int,
-                          patch_dim: int, d_bottleneck: int, T: int, time_every: int = 1) -> dict:
+def tokenizer_fwd_formula(
+    d_model: int,
+    depth: int,
+    mlp_ratio: float,
+    n_latents: int,
+    n_patches: int,
+    patch_dim: int,
+    d_bottleneck: int,
+    T: int,
+    time_every: int = 1,
+) -> dict:
     """Hand count of one encode and one decode per frame, for checking the counter (training/perf.py's
     closed form per transformer, plus the projections): S = latents + patches tokens per frame, D = width,
     L = depth (every ``time_every``-th layer has time attention over the latents), m = mlp_ratio.
@@ -71,8 +86,12 @@ def tokenizer_fwd_formula(d_model: int, depth: int, mlp_ratio: float, n_latents:
     """
     S, D, L = n_latents + n_patches, d_model, depth
     Lt = sum((i + 1) % time_every == 0 for i in range(depth))  # models/blocks.has_time
-    tr = (S * L * 2 * (4 + 3 * mlp_ratio) * D * D + L * 4 * S * S * D
-          + n_latents * Lt * 2 * 4 * D * D + Lt * 4 * n_latents * T * D)
+    tr = (
+        S * L * 2 * (4 + 3 * mlp_ratio) * D * D
+        + L * 4 * S * S * D
+        + n_latents * Lt * 2 * 4 * D * D
+        + Lt * 4 * n_latents * T * D
+    )
     enc = tr + n_patches * 2 * patch_dim * D + n_latents * 2 * D * d_bottleneck
     dec = tr + n_latents * 2 * d_bottleneck * D + n_patches * 2 * D * patch_dim
     return {"encode": enc, "decode": dec}

@@ -63,8 +63,9 @@ def episode_specificity(X: np.ndarray, keys: np.ndarray) -> float:
     return float(within / sst)
 
 
-def degeneracy(X_raw: np.ndarray, X_used: np.ndarray, t: np.ndarray, keys: np.ndarray, *,
-               in_sample_r2: float, cv_r2: float) -> dict:
+def degeneracy(
+    X_raw: np.ndarray, X_used: np.ndarray, t: np.ndarray, keys: np.ndarray, *, in_sample_r2: float, cv_r2: float
+) -> dict:
     """§1.9 numbers on probe-train and the reasons for DEGENERATE (empty list when not degenerate)."""
     X_raw = np.asarray(X_raw, np.float64)
     tr_raw = float(np.var(X_raw, axis=0).sum()) if X_raw.size else 0.0
@@ -89,8 +90,10 @@ def degeneracy(X_raw: np.ndarray, X_used: np.ndarray, t: np.ndarray, keys: np.nd
     if rel < MIN_RELATIVE_VARIATION:
         reasons.append(f"relative variation {rel:.3g} (< {MIN_RELATIVE_VARIATION:g})")
     if out["episode_specificity"] < MIN_EPISODE_SPECIFICITY:
-        reasons.append(f"episode specificity {out['episode_specificity']:.3g} (< {MIN_EPISODE_SPECIFICITY:g}): "
-                       "the same features in every episode")
+        reasons.append(
+            f"episode specificity {out['episode_specificity']:.3g} (< {MIN_EPISODE_SPECIFICITY:g}): "
+            "the same features in every episode"
+        )
     if not (out["in_sample_r2"] >= MIN_IN_SAMPLE_R2):
         reasons.append(f"in-sample R² {out['in_sample_r2']:+.3f} (< {MIN_IN_SAMPLE_R2})")
     if out["time_explained"] > MAX_TIME_EXPLAINED:

@@ -49,6 +49,7 @@ def readout_frame(t: np.ndarray, mode: str) -> np.ndarray:
 
 # -- windows of the world model's context (§1.3) -------------------------------------------------
 
+
 def window_plan(T: int, C: int) -> list[int]:
     """Starts of windows of C frames, stride C//2, the last one aligned to the episode end."""
     if T <= C:
@@ -75,6 +76,7 @@ def window_position(t: np.ndarray, mode: str, T: int, C: int) -> np.ndarray:
 
 
 # -- feature sets -----------------------------------------------------------------------------
+
 
 @dataclass
 class FeatureSet:
@@ -126,8 +128,9 @@ def copy_prev_prediction(raw: np.ndarray, t: np.ndarray, fallback: np.ndarray) -
     return np.where((t >= 1)[:, None], raw[np.clip(t, 0, len(raw) - 1)], np.asarray(fallback)[None])
 
 
-def baseline_feature_sets(resolution: int = 32, pca: dict | None = None, encode_tokens=None, window: int = 32,
-                          controls: bool = False) -> dict[str, FeatureSet]:
+def baseline_feature_sets(
+    resolution: int = 32, pca: dict | None = None, encode_tokens=None, window: int = 32, controls: bool = False
+) -> dict[str, FeatureSet]:
     """Feature sets that need no world model (§1.3 table, §1.8).
 
     encode_tokens: optional callable (frames uint8 (T,...), t, mode, window) -> tokenizer latents of the
@@ -148,17 +151,23 @@ def baseline_feature_sets(resolution: int = 32, pca: dict | None = None, encode_
         "pixels": FeatureSet("pixels", pixels, pca["pixels"]),
         "frame_diff": FeatureSet("frame_diff", fdiff, pca["frame_diff"]),
         "time_only": FeatureSet("time_only", lambda f, r, t, m: time_features(t)),
-        "lagged_actions": FeatureSet("lagged_actions", lambda f, r, t, m: lagged_actions(r, t),
-                                     action_sensitivity="change"),
+        "lagged_actions": FeatureSet(
+            "lagged_actions", lambda f, r, t, m: lagged_actions(r, t), action_sensitivity="change"
+        ),
     }
     if encode_tokens is not None:
-        sets = {"tok_latent": FeatureSet("tok_latent", lambda f, r, t, m: encode_tokens(f, t, m, window),
-                                         pca["tok_latent"]), **sets}
+        sets = {
+            "tok_latent": FeatureSet(
+                "tok_latent", lambda f, r, t, m: encode_tokens(f, t, m, window), pca["tok_latent"]
+            ),
+            **sets,
+        }
     if controls:
         sets["const_control"] = FeatureSet("const_control", lambda f, r, t, m: np.ones((len(t), 8)))
         # a_t = raw[t+1]: the target itself. Must be caught by the leak test, not by its name.
-        sets["leak_control"] = FeatureSet("leak_control",
-                                          lambda f, r, t, m: np.asarray(r, np.float64)[np.asarray(t) + 1])
+        sets["leak_control"] = FeatureSet(
+            "leak_control", lambda f, r, t, m: np.asarray(r, np.float64)[np.asarray(t) + 1]
+        )
     return sets
 
 

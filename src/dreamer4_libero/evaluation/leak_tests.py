@@ -31,13 +31,22 @@ def leak_targets(T: int, n: int, C: int) -> list[int]:
 def _delta(fs: FeatureSet, frames, raw, t: int, mode: str, frames2=None, raw2=None) -> float:
     ta = np.array([t])
     f0 = np.asarray(fs.extract(frames, raw, ta, mode), dtype=np.float64)
-    f1 = np.asarray(fs.extract(frames if frames2 is None else frames2, raw if raw2 is None else raw2, ta, mode),
-                    dtype=np.float64)
+    f1 = np.asarray(
+        fs.extract(frames if frames2 is None else frames2, raw if raw2 is None else raw2, ta, mode), dtype=np.float64
+    )
     return float(np.max(np.abs(f1 - f0))) if f0.size else 0.0
 
 
-def run_leak_tests(fs: FeatureSet, episodes: list[tuple[np.ndarray, np.ndarray]], mode: str, *,
-                   n_targets: int = 3, window: int = 32, seed: int = 0, tol: float = TOL) -> dict:
+def run_leak_tests(
+    fs: FeatureSet,
+    episodes: list[tuple[np.ndarray, np.ndarray]],
+    mode: str,
+    *,
+    n_targets: int = 3,
+    window: int = 32,
+    seed: int = 0,
+    tol: float = TOL,
+) -> dict:
     """The three tests on `episodes` [(frames uint8 (T,...), raw (T,7))]; returns the record's `leak_tests` block."""
     rng = np.random.default_rng(seed)
     d_fut_a, d_vac, d_fut_f, n = 0.0, 0.0, 0.0, 0
@@ -47,18 +56,18 @@ def run_leak_tests(fs: FeatureSet, episodes: list[tuple[np.ndarray, np.ndarray]]
         for t in leak_targets(len(frames), n_targets, window):
             n += 1
             r2 = raw.copy()
-            r2[t + 1:] = rng.uniform(-1, 1, size=r2[t + 1:].shape)
+            r2[t + 1 :] = rng.uniform(-1, 1, size=r2[t + 1 :].shape)
             d_fut_a = max(d_fut_a, _delta(fs, frames, raw, t, mode, raw2=r2))
             b = int(readout_frame(np.array([t]), mode)[0])
             f2 = frames.copy()
-            f2[b + 1:] = rng.integers(0, 256, size=f2[b + 1:].shape, dtype=np.uint8)
+            f2[b + 1 :] = rng.integers(0, 256, size=f2[b + 1 :].shape, dtype=np.uint8)
             d_fut_f = max(d_fut_f, _delta(fs, frames, raw, t, mode, frames2=f2))
             if fs.action_sensitivity == "change":
                 r3 = raw.copy()
-                r3[t] = rng.uniform(-1, 1, size=raw.shape[1])       # a_{t-1} only
+                r3[t] = rng.uniform(-1, 1, size=raw.shape[1])  # a_{t-1} only
                 d_vac = max(d_vac, _delta(fs, frames, raw, t, mode, raw2=r3))
             elif fs.action_sensitivity == "no_change":
-                r3 = rng.uniform(-1, 1, size=raw.shape)              # every action
+                r3 = rng.uniform(-1, 1, size=raw.shape)  # every action
                 d_vac = max(d_vac, _delta(fs, frames, raw, t, mode, raw2=r3))
     out = {
         "future_actions": {"max_abs_delta": d_fut_a, "pass": bool(d_fut_a <= tol), "n_targets": n, "tol": tol},
@@ -67,9 +76,14 @@ def run_leak_tests(fs: FeatureSet, episodes: list[tuple[np.ndarray, np.ndarray]]
     }
     if fs.action_sensitivity is not None:
         ok = d_vac > tol if fs.action_sensitivity == "change" else d_vac <= tol
-        out["non_vacuity"] = {"max_abs_delta": d_vac, "pass": bool(ok), "expect": fs.action_sensitivity,
-                              "perturbed": "a_{t-1}" if fs.action_sensitivity == "change" else "every action",
-                              "n_targets": n, "tol": tol}
+        out["non_vacuity"] = {
+            "max_abs_delta": d_vac,
+            "pass": bool(ok),
+            "expect": fs.action_sensitivity,
+            "perturbed": "a_{t-1}" if fs.action_sensitivity == "change" else "every action",
+            "n_targets": n,
+            "tol": tol,
+        }
     if n == 0:
         for v in out.values():
             if v is not None:

@@ -48,8 +48,10 @@ def load_run(checkpoint_json: str, resolution: int | None = None, device: str = 
         raise FileNotFoundError(f"{where}['tokenizer_ckpt']: tokenizer checkpoint {tok_path} not found")
     tok_sha = sha256_file(tok_path)
     if args.get("tokenizer_sha256") and args["tokenizer_sha256"] != tok_sha:
-        raise ValueError(f"{where}['tokenizer_sha256'] = {args['tokenizer_sha256']} but {tok_path} now hashes to "
-                         f"{tok_sha}: the tokenizer changed since this model was trained (rerun the dynamics stage)")
+        raise ValueError(
+            f"{where}['tokenizer_sha256'] = {args['tokenizer_sha256']} but {tok_path} now hashes to "
+            f"{tok_sha}: the tokenizer changed since this model was trained (rerun the dynamics stage)"
+        )
     tok, _ = load_frozen_tokenizer(tok_path)
     if resolution is not None and (tok.cfg.H != resolution or tok.cfg.W != resolution):
         raise ValueError(f"resolution {resolution} but the tokenizer {tok_path} takes {tok.cfg.H}x{tok.cfg.W} frames")
@@ -60,18 +62,32 @@ def load_run(checkpoint_json: str, resolution: int | None = None, device: str = 
     if aux:
         raise ValueError(f"{path}: aux parameters in the evaluated world model: {aux[:5]}")
     if dyn.cfg.d_spatial != tok.cfg.d_bottleneck * packing:
-        raise ValueError(f"{path}: dynamics expects packed latents of width {dyn.cfg.d_spatial}, the tokenizer "
-                         f"gives {tok.cfg.d_bottleneck} x packing {packing}")
+        raise ValueError(
+            f"{path}: dynamics expects packed latents of width {dyn.cfg.d_spatial}, the tokenizer "
+            f"gives {tok.cfg.d_bottleneck} x packing {packing}"
+        )
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    info = {"variant": need(ck, "run_name", checkpoint_json), "checkpoint": path,
-            "checkpoint_sha256": need(ck, "sha256", checkpoint_json), "step": ck.get("step"),
-            "tokenizer_path": tok_path, "tokenizer_sha256": tok_sha, "space_mode": dyn.cfg.space_mode,
-            "seq_len": int(args.get("seq_len", 32)), "packing_factor": packing,
-            "tokenizer_chunk": resolve_chunk(args.get("tokenizer_chunk"), tok_path, f"{where}['tokenizer_chunk']"),
-            "tokenizer_train_seq_len": tokenizer_train_seq_len(tok_path)[0],
-            "n_params": {"tokenizer": sum(p.numel() for p in tok.parameters()),
-                         "dynamics": sum(p.numel() for p in dyn.parameters())},
-            "dynamics_config": dyn.cfg.to_dict(), "args": args, "load_report": report, "device": str(dev)}
+    info = {
+        "variant": need(ck, "run_name", checkpoint_json),
+        "checkpoint": path,
+        "checkpoint_sha256": need(ck, "sha256", checkpoint_json),
+        "step": ck.get("step"),
+        "tokenizer_path": tok_path,
+        "tokenizer_sha256": tok_sha,
+        "space_mode": dyn.cfg.space_mode,
+        "seq_len": int(args.get("seq_len", 32)),
+        "packing_factor": packing,
+        "tokenizer_chunk": resolve_chunk(args.get("tokenizer_chunk"), tok_path, f"{where}['tokenizer_chunk']"),
+        "tokenizer_train_seq_len": tokenizer_train_seq_len(tok_path)[0],
+        "n_params": {
+            "tokenizer": sum(p.numel() for p in tok.parameters()),
+            "dynamics": sum(p.numel() for p in dyn.parameters()),
+        },
+        "dynamics_config": dyn.cfg.to_dict(),
+        "args": args,
+        "load_report": report,
+        "device": str(dev),
+    }
     return tok.to(dev), dyn.to(dev), info
 
 
@@ -80,9 +96,22 @@ def versions() -> dict:
     import sklearn
 
     try:
-        code = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+        code = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         code = "unknown"
-    return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "sklearn": sklearn.__version__, "code": code}
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "sklearn": sklearn.__version__,
+        "code": code,
+    }

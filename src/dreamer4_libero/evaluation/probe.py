@@ -363,7 +363,9 @@ def r2_scores(y_true: Any, y_pred: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-def grouped_folds(groups: Any, seed: int, n_splits: int = 5) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+def grouped_folds(
+    groups: Any, seed: int, n_splits: int = 5
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """Folds from ``GroupKFold(n_splits, shuffle=True, random_state=seed)``.
 
     With fewer than ``n_splits`` distinct groups, n_splits is reduced to the number of groups
@@ -386,9 +388,7 @@ def grouped_folds(groups: Any, seed: int, n_splits: int = 5) -> tuple[list[tuple
         "note": None,
     }
     if used < n_splits:
-        info["note"] = (
-            f"only {n_groups} groups: n_splits reduced from {n_splits} to {used} (leave-one-group-out)"
-        )
+        info["note"] = f"only {n_groups} groups: n_splits reduced from {n_splits} to {used} (leave-one-group-out)"
     if "shuffle" not in inspect.signature(GroupKFold.__init__).parameters:
         raise RuntimeError("GroupKFold(shuffle=True) needs scikit-learn >= 1.6")
     cv = GroupKFold(n_splits=used, shuffle=True, random_state=int(seed))
@@ -475,7 +475,7 @@ def select_alpha_many(
     for f, (tr, te) in enumerate(folds):
         path = _RidgeSVD(X[tr], Ystack[tr]).predict_path(X[te], alphas_arr)
         for j, (Y, (m, s)) in enumerate(zip(Ys, stats)):
-            fold_scores[j, f] = _uniform_r2_path(Y[te], path[:, :, widths[j]:widths[j + 1]] * s + m)
+            fold_scores[j, f] = _uniform_r2_path(Y[te], path[:, :, widths[j] : widths[j + 1]] * s + m)
     out = []
     for j in range(len(Ys)):
         valid_folds = np.isfinite(fold_scores[j]).all(axis=1)
@@ -594,9 +594,7 @@ def run_probe(
         "n_features_pca": None if probe.pca is None else probe.pca.n_components_out,
         "pca_identity": None if probe.pca is None else bool(probe.pca.identity),
         "pca_explained_variance_ratio": (
-            None
-            if probe.pca is None or probe.pca.identity
-            else float(np.sum(probe.pca.explained_variance_ratio))
+            None if probe.pca is None or probe.pca.identity else float(np.sum(probe.pca.explained_variance_ratio))
         ),
         "n_dropped_columns": probe.scaler.n_dropped,
         "n_features_used": probe.scaler.n_kept,

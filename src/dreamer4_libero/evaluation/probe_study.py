@@ -42,6 +42,7 @@ SCORINGS = ("all_valid", "common_Hmax")
 
 # -- probe lists -------------------------------------------------------------------------------
 
+
 @dataclass
 class ProbeLists:
     """Per seed: the three episode lists, their file hashes, and whether seeds vary the episodes."""
@@ -77,6 +78,7 @@ def stride_offset(seed: int, stride: int) -> int:
 
 # -- feature tables ----------------------------------------------------------------------------
 
+
 @dataclass
 class FeatureTable:
     """Features of one (feature set, extraction, probe mode) per episode at its candidate targets."""
@@ -94,9 +96,18 @@ def candidate_targets(T: int, stride: int, offsets: set[int]) -> np.ndarray:
     return t
 
 
-def extract_tables(extract: Callable[[np.ndarray, np.ndarray, np.ndarray], dict], names: list[str], store,
-                   episodes: list[str], *, mode: str, window: int, stride: int, offsets: set[int],
-                   progress=None) -> dict[str, FeatureTable]:
+def extract_tables(
+    extract: Callable[[np.ndarray, np.ndarray, np.ndarray], dict],
+    names: list[str],
+    store,
+    episodes: list[str],
+    *,
+    mode: str,
+    window: int,
+    stride: int,
+    offsets: set[int],
+    progress=None,
+) -> dict[str, FeatureTable]:
     """Run `extract(frames, raw, t) -> {feature name: (n, F)}` on every episode; one FeatureTable per name."""
     tables = {n: FeatureTable() for n in names}
     for e in episodes:
@@ -115,20 +126,22 @@ def extract_tables(extract: Callable[[np.ndarray, np.ndarray, np.ndarray], dict]
 
 # -- designs -----------------------------------------------------------------------------------
 
+
 @dataclass
 class Design:
     X: np.ndarray
     Y: np.ndarray
     t: np.ndarray
-    ep: np.ndarray          # episode index into `episodes`
+    ep: np.ndarray  # episode index into `episodes`
     pos: np.ndarray
-    prev: np.ndarray        # copy_prev prediction (NaN rows at t = 0, filled with the train mean later)
-    common: np.ndarray      # bool: the frame is valid for H_max
+    prev: np.ndarray  # copy_prev prediction (NaN rows at t = 0, filled with the train mean later)
+    common: np.ndarray  # bool: the frame is valid for H_max
     episodes: list[str]
 
 
-def design(table: FeatureTable, raws: dict[str, np.ndarray], episodes: list[str], H: int, H_max: int,
-           stride: int, offset: int) -> Design:
+def design(
+    table: FeatureTable, raws: dict[str, np.ndarray], episodes: list[str], H: int, H_max: int, stride: int, offset: int
+) -> Design:
     Xs, Ys, ts, eps, poss, prevs, commons = [], [], [], [], [], [], []
     for i, e in enumerate(episodes):
         t, X, raw = table.t[e], table.X[e], raws[e]
@@ -160,9 +173,14 @@ def _episode_stats(d: Design, preds: dict[str, np.ndarray], mask: np.ndarray) ->
         np.add.at(out, ep, v)
         return out.tolist()
 
-    return {"episodes": d.episodes, "tasks": [parse_episode_id(e)[0] for e in d.episodes],
-            "n": np.bincount(ep, minlength=E).tolist(), "sum_y": per_ep(Y), "sum_y2": per_ep(Y * Y),
-            "sse": {p: per_ep((Y - pr[mask]) ** 2) for p, pr in preds.items()}}
+    return {
+        "episodes": d.episodes,
+        "tasks": [parse_episode_id(e)[0] for e in d.episodes],
+        "n": np.bincount(ep, minlength=E).tolist(),
+        "sum_y": per_ep(Y),
+        "sum_y2": per_ep(Y * Y),
+        "sse": {p: per_ep((Y - pr[mask]) ** 2) for p, pr in preds.items()},
+    }
 
 
 def _summary(y: np.ndarray, pred: np.ndarray, stats: dict, predictor: str, seed: int, set_name: str, B: int) -> dict:
@@ -178,9 +196,24 @@ def _summary(y: np.ndarray, pred: np.ndarray, stats: dict, predictor: str, seed:
 
 # -- one record --------------------------------------------------------------------------------
 
-def probe_record(table: FeatureTable, raws: dict[str, np.ndarray], lists: dict[str, list[str]], *, feature: str,
-                 pca: int | None, H: int, H_max: int, seed: int, stride: int, B: int, window: int,
-                 alphas=ALPHA_GRID, n_splits: int = 5, pca_cache: dict | None = None) -> dict:
+
+def probe_record(
+    table: FeatureTable,
+    raws: dict[str, np.ndarray],
+    lists: dict[str, list[str]],
+    *,
+    feature: str,
+    pca: int | None,
+    H: int,
+    H_max: int,
+    seed: int,
+    stride: int,
+    B: int,
+    window: int,
+    alphas=ALPHA_GRID,
+    n_splits: int = 5,
+    pca_cache: dict | None = None,
+) -> dict:
     """The numerical part of one record (fit, controls, scorings, degeneracy) for one seed and H."""
     off = stride_offset(seed, stride)
     tr = design(table, raws, lists["probe_train"], H, H_max, stride, off)
@@ -208,53 +241,87 @@ def probe_record(table: FeatureTable, raws: dict[str, np.ndarray], lists: dict[s
     y_std = np.where(tr.Y.std(0) < 1e-9 * (1 + np.abs(y_mean)), 1.0, tr.Y.std(0))
     fits = {}
     for grouping, groups in (("task", tasks_tr), ("episode", eps_tr)):
-        (a, curve, edge), (a_sh, _, _) = select_alpha_many(Xs, [tr.Y, Ysh], groups, seed, alphas=alphas, n_splits=n_splits)
-        fits[grouping] = {"alpha": a, "curve": curve, "edge": edge,
-                          "ridge": ridge_fit(Xs, (tr.Y - y_mean) / y_std, a),
-                          "ridge_shuffle": ridge_fit(Xs, (Ysh - y_mean) / y_std, a_sh), "alpha_shuffle": a_sh}
+        (a, curve, edge), (a_sh, _, _) = select_alpha_many(
+            Xs, [tr.Y, Ysh], groups, seed, alphas=alphas, n_splits=n_splits
+        )
+        fits[grouping] = {
+            "alpha": a,
+            "curve": curve,
+            "edge": edge,
+            "ridge": ridge_fit(Xs, (tr.Y - y_mean) / y_std, a),
+            "ridge_shuffle": ridge_fit(Xs, (Ysh - y_mean) / y_std, a_sh),
+            "alpha_shuffle": a_sh,
+        }
 
     def predict(Xraw, ridge):
         Z = scaler.transform(pca_fit.transform(Xraw) if pca_fit else Xraw)
         return ridge_predict(Z, ridge) * y_std + y_mean
 
     rec = {
-        "features": {"n_raw": int(tr.X.shape[1]), "pca": n_pca, "n_dropped": scaler.n_dropped, "n_used": scaler.n_kept,
-                     "pca_explained_variance_ratio": (None if not pca_fit or pca_fit.identity
-                                                      else float(np.sum(pca_fit.explained_variance_ratio)))},
+        "features": {
+            "n_raw": int(tr.X.shape[1]),
+            "pca": n_pca,
+            "n_dropped": scaler.n_dropped,
+            "n_used": scaler.n_kept,
+            "pca_explained_variance_ratio": (
+                None if not pca_fit or pca_fit.identity else float(np.sum(pca_fit.explained_variance_ratio))
+            ),
+        },
         "alpha": {g: f["alpha"] for g, f in fits.items()},
         "alpha_label_shuffle": {g: f["alpha_shuffle"] for g, f in fits.items()},
         "alpha_on_grid_edge": {g: f["edge"] for g, f in fits.items()},
-        "cv_curve": {g: {"alphas": f["curve"]["alphas"], "mean_r2": f["curve"]["mean_r2"],
-                         "n_splits": f["curve"]["n_splits"], "n_groups": f["curve"]["n_groups"],
-                         "note": f["curve"].get("note")} for g, f in fits.items()},
-        "frame_stride": stride, "stride_offset": off,
-        "n": {"probe_train": {"episodes": len(tr.episodes), "frames": int(len(tr.Y)),
-                              "tasks": int(len(set(tasks_tr)))}},
+        "cv_curve": {
+            g: {
+                "alphas": f["curve"]["alphas"],
+                "mean_r2": f["curve"]["mean_r2"],
+                "n_splits": f["curve"]["n_splits"],
+                "n_groups": f["curve"]["n_groups"],
+                "note": f["curve"].get("note"),
+            }
+            for g, f in fits.items()
+        },
+        "frame_stride": stride,
+        "stride_offset": off,
+        "n": {
+            "probe_train": {"episodes": len(tr.episodes), "frames": int(len(tr.Y)), "tasks": int(len(set(tasks_tr)))}
+        },
         "scorings": {s: {} for s in SCORINGS},
     }
     for set_name in EVAL_SETS:
         ev = design(table, raws, lists[set_name], H, H_max, stride, off)
         f = fits[ALPHA_GROUPING[set_name]]
         prev = np.where(np.isnan(ev.prev), y_mean[None], ev.prev)
-        preds = {"probe": predict(ev.X, f["ridge"]), "train_mean": np.broadcast_to(y_mean, ev.Y.shape),
-                 "label_shuffle": predict(ev.X, f["ridge_shuffle"]), "copy_prev": prev}
-        rec["n"][set_name] = {"episodes": len(ev.episodes), "frames": int(len(ev.Y)),
-                              "tasks": len({parse_episode_id(e)[0] for e in ev.episodes})}
+        preds = {
+            "probe": predict(ev.X, f["ridge"]),
+            "train_mean": np.broadcast_to(y_mean, ev.Y.shape),
+            "label_shuffle": predict(ev.X, f["ridge_shuffle"]),
+            "copy_prev": prev,
+        }
+        rec["n"][set_name] = {
+            "episodes": len(ev.episodes),
+            "frames": int(len(ev.Y)),
+            "tasks": len({parse_episode_id(e)[0] for e in ev.episodes}),
+        }
         for scoring, mask in (("all_valid", np.ones(len(ev.Y), bool)), ("common_Hmax", ev.common)):
             stats = _episode_stats(ev, preds, mask)
-            block = {"n_episodes": len(ev.episodes), "n_frames": int(mask.sum()),
-                     "n_tasks": rec["n"][set_name]["tasks"]}
+            block = {
+                "n_episodes": len(ev.episodes),
+                "n_frames": int(mask.sum()),
+                "n_tasks": rec["n"][set_name]["tasks"],
+            }
             for p in PREDICTORS:
                 block[p] = _summary(ev.Y[mask], preds[p][mask], stats, p, seed, set_name, B)
             block["stats"] = stats
             rec["scorings"][scoring][set_name] = block
     in_sample = r2_scores(tr.Y, predict(tr.X, fits["task"]["ridge"]))["r2_uniform"]
-    rec["degeneracy"] = degeneracy(tr.X, Xs, tr.t, np.stack([tr.t, tr.pos], 1), in_sample_r2=in_sample,
-                                   cv_r2=fits["task"]["curve"]["best_r2"])
+    rec["degeneracy"] = degeneracy(
+        tr.X, Xs, tr.t, np.stack([tr.t, tr.pos], 1), in_sample_r2=in_sample, cv_r2=fits["task"]["curve"]["best_r2"]
+    )
     return rec
 
 
 # -- flags -------------------------------------------------------------------------------------
+
 
 def headline(rec: dict, predictor: str = "probe", scoring: str = "common_Hmax") -> float | None:
     return rec["scorings"][scoring]["probe_eval_test"][predictor]["r2_uniform"]
@@ -267,12 +334,15 @@ def local_flags(rec: dict) -> None:
         reasons["DEGENERATE"] = "; ".join(rec["degeneracy"]["reasons"])
     r2, base = headline(rec), headline(rec, "train_mean")
     if r2 is None or (base is not None and r2 <= base + NO_SIGNAL_MARGIN):
-        reasons["NO-SIGNAL"] = (f"held-out R² {r2 if r2 is None else f'{r2:+.3f}'} <= train_mean "
-                                f"{base if base is None else f'{base:+.3f}'} + {NO_SIGNAL_MARGIN} (common_Hmax frames)")
+        reasons["NO-SIGNAL"] = (
+            f"held-out R² {r2 if r2 is None else f'{r2:+.3f}'} <= train_mean "
+            f"{base if base is None else f'{base:+.3f}'} + {NO_SIGNAL_MARGIN} (common_Hmax frames)"
+        )
     failed = leak_failed(rec.get("leak_tests"))
     if failed:
         reasons["LEAK?"] = "leak test failed: " + ", ".join(
-            f"{k} (max |Δ| {rec['leak_tests'][k]['max_abs_delta']:.3g})" for k in failed)
+            f"{k} (max |Δ| {rec['leak_tests'][k]['max_abs_delta']:.3g})" for k in failed
+        )
     rec["flag_reasons"] = reasons
     rec["flags"] = {k: k in reasons for k in ("DEGENERATE", "NO-SIGNAL", "LEAK?")}
 
@@ -309,11 +379,13 @@ def cross_record_flags(records: list[dict]) -> None:
 
 # -- provenance --------------------------------------------------------------------------------
 
+
 def record_name(rec: dict) -> str:
     return f"{rec['feature']}__{rec['extraction']}__{rec['probe_mode']}__H{rec['H']}__seed{rec['seed']}.json"
 
 
 # -- the whole job -----------------------------------------------------------------------------
+
 
 @dataclass
 class FeatureGroup:
@@ -322,13 +394,26 @@ class FeatureGroup:
     extraction: str
     mode: str
     extract: Callable[[np.ndarray, np.ndarray, np.ndarray], dict]
-    feature_sets: dict            # name -> FeatureSet (pca width, leak-test view)
+    feature_sets: dict  # name -> FeatureSet (pca width, leak-test view)
     stride: int = 1
 
 
-def run_study(groups: list[FeatureGroup], store, lists: ProbeLists, *, seeds: list[int], H_list: list[int],
-              window: int, B: int, identity: dict, leak_episodes: int = 2, leak_targets: int = 3,
-              n_splits: int = 5, progress: Callable | None = None, log: Callable[[str], None] = print) -> list[dict]:
+def run_study(
+    groups: list[FeatureGroup],
+    store,
+    lists: ProbeLists,
+    *,
+    seeds: list[int],
+    H_list: list[int],
+    window: int,
+    B: int,
+    identity: dict,
+    leak_episodes: int = 2,
+    leak_targets: int = 3,
+    n_splits: int = 5,
+    progress: Callable | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Extract, run the leak tests and build every record of `groups` (not yet written)."""
     from .leak_tests import run_leak_tests
 
@@ -341,8 +426,17 @@ def run_study(groups: list[FeatureGroup], store, lists: ProbeLists, *, seeds: li
     for g in groups:
         offsets = {stride_offset(s, g.stride) for s in seeds}
         bar = progress(total=len(episodes), desc=f"features {g.extraction}/{g.mode}", unit="ep") if progress else None
-        tables = extract_tables(g.extract, list(g.feature_sets), store, episodes, mode=g.mode, window=window,
-                                stride=g.stride, offsets=offsets, progress=bar)
+        tables = extract_tables(
+            g.extract,
+            list(g.feature_sets),
+            store,
+            episodes,
+            mode=g.mode,
+            window=window,
+            stride=g.stride,
+            offsets=offsets,
+            progress=bar,
+        )
         if bar is not None:
             bar.close()
         for name, fs in g.feature_sets.items():
@@ -350,18 +444,45 @@ def run_study(groups: list[FeatureGroup], store, lists: ProbeLists, *, seeds: li
                 log(f"{name} ({g.extraction}/{g.mode}): not available for this model, no records")
                 continue
             leaks = run_leak_tests(fs, leak_eps, g.mode, n_targets=leak_targets, window=window)
-            bar = progress(total=len(seeds) * len(H_list), desc=f"probe {name} {g.extraction}/{g.mode}",
-                           unit="fit") if progress else None
+            bar = (
+                progress(total=len(seeds) * len(H_list), desc=f"probe {name} {g.extraction}/{g.mode}", unit="fit")
+                if progress
+                else None
+            )
             pca_cache: dict = {}
             for seed in seeds:
                 for H in H_list:
-                    rec = {"protocol": PROTOCOL, **identity, "feature": name, "extraction": g.extraction,
-                           "probe_mode": g.mode, "H": H, "seed": seed, "H_list": H_list, "H_max": H_max,
-                           "seeds_vary_episodes": lists.seeds_vary_episodes, "split_hashes": lists.hashes[seed],
-                           "bootstrap_B": B}
-                    rec.update(probe_record(tables[name], raws, lists.lists[seed], feature=name, pca=fs.pca, H=H,
-                                            H_max=H_max, seed=seed, stride=g.stride, B=B, window=window,
-                                            n_splits=n_splits, pca_cache=pca_cache))
+                    rec = {
+                        "protocol": PROTOCOL,
+                        **identity,
+                        "feature": name,
+                        "extraction": g.extraction,
+                        "probe_mode": g.mode,
+                        "H": H,
+                        "seed": seed,
+                        "H_list": H_list,
+                        "H_max": H_max,
+                        "seeds_vary_episodes": lists.seeds_vary_episodes,
+                        "split_hashes": lists.hashes[seed],
+                        "bootstrap_B": B,
+                    }
+                    rec.update(
+                        probe_record(
+                            tables[name],
+                            raws,
+                            lists.lists[seed],
+                            feature=name,
+                            pca=fs.pca,
+                            H=H,
+                            H_max=H_max,
+                            seed=seed,
+                            stride=g.stride,
+                            B=B,
+                            window=window,
+                            n_splits=n_splits,
+                            pca_cache=pca_cache,
+                        )
+                    )
                     rec["leak_tests"] = leaks
                     local_flags(rec)
                     records.append(rec)
@@ -388,7 +509,9 @@ def summarize(records: list[dict]) -> list[str]:
             return float(np.mean(v)) if v else float("nan")
 
         flags = sorted({k for r in rs for k, on in r["flags"].items() if on})
-        lines.append(f"{feat:15s} {ext:12s} {mode:6s} H=1 held-out R² {mean('probe'):+.3f} "
-                     f"(train_mean {mean('train_mean'):+.3f}, shuffle {mean('label_shuffle'):+.3f}, "
-                     f"copy_prev {mean('copy_prev'):+.3f}) {' '.join(flags)}")
+        lines.append(
+            f"{feat:15s} {ext:12s} {mode:6s} H=1 held-out R² {mean('probe'):+.3f} "
+            f"(train_mean {mean('train_mean'):+.3f}, shuffle {mean('label_shuffle'):+.3f}, "
+            f"copy_prev {mean('copy_prev'):+.3f}) {' '.join(flags)}"
+        )
     return lines

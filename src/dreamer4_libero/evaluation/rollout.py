@@ -61,10 +61,18 @@ from .tokenizer_psnr import PSNR_CAP, psnr, psnr_of_mse, rollout_episode_list
 
 PROTOCOL = "eval-protocol-v1"
 NULL_ACTION = "zero action, zero mask (as block 0 of every training window)"
-NOISE_RULE = ("initial noise of generated frame u (window frame index) ~ N(0, I) from a CPU torch.Generator "
-              "seeded by sha256('<rollout_seed>|<window id>|<u>'); identical for every row and variant")
-ROWS = ("model", "action_shuffled", "null_actions", "copy_last_context", "tokenizer_ceiling",
-        "tokenizer_ceiling_chunked")
+NOISE_RULE = (
+    "initial noise of generated frame u (window frame index) ~ N(0, I) from a CPU torch.Generator "
+    "seeded by sha256('<rollout_seed>|<window id>|<u>'); identical for every row and variant"
+)
+ROWS = (
+    "model",
+    "action_shuffled",
+    "null_actions",
+    "copy_last_context",
+    "tokenizer_ceiling",
+    "tokenizer_ceiling_chunked",
+)
 
 
 def window_starts(T: int, length: int, stride: int = 40, per_episode: int = 2) -> list[int]:
@@ -75,15 +83,27 @@ def window_starts(T: int, length: int, stride: int = 40, per_episode: int = 2) -
 def load_window(store: ShardStore, episode: str, start: int, length: int, resolution: int):
     """(frames (1,L,3,r,r) float in [0,1], actions (1,L,16), act_mask (1,L,16))."""
     frames, raw = store.episode(episode)
-    x = torch.from_numpy(model_frames(frames[start:start + length], resolution))[None]
+    x = torch.from_numpy(model_frames(frames[start : start + length], resolution))[None]
     act, mask = window_actions(raw, start, length)
     return x, torch.from_numpy(act)[None], torch.from_numpy(mask)[None]
 
 
 @torch.no_grad()
-def evaluate_windows(tokenizer, dyn, store: ShardStore, episodes: list[str], *, resolution: int, packing: int,
-                     context: int = 8, horizon: int = 24, d: float = 0.25, seed: int = 0, max_windows: int | None = None,
-                     use_cache: bool = True) -> dict:
+def evaluate_windows(
+    tokenizer,
+    dyn,
+    store: ShardStore,
+    episodes: list[str],
+    *,
+    resolution: int,
+    packing: int,
+    context: int = 8,
+    horizon: int = 24,
+    d: float = 0.25,
+    seed: int = 0,
+    max_windows: int | None = None,
+    use_cache: bool = True,
+) -> dict:
     """One-step and rollout metrics over the windows of `episodes` (length context + horizon).
 
     Returns dict with: n_windows; one_step_mse / copy_last_mse (latents of frame `context` given
@@ -101,29 +121,46 @@ def evaluate_windows(tokenizer, dyn, store: ShardStore, episodes: list[str], *, 
     psnr_roll, psnr_copy = [], []
     for w, (e, s) in enumerate(wins):
         frames, act, mask = load_window(store, e, s, L, resolution)
-        z = pack_latents(tokenizer.encode(frames, mae=False).float(), packing)         # (1,L,N,D) one call
+        z = pack_latents(tokenizer.encode(frames, mae=False).float(), packing)  # (1,L,N,D) one call
         g = torch.Generator().manual_seed(seed * 1_000_003 + w)
-        pred1 = rollout(dyn, z[:, :context], act[:, :context + 1], mask[:, :context + 1], 1, d=d,
-                        window=L, use_cache=use_cache, generator=g)[:, context]
+        pred1 = rollout(
+            dyn,
+            z[:, :context],
+            act[:, : context + 1],
+            mask[:, : context + 1],
+            1,
+            d=d,
+            window=L,
+            use_cache=use_cache,
+            generator=g,
+        )[:, context]
         one.append(float((pred1 - z[:, context]).pow(2).mean()))
         copy.append(float((z[:, context - 1] - z[:, context]).pow(2).mean()))
         g = torch.Generator().manual_seed(seed * 1_000_003 + w)
         lat = rollout(dyn, z[:, :context], act, mask, horizon, d=d, window=L, use_cache=use_cache, generator=g)
-        video = tokenizer.decode(unpack_latents(lat, packing)).clamp(0, 1)              # one decoder call
+        video = tokenizer.decode(unpack_latents(lat, packing)).clamp(0, 1)  # one decoder call
         gt = frames[:, context:]
-        err = (video[:, context:] - gt).pow(2).mean(dim=(0, 2, 3, 4))                   # (horizon,)
-        err_c = (frames[:, context - 1:context] - gt).pow(2).mean(dim=(0, 2, 3, 4))
+        err = (video[:, context:] - gt).pow(2).mean(dim=(0, 2, 3, 4))  # (horizon,)
+        err_c = (frames[:, context - 1 : context] - gt).pow(2).mean(dim=(0, 2, 3, 4))
         mse_roll.append(err.numpy())
         mse_copy.append(err_c.numpy())
         psnr_roll.append([psnr(v) for v in err.tolist()])
         psnr_copy.append([psnr(v) for v in err_c.tolist()])
     mse_roll, mse_copy = np.stack(mse_roll), np.stack(mse_copy)
-    return {"n_windows": len(wins), "context": context, "horizon": horizon, "euler_steps": round(1 / d),
-            "one_step_mse": float(np.mean(one)), "copy_last_mse": float(np.mean(copy)),
-            "one_step_over_copy": float(np.mean(one) / max(np.mean(copy), 1e-12)),
-            "rollout_psnr_frame_mean": float(np.mean(psnr_roll)), "rollout_psnr_pooled": psnr(mse_roll.mean()),
-            "copy_last_psnr_frame_mean": float(np.mean(psnr_copy)), "copy_last_psnr_pooled": psnr(mse_copy.mean()),
-            "per_step_psnr": [float(v) for v in np.mean(psnr_roll, axis=0)]}
+    return {
+        "n_windows": len(wins),
+        "context": context,
+        "horizon": horizon,
+        "euler_steps": round(1 / d),
+        "one_step_mse": float(np.mean(one)),
+        "copy_last_mse": float(np.mean(copy)),
+        "one_step_over_copy": float(np.mean(one) / max(np.mean(copy), 1e-12)),
+        "rollout_psnr_frame_mean": float(np.mean(psnr_roll)),
+        "rollout_psnr_pooled": psnr(mse_roll.mean()),
+        "copy_last_psnr_frame_mean": float(np.mean(psnr_copy)),
+        "copy_last_psnr_pooled": psnr(mse_copy.mean()),
+        "per_step_psnr": [float(v) for v in np.mean(psnr_roll, axis=0)],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,8 +171,15 @@ def window_id(episode: str, start: int) -> str:
     return f"{episode}@{int(start)}"
 
 
-def rollout_windows(store: ShardStore, episodes: list[str], eps_per_task: int = 4, context: int = 8,
-                    horizon: int = 24, stride: int = 40, per_episode: int = 2) -> list[dict]:
+def rollout_windows(
+    store: ShardStore,
+    episodes: list[str],
+    eps_per_task: int = 4,
+    context: int = 8,
+    horizon: int = 24,
+    stride: int = 40,
+    per_episode: int = 2,
+) -> list[dict]:
     """The deterministic window list of evaluation.md §2.
 
     Tasks sorted; per task the first `eps_per_task` demos in numeric order with T >= context +
@@ -172,8 +216,12 @@ def write_windows(path, windows: list[dict], meta: dict | None = None) -> str:
     """Write the window list as canonical JSON (`{"protocol", ..meta, "n_windows", "windows"}`); returns its sha256.
 
     Put only data-derived values in `meta` (no absolute paths), so the same list gives the same hash."""
-    doc = {"protocol": PROTOCOL, **(meta or {}), "n_windows": len(windows),
-           "windows": [{k: w[k] for k in ("id", "episode", "task", "start")} for w in windows]}
+    doc = {
+        "protocol": PROTOCOL,
+        **(meta or {}),
+        "n_windows": len(windows),
+        "windows": [{k: w[k] for k in ("id", "episode", "task", "start")} for w in windows],
+    }
     write_json(path, doc)
     return sha256_file(path)
 
@@ -187,8 +235,9 @@ def shuffle_pairing(windows: list[dict]) -> list[int]:
     n = len(windows)
     if n == 0:
         raise ValueError("shuffle_pairing: empty window list")
-    order = sorted(range(n), key=lambda i: (windows[i]["task"], parse_episode_id(windows[i]["episode"])[1],
-                                            windows[i]["start"]))
+    order = sorted(
+        range(n), key=lambda i: (windows[i]["task"], parse_episode_id(windows[i]["episode"])[1], windows[i]["start"])
+    )
     shift = math.ceil(n / 2)
     partner = [0] * n
     for r, i in enumerate(order):
@@ -196,8 +245,10 @@ def shuffle_pairing(windows: list[dict]) -> list[int]:
     if any(windows[i]["task"] == windows[partner[i]]["task"] for i in range(n)):
         counts = dict(sorted(Counter(w["task"] for w in windows).items()))
         top = max(counts, key=counts.get)
-        raise ValueError(f"action_shuffled: no cross-task derangement of {n} windows: task {top!r} holds "
-                         f"{counts[top]} of them (more than half); per-task window counts: {counts}")
+        raise ValueError(
+            f"action_shuffled: no cross-task derangement of {n} windows: task {top!r} holds "
+            f"{counts[top]} of them (more than half); per-task window counts: {counts}"
+        )
     return partner
 
 
@@ -246,8 +297,16 @@ def bootstrap_counts(windows: list[dict], B: int, seed: int, set_name: str) -> n
     return resample_counts("episode", tasks, B, seed, set_name)
 
 
-def row_metrics(mse: np.ndarray, windows: list[dict], *, B: int = 1000, bootstrap_seed: int = 0,
-                set_name: str = "rollout", counts: np.ndarray | None = None, short: int = 16) -> dict:
+def row_metrics(
+    mse: np.ndarray,
+    windows: list[dict],
+    *,
+    B: int = 1000,
+    bootstrap_seed: int = 0,
+    set_name: str = "rollout",
+    counts: np.ndarray | None = None,
+    short: int = 16,
+) -> dict:
     """The ROW block of docs/results_format.md from a (windows, horizon) array of per-frame MSE."""
     mse = np.asarray(mse, dtype=np.float64)
     if mse.ndim != 2 or mse.shape[0] != len(windows):
@@ -282,8 +341,9 @@ def paired_delta(mse_a: np.ndarray, mse_b: np.ndarray, windows: list[dict], coun
     return {"mean": float(diff.mean()), "ci": percentile_ci(mean_replicates(counts, sums, n))}
 
 
-def binned_delta(mse_a: np.ndarray, mse_b: np.ndarray, windows: list[dict], counts: np.ndarray,
-                 bins: list[tuple[int, int]]) -> list[dict]:
+def binned_delta(
+    mse_a: np.ndarray, mse_b: np.ndarray, windows: list[dict], counts: np.ndarray, bins: list[tuple[int, int]]
+) -> list[dict]:
     """`paired_delta` on the predicted frames of each bin: [{"frames": [first, last], "mean", "ci"}].
 
     mse_a, mse_b: (windows, horizon); bins as `horizon_bins` (1-based, inclusive); the same count
@@ -293,7 +353,7 @@ def binned_delta(mse_a: np.ndarray, mse_b: np.ndarray, windows: list[dict], coun
     for first, last in bins:
         if not 1 <= first <= last <= mse_a.shape[1]:
             raise ValueError(f"bin frames {first}..{last} outside the horizon 1..{mse_a.shape[1]}")
-        d = paired_delta(mse_a[:, first - 1:last], mse_b[:, first - 1:last], windows, counts)
+        d = paired_delta(mse_a[:, first - 1 : last], mse_b[:, first - 1 : last], windows, counts)
         out.append({"frames": [int(first), int(last)], **d})
     return out
 
@@ -323,11 +383,28 @@ def _batch_actions(store: ShardStore, windows: list[dict], L: int):
 
 
 @torch.no_grad()
-def evaluate_rollouts(tokenizer, dyn, store: ShardStore, windows: list[dict], *, resolution: int, packing: int,
-                      context: int = 8, horizon: int = 24, d: float = 0.25, rollout_seed: int = 0, B: int = 1000,
-                      bootstrap_seed: int = 0, set_name: str = "test_ood", batch_size: int = 8,
-                      n_examples: int = 0, use_cache: bool = True, progress=None, tokenizer_chunk: int | None = None,
-                      ceiling_chunk: int | None = None) -> tuple[dict, list[dict]]:
+def evaluate_rollouts(
+    tokenizer,
+    dyn,
+    store: ShardStore,
+    windows: list[dict],
+    *,
+    resolution: int,
+    packing: int,
+    context: int = 8,
+    horizon: int = 24,
+    d: float = 0.25,
+    rollout_seed: int = 0,
+    B: int = 1000,
+    bootstrap_seed: int = 0,
+    set_name: str = "test_ood",
+    batch_size: int = 8,
+    n_examples: int = 0,
+    use_cache: bool = True,
+    progress=None,
+    tokenizer_chunk: int | None = None,
+    ceiling_chunk: int | None = None,
+) -> tuple[dict, list[dict]]:
     """All rows of evaluation.md §2 on `windows` (see the module docstring).
 
     tokenizer_chunk: chunk length of the run's encoding and decoding (None = the whole window in one call);
@@ -362,24 +439,43 @@ def evaluate_rollouts(tokenizer, dyn, store: ShardStore, windows: list[dict], *,
         frames, act, mask, act_p, mask_p = (t.to(dev) for t in (frames, act, mask, act_p, mask_p))
         gt = frames[:, context:]
         # reference rows: copy the last context frame; tokenizer round trip of the whole window
-        mse["copy_last_context"][idx] = frame_mse(frames[:, context - 1:context].expand_as(gt), gt)
+        mse["copy_last_context"][idx] = frame_mse(frames[:, context - 1 : context].expand_as(gt), gt)
         for row, c in (("tokenizer_ceiling", None), ("tokenizer_ceiling_chunked", ceiling_chunk)):
             ceiling = decode_chunked(tokenizer, encode_chunked(tokenizer, frames, c), c).float().clamp(0, 1)
             mse[row][idx] = frame_mse(ceiling[:, context:], gt)
         # model rows: true / shuffled / null actions, one batch, identical context and noise
         z_ctx = pack_latents(encode_chunked(tokenizer, frames[:, :context], tokenizer_chunk).float(), packing)
-        noise = torch.stack([window_noise(rollout_seed, windows[i]["id"], range(context, L),
-                                          (cfg.n_spatial, cfg.d_spatial)) for i in idx]).to(dev)
+        noise = torch.stack(
+            [
+                window_noise(rollout_seed, windows[i]["id"], range(context, L), (cfg.n_spatial, cfg.d_spatial))
+                for i in idx
+            ]
+        ).to(dev)
         zeros = torch.zeros_like(act)
-        lat = rollout(dyn, z_ctx.repeat(3, 1, 1, 1), torch.cat([act, act_p, zeros]), torch.cat([mask, mask_p, zeros]),
-                      horizon, d=d, window=L, use_cache=use_cache, noise=noise.repeat(3, 1, 1, 1))
+        lat = rollout(
+            dyn,
+            z_ctx.repeat(3, 1, 1, 1),
+            torch.cat([act, act_p, zeros]),
+            torch.cat([mask, mask_p, zeros]),
+            horizon,
+            d=d,
+            window=L,
+            use_cache=use_cache,
+            noise=noise.repeat(3, 1, 1, 1),
+        )
         video = decode_chunked(tokenizer, unpack_latents(lat, packing), tokenizer_chunk).float().clamp(0, 1)
         for k, row in enumerate(("model", "action_shuffled", "null_actions")):
-            mse[row][idx] = frame_mse(video[k * b:(k + 1) * b, context:], gt)
+            mse[row][idx] = frame_mse(video[k * b : (k + 1) * b, context:], gt)
         for j, i in enumerate(idx):
             if i < n_examples:
-                examples.append({"id": windows[i]["id"], "gt": frames[j].cpu().numpy(),
-                                 "model": video[j].cpu().numpy(), "action_shuffled": video[b + j].cpu().numpy()})
+                examples.append(
+                    {
+                        "id": windows[i]["id"],
+                        "gt": frames[j].cpu().numpy(),
+                        "model": video[j].cpu().numpy(),
+                        "action_shuffled": video[b + j].cpu().numpy(),
+                    }
+                )
         if progress is not None:
             progress.update(b)
     counts = bootstrap_counts(windows, B, bootstrap_seed, f"rollout:{set_name}")
@@ -387,7 +483,10 @@ def evaluate_rollouts(tokenizer, dyn, store: ShardStore, windows: list[dict], *,
     rows = {r: row_metrics(mse[r], windows, counts=counts) for r in ROWS}
     bins = horizon_bins(horizon)
     block = {
-        "n_windows": n, "n_episodes": len(eps), "n_tasks": len(set(tasks)), "episodes": eps,
+        "n_windows": n,
+        "n_episodes": len(eps),
+        "n_tasks": len(set(tasks)),
+        "episodes": eps,
         "rows": rows,
         "delta_action": paired_delta(mse["model"], mse["action_shuffled"], windows, counts),
         "delta_copy_last": paired_delta(mse["model"], mse["copy_last_context"], windows, counts),
@@ -396,9 +495,9 @@ def evaluate_rollouts(tokenizer, dyn, store: ShardStore, windows: list[dict], *,
         "delta_copy_last_bins": binned_delta(mse["model"], mse["copy_last_context"], windows, counts, bins),
         "delta_action_bins": binned_delta(mse["model"], mse["action_shuffled"], windows, counts, bins),
         "shuffle_pairs": [[windows[i]["id"], windows[partner[i]]["id"]] for i in range(n)],
-        "bootstrap": {"B": int(B), "seed": int(bootstrap_seed), "set_name": f"rollout:{set_name}",
-                      "level": "episode"},
+        "bootstrap": {"B": int(B), "seed": int(bootstrap_seed), "set_name": f"rollout:{set_name}", "level": "episode"},
         "batch_size": int(batch_size),
-        "tokenizer_chunk": tokenizer_chunk, "ceiling_chunk": ceiling_chunk,
+        "tokenizer_chunk": tokenizer_chunk,
+        "ceiling_chunk": ceiling_chunk,
     }
     return block, examples

@@ -49,7 +49,7 @@ def chunk_groups(T: int, chunk: int, batch: int) -> list[list[tuple[int, int]]]:
     `batch` chunks of the same length per group (the full chunks, then the shorter last one alone)."""
     spans = [(s, min(s + chunk, T)) for s in range(0, T, chunk)]
     full = [sp for sp in spans if sp[1] - sp[0] == chunk]
-    groups = [full[k:k + batch] for k in range(0, len(full), max(int(batch), 1))]
+    groups = [full[k : k + batch] for k in range(0, len(full), max(int(batch), 1))]
     return groups + [[sp] for sp in spans if sp[1] - sp[0] != chunk]
 
 
@@ -64,7 +64,7 @@ def reconstruct(model, frames: torch.Tensor, chunk: int, batch: int = 1) -> torc
     dev = _device(model)
     out = {}
     for group in chunk_groups(frames.shape[0], chunk, batch):
-        x = torch.stack([frames[s:e] for s, e in group]).to(dev)              # (b,chunk,3,H,W)
+        x = torch.stack([frames[s:e] for s, e in group]).to(dev)  # (b,chunk,3,H,W)
         rec = model.decode(model.encode(x, mae=False)).float().clamp(0, 1).cpu()
         for j, (s, _) in enumerate(group):
             out[s] = rec[j]
@@ -72,8 +72,9 @@ def reconstruct(model, frames: torch.Tensor, chunk: int, batch: int = 1) -> torc
 
 
 @torch.no_grad()
-def masked_patch_sq_error(model, frames: torch.Tensor, chunk: int, generator: torch.Generator,
-                          batch: int = 1) -> tuple[float, int]:
+def masked_patch_sq_error(
+    model, frames: torch.Tensor, chunk: int, generator: torch.Generator, batch: int = 1
+) -> tuple[float, int]:
     """Sum of squared errors over masked patch features and their count, masks drawn with the
     run's training schedule (encoder MAE forced on). Each chunk's mask is drawn on the CPU from its
     own seed (the next draw of `generator`, in chunk order), so the masks do not depend on `batch`."""
@@ -102,8 +103,17 @@ def masked_patch_sq_error(model, frames: torch.Tensor, chunk: int, generator: to
     return tot_sse, tot_n
 
 
-def evaluate_tokenizer(model, store: ShardStore, sets: dict[str, list[str]], *, resolution: int, chunk: int,
-                       seed: int = 0, progress=None, batch: int = 1) -> dict:
+def evaluate_tokenizer(
+    model,
+    store: ShardStore,
+    sets: dict[str, list[str]],
+    *,
+    resolution: int,
+    chunk: int,
+    seed: int = 0,
+    progress=None,
+    batch: int = 1,
+) -> dict:
     """Per set: tok_psnr_frame_mean (headline), tok_psnr_pooled, per-suite means, masked train-style
     PSNR, and the per-episode mean-frame baseline on the same frames. The model runs on its own
     device, `batch` chunks per pass, under the caller's autocast; the metrics are computed on the CPU."""
@@ -131,7 +141,8 @@ def evaluate_tokenizer(model, store: ShardStore, sets: dict[str, list[str]], *, 
             if progress is not None:
                 progress.update()
         res[name] = {
-            "n_episodes": len(eps), "n_frames": len(frame_psnr),
+            "n_episodes": len(eps),
+            "n_frames": len(frame_psnr),
             "tok_psnr_frame_mean": float(np.mean(frame_psnr)),
             "tok_psnr_pooled": psnr(np.mean(frame_mse)),
             "tok_psnr_per_suite": {k: float(np.mean(v)) for k, v in sorted(suite_psnr.items())},
@@ -141,7 +152,9 @@ def evaluate_tokenizer(model, store: ShardStore, sets: dict[str, list[str]], *, 
             "mean_frame_baseline_psnr_pooled": psnr(np.mean(base_mse)),
             "mse": float(np.mean(frame_mse)),
         }
-        res[name]["gain_over_mean_frame_db"] = res[name]["tok_psnr_frame_mean"] - res[name]["mean_frame_baseline_psnr_frame_mean"]
+        res[name]["gain_over_mean_frame_db"] = (
+            res[name]["tok_psnr_frame_mean"] - res[name]["mean_frame_baseline_psnr_frame_mean"]
+        )
     return res
 
 
@@ -153,5 +166,3 @@ def strip_frames(model, store: ShardStore, episode: str, resolution: int, chunk:
     idx = np.linspace(0, len(x) - 1, n).astype(int)
     to8 = lambda t: (t[idx].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # noqa: E731
     return to8(x), to8(rec)
-
-

@@ -64,18 +64,28 @@ def window_jobs(T: int, t: np.ndarray, mode: str, extraction: str, C: int) -> li
 class WorldModelFeatures:
     """Extracts wm_agent / wm_spatial for one episode at a time (batched model passes)."""
 
-    def __init__(self, tokenizer, dyn, *, packing: int, window: int, resolution: int, batch: int = 16,
-                 device: str | torch.device = "cpu", tokenizer_chunk: int | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        dyn,
+        *,
+        packing: int,
+        window: int,
+        resolution: int,
+        batch: int = 16,
+        device: str | torch.device = "cpu",
+        tokenizer_chunk: int | None = None,
+    ):
         self.tok = tokenizer.eval()
         self.dyn = dyn.eval()
         self.packing = packing
-        self.tok_chunk = tokenizer_chunk                    # frames per encoder call (None = the whole window)
+        self.tok_chunk = tokenizer_chunk  # frames per encoder call (None = the whole window)
         self.C = int(window)
         self.res = resolution
         self.batch = batch
         self.device = torch.device(device)
         self.n_agent = dyn.cfg.n_agent
-        self.n_calls = 0                                    # model passes (windows) run, for tests and logs
+        self.n_calls = 0  # model passes (windows) run, for tests and logs
 
     @torch.no_grad()
     def _pass(self, frames: torch.Tensor, act: torch.Tensor, mask: torch.Tensor):
@@ -87,8 +97,8 @@ class WorldModelFeatures:
         sig = torch.full((B, L), cfg.k_max - 1, dtype=torch.long, device=z.device)
         _, h_agent, h_sp = self.dyn(act, step, sig, z, act_mask=mask, return_spatial=True)
         self.n_calls += B
-        agent = None if h_agent is None else h_agent.float().flatten(2)                  # (B,L,n_agent*D)
-        return agent, h_sp.float().mean(dim=2)                                           # (B,L,D)
+        agent = None if h_agent is None else h_agent.float().flatten(2)  # (B,L,n_agent*D)
+        return agent, h_sp.float().mean(dim=2)  # (B,L,D)
 
     def extract(self, frames_u8: np.ndarray, raw: np.ndarray, t: np.ndarray, mode: str, extraction: str) -> dict:
         """{"wm_agent": (n, n_agent*D) or None, "wm_spatial": (n, D)} for targets t of one episode."""
@@ -98,7 +108,7 @@ class WorldModelFeatures:
         T = len(frames_u8)
         jobs = window_jobs(T, t, mode, extraction, self.C)
         need = max(s + L for s, L, _, _ in jobs)
-        x = torch.from_numpy(model_frames(np.asarray(frames_u8[:need]), self.res))              # (need,3,r,r)
+        x = torch.from_numpy(model_frames(np.asarray(frames_u8[:need]), self.res))  # (need,3,r,r)
         b = readout_frame(t, mode)
         D = self.dyn.cfg.d_model
         out_sp = np.zeros((len(t), D), np.float64)
@@ -108,15 +118,15 @@ class WorldModelFeatures:
             by_len[job[1]].append(job)
         for L, js in sorted(by_len.items()):
             for k in range(0, len(js), self.batch):
-                chunk = js[k:k + self.batch]
-                fr = torch.stack([x[s:s + L] for s, _, _, _ in chunk]).to(self.device)
+                chunk = js[k : k + self.batch]
+                fr = torch.stack([x[s : s + L] for s, _, _, _ in chunk]).to(self.device)
                 acts, masks = [], []
                 for s, _, null_last, _ in chunk:
                     a, m = window_actions(raw, s, L)
                     if extraction == "video_only":
                         a[:], m[:] = 0.0, 0.0
                     elif null_last:
-                        a[-1], m[-1] = 0.0, 0.0                    # the read-out block carries the target a_t
+                        a[-1], m[-1] = 0.0, 0.0  # the read-out block carries the target a_t
                     acts.append(a)
                     masks.append(m)
                 act = torch.from_numpy(np.stack(acts)).to(self.device)
@@ -132,11 +142,21 @@ class WorldModelFeatures:
     def feature_sets(self, extraction: str) -> dict[str, FeatureSet]:
         """FeatureSet views (for the leak tests); wm_agent only when the model has agent tokens."""
         sens = "change" if extraction == "past_actions" else "no_change"
-        sets = {"wm_spatial": FeatureSet("wm_spatial", lambda f, r, t, m: self.extract(f, r, t, m, extraction)["wm_spatial"],
-                                         needs_model=True, action_sensitivity=sens)}
+        sets = {
+            "wm_spatial": FeatureSet(
+                "wm_spatial",
+                lambda f, r, t, m: self.extract(f, r, t, m, extraction)["wm_spatial"],
+                needs_model=True,
+                action_sensitivity=sens,
+            )
+        }
         if self.n_agent:
-            sets["wm_agent"] = FeatureSet("wm_agent", lambda f, r, t, m: self.extract(f, r, t, m, extraction)["wm_agent"],
-                                          needs_model=True, action_sensitivity=None)
+            sets["wm_agent"] = FeatureSet(
+                "wm_agent",
+                lambda f, r, t, m: self.extract(f, r, t, m, extraction)["wm_agent"],
+                needs_model=True,
+                action_sensitivity=None,
+            )
         return sets
 
 
@@ -158,9 +178,9 @@ class TokenizerFeatures:
         b = readout_frame(t, mode)
         out = None
         for k in range(0, len(jobs), self.batch):
-            chunk = jobs[k:k + self.batch]
+            chunk = jobs[k : k + self.batch]
             L = chunk[0][1]
-            fr = torch.stack([x[s:s + L] for s, _, _, _ in chunk]).to(self.device)
+            fr = torch.stack([x[s : s + L] for s, _, _, _ in chunk]).to(self.device)
             z = self.tok.encode(fr, mae=False).float().flatten(2).cpu()
             if out is None:
                 out = np.zeros((len(t), z.shape[-1]), np.float64)

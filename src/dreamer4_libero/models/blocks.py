@@ -65,7 +65,7 @@ def explicit_attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0):
     """q (N,H,Lq,hd), k/v (N,H,Lk,hd) -> (N,H,Lq,hd), with SDPA's semantics: a bool mask is True where
     attending is allowed, a float mask is added to the scores, is_causal is top-left aligned."""
     Lq, Lk = q.shape[-2], k.shape[-2]
-    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)                  # (N,H,Lq,Lk)
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N,H,Lq,Lk)
     if is_causal:
         keep = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~keep, float("-inf"))
@@ -90,8 +90,9 @@ class Attention(nn.Module):
     def project(self, x):
         """(N,L,D) -> q, k, v each (N,H,L,hd)."""
         N, L, D = x.shape
-        return tuple(t.view(N, L, self.n_heads, D // self.n_heads).transpose(1, 2)
-                     for t in self.qkv(x).chunk(3, dim=-1))
+        return tuple(
+            t.view(N, L, self.n_heads, D // self.n_heads).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1)
+        )
 
     def attend(self, q, k, v, mask=None, is_causal=False):
         """q (N,H,Lq,hd), k/v (N,H,Lk,hd) -> (N,Lq,D) after the output projection."""
@@ -112,19 +113,20 @@ class Attention(nn.Module):
 # function (q_modality (S,1), k_modality (1,S)) -> bool (S,S); add a mode by adding an entry here
 # or by passing such a function wherever a mode name is accepted.
 
-def _encoder_mask(q, k):      # latents see everything; others only their own modality
+
+def _encoder_mask(q, k):  # latents see everything; others only their own modality
     return (q == LATENT) | (q == k)
 
 
-def _decoder_mask(q, k):      # latents see latents only; others their own modality and latents
+def _decoder_mask(q, k):  # latents see latents only; others their own modality and latents
     return torch.where(q == LATENT, k == LATENT, (q == k) | (k == LATENT))
 
 
-def _wm_agent_mask(q, k):     # full attention
+def _wm_agent_mask(q, k):  # full attention
     return torch.ones(q.shape[0], k.shape[1], dtype=torch.bool, device=q.device)
 
 
-def _wm_agent_isolated_mask(q, k):   # agent <-> agent only; non-agent <-> non-agent only
+def _wm_agent_isolated_mask(q, k):  # agent <-> agent only; non-agent <-> non-agent only
     return (q == AGENT) == (k == AGENT)
 
 
@@ -176,8 +178,8 @@ class TimeAttention(nn.Module):
     def forward(self, x):
         B, T, S, D = x.shape
         n = S if self.n_slots is None else self.n_slots
-        h = x[:, :, :n].transpose(1, 2).reshape(B * n, T, D)                    # (B*n,T,D)
-        h = self.attn(h, is_causal=True).view(B, n, T, D).transpose(1, 2)     # (B,T,n,D)
+        h = x[:, :, :n].transpose(1, 2).reshape(B * n, T, D)  # (B*n,T,D)
+        h = self.attn(h, is_causal=True).view(B, n, T, D).transpose(1, 2)  # (B,T,n,D)
         return h if n == S else torch.cat([h, x[:, :, n:]], dim=2)
 
     def forward_cached(self, x, past: tuple | None):
@@ -196,8 +198,15 @@ class TimeAttention(nn.Module):
 class Layer(nn.Module):
     """Pre-norm block: x += space(norm1 x); [x += time(norm2 x)]; x += mlp(norm3 x) (§1.6)."""
 
-    def __init__(self, d: int, n_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 has_time: bool = True, time_slots: int | None = None):
+    def __init__(
+        self,
+        d: int,
+        n_heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        has_time: bool = True,
+        time_slots: int | None = None,
+    ):
         super().__init__()
         self.norm1 = RMSNorm(d)
         self.space = SpaceAttention(d, n_heads, dropout)
@@ -253,17 +262,27 @@ class Transformer(nn.Module):
     Buffers `modality` and `space_mask` are non-persistent.
     """
 
-    def __init__(self, d: int, n_heads: int, depth: int, modality: torch.Tensor,
-                 space_mode: str | Callable, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 time_every: int = 1, time_slots: int | None = None):
+    def __init__(
+        self,
+        d: int,
+        n_heads: int,
+        depth: int,
+        modality: torch.Tensor,
+        space_mode: str | Callable,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        time_every: int = 1,
+        time_slots: int | None = None,
+    ):
         super().__init__()
         self.layers = nn.ModuleList(
-            Layer(d, n_heads, mlp_ratio, dropout, has_time(i, time_every), time_slots) for i in range(depth))
+            Layer(d, n_heads, mlp_ratio, dropout, has_time(i, time_every), time_slots) for i in range(depth)
+        )
         self.register_buffer("modality", modality.long().clone(), persistent=False)
         self.register_buffer("space_mask", space_mask(modality, space_mode), persistent=False)
         self.checkpoint_layers = False  # activation checkpointing (set_activation_checkpointing)
 
-    def forward(self, x):                                                     # (B,T,S,D)
+    def forward(self, x):  # (B,T,S,D)
         ckpt = self.checkpoint_layers and torch.is_grad_enabled()
         for layer in self.layers:
             if ckpt:  # keep only each layer's input; recompute its activations in backward (same RNG)
@@ -289,12 +308,13 @@ class Transformer(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Sinusoidal positions (§1.7): added once to the input tokens; frame index restarts at 0 per call.
 
+
 def sinusoid_table(n: int, d: int, device=None) -> torch.Tensor:
     """(n, d) fp32: angle = p * exp(-(2*floor(i/2)/d) * ln 10000); sin at even i, cos at odd i."""
     p = torch.arange(n, dtype=torch.float32, device=device)[:, None]
     k = torch.div(torch.arange(d, device=device), 2, rounding_mode="floor").float()
     angle = p * torch.exp(-(2.0 * k / max(1, d)) * math.log(10000.0))
-    even = (torch.arange(d, device=device) % 2 == 0)
+    even = torch.arange(d, device=device) % 2 == 0
     return torch.where(even, torch.sin(angle), torch.cos(angle))
 
 
@@ -305,8 +325,7 @@ def add_positions(x: torch.Tensor, scale: bool, t0: int = 0) -> torch.Tensor:
     sampler passes the index of the frame it adds).
     """
     _, T, S, D = x.shape
-    pos = (sinusoid_table(t0 + T, D, x.device)[t0:, None, :]
-           + sinusoid_table(S, D, x.device)[None, :, :])                                  # (T,S,D)
+    pos = sinusoid_table(t0 + T, D, x.device)[t0:, None, :] + sinusoid_table(S, D, x.device)[None, :, :]  # (T,S,D)
     if scale:
         pos = pos * (1.0 / math.sqrt(D))
     return x + pos.to(x.dtype)

@@ -28,8 +28,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import (ACTION, AGENT, REGISTER, SHORTCUT_SIGNAL, SHORTCUT_STEP, SPATIAL, SPACE_MASKS, Transformer,
-                     add_positions)
+from .blocks import (
+    ACTION,
+    AGENT,
+    REGISTER,
+    SHORTCUT_SIGNAL,
+    SHORTCUT_STEP,
+    SPATIAL,
+    SPACE_MASKS,
+    Transformer,
+    add_positions,
+)
 
 ACTION_DIM = 16  # fixed action-token width; shorter action vectors are zero-padded (§3.3)
 
@@ -37,14 +46,15 @@ ACTION_DIM = 16  # fixed action-token width; shorter action vectors are zero-pad
 @dataclass
 class DynamicsConfig:
     """Architecture; defaults = train_dynamics.py defaults (§6.2) with the default tokenizer."""
+
     d_model: int = 512
     depth: int = 8
     n_heads: int = 4
     dropout: float = 0.0
     mlp_ratio: float = 4.0
     time_every: int = 1
-    n_spatial: int = 8          # tokenizer n_latents / packing_factor
-    d_spatial: int = 64         # tokenizer d_bottleneck * packing_factor
+    n_spatial: int = 8  # tokenizer n_latents / packing_factor
+    d_spatial: int = 64  # tokenizer d_bottleneck * packing_factor
     n_register: int = 4
     n_agent: int = 1
     space_mode: str = "wm_agent_isolated"
@@ -124,10 +134,23 @@ class Dynamics(nn.Module):
         self.action_encoder = ActionEncoder(D, cfg.action_dim)
         self.step_embed = nn.Embedding(cfg.emax + 1, D)
         self.signal_embed = nn.Embedding(cfg.k_max + 1, D)
-        modality = torch.tensor([ACTION, SHORTCUT_SIGNAL, SHORTCUT_STEP] + [SPATIAL] * cfg.n_spatial
-                                + [REGISTER] * cfg.n_register + [AGENT] * cfg.n_agent)
-        self.transformer = Transformer(D, cfg.n_heads, cfg.depth, modality, cfg.space_mode, cfg.mlp_ratio,
-                                       cfg.dropout, cfg.time_every, time_slots=None)
+        modality = torch.tensor(
+            [ACTION, SHORTCUT_SIGNAL, SHORTCUT_STEP]
+            + [SPATIAL] * cfg.n_spatial
+            + [REGISTER] * cfg.n_register
+            + [AGENT] * cfg.n_agent
+        )
+        self.transformer = Transformer(
+            D,
+            cfg.n_heads,
+            cfg.depth,
+            modality,
+            cfg.space_mode,
+            cfg.mlp_ratio,
+            cfg.dropout,
+            cfg.time_every,
+            time_slots=None,
+        )
         self.flow_x_head = nn.Linear(D, cfg.d_spatial)
         nn.init.zeros_(self.flow_x_head.weight)
         nn.init.zeros_(self.flow_x_head.bias)
@@ -138,27 +161,29 @@ class Dynamics(nn.Module):
         B, T = packed.shape[:2]
         cfg = self.cfg
         dt = self.spatial_proj.weight.dtype
-        act = self.action_encoder(actions, act_mask, (B, T))[:, :, None]           # (B,T,1,D)
-        sig = self.signal_embed(signal_idxs)[:, :, None]                            # (B,T,1,D)
-        stp = self.step_embed(step_idxs)[:, :, None]                                # (B,T,1,D)
-        spa = self.spatial_proj(packed.to(dt))                                      # (B,T,n_sp,D)
+        act = self.action_encoder(actions, act_mask, (B, T))[:, :, None]  # (B,T,1,D)
+        sig = self.signal_embed(signal_idxs)[:, :, None]  # (B,T,1,D)
+        stp = self.step_embed(step_idxs)[:, :, None]  # (B,T,1,D)
+        spa = self.spatial_proj(packed.to(dt))  # (B,T,n_sp,D)
         reg = self.register_tokens.view(1, 1, cfg.n_register, -1).expand(B, T, -1, -1)
         parts = [act.to(spa.dtype), sig.to(spa.dtype), stp.to(spa.dtype), spa, reg.to(spa.dtype)]
         if cfg.n_agent:
-            agent = (spa.new_zeros(B, T, cfg.n_agent, cfg.d_model) if agent_tokens is None
-                     else agent_tokens.to(spa.dtype))
+            agent = (
+                spa.new_zeros(B, T, cfg.n_agent, cfg.d_model) if agent_tokens is None else agent_tokens.to(spa.dtype)
+            )
             parts.append(agent)
         return torch.cat(parts, dim=2)
 
     def _outputs(self, h, return_spatial):
         cfg = self.cfg
-        spatial = h[:, :, cfg.spatial_slots]                                        # (B,T,n_sp,D)
-        x1_hat = self.flow_x_head(spatial)                                          # (B,T,n_sp,d_sp)
-        h_agent = h[:, :, cfg.agent_slots] if cfg.n_agent else None                 # (B,T,n_agent,D)
+        spatial = h[:, :, cfg.spatial_slots]  # (B,T,n_sp,D)
+        x1_hat = self.flow_x_head(spatial)  # (B,T,n_sp,d_sp)
+        h_agent = h[:, :, cfg.agent_slots] if cfg.n_agent else None  # (B,T,n_agent,D)
         return (x1_hat, h_agent, spatial) if return_spatial else (x1_hat, h_agent)
 
-    def forward(self, actions, step_idxs, signal_idxs, packed, act_mask=None, agent_tokens=None,
-                return_spatial: bool = False):
+    def forward(
+        self, actions, step_idxs, signal_idxs, packed, act_mask=None, agent_tokens=None, return_spatial: bool = False
+    ):
         """actions (B,T,A)/None, step_idxs/signal_idxs (B,T) long, packed (B,T,n_sp,d_sp).
 
         Returns (x1_hat (B,T,n_sp,d_sp), h_agent (B,T,n_agent,D) or None[, h_spatial (B,T,n_sp,D)]).
@@ -167,8 +192,9 @@ class Dynamics(nn.Module):
         x = add_positions(x, self.cfg.scale_pos_embeds)
         return self._outputs(self.transformer(x), return_spatial)
 
-    def forward_step(self, t: int, cache, actions, step_idxs, signal_idxs, packed, act_mask=None,
-                     return_spatial: bool = False):
+    def forward_step(
+        self, t: int, cache, actions, step_idxs, signal_idxs, packed, act_mask=None, return_spatial: bool = False
+    ):
         """One frame at window index t (inputs with T = 1) given the KV cache of frames 0..t-1.
 
         Returns (outputs as forward, this frame's per-layer (k, v)); append those to the cache
@@ -191,8 +217,10 @@ class KVCache:
         if self.layers is None:
             self.layers = list(kv)
         else:
-            self.layers = [None if a is None else (torch.cat([a[0], b[0]], 2), torch.cat([a[1], b[1]], 2))
-                           for a, b in zip(self.layers, kv)]
+            self.layers = [
+                None if a is None else (torch.cat([a[0], b[0]], 2), torch.cat([a[1], b[1]], 2))
+                for a, b in zip(self.layers, kv)
+            ]
         self.length += 1
 
 
@@ -206,8 +234,8 @@ class InverseDynamicsHead(nn.Module):
 
     def forward(self, h_spatial):
         """h_spatial (B,T,n_sp,D) -> predictions (B,T-1,action_dim) for t = 0..T-2."""
-        m = h_spatial.float().mean(dim=2)                                           # (B,T,D)
-        pair = torch.cat([m[:, :-1], m[:, 1:]], dim=-1)                             # (B,T-1,2D)
+        m = h_spatial.float().mean(dim=2)  # (B,T,D)
+        pair = torch.cat([m[:, :-1], m[:, 1:]], dim=-1)  # (B,T-1,2D)
         return self.fc2(F.silu(self.fc1(pair.to(self.fc1.weight.dtype))))
 
 

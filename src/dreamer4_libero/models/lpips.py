@@ -141,7 +141,9 @@ class LPIPS(nn.Module):
             (N,) float32 distances; differentiable w.r.t. ``x`` and ``y``.
         """
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"LPIPS expects two (N, 3, H, W) batches of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(
+                f"LPIPS expects two (N, 3, H, W) batches of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         if min(x.shape[-2:]) < MIN_SIZE:
             raise ValueError(f"LPIPS(alex) needs H, W >= {MIN_SIZE}, got {tuple(x.shape[-2:])}")
         with autocast_off(x.device):
@@ -155,4 +157,3 @@ class LPIPS(nn.Module):
                 d = (self._unit(a) - self._unit(b)) ** 2
                 total = total + F.conv2d(d, lin.weight.float()).mean(dim=(1, 2, 3))
         return total
-

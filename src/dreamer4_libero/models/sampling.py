@@ -44,10 +44,20 @@ def _euler(z, x1_hat, tau, K):
 
 
 @torch.no_grad()
-def rollout(dyn: Dynamics, context: torch.Tensor, actions: torch.Tensor | None, act_mask: torch.Tensor | None,
-            horizon: int, *, schedule: str = "shortcut", d: float = 0.25, window: int | None = None,
-            use_cache: bool = True, generator: torch.Generator | None = None,
-            noise: torch.Tensor | None = None) -> torch.Tensor:
+def rollout(
+    dyn: Dynamics,
+    context: torch.Tensor,
+    actions: torch.Tensor | None,
+    act_mask: torch.Tensor | None,
+    horizon: int,
+    *,
+    schedule: str = "shortcut",
+    d: float = 0.25,
+    window: int | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Generate `horizon` frames after `context` (B,C,N,D) packed latents.
 
     actions/act_mask: (B, C + horizon, A) aligned with frames (token t = action producing frame t),
@@ -59,11 +69,11 @@ def rollout(dyn: Dynamics, context: torch.Tensor, actions: torch.Tensor | None, 
     B, C, N, D = context.shape
     K, e, sigs, taus = tau_schedule(cfg.k_max, schedule, d)
     window = window or (C + horizon)
-    frames = [context[:, i:i + 1] for i in range(C)]
+    frames = [context[:, i : i + 1] for i in range(C)]
     act = (lambda a, b: None) if actions is None else (lambda a, b: actions[:, a:b])
     msk = (lambda a, b: None) if act_mask is None else (lambda a, b: act_mask[:, a:b])
-    cache, lo = None, 0                                          # cache holds frames lo .. len(frames)-1
-    ctx_step = torch.full((B, 1), cfg.emax, dtype=torch.long, device=context.device)   # clean-context labels
+    cache, lo = None, 0  # cache holds frames lo .. len(frames)-1
+    ctx_step = torch.full((B, 1), cfg.emax, dtype=torch.long, device=context.device)  # clean-context labels
     ctx_sig = torch.full((B, 1), cfg.k_max - 1, dtype=torch.long, device=context.device)
     new_step = torch.full((B, 1), e, dtype=torch.long, device=context.device)
     if noise is not None and tuple(noise.shape) != (B, horizon, N, D):
@@ -73,19 +83,21 @@ def rollout(dyn: Dynamics, context: torch.Tensor, actions: torch.Tensor | None, 
         if noise is None:
             z = torch.randn(B, 1, N, D, device=context.device, generator=generator).to(context.dtype)
         else:
-            z = noise[:, u:u + 1].to(context.device, context.dtype)
-        start = max(0, t + 1 - window)                           # first frame of this call's window
+            z = noise[:, u : u + 1].to(context.device, context.dtype)
+        start = max(0, t + 1 - window)  # first frame of this call's window
         if use_cache:
-            if cache is None or start != lo:                     # (re)prime: positions restart at `start`
+            if cache is None or start != lo:  # (re)prime: positions restart at `start`
                 cache, lo = KVCache(), start
                 for i in range(start, t):
-                    _, kv = dyn.forward_step(i - start, cache, act(i, i + 1), ctx_step, ctx_sig, frames[i],
-                                             act_mask=msk(i, i + 1))
+                    _, kv = dyn.forward_step(
+                        i - start, cache, act(i, i + 1), ctx_step, ctx_sig, frames[i], act_mask=msk(i, i + 1)
+                    )
                     cache.append(kv)
             for i in range(K):
                 sig = torch.full((B, 1), sigs[i], dtype=torch.long, device=z.device)
-                (x1_hat, _), _ = dyn.forward_step(t - start, cache, act(t, t + 1), new_step, sig, z,
-                                                  act_mask=msk(t, t + 1))
+                (x1_hat, _), _ = dyn.forward_step(
+                    t - start, cache, act(t, t + 1), new_step, sig, z, act_mask=msk(t, t + 1)
+                )
                 z = _euler(z, x1_hat, taus[i], K)
             _, kv = dyn.forward_step(t - start, cache, act(t, t + 1), ctx_step, ctx_sig, z, act_mask=msk(t, t + 1))
             cache.append(kv)

@@ -24,13 +24,14 @@ from .blocks import IMAGE, LATENT, Transformer, add_positions
 @dataclass
 class TokenizerConfig:
     """Architecture + MAE settings; defaults = train_tokenizer.py defaults (§6.1)."""
+
     H: int = 128
     W: int = 128
     C: int = 3
     patch: int = 4
     d_model: int = 256
     n_heads: int = 4
-    depth: int = 8                  # encoder and decoder each
+    depth: int = 8  # encoder and decoder each
     n_latents: int = 16
     d_bottleneck: int = 32
     dropout: float = 0.05
@@ -55,23 +56,26 @@ class TokenizerConfig:
 # ---------------------------------------------------------------------------------------------
 # Patchify (§2.1): row-major patches, features ordered (channel, in-patch row, in-patch col).
 
+
 def patchify(frames: torch.Tensor, patch: int) -> torch.Tensor:
     """(B,T,C,H,W) -> (B,T,Np,C*p*p)."""
     B, T, C, H, W = frames.shape
-    x = F.unfold(frames.reshape(B * T, C, H, W), kernel_size=patch, stride=patch)    # (BT,Dp,Np)
+    x = F.unfold(frames.reshape(B * T, C, H, W), kernel_size=patch, stride=patch)  # (BT,Dp,Np)
     return x.transpose(1, 2).reshape(B, T, -1, C * patch * patch)
 
 
 def unpatchify(patches: torch.Tensor, patch: int, H: int, W: int) -> torch.Tensor:
     """(B,T,Np,C*p*p) -> (B,T,C,H,W); exact inverse of patchify."""
     B, T, Np, Dp = patches.shape
-    x = F.fold(patches.reshape(B * T, Np, Dp).transpose(1, 2), output_size=(H, W),
-               kernel_size=patch, stride=patch)                                       # (BT,C,H,W)
+    x = F.fold(
+        patches.reshape(B * T, Np, Dp).transpose(1, 2), output_size=(H, W), kernel_size=patch, stride=patch
+    )  # (BT,C,H,W)
     return x.view(B, T, -1, H, W)
 
 
-def sample_mae_mask(B: int, T: int, n_patches: int, p_min: float, p_max: float, device=None,
-                    generator: torch.Generator | None = None):
+def sample_mae_mask(
+    B: int, T: int, n_patches: int, p_min: float, p_max: float, device=None, generator: torch.Generator | None = None
+):
     """MAE mask of §2.4: per frame p ~ U(p_min, p_max), each patch kept with prob 1 - p.
 
     Returns (mask (B,T,Np,1) bool, True = masked; keep_prob (B,T,1)). RNG order as upstream:
@@ -91,16 +95,19 @@ class MAE(nn.Module):
         self.p_min, self.p_max = p_min, p_max
         self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
 
-    def forward(self, x, enabled: bool = True, mask: torch.Tensor | None = None):   # x (B,T,Np,D)
+    def forward(self, x, enabled: bool = True, mask: torch.Tensor | None = None):  # x (B,T,Np,D)
         """mask (B,T,Np,1) bool, given: use it instead of drawing one (evaluation draws its masks per
         chunk and batches the chunks); keep_prob is then the kept fraction per frame."""
         B, T, Np, _ = x.shape
         if enabled and mask is not None:
-            keep_prob = 1.0 - mask.to(x.dtype).mean(2)                       # (B,T,1)
+            keep_prob = 1.0 - mask.to(x.dtype).mean(2)  # (B,T,1)
             return torch.where(mask, self.mask_token.to(x.dtype), x), mask, keep_prob
-        if not enabled or (self.p_min == 0 and self.p_max == 0):             # no RNG draws
-            return (x, torch.zeros(B, T, Np, 1, dtype=torch.bool, device=x.device),
-                    torch.ones(B, T, 1, device=x.device))
+        if not enabled or (self.p_min == 0 and self.p_max == 0):  # no RNG draws
+            return (
+                x,
+                torch.zeros(B, T, Np, 1, dtype=torch.bool, device=x.device),
+                torch.ones(B, T, 1, device=x.device),
+            )
         mask, keep_prob = sample_mae_mask(B, T, Np, self.p_min, self.p_max, x.device)
         return torch.where(mask, self.mask_token.to(x.dtype), x), mask, keep_prob
 
@@ -114,8 +121,9 @@ class Encoder(nn.Module):
         self.patch_proj = nn.Linear(cfg.patch_dim, D)
         self.bottleneck_proj = nn.Linear(D, cfg.d_bottleneck)
         modality = torch.tensor([LATENT] * L + [IMAGE] * cfg.n_patches)
-        self.transformer = Transformer(D, cfg.n_heads, cfg.depth, modality, "encoder", cfg.mlp_ratio,
-                                       cfg.dropout, cfg.time_every, time_slots=L)
+        self.transformer = Transformer(
+            D, cfg.n_heads, cfg.depth, modality, "encoder", cfg.mlp_ratio, cfg.dropout, cfg.time_every, time_slots=L
+        )
         self.mae = MAE(D, cfg.mae_p_min, cfg.mae_p_max)
 
     def forward(self, patches, mae: bool | None = None, mask: torch.Tensor | None = None):
@@ -124,12 +132,12 @@ class Encoder(nn.Module):
         mae: None = mask only in training mode; True/False forces it on/off. mask: a given MAE mask.
         """
         B, T = patches.shape[:2]
-        x = self.patch_proj(patches)                                          # (B,T,Np,D)
+        x = self.patch_proj(patches)  # (B,T,Np,D)
         x, mask, keep_prob = self.mae(x, self.training if mae is None else mae, mask)
-        lat = self.latents.to(x.dtype).expand(B, T, -1, -1)                   # (B,T,L,D)
-        x = add_positions(torch.cat([lat, x], dim=2), self.cfg.scale_pos_embeds)   # (B,T,L+Np,D)
+        lat = self.latents.to(x.dtype).expand(B, T, -1, -1)  # (B,T,L,D)
+        x = add_positions(torch.cat([lat, x], dim=2), self.cfg.scale_pos_embeds)  # (B,T,L+Np,D)
         x = self.transformer(x)
-        z = torch.tanh(self.bottleneck_proj(x[:, :, :self.cfg.n_latents]))   # (B,T,L,Db)
+        z = torch.tanh(self.bottleneck_proj(x[:, :, : self.cfg.n_latents]))  # (B,T,L,Db)
         return z, mask, keep_prob
 
 
@@ -142,17 +150,18 @@ class Decoder(nn.Module):
         self.up_proj = nn.Linear(cfg.d_bottleneck, D)
         self.patch_head = nn.Linear(D, cfg.patch_dim)
         modality = torch.tensor([LATENT] * L + [IMAGE] * cfg.n_patches)
-        self.transformer = Transformer(D, cfg.n_heads, cfg.depth, modality, "decoder", cfg.mlp_ratio,
-                                       cfg.dropout, cfg.time_every, time_slots=L)
+        self.transformer = Transformer(
+            D, cfg.n_heads, cfg.depth, modality, "decoder", cfg.mlp_ratio, cfg.dropout, cfg.time_every, time_slots=L
+        )
 
     def forward(self, z):
         """z (B,T,L,d_bottleneck) -> patches (B,T,Np,Dp) in (0,1)."""
         B, T = z.shape[:2]
-        lat = torch.tanh(self.up_proj(z))                                     # (B,T,L,D)
-        q = self.patch_queries.to(lat.dtype).expand(B, T, -1, -1)             # (B,T,Np,D)
+        lat = torch.tanh(self.up_proj(z))  # (B,T,L,D)
+        q = self.patch_queries.to(lat.dtype).expand(B, T, -1, -1)  # (B,T,Np,D)
         x = add_positions(torch.cat([lat, q], dim=2), self.cfg.scale_pos_embeds)
         x = self.transformer(x)
-        return torch.sigmoid(self.patch_head(x[:, :, self.cfg.n_latents:]))  # (B,T,Np,Dp)
+        return torch.sigmoid(self.patch_head(x[:, :, self.cfg.n_latents :]))  # (B,T,Np,Dp)
 
 
 class Tokenizer(nn.Module):
@@ -187,5 +196,11 @@ class Tokenizer(nn.Module):
         target = self.patchify(frames)
         z, mask, keep_prob = self.encoder(target, mae, mask)
         pred = self.decoder(z)
-        return {"recon": self.unpatchify(pred), "recon_patches": pred, "target_patches": target,
-                "mae_mask": mask, "keep_prob": keep_prob, "z": z}
+        return {
+            "recon": self.unpatchify(pred),
+            "recon_patches": pred,
+            "target_patches": target,
+            "mae_mask": mask,
+            "keep_prob": keep_prob,
+            "z": z,
+        }

@@ -51,11 +51,11 @@ def _chunked(fn, x: torch.Tensor, chunk: int | None) -> torch.Tensor:
     if chunk is None or chunk >= T:
         return fn(x)
     n, rest = divmod(T, chunk)
-    full = x[:, :n * chunk].reshape(B * n, chunk, *x.shape[2:])              # (B*n, c, ...)
+    full = x[:, : n * chunk].reshape(B * n, chunk, *x.shape[2:])  # (B*n, c, ...)
     y = fn(full)
-    y = y.reshape(B, n * chunk, *y.shape[2:])                                # (B, n*c, ...)
+    y = y.reshape(B, n * chunk, *y.shape[2:])  # (B, n*c, ...)
     if rest:
-        y = torch.cat([y, fn(x[:, n * chunk:])], dim=1)                      # last shorter chunk
+        y = torch.cat([y, fn(x[:, n * chunk :])], dim=1)  # last shorter chunk
     return y
 
 

@@ -33,7 +33,7 @@ def strip_prefixes(sd: dict, prefixes=WRAPPER_PREFIXES) -> OrderedDict:
             p = next((p for p in prefixes if k.startswith(p)), None)
             if p is None:
                 break
-            k = k[len(p):]
+            k = k[len(p) :]
         out[k] = v
     return out
 
@@ -54,13 +54,20 @@ def upstream_tokenizer_args(cfg: TokenizerConfig) -> dict:
     return cfg.to_dict()
 
 
-def upstream_tokenizer_checkpoint(model: Tokenizer, step: int = 0, epoch: int = 0, args: dict | None = None,
-                                  compiled: bool = False) -> dict:
+def upstream_tokenizer_checkpoint(
+    model: Tokenizer, step: int = 0, epoch: int = 0, args: dict | None = None, compiled: bool = False
+) -> dict:
     """A checkpoint dict as train_tokenizer.py writes it (§8): weights only, empty optimizer state."""
     args = dict(upstream_tokenizer_args(model.cfg) if args is None else args)
-    return {"step": step, "epoch": epoch, "model": to_upstream_state_dict(model, compiled),
-            "opt": {"state": {}, "param_groups": []}, "scaler": {}, "args": args,
-            "scale_pos_embeds": args.get("scale_pos_embeds", model.cfg.scale_pos_embeds)}
+    return {
+        "step": step,
+        "epoch": epoch,
+        "model": to_upstream_state_dict(model, compiled),
+        "opt": {"state": {}, "param_groups": []},
+        "scaler": {},
+        "args": args,
+        "scale_pos_embeds": args.get("scale_pos_embeds", model.cfg.scale_pos_embeds),
+    }
 
 
 def save_upstream_tokenizer_checkpoint(path, model: Tokenizer, **kw) -> None:
@@ -68,6 +75,7 @@ def save_upstream_tokenizer_checkpoint(path, model: Tokenizer, **kw) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def _layer_info(sd: dict, prefix: str) -> tuple[int, set[int]]:
     """(depth, indices of layers with time attention) of `prefix`transformer.layers.{i}.*"""
@@ -126,13 +134,21 @@ def tokenizer_config_from_state_dict(sd: dict, args: dict | None = None, explici
     depth, t_enc = _layer_info(sd, "encoder.")
     depth_dec, t_dec = _layer_info(sd, "decoder.")
     if (depth, t_enc) != (depth_dec, t_dec):
-        raise ValueError(f"encoder (depth {depth}, time {sorted(t_enc)}) and decoder (depth {depth_dec}, "
-                         f"time {sorted(t_dec)}) differ; one TokenizerConfig cannot describe them")
+        raise ValueError(
+            f"encoder (depth {depth}, time {sorted(t_enc)}) and decoder (depth {depth_dec}, "
+            f"time {sorted(t_dec)}) differ; one TokenizerConfig cannot describe them"
+        )
     ratio = h2 / 2 / D
-    if int(D * ratio) != h2 // 2:                                             # float round-off
+    if int(D * ratio) != h2 // 2:  # float round-off
         ratio = math.nextafter(ratio, math.inf)
-    shaped = {"d_model": int(D), "n_latents": int(n_lat), "d_bottleneck": int(d_b), "mlp_ratio": ratio,
-              "depth": depth, "time_every": _time_every(depth, t_enc)}
+    shaped = {
+        "d_model": int(D),
+        "n_latents": int(n_lat),
+        "d_bottleneck": int(d_b),
+        "mlp_ratio": ratio,
+        "depth": depth,
+        "time_every": _time_every(depth, t_enc),
+    }
     for name, value in shaped.items():
         source[name] = "state_dict"
         if name in explicit and explicit[name] != value:
@@ -146,8 +162,10 @@ def tokenizer_config_from_state_dict(sd: dict, args: dict | None = None, explici
         p, side = math.isqrt(Dp // C), math.isqrt(n_p)
         if C * p * p != Dp or side * side != n_p:
             raise ValueError(f"cannot derive image geometry from patch dim {Dp} and patch count {n_p}")
-        notes.append(f"image geometry {geo} inconsistent with patch dim {Dp} / count {n_p}: "
-                     f"using C={C}, patch={p}, H=W={side * p}")
+        notes.append(
+            f"image geometry {geo} inconsistent with patch dim {Dp} / count {n_p}: "
+            f"using C={C}, patch={p}, H=W={side * p}"
+        )
         geo = {"H": side * p, "W": side * p, "C": C, "patch": p}
         for n in geo:
             source[n] = "state_dict"
@@ -165,13 +183,13 @@ def load_tokenizer_checkpoint(path_or_dict, explicit: dict | None = None, map_lo
 
     Returns (model, report); report as tokenizer_config_from_state_dict plus "step" and "path".
     """
-    sd, args, ckpt = read_checkpoint(path_or_dict, keys=("model", "tokenizer", "state_dict"),
-                                     map_location=map_location)
+    sd, args, ckpt = read_checkpoint(path_or_dict, keys=("model", "tokenizer", "state_dict"), map_location=map_location)
     cfg, report = tokenizer_config_from_state_dict(sd, args, explicit)
     model = Tokenizer(cfg)
     model.load_state_dict(sd, strict=True)
-    report.update(step=ckpt.get("step"),
-                  path=str(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None)
+    report.update(
+        step=ckpt.get("step"), path=str(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None
+    )
     return model.eval(), report
 
 
@@ -193,8 +211,14 @@ def load_frozen_tokenizer(path: str):
 
 # train_dynamics.py defaults for the settings without parameters (§6.2) -- never interactive.py's
 # inference fallbacks (n_agent 0, time_every 4), which would drop the agent token the probe reads.
-DYNAMICS_TRAIN_DEFAULTS = {"n_heads": 4, "k_max": 8, "space_mode": "wm_agent_isolated", "n_agent": 1,
-                           "dropout": 0.0, "n_spatial": 8}
+DYNAMICS_TRAIN_DEFAULTS = {
+    "n_heads": 4,
+    "k_max": 8,
+    "space_mode": "wm_agent_isolated",
+    "n_agent": 1,
+    "dropout": 0.0,
+    "n_spatial": 8,
+}
 _ARG_ALIASES = {"space_mode": ("space_mode", "agent_space_mode")}
 
 
@@ -223,8 +247,9 @@ def dynamics_config_from_state_dict(sd: dict, args: dict | None = None, explicit
                 source[name] = f"args[{a!r}]"
                 return args[a]
         source[name] = "default"
-        fallbacks.append(f"{name}={default!r} (not in the run's config nor the checkpoint's args: "
-                         f"train_dynamics default)")
+        fallbacks.append(
+            f"{name}={default!r} (not in the run's config nor the checkpoint's args: train_dynamics default)"
+        )
         return default
 
     D, d_sp = sd["spatial_proj.weight"].shape
@@ -233,21 +258,31 @@ def dynamics_config_from_state_dict(sd: dict, args: dict | None = None, explicit
     ratio = h2 / 2 / D
     if int(D * ratio) != h2 // 2:
         ratio = math.nextafter(ratio, math.inf)
-    shaped = {"d_model": int(D), "d_spatial": int(d_sp), "depth": depth, "time_every": _time_every(depth, t_layers),
-              "n_register": int(sd["register_tokens"].shape[0]),
-              "action_dim": int(sd["action_encoder.fc1.weight"].shape[1]), "mlp_ratio": ratio}
+    shaped = {
+        "d_model": int(D),
+        "d_spatial": int(d_sp),
+        "depth": depth,
+        "time_every": _time_every(depth, t_layers),
+        "n_register": int(sd["register_tokens"].shape[0]),
+        "action_dim": int(sd["action_encoder.fc1.weight"].shape[1]),
+        "mlp_ratio": ratio,
+    }
     for name, value in shaped.items():
         source[name] = "state_dict"
         for origin, d in (("explicit", explicit), ("args", args)):
             if d.get(name) is not None and d[name] != value:
                 notes.append(f"{origin} {name}={d[name]!r} ignored: state dict says {value!r}")
-    free = {n: setting(n, DYNAMICS_TRAIN_DEFAULTS[n]) for n in ("n_heads", "k_max", "space_mode", "n_agent",
-                                                                 "dropout", "n_spatial")}
+    free = {
+        n: setting(n, DYNAMICS_TRAIN_DEFAULTS[n])
+        for n in ("n_heads", "k_max", "space_mode", "n_agent", "dropout", "n_spatial")
+    }
     free["scale_pos_embeds"] = bool(setting("scale_pos_embeds", True))
     n_sig, n_step = sd["signal_embed.weight"].shape[0], sd["step_embed.weight"].shape[0]
     if n_sig != free["k_max"] + 1 or n_step != int(math.log2(free["k_max"])) + 1:
-        raise ValueError(f"k_max={free['k_max']} ({source['k_max']}) does not match the state dict: "
-                         f"signal_embed has {n_sig} rows (k_max+1), step_embed {n_step} (log2 k_max + 1)")
+        raise ValueError(
+            f"k_max={free['k_max']} ({source['k_max']}) does not match the state dict: "
+            f"signal_embed has {n_sig} rows (k_max+1), step_embed {n_step} (log2 k_max + 1)"
+        )
     cfg = DynamicsConfig(**shaped, **free)
     return cfg, {"source": source, "fallbacks": fallbacks, "notes": notes}
 
@@ -272,11 +307,11 @@ def read_checkpoint(path_or_dict, keys=("dynamics", "model", "state_dict"), map_
     else:
         ckpt = path_or_dict
     key = next((k for k in keys if isinstance(ckpt.get(k), dict)), None)
-    if key is None:                                                            # a bare state dict
+    if key is None:  # a bare state dict
         return strip_prefixes(ckpt), {}, ckpt
     args = dict(ckpt.get("args") or {})
     if "scale_pos_embeds" not in args and "scale_pos_embeds" in ckpt:
-        args["scale_pos_embeds"] = ckpt["scale_pos_embeds"]                  # top-level duplicate
+        args["scale_pos_embeds"] = ckpt["scale_pos_embeds"]  # top-level duplicate
     return strip_prefixes(ckpt[key]), args, ckpt
 
 
@@ -292,16 +327,29 @@ def load_dynamics_checkpoint(path_or_dict, explicit: dict | None = None, map_loc
     cfg, report = dynamics_config_from_state_dict(sd, args, explicit)
     model = Dynamics(cfg)
     res = model.load_state_dict(sd, strict=strict)
-    report.update(step=ckpt.get("step"), n_params=sum(p.numel() for p in model.parameters()),
-                  missing=list(getattr(res, "missing_keys", [])), unexpected=list(getattr(res, "unexpected_keys", [])),
-                  path=str(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None)
+    report.update(
+        step=ckpt.get("step"),
+        n_params=sum(p.numel() for p in model.parameters()),
+        missing=list(getattr(res, "missing_keys", [])),
+        unexpected=list(getattr(res, "unexpected_keys", [])),
+        path=str(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None,
+    )
     return model.eval(), report
 
 
 def upstream_dynamics_checkpoint(model, step: int = 0, args: dict | None = None, compiled: bool = False) -> dict:
     """A checkpoint dict as train_dynamics.py writes it (§8): weights, empty optimizer state."""
-    args = dict(args if args is not None else {
-        "d_model_dyn": model.cfg.d_model, "dyn_depth": model.cfg.depth, **model.cfg.to_dict()})
-    return {"step": step, "epoch": 0, "dynamics": to_upstream_state_dict(model, compiled),
-            "opt": {"state": {}, "param_groups": []}, "scaler": {}, "args": args,
-            "scale_pos_embeds": args.get("scale_pos_embeds", model.cfg.scale_pos_embeds)}
+    args = dict(
+        args
+        if args is not None
+        else {"d_model_dyn": model.cfg.d_model, "dyn_depth": model.cfg.depth, **model.cfg.to_dict()}
+    )
+    return {
+        "step": step,
+        "epoch": 0,
+        "dynamics": to_upstream_state_dict(model, compiled),
+        "opt": {"state": {}, "param_groups": []},
+        "scaler": {},
+        "args": args,
+        "scale_pos_embeds": args.get("scale_pos_embeds", model.cfg.scale_pos_embeds),
+    }

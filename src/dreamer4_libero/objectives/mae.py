@@ -38,8 +38,9 @@ def composite(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> t
     return torch.where(mask, pred, target)
 
 
-def lpips_term(recon_frames: torch.Tensor, target_frames: torch.Tensor, lpips_fn: Callable,
-               lpips_frac: float = 0.5) -> torch.Tensor:
+def lpips_term(
+    recon_frames: torch.Tensor, target_frames: torch.Tensor, lpips_fn: Callable, lpips_frac: float = 0.5
+) -> torch.Tensor:
     """Mean LPIPS over frames 0, s, 2s, ... (s = int(1/lpips_frac)) of (B,T,C,H,W) images in [0,1].
 
     Images are clamped to [0,1] and compared in fp32 with autocast off. lpips_fn(x, y) takes
@@ -48,7 +49,7 @@ def lpips_term(recon_frames: torch.Tensor, target_frames: torch.Tensor, lpips_fn
     """
     stride = max(1, int(1.0 / lpips_frac))
     x, y = recon_frames[:, ::stride], target_frames[:, ::stride]
-    x = x.reshape(-1, *x.shape[2:]).float().clamp(0, 1)                        # (B*T',C,H,W)
+    x = x.reshape(-1, *x.shape[2:]).float().clamp(0, 1)  # (B*T',C,H,W)
     y = y.reshape(-1, *y.shape[2:]).float().clamp(0, 1)
     with autocast_off(x.device):
         return lpips_fn(x, y).float().mean()
@@ -59,9 +60,17 @@ def psnr(mse: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse.detach().float().clamp_min(1e-10))
 
 
-def tokenizer_loss(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                   lpips_fn: Callable | None = None, lpips_weight: float = 0.2, lpips_frac: float = 0.5,
-                   patch: int | None = None, keep_prob: torch.Tensor | None = None, visible_weight: float = 0.0):
+def tokenizer_loss(
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    lpips_fn: Callable | None = None,
+    lpips_weight: float = 0.2,
+    lpips_frac: float = 0.5,
+    patch: int | None = None,
+    keep_prob: torch.Tensor | None = None,
+    visible_weight: float = 0.0,
+):
     """Tokenizer training loss (§2.5).
 
     recon, target: frames (B,T,C,H,W) (recon = decoder output, target = input in [0,1]);
@@ -75,21 +84,26 @@ def tokenizer_loss(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     B, T, C, H, W = target.shape
     if patch is None:
         patch = math.isqrt(H * W // mask.shape[2])
-    pred_p, tgt_p = patchify(recon, patch), patchify(target, patch)            # (B,T,Np,Dp)
+    pred_p, tgt_p = patchify(recon, patch), patchify(target, patch)  # (B,T,Np,Dp)
     mse = masked_mse(pred_p, tgt_p, mask)
     if lpips_fn is not None and lpips_weight != 0 and lpips_frac > 0:
-        comp = unpatchify(composite(pred_p, tgt_p, mask), patch, H, W)        # (B,T,C,H,W)
+        comp = unpatchify(composite(pred_p, tgt_p, mask), patch, H, W)  # (B,T,C,H,W)
         lp = lpips_term(comp, target, lpips_fn, lpips_frac)
     else:
         lp = torch.zeros((), device=recon.device)
-    vis = masked_mse(pred_p, tgt_p, ~mask)                                    # MSE over the visible patches
+    vis = masked_mse(pred_p, tgt_p, ~mask)  # MSE over the visible patches
     loss = mse + lpips_weight * lp
     if visible_weight:
         loss = loss + visible_weight * vis
-    metrics = {"loss": loss.detach(), "mse": mse.detach(), "lpips": lp.detach(), "psnr": psnr(mse),
-               "mse_visible": vis.detach(),
-               "mse_all": (recon.detach().float() - target.float()).pow(2).mean(),
-               "masked_frac": mask.float().mean()}
+    metrics = {
+        "loss": loss.detach(),
+        "mse": mse.detach(),
+        "lpips": lp.detach(),
+        "psnr": psnr(mse),
+        "mse_visible": vis.detach(),
+        "mse_all": (recon.detach().float() - target.float()).pow(2).mean(),
+        "masked_frac": mask.float().mean(),
+    }
     if keep_prob is not None:
         metrics["keep_prob"] = keep_prob.detach().float().mean()
     return loss, metrics

@@ -41,11 +41,11 @@ def sample_levels(B: int, T: int, B_self: int, k_max: int, device=None, generato
     emax = k_max.bit_length() - 1
     step_idx = torch.full((B, T), emax, dtype=torch.long, device=device)
     if B_self > 0:
-        step_idx[B - B_self:] = torch.randint(0, emax, (B_self, T), device=device, generator=generator)
-    K = torch.pow(2, step_idx)                  # (B,T) Euler steps from noise to data at this level (d = 1/K)
+        step_idx[B - B_self :] = torch.randint(0, emax, (B_self, T), device=device, generator=generator)
+    K = torch.pow(2, step_idx)  # (B,T) Euler steps from noise to data at this level (d = 1/K)
     j = torch.floor(torch.rand(B, T, device=device, generator=generator) * K).long()
     tau = j.float() / K.float()
-    signal_idx = j * (k_max // K)               # (B,T) tau on the finest grid, in units of 1/k_max
+    signal_idx = j * (k_max // K)  # (B,T) tau on the finest grid, in units of 1/k_max
     return step_idx, signal_idx, tau
 
 
@@ -71,9 +71,19 @@ def aux_action_mse(pred: torch.Tensor, actions: torch.Tensor, act_mask: torch.Te
     return ((pred.float() - target).pow(2) * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def shortcut_loss(dyn, z1: torch.Tensor, actions: torch.Tensor | None, act_mask: torch.Tensor | None, *,
-                  step: int, bootstrap_start: int, self_fraction: float = 0.25,
-                  aux_head=None, aux_weight: float = 0.0, aux_input: str = "action_free"):
+def shortcut_loss(
+    dyn,
+    z1: torch.Tensor,
+    actions: torch.Tensor | None,
+    act_mask: torch.Tensor | None,
+    *,
+    step: int,
+    bootstrap_start: int,
+    self_fraction: float = 0.25,
+    aux_head=None,
+    aux_weight: float = 0.0,
+    aux_input: str = "action_free",
+):
     """Shortcut-forcing loss of `dyn` (a models.dynamics.Dynamics) on clean packed latents z1 (B,T,N,D).
 
     actions/act_mask (B,T,A) are aligned with frames (token t = the action that produced frame t).
@@ -87,7 +97,7 @@ def shortcut_loss(dyn, z1: torch.Tensor, actions: torch.Tensor | None, act_mask:
     step_idx, signal_idx, tau = sample_levels(B, T, B_self, k_max, z1.device)
     z1 = z1.float()
     z0 = torch.randn_like(z1)
-    tau4 = tau[..., None, None]                                                  # (B,T,1,1)
+    tau4 = tau[..., None, None]  # (B,T,1,1)
     z_tilde = (1 - tau4) * z0 + tau4 * z1
     w = flow_weight(tau)
 
@@ -97,7 +107,7 @@ def shortcut_loss(dyn, z1: torch.Tensor, actions: torch.Tensor | None, act_mask:
     if use_aux and actions is None:
         raise ValueError("the inverse-dynamics aux head needs actions (use_actions) to predict")
     acts, mask, steps, sigs, zin = actions, act_mask, step_idx, signal_idx, z_tilde
-    if use_aux and aux_input == "action_free":                                  # extra rows, same call
+    if use_aux and aux_input == "action_free":  # extra rows, same call
         a0, m0 = null_actions(actions[:B_emp], None if act_mask is None else act_mask[:B_emp])
         acts = torch.cat([actions, a0])
         mask = torch.cat([act_mask, m0]) if act_mask is not None else torch.cat([torch.ones_like(actions), m0])
@@ -106,14 +116,14 @@ def shortcut_loss(dyn, z1: torch.Tensor, actions: torch.Tensor | None, act_mask:
     x1_hat_all, _, h_sp = dyn(acts, steps, sigs, zin, act_mask=mask, return_spatial=True)
     x1_hat = x1_hat_all[:B].float()
 
-    flow = _per_frame_mse(x1_hat[:B_emp], z1[:B_emp])                             # (B_emp,T)
+    flow = _per_frame_mse(x1_hat[:B_emp], z1[:B_emp])  # (B_emp,T)
     loss_emp = (w[:B_emp] * flow).mean()
     zero = x1_hat.new_zeros(())
     loss_self, boot_mse = zero, zero
     if B_self > 0 and step >= bootstrap_start:
         s = slice(B_emp, B)
         e, tau_s, zt = step_idx[s], tau[s], z_tilde[s]
-        d_half = (1.0 / torch.pow(2.0, e.float())) / 2                            # (B_self,T)
+        d_half = (1.0 / torch.pow(2.0, e.float())) / 2  # (B_self,T)
         a_s = None if actions is None else actions[s]
         m_s = None if act_mask is None else act_mask[s]
         with torch.no_grad():
@@ -126,17 +136,22 @@ def shortcut_loss(dyn, z1: torch.Tensor, actions: torch.Tensor | None, act_mask:
             bB = (xB - z_mid) / (1 - (tau_s + d_half)).clamp_min(1e-6)[..., None, None]
             v_bar = (bA + bB) / 2
         v_hat = (x1_hat[s] - zt) / (1 - tau_s).clamp_min(1e-6)[..., None, None]
-        per = (1 - tau_s).pow(2) * _per_frame_mse(v_hat, v_bar)                 # (B_self,T)
+        per = (1 - tau_s).pow(2) * _per_frame_mse(v_hat, v_bar)  # (B_self,T)
         loss_self = (w[s] * per).mean()
         boot_mse = per.mean()
     loss = (loss_emp * B_emp + loss_self * B_self) / B
 
-    metrics = {"flow_mse": flow.mean().detach(), "bootstrap_mse": boot_mse.detach(),
-               "loss_emp": loss_emp.detach(), "loss_self": loss_self.detach(),
-               "sigma_mean": tau.mean().detach(), "b_self": torch.tensor(float(B_self))}
+    metrics = {
+        "flow_mse": flow.mean().detach(),
+        "bootstrap_mse": boot_mse.detach(),
+        "loss_emp": loss_emp.detach(),
+        "loss_self": loss_self.detach(),
+        "sigma_mean": tau.mean().detach(),
+        "b_self": torch.tensor(float(B_self)),
+    }
     if use_aux:
         rows = slice(B, B + B_emp) if aux_input == "action_free" else slice(0, B_emp)
-        pred = aux_head(h_sp[rows])                                               # (B_emp,T-1,A)
+        pred = aux_head(h_sp[rows])  # (B_emp,T-1,A)
         aux_mse = aux_action_mse(pred, actions[:B_emp], None if act_mask is None else act_mask[:B_emp])
         loss = loss + aux_weight * aux_mse
         metrics.update(aux_mse=aux_mse.detach(), aux_loss=(aux_weight * aux_mse).detach())

@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 #: the outputs whose bytes must not change under a refactor (relative to results/)
-DEFAULT_PATTERNS = ("tables/*", "tables/plots/*", "archive/*/config.json", "probe/*/*.json", "rollout/*/rollout.json",
-                    "rollout/*/windows_*.json", "tokenizer_eval/*/psnr.json")
+DEFAULT_PATTERNS = (
+    "tables/*",
+    "tables/plots/*",
+    "archive/*/config.json",
+    "probe/*/*.json",
+    "rollout/*/rollout.json",
+    "rollout/*/windows_*.json",
+    "tokenizer_eval/*/psnr.json",
+)
 
 
 def _sha(path: Path) -> str:
@@ -39,12 +46,16 @@ def _json_diffs(a: Any, b: Any, path: str = "") -> Iterator[tuple[str, Any, Any]
 
 
 def selected(root: Path, patterns: tuple[str, ...]) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
-            and any(fnmatch.fnmatchcase(p.relative_to(root).as_posix(), pat) for pat in patterns)}
+    return {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and any(fnmatch.fnmatchcase(p.relative_to(root).as_posix(), pat) for pat in patterns)
+    }
 
 
-def compare_trees(a: str | Path, b: str | Path, patterns: tuple[str, ...] = DEFAULT_PATTERNS,
-                  max_paths: int = 8) -> dict:
+def compare_trees(
+    a: str | Path, b: str | Path, patterns: tuple[str, ...] = DEFAULT_PATTERNS, max_paths: int = 8
+) -> dict:
     """{"same": [...], "differs": {rel: [key-path lines] or []}, "only_a": [...], "only_b": [...]}."""
     a, b = Path(a), Path(b)
     fa, fb = selected(a, patterns), selected(b, patterns)
@@ -68,8 +79,10 @@ def compare_trees(a: str | Path, b: str | Path, patterns: tuple[str, ...] = DEFA
 
 def report_lines(res: dict) -> list[str]:
     n = len(res["same"]) + len(res["differs"]) + len(res["only_a"]) + len(res["only_b"])
-    lines = [f"{n} files: {len(res['same'])} byte-identical, {len(res['differs'])} differ, "
-             f"{len(res['only_a'])} only in A, {len(res['only_b'])} only in B"]
+    lines = [
+        f"{n} files: {len(res['same'])} byte-identical, {len(res['differs'])} differ, "
+        f"{len(res['only_a'])} only in A, {len(res['only_b'])} only in B"
+    ]
     for rel, paths in res["differs"].items():
         lines.append(f"DIFFERS {rel}")
         lines += [f"    {p}" for p in paths]

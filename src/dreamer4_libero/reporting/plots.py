@@ -21,8 +21,17 @@ import numpy as np  # noqa: E402
 
 from ..fileio import atomic_path  # noqa: E402
 from ..training.metrics import metric_groups  # noqa: E402
-from .results import (BASELINES, TEST, WM_FEATURES, Inputs, ProbeView, baseline_features,  # noqa: E402
-                      finite, reference_rollout, rollout_row)
+from .results import (
+    BASELINES,
+    TEST,
+    WM_FEATURES,
+    Inputs,
+    ProbeView,
+    baseline_features,  # noqa: E402
+    finite,
+    reference_rollout,
+    rollout_row,
+)
 
 
 def save_png(fig, path: str | os.PathLike, dpi: int = 100) -> None:
@@ -40,7 +49,12 @@ def r2_per_dim_bars(results: dict[str, dict], path: str | Path, title: str) -> N
     w = 0.8 / max(len(labels), 1)
     for i, lab in enumerate(labels):
         vals = [np.nan if v is None else v for v in results[lab]["r2_per_dim"].values()]
-        ax.bar(np.arange(len(dims)) + i * w - 0.4 + w / 2, vals, w, label=f"{lab} (uniform {results[lab]['r2_uniform']:+.2f})")
+        ax.bar(
+            np.arange(len(dims)) + i * w - 0.4 + w / 2,
+            vals,
+            w,
+            label=f"{lab} (uniform {results[lab]['r2_uniform']:+.2f})",
+        )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(dims)), dims)
     ax.set_ylabel("R² (held-out tasks)")
@@ -53,8 +67,13 @@ def r2_per_dim_bars(results: dict[str, dict], path: str | Path, title: str) -> N
 def frame_grid(rows: dict[str, np.ndarray], path: str | Path, title: str) -> None:
     """One row per label of upright uint8 frames (n, H, W, 3)."""
     n = max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.35 * len(rows) + 0.4), squeeze=False,
-                             gridspec_kw={"wspace": 0.05, "hspace": 0.25})
+    fig, axes = plt.subplots(
+        len(rows),
+        n,
+        figsize=(1.2 * n, 1.35 * len(rows) + 0.4),
+        squeeze=False,
+        gridspec_kw={"wspace": 0.05, "hspace": 0.25},
+    )
     for r, (lab, frames) in enumerate(rows.items()):
         for c in range(n):
             ax = axes[r][c]
@@ -66,8 +85,8 @@ def frame_grid(rows: dict[str, np.ndarray], path: str | Path, title: str) -> Non
     save_png(fig, path, dpi=110)
 
 
-CONTEXT_RGB = (230, 120, 20)     # bar over context frames
-PREDICTED_RGB = (40, 150, 60)    # bar over predicted frames
+CONTEXT_RGB = (230, 120, 20)  # bar over context frames
+PREDICTED_RGB = (40, 150, 60)  # bar over predicted frames
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -89,10 +108,10 @@ def _strip_canvas(rows: list[np.ndarray], context: int, gap: int = 2, bar: int =
     canvas = np.full((bar + len(rows) * (H + gap), T * (W + gap) - gap, 3), 255, np.uint8)
     for t in range(T):
         x0 = t * (W + gap)
-        canvas[:bar, x0:x0 + W] = CONTEXT_RGB if t < context else PREDICTED_RGB
+        canvas[:bar, x0 : x0 + W] = CONTEXT_RGB if t < context else PREDICTED_RGB
         for r, video in enumerate(rows):
             y0 = bar + gap + r * (H + gap)
-            canvas[y0:y0 + H, x0:x0 + W] = video[t]
+            canvas[y0 : y0 + H, x0 : x0 + W] = video[t]
     return canvas
 
 
@@ -105,20 +124,27 @@ def rollout_strips(strips: list[dict], path: str | Path, title: str, context: in
     canvases = [_strip_canvas([v for _, v in s["rows"]], context) for s in strips]
     h, w = canvases[0].shape[:2]
     width = min(24.0, max(8.0, w / 60))
-    fig, axes = plt.subplots(len(canvases), 1, figsize=(width, len(canvases) * (width * h / w + 0.3) + 0.3),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(canvases),
+        1,
+        figsize=(width, len(canvases) * (width * h / w + 0.3) + 0.3),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax, c, s in zip(axes[:, 0], canvases, strips):
         ax.imshow(c, interpolation="nearest")
         ax.set_axis_off()
         names = ", ".join(f"{i + 1}: {lab}" for i, (lab, _) in enumerate(s["rows"]))
-        ax.set_title(f"{s['label']}   rows {names}; orange = {context} context frames, green = predicted",
-                     fontsize=7, loc="left")
+        ax.set_title(
+            f"{s['label']}   rows {names}; orange = {context} context frames, green = predicted", fontsize=7, loc="left"
+        )
     fig.suptitle(title, fontsize=9)
     save_png(fig, path, dpi=110)
 
 
-def rollout_gif(clips: list[dict], path: str | Path, context: int = 8, min_side: int = 128,
-                duration_ms: int = 200) -> None:
+def rollout_gif(
+    clips: list[dict], path: str | Path, context: int = 8, min_side: int = 128, duration_ms: int = 200
+) -> None:
     """Animated GIF: per time step, every clip's videos side by side (clips stacked vertically) under a
     header bar (orange while the frame is context, green once predicted) that names the frame and the
     columns. clips: [{"rows": [(label, uint8 (T,H,W,3)), ...]}], the same labels in every clip."""
@@ -152,9 +178,14 @@ def rollout_gif(clips: list[dict], path: str | Path, context: int = 8, min_side:
 
 def per_step_psnr(curves: dict[str, dict[str, list[float]]], path: str | Path, title: str) -> None:
     """PSNR per predicted step, one panel per set, one line per row ({set: {row: [values]}})."""
-    styles = {"model": ("C0", "-"), "action_shuffled": ("C3", "--"), "null_actions": ("C4", ":"),
-              "copy_last_context": ("0.4", "-."), "tokenizer_ceiling": ("C2", "-"),
-              "tokenizer_ceiling_chunked": ("C2", ":")}
+    styles = {
+        "model": ("C0", "-"),
+        "action_shuffled": ("C3", "--"),
+        "null_actions": ("C4", ":"),
+        "copy_last_context": ("0.4", "-."),
+        "tokenizer_ceiling": ("C2", "-"),
+        "tokenizer_ceiling_chunked": ("C2", ":"),
+    }
     fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 3.4), squeeze=False)
     for ax, (name, rows) in zip(axes[0], curves.items()):
         for row, vals in rows.items():
@@ -170,6 +201,7 @@ def per_step_psnr(curves: dict[str, dict[str, list[float]]], path: str | Path, t
 
 
 # ============================================================================ the tables stage's plots
+
 
 def no_data(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no data: {what}", ha="center", va="center", transform=ax.transAxes)
@@ -226,8 +258,12 @@ def plot_probe_r2(inp: Inputs, pv: ProbeView, path: Path) -> None:
     if labels:
         x = np.arange(len(labels))
         v = np.asarray(vals, float)
-        err = np.vstack([np.where(np.isfinite(los), v - np.asarray(los, float), 0.0),
-                         np.where(np.isfinite(his), np.asarray(his, float) - v, 0.0)])
+        err = np.vstack(
+            [
+                np.where(np.isfinite(los), v - np.asarray(los, float), 0.0),
+                np.where(np.isfinite(his), np.asarray(his, float) - v, 0.0),
+            ]
+        )
         err = np.where(np.isfinite(err), err, 0.0)
         ax.bar(x, np.nan_to_num(v), color=colors, yerr=err, capsize=3)
         ax.set_xticks(x, labels, rotation=75, fontsize=6, ha="right")
@@ -244,8 +280,12 @@ def plot_h_curves(inp: Inputs, pv: ProbeView, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     Hs = inp.H_list
     drawn = 0
-    series = [(v["name"], f, "past_actions", f"{v['name']} {f}") for v in inp.variants
-              if inp.not_run_reason(v["name"]) is None for f in WM_FEATURES]
+    series = [
+        (v["name"], f, "past_actions", f"{v['name']} {f}")
+        for v in inp.variants
+        if inp.not_run_reason(v["name"]) is None
+        for f in WM_FEATURES
+    ]
     series += [(BASELINES, "lagged_actions", "none", "lagged_actions")]
     for variant, feat, ext, lab in series:
         ys = [pv.cell(variant, feat, ext, "policy", h, "common_Hmax", TEST, ci=False).mean for h in Hs]
@@ -309,6 +349,8 @@ PUBLISHED_ENDPOINTS = {
 }
 #: logged keys that are counters or schedule values, not losses
 NOT_LOSS = {"train/b_self", "train/sigma_mean", "train/keep_prob", "train/mae_p"}
+
+
 def _series(records: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
     pts = [(r["step"], r[key]) for r in records if finite(r.get(key)) and finite(r.get("step"))]
     return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
@@ -341,8 +383,15 @@ def training_curves_png(run: str, kind: str, records: Sequence[dict], path: str 
         pub = PUBLISHED_ENDPOINTS.get(key)
         if pub and pub["kind"] == kind:
             x_end = max(series[0][1])
-            ax.scatter([series[0][1][0], x_end], [pub["start"], pub["end"]], marker="*", s=90, color="crimson",
-                       zorder=5, label=f"{pub['label']} {pub['start']:g} → {pub['end']:g} (start, end)")
+            ax.scatter(
+                [series[0][1][0], x_end],
+                [pub["start"], pub["end"]],
+                marker="*",
+                s=90,
+                color="crimson",
+                zorder=5,
+                label=f"{pub['label']} {pub['start']:g} → {pub['end']:g} (start, end)",
+            )
             ax.axhline(pub["end"], color="crimson", lw=0.8, ls="--")
         if all(min(s[2]) > 0 for s in series) and key != "lr":
             ax.set_yscale("log")
@@ -371,15 +420,26 @@ def probe_per_dim_png(entries: Sequence[dict], path: str | os.PathLike, clip: fl
         m = np.array(e["mean"])
         shown = np.where(np.isfinite(m), np.maximum(m, clip), 0.0)
         err = np.nan_to_num(np.array(e["std"]), nan=0.0)
-        ax.bar(xs, shown, width, yerr=err, capsize=1.5, color=cmap(i % 20), label=e["label"],
-               hatch="//" if e["control"] else None, edgecolor="black" if e["control"] else None, linewidth=0.3)
+        ax.bar(
+            xs,
+            shown,
+            width,
+            yerr=err,
+            capsize=1.5,
+            color=cmap(i % 20),
+            label=e["label"],
+            hatch="//" if e["control"] else None,
+            edgecolor="black" if e["control"] else None,
+            linewidth=0.3,
+        )
         drawn += len(xs)
     ax.axhline(0.0, color="black", lw=0.8)
     ax.set_xticks(range(n_dims))
     ax.set_xticklabels([f"a[{d}]" for d in range(n_dims)])
     ax.set_ylabel(f"held-out-task R² (clipped at {clip:g})")
-    ax.set_title("Probe R² per action dimension (H = 1, policy, past_actions; controls hatched; bars: seed std)",
-                 fontsize=9)
+    ax.set_title(
+        "Probe R² per action dimension (H = 1, policy, past_actions; controls hatched; bars: seed std)", fontsize=9
+    )
     ax.legend(fontsize=6, ncol=3, loc="lower left")
     ax.grid(alpha=0.3, axis="y")
     save_png(fig, path)
@@ -409,8 +469,6 @@ def runtime_png(rows: Sequence[dict], path: str | os.PathLike) -> int:
     return len(rows)
 
 
-
-
 def aux_mse_png(records: list[dict], path: Path, title: str) -> bool:
     pts = [(r["step"], r["train/aux_mse"]) for r in records if finite(r.get("train/aux_mse"))]
     if not pts:
@@ -430,12 +488,14 @@ def aux_mse_png(records: list[dict], path: Path, title: str) -> bool:
 
 # ============================================================================ training curves
 
+
 def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "metric"
 
 
-def plot_metrics(records: list[dict], out_dir: str | os.PathLike, prefix: str = "curve_",
-                 title: str = "") -> list[Path]:
+def plot_metrics(
+    records: list[dict], out_dir: str | os.PathLike, prefix: str = "curve_", title: str = ""
+) -> list[Path]:
     """A training run's curves (training/metrics.py records): one PNG per metric group,
     ``<out_dir>/<prefix><group>.png``; returns the paths written."""
     out_dir = Path(out_dir)
@@ -444,8 +504,11 @@ def plot_metrics(records: list[dict], out_dir: str | os.PathLike, prefix: str = 
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
         all_pos = True
         for k in keys:
-            pts = [(r["step"], r[k]) for r in records
-                   if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
+            pts = [
+                (r["step"], r[k])
+                for r in records
+                if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+            ]
             if not pts:
                 continue
             xs, ys = zip(*pts)

@@ -28,8 +28,7 @@ from .builders import bin_extra, bin_extra_header, frames_label, run_variants, v
 from .labels import model_name
 from .reference import caption as caption_text
 from .render import MISSING, Row, Table, fmt_num, render_cell
-from .results import (BASELINES, TEST, WM_FEATURES, Agg, Inputs, ProbeView, bin_delta, dig, finite, flag_text,
-                      study_bins)
+from .results import BASELINES, TEST, WM_FEATURES, Agg, Inputs, ProbeView, bin_delta, dig, finite, flag_text, study_bins
 
 POWER_EXTRACTION = "video_only"
 POWER_H = 1
@@ -42,14 +41,24 @@ CASE_EXPOSED = "uses its actions and its features expose them"
 CASE_HIDDEN = "uses its actions but its features do not expose them linearly"
 CASE_UNUSED = "does not use its actions"
 
-HEADER_POWER = ["Model", "Features", "idm R² held-out [95% CI]", "policy R² held-out [95% CI]",
-                "Δ vs copy-last (dB)", "Δ vs copy-last, frames 17–24 (dB)", "Δ true − shuffled actions (dB)",
-                "Exposes actions (idm)", "Case", "Flag"]
+HEADER_POWER = [
+    "Model",
+    "Features",
+    "idm R² held-out [95% CI]",
+    "policy R² held-out [95% CI]",
+    "Δ vs copy-last (dB)",
+    "Δ vs copy-last, frames 17–24 (dB)",
+    "Δ true − shuffled actions (dB)",
+    "Exposes actions (idm)",
+    "Case",
+    "Flag",
+]
 
 
 @dataclass
 class Evidence:
     """One feature's idm-mode probe result, as the rule reads it."""
+
     feature: str
     mean: float | None
     ci_lo: float | None
@@ -110,16 +119,24 @@ def _yes_no(v: bool | None) -> tuple:
     return MISSING if v is None else ("text", "yes" if v else "no")
 
 
-def _sentence(name: str, case: str | None, dact: dict, evidence: Sequence[Evidence], bar: float | None,
-              reason_missing: str) -> str:
+def _sentence(
+    name: str, case: str | None, dact: dict, evidence: Sequence[Evidence], bar: float | None, reason_missing: str
+) -> str:
     """The generated note of one variant: its case and the numbers that decide it."""
     head = f"{name}: " + (case if case else f"case undetermined ({reason_missing})")
-    probes = "; ".join(f"{e.feature} {_with_ci(e.mean, (e.ci_lo, e.ci_hi), 3)}{' DEGENERATE' if e.degenerate else ''}"
-                       for e in evidence)
-    bar_txt = (f"CI lower bound > 0 and > {BAR_BASELINE}'s {_signed(bar, 3)}" if finite(bar)
-               else f"CI lower bound > 0 ({BAR_BASELINE} missing)")
-    return (f"{head} — Δ true − shuffled {_with_ci(dact.get('mean'), dact.get('ci'), 2)} dB; idm-mode "
-            f"{POWER_EXTRACTION} held-out R²: {probes or '—'}; bar: {bar_txt}.")
+    probes = "; ".join(
+        f"{e.feature} {_with_ci(e.mean, (e.ci_lo, e.ci_hi), 3)}{' DEGENERATE' if e.degenerate else ''}"
+        for e in evidence
+    )
+    bar_txt = (
+        f"CI lower bound > 0 and > {BAR_BASELINE}'s {_signed(bar, 3)}"
+        if finite(bar)
+        else f"CI lower bound > 0 ({BAR_BASELINE} missing)"
+    )
+    return (
+        f"{head} — Δ true − shuffled {_with_ci(dact.get('mean'), dact.get('ci'), 2)} dB; idm-mode "
+        f"{POWER_EXTRACTION} held-out R²: {probes or '—'}; bar: {bar_txt}."
+    )
 
 
 def build_power(inp: Inputs, pv: ProbeView) -> Table:
@@ -127,11 +144,31 @@ def build_power(inp: Inputs, pv: ProbeView) -> Table:
     last = bins[-1]
     header = list(HEADER_POWER)
     header[5] = f"Δ vs copy-last, {frames_label(last)} (dB)"
-    extra_header = (["status", "variant", "feature", "extraction", "H", "scoring", "idm_r2", "idm_ci_lo",
-                     "idm_ci_hi", "idm_n_seeds", "policy_r2", "policy_ci_lo", "policy_ci_hi", "policy_n_seeds",
-                     "delta_copy_last", "delta_copy_last_ci_lo", "delta_copy_last_ci_hi", "delta_action",
-                     "delta_action_ci_lo", "delta_action_ci_hi", "exposes", "case", "bar_tok_latent_idm_r2"]
-                    + bin_extra_header(bins))
+    extra_header = [
+        "status",
+        "variant",
+        "feature",
+        "extraction",
+        "H",
+        "scoring",
+        "idm_r2",
+        "idm_ci_lo",
+        "idm_ci_hi",
+        "idm_n_seeds",
+        "policy_r2",
+        "policy_ci_lo",
+        "policy_ci_hi",
+        "policy_n_seeds",
+        "delta_copy_last",
+        "delta_copy_last_ci_lo",
+        "delta_copy_last_ci_hi",
+        "delta_action",
+        "delta_action_ci_lo",
+        "delta_action_ci_hi",
+        "exposes",
+        "case",
+        "bar_tok_latent_idm_r2",
+    ] + bin_extra_header(bins)
 
     def probe(variant: str, feat: str, ext: str) -> tuple[Agg, Agg]:
         return tuple(pv.cell(variant, feat, ext, mode, POWER_H, POWER_SCORING, TEST) for mode in POWER_MODES)
@@ -152,30 +189,90 @@ def build_power(inp: Inputs, pv: ProbeView) -> Table:
             per_feat.append((feat, idm, pol, ev))
         evidence = [ev for _, idm, _, ev in per_feat if idm.records]
         case = classify(dact, evidence, bar)
-        missing = "no rollout record" if rec is None else (
-            "no Δ true − shuffled CI" if not finite((dact.get("ci") or [None])[0]) else "no idm probe records")
+        missing = (
+            "no rollout record"
+            if rec is None
+            else ("no Δ true − shuffled CI" if not finite((dact.get("ci") or [None])[0]) else "no idm probe records")
+        )
         notes.append(_sentence(name, case, dact, evidence, bar, missing))
         for feat, idm, pol, ev in per_feat:
             ex = exposes(ev, bar) if idm.records else None
-            cells = [("text", model_name(v)), ("text", feat), ("r2_ci", idm.mean, idm.ci), ("r2_ci", pol.mean, pol.ci),
-                     ("dpsnr_ci", dcl.get("mean"), tuple(dcl.get("ci") or (None, None))),
-                     ("dpsnr_ci", dlast.get("mean"), tuple(dlast.get("ci") or (None, None))),
-                     ("dpsnr_ci", dact.get("mean"), tuple(dact.get("ci") or (None, None))),
-                     _yes_no(ex), ("text", case) if case else MISSING, _flags(idm, pol)]
-            extra = (["ok" if (idm.records and rec) else "missing", name, feat, POWER_EXTRACTION, POWER_H,
-                      POWER_SCORING, idm.mean, *idm.ci, idm.n_seeds, pol.mean, *pol.ci, pol.n_seeds,
-                      dcl.get("mean"), *(dcl.get("ci") or [None, None]), dact.get("mean"),
-                      *(dact.get("ci") or [None, None]), ex, case, bar] + bin_extra(rec, bins))
+            cells = [
+                ("text", model_name(v)),
+                ("text", feat),
+                ("r2_ci", idm.mean, idm.ci),
+                ("r2_ci", pol.mean, pol.ci),
+                ("dpsnr_ci", dcl.get("mean"), tuple(dcl.get("ci") or (None, None))),
+                ("dpsnr_ci", dlast.get("mean"), tuple(dlast.get("ci") or (None, None))),
+                ("dpsnr_ci", dact.get("mean"), tuple(dact.get("ci") or (None, None))),
+                _yes_no(ex),
+                ("text", case) if case else MISSING,
+                _flags(idm, pol),
+            ]
+            extra = [
+                "ok" if (idm.records and rec) else "missing",
+                name,
+                feat,
+                POWER_EXTRACTION,
+                POWER_H,
+                POWER_SCORING,
+                idm.mean,
+                *idm.ci,
+                idm.n_seeds,
+                pol.mean,
+                *pol.ci,
+                pol.n_seeds,
+                dcl.get("mean"),
+                *(dcl.get("ci") or [None, None]),
+                dact.get("mean"),
+                *(dact.get("ci") or [None, None]),
+                ex,
+                case,
+                bar,
+            ] + bin_extra(rec, bins)
             rows.append(Row(cells, extra, variant=name))
     for feat in POWER_BASELINES:
         idm, pol = probe(BASELINES, feat, "none")
-        cells = [("text", "baseline"), ("text", feat), ("r2_ci", idm.mean, idm.ci), ("r2_ci", pol.mean, pol.ci),
-                 MISSING, MISSING, MISSING, MISSING, ("text", "model-free baseline"), _flags(idm, pol)]
-        extra = ["ok" if idm.records else "missing", BASELINES, feat, "none", POWER_H, POWER_SCORING, idm.mean,
-                 *idm.ci, idm.n_seeds, pol.mean, *pol.ci, pol.n_seeds] + [None] * 9 + [bar if feat == BAR_BASELINE
-                                                                                       else None]
+        cells = [
+            ("text", "baseline"),
+            ("text", feat),
+            ("r2_ci", idm.mean, idm.ci),
+            ("r2_ci", pol.mean, pol.ci),
+            MISSING,
+            MISSING,
+            MISSING,
+            MISSING,
+            ("text", "model-free baseline"),
+            _flags(idm, pol),
+        ]
+        extra = (
+            [
+                "ok" if idm.records else "missing",
+                BASELINES,
+                feat,
+                "none",
+                POWER_H,
+                POWER_SCORING,
+                idm.mean,
+                *idm.ci,
+                idm.n_seeds,
+                pol.mean,
+                *pol.ci,
+                pol.n_seeds,
+            ]
+            + [None] * 9
+            + [bar if feat == BAR_BASELINE else None]
+        )
         rows.append(Row(cells, extra))
-    caption = caption_text("power", H=POWER_H, scoring=POWER_SCORING, last_frames=frames_label(last),
-                           case_exposed=CASE_EXPOSED, case_hidden=CASE_HIDDEN, case_unused=CASE_UNUSED)
-    return Table("power", "Method power", caption, header, "llllllllll", rows, notes + variant_notes(inp.variants),
-                 extra_header)
+    caption = caption_text(
+        "power",
+        H=POWER_H,
+        scoring=POWER_SCORING,
+        last_frames=frames_label(last),
+        case_exposed=CASE_EXPOSED,
+        case_hidden=CASE_HIDDEN,
+        case_unused=CASE_UNUSED,
+    )
+    return Table(
+        "power", "Method power", caption, header, "llllllllll", rows, notes + variant_notes(inp.variants), extra_header
+    )

@@ -50,8 +50,14 @@ def loss_smoothness(records: Sequence[dict], key: str = "loss") -> dict:
         if i >= n5 and run_min > 0:
             worst = max(worst, x / run_min)
     ok = (e_end < e5) and worst <= 1.5
-    return {"result": bool(ok), "n": len(pts), "ema_end": e_end, "ema_5pct": e5, "max_ratio": worst,
-            "value": f"EMA end {e_end:.4g} vs {e5:.4g} at 5%; max EMA/running min {worst:.3f}"}
+    return {
+        "result": bool(ok),
+        "n": len(pts),
+        "ema_end": e_end,
+        "ema_5pct": e5,
+        "max_ratio": worst,
+        "value": f"EMA end {e_end:.4g} vs {e5:.4g} at 5%; max EMA/running min {worst:.3f}",
+    }
 
 
 def aux_mse_drop(records: Sequence[dict], key: str = "train/aux_mse") -> dict:
@@ -61,10 +67,15 @@ def aux_mse_drop(records: Sequence[dict], key: str = "train/aux_mse") -> dict:
         return {"result": False, "value": "NaN/Inf in the aux MSE", "n": len(pts)}
     if len(pts) < 10:
         return {"result": None, "value": f"n/a ({len(pts)} logged points, needs ≥ 10)", "n": len(pts)}
-    first = float(np.mean(pts[:max(1, math.ceil(0.05 * len(pts)))]))
-    last = float(np.mean(pts[-max(1, math.ceil(0.10 * len(pts))):]))
-    return {"result": bool(last <= 0.8 * first), "n": len(pts), "first5": first, "last10": last,
-            "value": f"last 10% {last:.4g} vs 0.8 × first 5% = {0.8 * first:.4g}"}
+    first = float(np.mean(pts[: max(1, math.ceil(0.05 * len(pts)))]))
+    last = float(np.mean(pts[-max(1, math.ceil(0.10 * len(pts))) :]))
+    return {
+        "result": bool(last <= 0.8 * first),
+        "n": len(pts),
+        "first5": first,
+        "last10": last,
+        "value": f"last 10% {last:.4g} vs 0.8 × first 5% = {0.8 * first:.4g}",
+    }
 
 
 def _mark(result: bool | None, na: str = "n/a") -> tuple:
@@ -74,9 +85,14 @@ def _mark(result: bool | None, na: str = "n/a") -> tuple:
 def _smooth_bar(inp: Inputs, name: str) -> dict:
     run = inp.train.get(name)
     sm = loss_smoothness(run.metrics) if run and run.has_metrics else None
-    return {"run": name, "bar": "smooth loss curve (heuristic)",
-            "threshold": "no NaN/Inf; EMA end < EMA at 5%; EMA ≤ 1.5 × running min",
-            "value": sm["value"] if sm else None, "result": sm["result"] if sm else None, "missing": sm is None}
+    return {
+        "run": name,
+        "bar": "smooth loss curve (heuristic)",
+        "threshold": "no NaN/Inf; EMA end < EMA at 5%; EMA ≤ 1.5 × running min",
+        "value": sm["value"] if sm else None,
+        "result": sm["result"] if sm else None,
+        "missing": sm is None,
+    }
 
 
 def quality_bars(inp: Inputs) -> list[dict]:
@@ -87,9 +103,16 @@ def quality_bars(inp: Inputs) -> list[dict]:
     if tok_run or tok:
         name = tok_run or (tok or {}).get("run")
         v = tok_psnr(tok)
-        out.append({"run": name, "bar": "tokenizer PSNR (tok_psnr_frame_mean, test_ood rollout list)",
-                    "threshold": f"≥ {TOK_PSNR_BAR:.0f} dB", "value": f"{v:.2f} dB" if finite(v) else None,
-                    "result": None if not finite(v) else bool(v >= TOK_PSNR_BAR), "missing": not finite(v)})
+        out.append(
+            {
+                "run": name,
+                "bar": "tokenizer PSNR (tok_psnr_frame_mean, test_ood rollout list)",
+                "threshold": f"≥ {TOK_PSNR_BAR:.0f} dB",
+                "value": f"{v:.2f} dB" if finite(v) else None,
+                "result": None if not finite(v) else bool(v >= TOK_PSNR_BAR),
+                "missing": not finite(v),
+            }
+        )
         out.append(_smooth_bar(inp, name))
     for v in inp.variants:
         name = v["name"]
@@ -100,25 +123,52 @@ def quality_bars(inp: Inputs) -> list[dict]:
         m = rollout_row(inp.rollout.get(name), "model") or {}
         cl = rollout_row(inp.rollout.get(name), "copy_last_context") or {}
         pooled, fm, clm = m.get("psnr_pooled"), m.get("psnr_frame_mean"), cl.get("psnr_frame_mean")
-        out.append({"run": name, "bar": "rollout psnr_pooled", "threshold": f"≥ {ROLLOUT_POOLED_BAR:.0f} dB",
-                    "value": f"{pooled:.2f} dB" if finite(pooled) else None,
-                    "result": bool(pooled >= ROLLOUT_POOLED_BAR) if finite(pooled) else None,
-                    "missing": not finite(pooled)})
+        out.append(
+            {
+                "run": name,
+                "bar": "rollout psnr_pooled",
+                "threshold": f"≥ {ROLLOUT_POOLED_BAR:.0f} dB",
+                "value": f"{pooled:.2f} dB" if finite(pooled) else None,
+                "result": bool(pooled >= ROLLOUT_POOLED_BAR) if finite(pooled) else None,
+                "missing": not finite(pooled),
+            }
+        )
         both = finite(fm) and finite(clm)
-        out.append({"run": name, "bar": "rollout psnr_frame_mean > copy-last-context",
-                    "threshold": f"> {clm:.2f} dB" if finite(clm) else "> copy-last",
-                    "value": f"{fm:.2f} dB" if finite(fm) else None,
-                    "result": bool(fm > clm) if both else None, "missing": not both})
+        out.append(
+            {
+                "run": name,
+                "bar": "rollout psnr_frame_mean > copy-last-context",
+                "threshold": f"> {clm:.2f} dB" if finite(clm) else "> copy-last",
+                "value": f"{fm:.2f} dB" if finite(fm) else None,
+                "result": bool(fm > clm) if both else None,
+                "missing": not both,
+            }
+        )
         out.append(_smooth_bar(inp, name))
         run = inp.train.get(name)
         if float(v.get("aux_weight") or 0.0) > 0:
             am = aux_mse_drop(run.metrics) if run and run.has_metrics else None
-            out.append({"run": name, "bar": "aux head MSE drops", "threshold": "last 10% ≤ 0.8 × first 5%",
-                        "value": am["value"] if am else None, "result": am["result"] if am else None,
-                        "missing": am is None})
+            out.append(
+                {
+                    "run": name,
+                    "bar": "aux head MSE drops",
+                    "threshold": "last 10% ≤ 0.8 × first 5%",
+                    "value": am["value"] if am else None,
+                    "result": am["result"] if am else None,
+                    "missing": am is None,
+                }
+            )
         else:
-            out.append({"run": name, "bar": "aux head MSE drops", "threshold": "last 10% ≤ 0.8 × first 5%",
-                        "value": "no aux head", "result": None, "missing": False})
+            out.append(
+                {
+                    "run": name,
+                    "bar": "aux head MSE drops",
+                    "threshold": "last 10% ≤ 0.8 × first 5%",
+                    "value": "no aux head",
+                    "result": None,
+                    "missing": False,
+                }
+            )
     return out
 
 
@@ -132,9 +182,18 @@ def build_quality_bars(inp: Inputs) -> Table:
             rows.append(r)
             continue
         res = MISSING if b.get("missing") else _mark(b["result"])
-        rows.append(Row([("text", b["run"]), ("text", b["bar"]), ("text", b["threshold"]),
-                         ("text", b["value"]) if b["value"] is not None else MISSING, res],
-                        ["ok", {True: "pass", False: "fail", None: "n/a"}[b["result"]] if not b.get("missing")
-                         else "missing"], variant=b["run"]))
+        rows.append(
+            Row(
+                [
+                    ("text", b["run"]),
+                    ("text", b["bar"]),
+                    ("text", b["threshold"]),
+                    ("text", b["value"]) if b["value"] is not None else MISSING,
+                    res,
+                ],
+                ["ok", {True: "pass", False: "fail", None: "n/a"}[b["result"]] if not b.get("missing") else "missing"],
+                variant=b["run"],
+            )
+        )
     caption = caption_text("quality_bars")
     return Table("quality_bars", "Quality bars", caption, header, "lllll", rows, [], ["status", "outcome"])

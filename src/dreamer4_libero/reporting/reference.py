@@ -20,7 +20,8 @@ PAPER_PROBE_LABELS: dict[str, str] = dict(_DATA["paper_labels"]["probe"])
 PAPER_ROLLOUT_LABELS: dict[str, str] = dict(_DATA["paper_labels"]["rollout"])
 # (Table 1 model name, paper-table label, R², params)
 QUOTED_PROBE: tuple[tuple[str, str, float, str], ...] = tuple(
-    (q["model"], q["label"], float(q["r2"]), str(q["params"])) for q in _DATA["quoted_probe"])
+    (q["model"], q["label"], float(q["r2"]), str(q["params"])) for q in _DATA["quoted_probe"]
+)
 DAGGER: str = _DATA["dagger"]
 QUOTED_NOTE: str = _DATA["quoted_note"]
 TOK_PSNR_BAR: float = float(_DATA["quality_bars"]["tokenizer_psnr_db"])

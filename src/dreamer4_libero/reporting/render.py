@@ -23,10 +23,10 @@ MISSING = ("missing",)
 @dataclass
 class Row:
     cells: list[tuple]
-    extra: list[Any] = field(default_factory=list)   # CSV-only columns
-    not_run: str | None = None                        # reason: cells after `n_label` become one message
+    extra: list[Any] = field(default_factory=list)  # CSV-only columns
+    not_run: str | None = None  # reason: cells after `n_label` become one message
     n_label: int = 1
-    variant: str | None = None                        # for the archive's per-run extraction
+    variant: str | None = None  # for the archive's per-run extraction
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Table:
 
 def _num_str(x: float, nd: int, signed: bool) -> str:
     s = f"{x:+.{nd}f}" if signed else f"{x:.{nd}f}"
-    if float(s) == 0.0:                                        # never print a negative zero
+    if float(s) == 0.0:  # never print a negative zero
         s = ("+" if signed else "") + s.lstrip("+-")
     return s
 
@@ -86,14 +86,52 @@ def fmt_params(n: Any, fmt: str) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e6:.3f}M"
 
 
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"$<$",
-                ">": r"$>$", "|": r"$|$"}
-_TEX_UNICODE = {"Δ": r"$\Delta$", "→": r"$\to$", "−": "$-$", "²": "$^2$", "λ": r"$\lambda$", "±": r"$\pm$",
-                "†": r"$^\dagger$", "‡": r"$^\ddagger$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$",
-                "—": "---", "–": "--", "✓": "yes", "✗": "no", "·": r"$\cdot$", "δ": r"$\delta$",
-                "σ": r"$\sigma$", "μ": r"$\mu$", "α": r"$\alpha$", "…": r"\dots{}", "’": "'", "‘": "`",
-                "“": "``", "”": "''", "≈": r"$\approx$", "φ": r"$\varphi$", "ŷ": r"$\hat{y}$", "≠": r"$\neq$"}
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"$<$",
+    ">": r"$>$",
+    "|": r"$|$",
+}
+_TEX_UNICODE = {
+    "Δ": r"$\Delta$",
+    "→": r"$\to$",
+    "−": "$-$",
+    "²": "$^2$",
+    "λ": r"$\lambda$",
+    "±": r"$\pm$",
+    "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "×": r"$\times$",
+    "—": "---",
+    "–": "--",
+    "✓": "yes",
+    "✗": "no",
+    "·": r"$\cdot$",
+    "δ": r"$\delta$",
+    "σ": r"$\sigma$",
+    "μ": r"$\mu$",
+    "α": r"$\alpha$",
+    "…": r"\dots{}",
+    "’": "'",
+    "‘": "`",
+    "“": "``",
+    "”": "''",
+    "≈": r"$\approx$",
+    "φ": r"$\varphi$",
+    "ŷ": r"$\hat{y}$",
+    "≠": r"$\neq$",
+}
 
 
 def tex_escape(s: str) -> str:
@@ -174,7 +212,7 @@ def _csv_extra(v: Any) -> str:
 
 def _row_strings(table: Table, row: Row, fmt: str) -> list[str]:
     if row.not_run is not None:
-        cells = [render_cell(c, fmt) for c in row.cells[:row.n_label]]
+        cells = [render_cell(c, fmt) for c in row.cells[: row.n_label]]
         msg = _text(f"not run: {row.not_run}", fmt)
         return cells + [msg] + [""] * (len(table.header) - row.n_label - 1)
     return [render_cell(c, fmt) for c in row.cells]
@@ -208,32 +246,39 @@ def render_html(table: Table, level: int = 2) -> str:
     for row in table.rows:
         cells = [c.replace("\\|", "|") for c in _row_strings(table, row, "md")]
         if row.not_run is not None:
-            tds = "".join(f"<td>{esc(c)}</td>" for c in cells[:row.n_label])
+            tds = "".join(f"<td>{esc(c)}</td>" for c in cells[: row.n_label])
             tds += f'<td class="notrun" colspan="{len(table.header) - row.n_label}">{esc(cells[row.n_label])}</td>'
         else:
             tds = "".join(f"<td>{esc(c)}</td>" for c in cells)
         body.append(f"<tr>{tds}</tr>")
     notes = "".join(f"<p class=\"note\">{esc(n)}</p>" for n in table.notes)
-    return (f'<section id="{esc(table.key)}"><h{level}>{esc(table.title)}</h{level}>'
-            f"<p>{esc(' '.join(table.caption.split()))}</p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{notes}</section>\n")
+    return (
+        f'<section id="{esc(table.key)}"><h{level}>{esc(table.title)}</h{level}>'
+        f"<p>{esc(' '.join(table.caption.split()))}</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{notes}</section>\n"
+    )
 
 
-HTML_STYLE = ("body{font-family:sans-serif;font-size:13px;margin:1em;color:#222}"
-              "table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #bbb;padding:2px 6px;"
-              "text-align:left;white-space:nowrap}th{background:#eee}td.notrun{color:#777;font-style:italic}"
-              "p.note{font-size:12px;color:#555;margin:.2em 0}")
+HTML_STYLE = (
+    "body{font-family:sans-serif;font-size:13px;margin:1em;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #bbb;padding:2px 6px;"
+    "text-align:left;white-space:nowrap}th{background:#eee}td.notrun{color:#777;font-style:italic}"
+    "p.note{font-size:12px;color:#555;margin:.2em 0}"
+)
 
 
 def render_all_html(tables: Sequence[Table], files: Sequence[tuple[str, str]]) -> str:
     """Every table on one self-contained HTML page (no scripts, no external resources)."""
     toc = "".join(f'<li><a href="#{html.escape(t.key)}">{html.escape(t.title)}</a></li>' for t in tables)
     files = "\n".join(f"{h}  {html.escape(p)}" for p, h in files)
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Tables</title>"
-            f"<style>{HTML_STYLE}</style></head><body><h1>Tables ({html.escape(PROTOCOL)})</h1>"
-            "<p>Generated from the result records and training metrics only. † rows are quoted from the paper, "
-            f"not recomputed.</p><ul>{toc}</ul>\n" + "".join(render_html(t) for t in tables)
-            + f"<details><summary>Inputs (sha256)</summary><pre>{files}</pre></details></body></html>\n")
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Tables</title>"
+        f"<style>{HTML_STYLE}</style></head><body><h1>Tables ({html.escape(PROTOCOL)})</h1>"
+        "<p>Generated from the result records and training metrics only. † rows are quoted from the paper, "
+        f"not recomputed.</p><ul>{toc}</ul>\n"
+        + "".join(render_html(t) for t in tables)
+        + f"<details><summary>Inputs (sha256)</summary><pre>{files}</pre></details></body></html>\n"
+    )
 
 
 def render_csv(table: Table, files: Sequence[tuple[str, str]]) -> str:
@@ -252,16 +297,22 @@ def render_csv(table: Table, files: Sequence[tuple[str, str]]) -> str:
 
 
 def render_tex(table: Table, files: Sequence[tuple[str, str]]) -> str:
-    out = [f"% {tex_escape(table.title)}",
-           f"% generated by dreamer4_libero.reporting.tables ({PROTOCOL}); needs only booktabs",
-           r"\begin{table}[ht]", r"\centering", r"\scriptsize",
-           r"\caption{" + tex_escape(" ".join(table.caption.split())) + "}",
-           r"\begin{tabular}{" + table.align + "}", r"\toprule",
-           " & ".join(tex_escape(h) for h in table.header) + r" \\", r"\midrule"]
+    out = [
+        f"% {tex_escape(table.title)}",
+        f"% generated by dreamer4_libero.reporting.tables ({PROTOCOL}); needs only booktabs",
+        r"\begin{table}[ht]",
+        r"\centering",
+        r"\scriptsize",
+        r"\caption{" + tex_escape(" ".join(table.caption.split())) + "}",
+        r"\begin{tabular}{" + table.align + "}",
+        r"\toprule",
+        " & ".join(tex_escape(h) for h in table.header) + r" \\",
+        r"\midrule",
+    ]
     ncol = len(table.header)
     for row in table.rows:
         if row.not_run is not None:
-            cells = [render_cell(c, "tex") for c in row.cells[:row.n_label]]
+            cells = [render_cell(c, "tex") for c in row.cells[: row.n_label]]
             msg = tex_escape(f"not run: {row.not_run}")
             cells.append(r"\multicolumn{" + str(ncol - row.n_label) + "}{l}{" + msg + "}")
             out.append(" & ".join(cells) + r" \\")

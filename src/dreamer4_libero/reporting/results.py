@@ -36,8 +36,15 @@ PROTOCOL = "eval-protocol-v1"
 TEST, TRAIN = "probe_eval_test", "probe_eval_train"
 CONTROLS = ("train_mean", "label_shuffle", "copy_prev")
 BASELINES = "baselines"
-BASELINE_FEATURES = ("lagged_actions", "time_only", "pixels", "frame_diff", "tok_latent", "const_control",
-                     "leak_control")
+BASELINE_FEATURES = (
+    "lagged_actions",
+    "time_only",
+    "pixels",
+    "frame_diff",
+    "tok_latent",
+    "const_control",
+    "leak_control",
+)
 WM_FEATURES = ("wm_agent", "wm_spatial")
 EXTRACTIONS = ("past_actions", "video_only")
 PROBE_MODES = ("policy", "idm")
@@ -50,12 +57,13 @@ class TablesError(ValueError):
 
 # ============================================================================ inputs
 
+
 @dataclass
 class TrainRun:
     name: str
     folder: Path
-    not_run: str | None = None            # reason, if not_run.json
-    checkpoint: dict | None = None        # checkpoint.json
+    not_run: str | None = None  # reason, if not_run.json
+    checkpoint: dict | None = None  # checkpoint.json
     metrics: list[dict] = field(default_factory=list)
     has_metrics: bool = False
 
@@ -63,14 +71,15 @@ class TrainRun:
 @dataclass
 class Inputs:
     """Everything the tables read, loaded and checked (see `load_inputs`)."""
+
     config: dict
     variants: list[dict]
-    probe: dict[tuple, dict]              # (variant, feature, extraction, probe_mode, H, seed) -> record
+    probe: dict[tuple, dict]  # (variant, feature, extraction, probe_mode, H, seed) -> record
     probe_paths: dict[tuple, str]
     rollout: dict[str, dict]
     tokenizer: dict[str, dict]
     train: dict[str, TrainRun]
-    files: list[tuple[str, str]]          # (display path, sha256), sorted
+    files: list[tuple[str, str]]  # (display path, sha256), sorted
 
     @property
     def seeds(self) -> list[int]:
@@ -138,7 +147,7 @@ def _require(obj: Any, dotted: Iterable[str], path: Path, what: str) -> None:
         parts = key.split(".")
         for i, k in enumerate(parts):
             if not isinstance(cur, dict) or k not in cur:
-                raise TablesError(f"{path}: malformed {what}: missing key '{'.'.join(parts[:i + 1])}'")
+                raise TablesError(f"{path}: malformed {what}: missing key '{'.'.join(parts[: i + 1])}'")
             cur = cur[k]
 
 
@@ -149,8 +158,9 @@ def is_num(x: Any) -> bool:
 def _check_probe_record(rec: Any, path: Path) -> None:
     if not isinstance(rec, dict):
         raise TablesError(f"{path}: malformed probe record: top level is {type(rec).__name__}, not an object")
-    _require(rec, ("variant", "feature", "extraction", "probe_mode", "H", "seed", "scorings", "flags"), path,
-              "probe record")
+    _require(
+        rec, ("variant", "feature", "extraction", "probe_mode", "H", "seed", "scorings", "flags"), path, "probe record"
+    )
     if rec.get("protocol", PROTOCOL) != PROTOCOL:
         raise TablesError(f"{path}: probe record has protocol {rec.get('protocol')!r}, expected {PROTOCOL!r}")
     if not isinstance(rec["H"], int) or not isinstance(rec["seed"], int):
@@ -165,16 +175,24 @@ def _check_probe_record(rec: Any, path: Path) -> None:
                 if pred in blk:
                     v = dig(blk, (pred, "r2_uniform"))
                     if v is not None and not is_num(v):
-                        raise TablesError(f"{path}: malformed probe record: scorings.{scoring}.{s}.{pred}.r2_uniform "
-                                          f"is {v!r}, not a number or null")
+                        raise TablesError(
+                            f"{path}: malformed probe record: scorings.{scoring}.{s}.{pred}.r2_uniform "
+                            f"is {v!r}, not a number or null"
+                        )
             st = blk.get("stats")
             if st is not None:
-                _require(st, ("episodes", "tasks", "n", "sum_y", "sum_y2", "sse"), path,
-                         f"probe record (scorings.{scoring}.{s}.stats)")
-                if not (len(st["episodes"]) == len(st["tasks"]) == len(st["n"]) == len(st["sum_y"])
-                        == len(st["sum_y2"])):
-                    raise TablesError(f"{path}: malformed probe record: scorings.{scoring}.{s}.stats lists "
-                                      "differ in length")
+                _require(
+                    st,
+                    ("episodes", "tasks", "n", "sum_y", "sum_y2", "sse"),
+                    path,
+                    f"probe record (scorings.{scoring}.{s}.stats)",
+                )
+                if not (
+                    len(st["episodes"]) == len(st["tasks"]) == len(st["n"]) == len(st["sum_y"]) == len(st["sum_y2"])
+                ):
+                    raise TablesError(
+                        f"{path}: malformed probe record: scorings.{scoring}.{s}.stats lists differ in length"
+                    )
     if not isinstance(rec["flags"], dict):
         raise TablesError(f"{path}: malformed probe record: 'flags' must be an object")
 
@@ -192,12 +210,16 @@ def _load_sets_record(path: Path, what: str, name_key: str) -> dict:
 
 def add_result_args(ap) -> None:
     """The result-file arguments shared by make_tables.py and make_archive.py."""
-    ap.add_argument("--tables-config", required=True,
-                    help="JSON: {variants: [{name, label, runnable, not_run_reason, stand_in_for, aux_weight, "
-                         "aux_input, space_mode, init_from, init_source, init_note}, ...] in config order, H_list, seeds, bootstrap_B, "
-                         "tokenizer_run}")
-    ap.add_argument("--probe-summaries", nargs="*", default=[],
-                    help="results/probe/<variant>/summary.json (+ baselines)")
+    ap.add_argument(
+        "--tables-config",
+        required=True,
+        help="JSON: {variants: [{name, label, runnable, not_run_reason, stand_in_for, aux_weight, "
+        "aux_input, space_mode, init_from, init_source, init_note}, ...] in config order, H_list, seeds, bootstrap_B, "
+        "tokenizer_run}",
+    )
+    ap.add_argument(
+        "--probe-summaries", nargs="*", default=[], help="results/probe/<variant>/summary.json (+ baselines)"
+    )
     ap.add_argument("--rollout", nargs="*", default=[], help="results/rollout/<variant>/rollout.json")
     ap.add_argument("--tokenizer-eval", nargs="*", default=[], help="results/tokenizer_eval/<run>/psnr.json")
     ap.add_argument("--train-dirs", nargs="*", default=[], help="results/train/<run> folders")
@@ -214,9 +236,14 @@ def normalise_config(cfg: dict) -> dict:
         raise TablesError(f"tables config: {exc}") from None
 
 
-def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: Iterable = (),
-                tokenizer_eval: Iterable = (), train_dirs: Iterable = (), root: str | os.PathLike | None = None,
-                ) -> Inputs:
+def load_inputs(
+    tables_config: dict,
+    probe_summaries: Iterable = (),
+    rollout: Iterable = (),
+    tokenizer_eval: Iterable = (),
+    train_dirs: Iterable = (),
+    root: str | os.PathLike | None = None,
+) -> Inputs:
     """Read and check every input; a malformed file raises TablesError naming it."""
     cfg = normalise_config(tables_config)
     names = {v["name"] for v in cfg["variants"]}
@@ -239,8 +266,9 @@ def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: It
             rp = sp.parent / ent["path"]
             rec, digest = _load_json_hashed(rp, "probe record")
             if ent.get("sha256") and digest != ent["sha256"]:
-                raise TablesError(f"{rp}: sha256 differs from the one listed in {sp} "
-                                  "(record changed after the summary)")
+                raise TablesError(
+                    f"{rp}: sha256 differs from the one listed in {sp} (record changed after the summary)"
+                )
             _check_probe_record(rec, rp)
             for k in ("feature", "extraction", "probe_mode", "H", "seed"):
                 if k in ent and ent[k] != rec[k]:
@@ -267,8 +295,9 @@ def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: It
             for rname, row in s["rows"].items():
                 for k in ("psnr_frame_mean", "psnr_pooled"):
                     if not isinstance(row, dict) or (row.get(k) is not None and not is_num(row.get(k))):
-                        raise TablesError(f"{rp}: malformed rollout record: sets.{sname}.rows.{rname}.{k} "
-                                          "is not a number")
+                        raise TablesError(
+                            f"{rp}: malformed rollout record: sets.{sname}.rows.{rname}.{k} is not a number"
+                        )
         if rec["variant"] in rolls:
             raise TablesError(f"{rp}: a second rollout record for variant {rec['variant']!r}")
         track(rp)
@@ -315,6 +344,7 @@ def load_inputs(tables_config: dict, probe_summaries: Iterable = (), rollout: It
 
 # ============================================================================ bootstrap (cached)
 
+
 class BootstrapCache:
     """`bootstrap.r2_replicates` / `paired_r2_diff` at this table's B (the library caches each count matrix)."""
 
@@ -324,17 +354,20 @@ class BootstrapCache:
     def replicates(self, stats: dict, predictor: str, level: str, seed: int, set_name: str) -> np.ndarray:
         return bootstrap.r2_replicates(stats, predictor, level, seed, set_name, self.B)
 
-    def paired(self, stats_a: dict, pred_a: str, stats_b: dict, pred_b: str, level: str, seed: int,
-               set_name: str) -> np.ndarray:
+    def paired(
+        self, stats_a: dict, pred_a: str, stats_b: dict, pred_b: str, level: str, seed: int, set_name: str
+    ) -> np.ndarray:
         return bootstrap.paired_r2_diff(stats_a, pred_a, stats_b, pred_b, level, seed, set_name, self.B)
 
 
 # ============================================================================ aggregation
 
+
 @dataclass
 class Agg:
     """One probe cell aggregated over seeds."""
-    values: dict[int, float | None]               # seed -> R² (None: undefined or missing)
+
+    values: dict[int, float | None]  # seed -> R² (None: undefined or missing)
     mean: float | None = None
     std: float | None = None
     fixed_lists: bool = False
@@ -444,6 +477,7 @@ def n_params_of(inp: Inputs, variant: str) -> int | None:
 
 
 # ============================================================================ rollout and tokenizer records
+
 
 def rollout_row(rec: dict | None, row: str, set_name: str = "test_ood") -> dict | None:
     return dig(rec, ("sets", set_name, "rows", row)) if rec else None

@@ -12,18 +12,34 @@ import os
 from pathlib import Path
 
 STAGES = {  # rule -> stage, in DAG order
-    "make_synthetic": "data", "preprocess": "data", "splits": "data", "data_sanity": "data",
-    "train_tokenizer": "tokenizer", "tokenizer_eval": "evaluation",
-    "train_dynamics": "dynamics", "dynamics_not_run": "dynamics",
-    "probe": "evaluation", "probe_baselines": "evaluation", "rollout_eval": "evaluation",
-    "tables": "tables and archive", "archive": "tables and archive", "report_assets": "report",
+    "make_synthetic": "data",
+    "preprocess": "data",
+    "splits": "data",
+    "data_sanity": "data",
+    "train_tokenizer": "tokenizer",
+    "tokenizer_eval": "evaluation",
+    "train_dynamics": "dynamics",
+    "dynamics_not_run": "dynamics",
+    "probe": "evaluation",
+    "probe_baselines": "evaluation",
+    "rollout_eval": "evaluation",
+    "tables": "tables and archive",
+    "archive": "tables and archive",
+    "report_assets": "report",
     "collect_dmcontrol": "DMControl collection and pretraining",
     "pretrain_dmcontrol": "DMControl collection and pretraining",
 }
 #: jobs of a shared rule that belong to the DMControl pretraining (benchmark file stem = the default run names)
 DMCONTROL_RUNS = {"tokenizer_dmcontrol", "dynamics_dmcontrol", "tokenizer_dmcontrol_libero"}
-ORDER = ["data", "tokenizer", "DMControl collection and pretraining", "dynamics", "evaluation",
-         "tables and archive", "report"]
+ORDER = [
+    "data",
+    "tokenizer",
+    "DMControl collection and pretraining",
+    "dynamics",
+    "evaluation",
+    "tables and archive",
+    "report",
+]
 
 
 def stage_of(rule: str, job: str) -> str:
@@ -52,8 +68,16 @@ def read_benchmarks(bench_dir: str | os.PathLike, exclude_rules: tuple[str, ...]
         secs = sum(_num(r.get("s")) or 0.0 for r in recs)
         rss = [x for x in (_num(r.get("max_rss")) for r in recs) if x is not None]
         cpu = [x for x in (_num(r.get("cpu_time")) for r in recs) if x is not None]
-        rows.append({"rule": rule, "job": job, "stage": stage_of(rule, job), "s": secs,
-                     "max_rss_mb": max(rss) if rss else None, "cpu_s": sum(cpu) if cpu else None})
+        rows.append(
+            {
+                "rule": rule,
+                "job": job,
+                "stage": stage_of(rule, job),
+                "s": secs,
+                "max_rss_mb": max(rss) if rss else None,
+                "cpu_s": sum(cpu) if cpu else None,
+            }
+        )
     return rows
 
 

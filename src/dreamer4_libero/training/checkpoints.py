@@ -14,7 +14,8 @@ newest file that does not load (truncated, corrupt bytes caught by the zip CRC-3
 is skipped with a warning in favour of the previous one. Every file is written to a temp file in the
 same dir, fsynced, renamed with ``os.replace`` and the dir fsynced, so a kill at any moment leaves
 either the old or the new file (a killed write's temp file is removed by the next lock holder); a
-failed write (disk full) raises ``CheckpointWriteError`` and leaves the older files as they were. Every file loads with ``torch.load(weights_only=True)``: it contains only tensors, Python
+failed write (disk full) raises ``CheckpointWriteError`` and leaves the older files as they were. Every file
+loads with ``torch.load(weights_only=True)``: it contains only tensors, Python
 numbers/str/bool/None and plain lists/tuples/dicts (RNG states in those forms, see ``rng_state``).
 
 Checkpoint dict (upstream keys first): ``step`` (int, number of completed optimizer updates),
@@ -112,8 +113,11 @@ def _fault_pause(tmp: Path, final: Path) -> None:
     match = os.environ.get(FAULT_MATCH_ENV)
     if match and final.name != match:
         return
-    print(f"{FAULT_MARKER}: {tmp} -> {final}; pausing {float(secs)} s before os.replace ({FAULT_PAUSE_ENV})",
-          file=sys.stderr, flush=True)
+    print(
+        f"{FAULT_MARKER}: {tmp} -> {final}; pausing {float(secs)} s before os.replace ({FAULT_PAUSE_ENV})",
+        file=sys.stderr,
+        flush=True,
+    )
     time.sleep(float(secs))
 
 
@@ -123,9 +127,11 @@ def _write_failure(e: BaseException, final: Path) -> str:
     while err is not None and not isinstance(err, OSError) and id(err) not in seen:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
-    hints = {errno.ENOSPC: "no space left on device: the disk is full",
-             errno.EDQUOT: "disk quota exceeded",
-             errno.EFBIG: "file too large: the file size limit (ulimit -f / RLIMIT_FSIZE) was reached"}
+    hints = {
+        errno.ENOSPC: "no space left on device: the disk is full",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file too large: the file size limit (ulimit -f / RLIMIT_FSIZE) was reached",
+    }
     if isinstance(err, OSError) and err.errno in hints:
         why = f"{hints[err.errno]} ({err})"
     else:
@@ -153,7 +159,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
         raise CheckpointWriteError(
             f"checkpoint write failed: {final}: {_write_failure(e, final)}. The temp file was removed and "
             f"the older checkpoints in {final.parent} are untouched; free space (or lower keep_last) and run "
-            f"again to resume from the newest of them") from e
+            f"again to resume from the newest of them"
+        ) from e
     return final
 
 
@@ -235,8 +242,9 @@ def _validate(ckpt: Any, path: Path, model_key: str | None) -> None:
         raise ValueError(f"no state dict under key {model_key!r} (keys: {sorted(ckpt)})")
 
 
-def load_latest_valid(ckpt_dir: str | os.PathLike, model_key: str | None = None,
-                      map_location: Any = "cpu", log=None) -> tuple[Path | None, dict | None]:
+def load_latest_valid(
+    ckpt_dir: str | os.PathLike, model_key: str | None = None, map_location: Any = "cpu", log=None
+) -> tuple[Path | None, dict | None]:
     """Newest checkpoint that loads and validates, newest first; each skipped file gives a warning.
 
     Each file's zip CRC-32s are checked first (``verify_zip_crc``): corrupt bytes never resume a run.
@@ -283,9 +291,14 @@ def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state({"bit_generator": n["bit_generator"],
-                         "state": {"key": np.asarray(n["state"]["key"], dtype=np.uint32), "pos": int(n["state"]["pos"])},
-                         "has_gauss": int(n["has_gauss"]), "gauss": float(n["gauss"])})
+    np.random.set_state(
+        {
+            "bit_generator": n["bit_generator"],
+            "state": {"key": np.asarray(n["state"]["key"], dtype=np.uint32), "pos": int(n["state"]["pos"])},
+            "has_gauss": int(n["has_gauss"]),
+            "gauss": float(n["gauss"]),
+        }
+    )
 
 
 def seed_everything(seed: int, device: torch.device | None = None) -> None:
@@ -364,14 +377,27 @@ def unwrap_state_dict(sd: dict) -> dict:
             changed = False
             for pre in ("module.", "_orig_mod."):
                 if k.startswith(pre):
-                    k, changed = k[len(pre):], True
+                    k, changed = k[len(pre) :], True
         out[k] = v
     return out
 
 
-def build_checkpoint(*, step: int, model_key: str, model_state: dict, opt_state: dict, scaler_state: dict,
-                     args: dict, rng: dict, rng_by_rank: list | None, data: dict, world_size: int,
-                     config: dict, metrics_tail: list | None = None, extra_states: dict | None = None) -> dict:
+def build_checkpoint(
+    *,
+    step: int,
+    model_key: str,
+    model_state: dict,
+    opt_state: dict,
+    scaler_state: dict,
+    args: dict,
+    rng: dict,
+    rng_by_rank: list | None,
+    data: dict,
+    world_size: int,
+    config: dict,
+    metrics_tail: list | None = None,
+    extra_states: dict | None = None,
+) -> dict:
     """Assemble the checkpoint dict (upstream key layout plus ours, see the module docstring)."""
     args = to_plain(args or {})
     ck = {
@@ -386,16 +412,17 @@ def build_checkpoint(*, step: int, model_key: str, model_state: dict, opt_state:
         ck[key] = unwrap_state_dict(state)
     if "scale_pos_embeds" in args:
         ck["scale_pos_embeds"] = bool(args["scale_pos_embeds"])
-    ck.update({
-        "rng": rng,
-        "data": {k: int(v) for k, v in data.items()},
-        "world_size": int(world_size),
-        "config": to_plain(config),
-        "format": FORMAT,
-    })
+    ck.update(
+        {
+            "rng": rng,
+            "data": {k: int(v) for k, v in data.items()},
+            "world_size": int(world_size),
+            "config": to_plain(config),
+            "format": FORMAT,
+        }
+    )
     if rng_by_rank is not None:
         ck["rng_by_rank"] = rng_by_rank
     if metrics_tail is not None:
         ck["metrics_tail"] = to_plain(metrics_tail)
     return ck
-

@@ -26,11 +26,14 @@ from ..cli import SetupError
 #: set by the workflow from config `allow_cpu_fallback` (rules/common.smk shell prefix)
 ALLOW_CPU_FALLBACK_ENV = "D4L_ALLOW_CPU_FALLBACK"
 TORCH_PIN = "2.13.0"
-FIX = (f"install the CUDA build of the pinned torch=={TORCH_PIN} (`pip uninstall -y torch; pip install "
-       f"torch=={TORCH_PIN} --index-url https://download.pytorch.org/whl/cu<XYZ>` with a CUDA version your "
-       f"driver supports; docs/slurm.md, \"GPUs: the CUDA build of torch\"), check that the job really got GPUs (`make check-gpu` on "
-       f"a GPU node), or - only where the GPUs are fake on purpose - set `allow_cpu_fallback: true` in the "
-       f"config")
+FIX = (
+    f"install the CUDA build of the pinned torch=={TORCH_PIN} (`pip uninstall -y torch; pip install "
+    f"torch=={TORCH_PIN} --index-url https://download.pytorch.org/whl/cu<XYZ>` with a CUDA version your "
+    f"driver supports; docs/slurm.md, \"GPUs: the CUDA build of torch\"), "
+    f"check that the job really got GPUs (`make check-gpu` on "
+    f"a GPU node), or - only where the GPUs are fake on purpose - set `allow_cpu_fallback: true` in the "
+    f"config"
+)
 
 
 class GPUUnavailableError(SetupError):
@@ -51,19 +54,36 @@ def build_info() -> dict:
     gpus = []
     for i in range(torch.cuda.device_count() if cuda else 0):
         p = torch.cuda.get_device_properties(i)
-        gpus.append({"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
-                     "capability": f"{p.major}.{p.minor}"})
-    return {"torch": str(torch.__version__), "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if cuda else None, "nccl": _nccl_version() if cuda else None,
-            "cuda_available": cuda, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpus": gpus}
+        gpus.append(
+            {
+                "index": i,
+                "name": p.name,
+                "memory_gib": round(p.total_memory / 2**30, 1),
+                "capability": f"{p.major}.{p.minor}",
+            }
+        )
+    return {
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "nccl": _nccl_version() if cuda else None,
+        "cuda_available": cuda,
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "gpus": gpus,
+    }
 
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def require_gpus(expected: int, allow_cpu_fallback: bool | None = None, *, who: str = "this job",
-                 stop: str = "stopped before loading any data") -> bool:
+def require_gpus(
+    expected: int,
+    allow_cpu_fallback: bool | None = None,
+    *,
+    who: str = "this job",
+    stop: str = "stopped before loading any data",
+) -> bool:
     """Check that torch sees at least ``expected`` GPUs (per node: each torchrun rank sees the node's GPUs).
 
     Returns True when the job runs on its GPUs (or expects none). Otherwise raises ``GPUUnavailableError``
@@ -77,16 +97,21 @@ def require_gpus(expected: int, allow_cpu_fallback: bool | None = None, *, who: 
     if seen >= expected:
         return True
     info = build_info()
-    what = (f"{who} was given {expected} GPU(s) but torch sees {seen}: torch {info['torch']} "
-            f"(torch.version.cuda={info['cuda']}{', a CPU-only build' if info['cuda'] is None else ''}), "
-            f"CUDA_VISIBLE_DEVICES={info['CUDA_VISIBLE_DEVICES']!r}")
+    what = (
+        f"{who} was given {expected} GPU(s) but torch sees {seen}: torch {info['torch']} "
+        f"(torch.version.cuda={info['cuda']}{', a CPU-only build' if info['cuda'] is None else ''}), "
+        f"CUDA_VISIBLE_DEVICES={info['CUDA_VISIBLE_DEVICES']!r}"
+    )
     if allow_cpu_fallback is None:
         allow_cpu_fallback = _env_flag(ALLOW_CPU_FALLBACK_ENV)
     if allow_cpu_fallback:
         bar = "!" * 100
-        print(f"{bar}\nWARNING: {what}.\nWARNING: allow_cpu_fallback is set: running on "
-              f"{'the CPU' if seen == 0 else f'{seen} GPU(s)'} instead. Never do this for a real run.\n{bar}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{bar}\nWARNING: {what}.\nWARNING: allow_cpu_fallback is set: running on "
+            f"{'the CPU' if seen == 0 else f'{seen} GPU(s)'} instead. Never do this for a real run.\n{bar}",
+            file=sys.stderr,
+            flush=True,
+        )
         return False
     raise GPUUnavailableError(f"{what}; {stop}. Fix: {FIX}.")
 
@@ -119,8 +144,11 @@ def print_build_info(out=None) -> dict:
     if info["cuda"] is None:
         print(f"{'build':>20}: CPU-only torch build (no CUDA)", file=out)
     for gpu in info["gpus"]:
-        print(f"{'gpu ' + str(gpu['index']):>20}: {gpu['name']}, {gpu['memory_gib']} GiB, "
-              f"compute capability {gpu['capability']}", file=out)
+        print(
+            f"{'gpu ' + str(gpu['index']):>20}: {gpu['name']}, {gpu['memory_gib']} GiB, "
+            f"compute capability {gpu['capability']}",
+            file=out,
+        )
     return info
 
 

@@ -59,8 +59,21 @@ STALE_S = 120.0
 BREAK_STALE_S = 30.0
 # flock errors that mean "this filesystem does not do flock", not "somebody holds it"
 _FLOCK_UNSUPPORTED = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK}
-_SLURM_ALIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
-                "SIGNALING", "STAGE_OUT", "STOPPED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
+_SLURM_ALIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESV_DEL_HOLD",
+}
 
 
 class CheckpointLockError(RuntimeError):
@@ -163,13 +176,20 @@ class CheckpointLock:
                     self.mechanism, self.why_file = "lock file", "held by a trainer that uses the lock file"
                     raise CheckpointLockError(self._held_message(excl, why))
             return self
-        print(f"[checkpoint lock] {self.dir}: using the lock file {EXCL_NAME}: {self.why_file}", file=sys.stderr,
-              flush=True)
+        print(
+            f"[checkpoint lock] {self.dir}: using the lock file {EXCL_NAME}: {self.why_file}",
+            file=sys.stderr,
+            flush=True,
+        )
         return self._acquire_file()
 
     def _info(self) -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
 
     def _try_flock(self, strict: bool) -> bool:
         """True when flock is held; False when the filesystem does not support it (``why_file`` says so)."""
@@ -226,8 +246,10 @@ class CheckpointLock:
             self._beat = threading.Thread(target=self._heartbeat, name="ckpt-lock-heartbeat", daemon=True)
             self._beat.start()
             return self
-        raise CheckpointLockError(f"checkpoint dir {self.dir}: could not create {EXCL_NAME} after removing a dead "
-                                  f"holder's lock 3 times (other trainers are racing for it)")
+        raise CheckpointLockError(
+            f"checkpoint dir {self.dir}: could not create {EXCL_NAME} after removing a dead "
+            f"holder's lock 3 times (other trainers are racing for it)"
+        )
 
     # -- the lock file's holder ----------------------------------------------------------------
     @staticmethod
@@ -281,14 +303,19 @@ class CheckpointLock:
                     return
             except FileNotFoundError:
                 return
-            raise CheckpointLockError(f"checkpoint dir {self.dir}: another trainer is removing the dead lock of "
-                                      f"{self._who(holder)} right now (lock: {self._mechanism_note()})") from None
+            raise CheckpointLockError(
+                f"checkpoint dir {self.dir}: another trainer is removing the dead lock of "
+                f"{self._who(holder)} right now (lock: {self._mechanism_note()})"
+            ) from None
         try:
             os.close(fd)
             if self._read(self.excl).get("token") == holder.get("token"):
                 self.excl.unlink(missing_ok=True)
-                print(f"[checkpoint lock] {self.dir}: removed the stale lock of {self._who(holder)}: {why}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[checkpoint lock] {self.dir}: removed the stale lock of {self._who(holder)}: {why}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
             brk.unlink(missing_ok=True)
 
@@ -301,17 +328,23 @@ class CheckpointLock:
                 os.utime(self.excl)
             except OSError as e:
                 if not warned:
-                    print(f"[checkpoint lock] WARNING {self.excl}: heartbeat failed ({e}); another trainer may "
-                          f"take this dir over", file=sys.stderr, flush=True)
+                    print(
+                        f"[checkpoint lock] WARNING {self.excl}: heartbeat failed ({e}); another trainer may "
+                        f"take this dir over",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     warned = True
 
     # -- messages ------------------------------------------------------------------------------
     @staticmethod
     def _who(info: dict) -> str:
-        parts = [f"pid {info['pid']}" if info.get("pid") else "",
-                 f"on {info['host']}" if info.get("host") else "",
-                 f"(Slurm job {info['slurm_job_id']})" if info.get("slurm_job_id") else "",
-                 f"since {info['since']}" if info.get("since") else ""]
+        parts = [
+            f"pid {info['pid']}" if info.get("pid") else "",
+            f"on {info['host']}" if info.get("host") else "",
+            f"(Slurm job {info['slurm_job_id']})" if info.get("slurm_job_id") else "",
+            f"since {info['since']}" if info.get("since") else "",
+        ]
         return " ".join(p for p in parts if p) or "another process (holder not recorded)"
 
     def _mechanism_note(self) -> str:
@@ -321,8 +354,10 @@ class CheckpointLock:
 
     def _held_message(self, holder: dict, why: str) -> str:
         alive = f"; it is alive: {why}" if why else ""
-        return (f"checkpoint dir {self.dir} is locked by {self._who(holder)}: another trainer is using it "
-                f"(lock: {self._mechanism_note()}{alive}). Stop that trainer or use another --ckpt-dir.")
+        return (
+            f"checkpoint dir {self.dir} is locked by {self._who(holder)}: another trainer is using it "
+            f"(lock: {self._mechanism_note()}{alive}). Stop that trainer or use another --ckpt-dir."
+        )
 
     # -- release -------------------------------------------------------------------------------
     @property

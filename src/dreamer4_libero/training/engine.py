@@ -53,8 +53,16 @@ import torch.nn as nn
 from ..fileio import sha256_file, write_json
 from ..models.blocks import set_activation_checkpointing, set_attention_backend
 from ..provenance import code_version
-from .checkpoints import (CheckpointLock, CheckpointLockError, build_checkpoint, rng_state, save_checkpoint,
-                          seed_everything, step_path, to_json_plain)
+from .checkpoints import (
+    CheckpointLock,
+    CheckpointLockError,
+    build_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    step_path,
+    to_json_plain,
+)
 from .engine_config import EngineConfig
 from .metrics import MetricsLog, export_metrics
 from .monitor import TB_DIR, build_sinks, export_tensorboard
@@ -175,8 +183,7 @@ class Trainer:
         # every attempt's lines, kept beside the checkpoints: Snakemake wipes the rule's log: file on a retry
         if self.ckpt_dir.is_dir():
             with open(self.ckpt_dir / "train.log", "a") as fh:
-                fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} job {os.environ.get('SLURM_JOB_ID') or '-'} "
-                         f"{line}\n")
+                fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} job {os.environ.get('SLURM_JOB_ID') or '-'} {line}\n")
 
     def _collective_tensor(self, values: list[float]) -> torch.Tensor:
         dev = self.device if self.device.type == "cuda" else torch.device("cpu")
@@ -216,10 +223,15 @@ class Trainer:
         self.resolved = {
             "engine": to_json_plain(asdict(cfg)),
             "task": to_json_plain(_task_config(task)),
-            "runtime": {"world_size": self.world, "nodes": self.nodes, "device": self.device.type,
-                        "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
-                        "grad_scaler": self.use_scaler, "backend": dist.get_backend() if self.world > 1 else None,
-                        "torch": str(torch.__version__)},
+            "runtime": {
+                "world_size": self.world,
+                "nodes": self.nodes,
+                "device": self.device.type,
+                "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+                "grad_scaler": self.use_scaler,
+                "backend": dist.get_backend() if self.world > 1 else None,
+                "torch": str(torch.__version__),
+            },
         }
 
         # which checkpoint: rank 0 decides, everyone loads that file
@@ -253,19 +265,32 @@ class Trainer:
 
             # upstream: broadcast_buffers=False (no buffer sync in forward); torch >= 2.12 spells it
             # forward_sync_buffers=False (buffers are still synced once at construction, harmless here)
-            no_buf = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                      else {"broadcast_buffers": False})
-            self.wrapped = DDP(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
-                               find_unused_parameters=cfg.find_unused_parameters, static_graph=cfg.static_graph,
-                               **no_buf)
+            no_buf = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                else {"broadcast_buffers": False}
+            )
+            self.wrapped = DDP(
+                self.model,
+                device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.find_unused_parameters,
+                static_graph=cfg.static_graph,
+                **no_buf,
+            )
         else:
             self.wrapped = self.model
 
         fused = self.device.type == "cuda" and cfg.fused_adamw != "off"
         if cfg.fused_adamw == "on" and not fused:
             self.log("fused_adamw=on requested but not on CUDA: using the foreach AdamW")
-        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.lr, cfg.lr_mult), lr=cfg.lr, betas=cfg.betas,
-                                     eps=cfg.eps, weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
+        self.opt = torch.optim.AdamW(
+            param_groups(self.model, cfg.lr, cfg.lr_mult),
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            **({"fused": True} if fused else {}),
+        )
         if cfg.compile:
             # compile the module the loss calls; self.model stays the plain module that is saved
             self.wrapped = torch.compile(self.wrapped)
@@ -274,16 +299,27 @@ class Trainer:
             if ck.get("opt"):
                 self.opt.load_state_dict(ck["opt"])
                 for g in self.opt.param_groups:  # the run's config wins (constant lr, no schedule)
-                    g.update(lr=cfg.lr * g.get("lr_mult", 1.0), betas=cfg.betas, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay)
+                    g.update(
+                        lr=cfg.lr * g.get("lr_mult", 1.0), betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+                    )
             if self.use_scaler and ck.get("scaler"):
                 self.scaler.load_state_dict(ck["scaler"])
             restore_rng(ck, self.rank, self.world, self.device, cfg.seed, self.step, self.log)
 
         # files (rank 0); the live-view sinks are fed by the same log call as metrics.jsonl
-        sinks = (build_sinks(self.ckpt_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
-                             wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity, run_name=cfg.run_name,
-                             config=self.resolved) if self.is_main else [])
+        sinks = (
+            build_sinks(
+                self.ckpt_dir,
+                tensorboard=cfg.tensorboard,
+                wandb=cfg.wandb,
+                wandb_project=cfg.wandb_project,
+                wandb_entity=cfg.wandb_entity,
+                run_name=cfg.run_name,
+                config=self.resolved,
+            )
+            if self.is_main
+            else []
+        )
         self.metrics = MetricsLog(self.ckpt_dir, enabled=self.is_main, sinks=sinks)
         if self.is_main:
             dropped = self.metrics.truncate_after(step)
@@ -292,12 +328,20 @@ class Trainer:
             if ck is not None and not self.metrics.path.exists() and ck.get("metrics_tail"):
                 for rec in ck["metrics_tail"]:
                     self.metrics.append(rec)
-            self.attempt = {"event": "start", "job_id": os.environ.get("SLURM_JOB_ID"),
-                            "attempt": os.environ.get("SNAKEMAKE_ATTEMPT"), "start_step": step,
-                            "resumed_from": str(path) if path else None, "pid": os.getpid(),
-                            "host": socket.gethostname(), "world_size": self.world, "nodes": self.nodes,
-                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "max_steps": cfg.max_steps,
-                            "code": code_version()}
+            self.attempt = {
+                "event": "start",
+                "job_id": os.environ.get("SLURM_JOB_ID"),
+                "attempt": os.environ.get("SNAKEMAKE_ATTEMPT"),
+                "start_step": step,
+                "resumed_from": str(path) if path else None,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "world_size": self.world,
+                "nodes": self.nodes,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "max_steps": cfg.max_steps,
+                "code": code_version(),
+            }
             append_jsonl(self.ckpt_dir / "attempts.jsonl", self.attempt)
         if path is not None:
             self.log(f"RESUMED from {path} at step {step}")
@@ -305,11 +349,15 @@ class Trainer:
             self.log(f"fresh start at step 0 (ckpt dir {self.ckpt_dir})")
         if self.is_main:
             n_params = sum(p.numel() for p in self.model.parameters())
-            self.log(f"world_size {self.world} on {self.nodes} node(s), device {self.device}, "
-                     f"amp {self.resolved['runtime']['amp']}, params {n_params:,}, max_steps {cfg.max_steps}")
+            self.log(
+                f"world_size {self.world} on {self.nodes} node(s), device {self.device}, "
+                f"amp {self.resolved['runtime']['amp']}, params {n_params:,}, max_steps {cfg.max_steps}"
+            )
             if self.deadline is not None:
-                self.log(f"deadline {time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(self.deadline))} "
-                         f"({self.deadline_source}), stopping {cfg.deadline_margin_s:g} s before it")
+                self.log(
+                    f"deadline {time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(self.deadline))} "
+                    f"({self.deadline_source}), stopping {cfg.deadline_margin_s:g} s before it"
+                )
             if cfg.tensorboard:
                 self.log(f"TensorBoard: tensorboard --logdir {self.ckpt_dir / TB_DIR}")
             if cfg.wandb != "off":
@@ -328,16 +376,31 @@ class Trainer:
         path = None
         if self.is_main:
             t = time.monotonic()
-            states = (self.task.checkpoint_states(self.raw_model) if hasattr(self.task, "checkpoint_states")
-                      else {cfg.model_key: self.raw_model.state_dict()})
+            states = (
+                self.task.checkpoint_states(self.raw_model)
+                if hasattr(self.task, "checkpoint_states")
+                else {cfg.model_key: self.raw_model.state_dict()}
+            )
             ck = build_checkpoint(
-                step=self.step, model_key=cfg.model_key, model_state=states.pop(cfg.model_key), extra_states=states,
-                opt_state=self.opt.state_dict(), scaler_state=self.scaler.state_dict() if self.use_scaler else {},
-                args=cfg.extra_args, rng=state, rng_by_rank=by_rank,
-                data={"next_step": self.data_next, "grad_accum": cfg.grad_accum}, world_size=self.world,
-                config=self.resolved, metrics_tail=self.metrics.tail(cfg.metrics_tail))
-            ck["nonfinite"] = {"policy": cfg.nonfinite, "skipped": len(self.skipped),
-                               "skipped_updates": list(self.skipped)}
+                step=self.step,
+                model_key=cfg.model_key,
+                model_state=states.pop(cfg.model_key),
+                extra_states=states,
+                opt_state=self.opt.state_dict(),
+                scaler_state=self.scaler.state_dict() if self.use_scaler else {},
+                args=cfg.extra_args,
+                rng=state,
+                rng_by_rank=by_rank,
+                data={"next_step": self.data_next, "grad_accum": cfg.grad_accum},
+                world_size=self.world,
+                config=self.resolved,
+                metrics_tail=self.metrics.tail(cfg.metrics_tail),
+            )
+            ck["nonfinite"] = {
+                "policy": cfg.nonfinite,
+                "skipped": len(self.skipped),
+                "skipped_updates": list(self.skipped),
+            }
             path = save_checkpoint(self.ckpt_dir, ck, keep_last=cfg.keep_last)
             self.metrics.sync()
             self.max_write_s = max(self.max_write_s, time.monotonic() - t)
@@ -373,8 +436,10 @@ class Trainer:
         return save_at is not None and time.time() + (self.step_ema_s or 0.0) > save_at
 
     def stop_reason(self) -> str | None:
-        flags = self.all_reduce([float(self._deadline_flag()), float(self.stop_signal is not None)], op=dist.ReduceOp.MAX
-                                if self.world > 1 else None)
+        flags = self.all_reduce(
+            [float(self._deadline_flag()), float(self.stop_signal is not None)],
+            op=dist.ReduceOp.MAX if self.world > 1 else None,
+        )
         if flags[1] > 0:
             return self.stop_signal or "SIGTERM"  # another rank's signal: Slurm's SIGTERM
         if flags[0] > 0:
@@ -391,8 +456,9 @@ class Trainer:
             try:
                 batch = next(it)
             except StopIteration:
-                raise RuntimeError(f"task.batches() ended at data index {self.data_next} "
-                                   f"(step {self.step}, max_steps {cfg.max_steps})") from None
+                raise RuntimeError(
+                    f"task.batches() ended at data index {self.data_next} (step {self.step}, max_steps {cfg.max_steps})"
+                ) from None
             self.data_next += 1
             mover = getattr(self.task, "to_device", None)
             batch = mover(batch, self.device) if mover else to_device(batch, self.device)
@@ -401,7 +467,7 @@ class Trainer:
             with sync:
                 with self.autocast():
                     out = self.task.loss(self.wrapped, batch, self.step)
-                loss, metrics = (out if isinstance(out, tuple) else (out, {}))
+                loss, metrics = out if isinstance(out, tuple) else (out, {})
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     raise TypeError("task.loss must return a scalar tensor as its first item")
                 loss = loss.float().reshape(())
@@ -444,21 +510,31 @@ class Trainer:
     def _on_nonfinite(self, where: str) -> None:
         """A non-finite loss in the current update: raise (stop, or skip over budget) or mark it skipped."""
         cfg = self.cfg
-        what = (f"non-finite loss at step {self.step} (update {self.step + 1} of {cfg.max_steps}, "
-                f"data index {self.data_next - 1}): {where}")
-        last = (f"the newest checkpoint, {self.last_ckpt}, is the last good state (rerun to resume from it)"
-                if self.last_ckpt is not None else "no checkpoint was written yet (a rerun starts fresh)")
+        what = (
+            f"non-finite loss at step {self.step} (update {self.step + 1} of {cfg.max_steps}, "
+            f"data index {self.data_next - 1}): {where}"
+        )
+        last = (
+            f"the newest checkpoint, {self.last_ckpt}, is the last good state (rerun to resume from it)"
+            if self.last_ckpt is not None
+            else "no checkpoint was written yet (a rerun starts fresh)"
+        )
         if cfg.nonfinite == "stop":
-            raise FloatingPointError(f"{what}. nonfinite=stop: training stopped; {last}. "
-                                     f"Set nonfinite: skip to skip such updates instead")
+            raise FloatingPointError(
+                f"{what}. nonfinite=stop: training stopped; {last}. Set nonfinite: skip to skip such updates instead"
+            )
         if len(self.skipped) + 1 > cfg.nonfinite_max_skips:
-            raise FloatingPointError(f"{what}. nonfinite=skip: {len(self.skipped)} updates already skipped, "
-                                     f"nonfinite_max_skips={cfg.nonfinite_max_skips} reached: training stopped; "
-                                     f"{last}")
+            raise FloatingPointError(
+                f"{what}. nonfinite=skip: {len(self.skipped)} updates already skipped, "
+                f"nonfinite_max_skips={cfg.nonfinite_max_skips} reached: training stopped; "
+                f"{last}"
+            )
         self.skipped.append(self.step + 1)
         self._skip_now = True
-        msg = (f"{what}; update skipped (nonfinite=skip: no optimizer step, gradients zeroed), "
-               f"{len(self.skipped)} skipped so far (nonfinite_max_skips {cfg.nonfinite_max_skips})")
+        msg = (
+            f"{what}; update skipped (nonfinite=skip: no optimizer step, gradients zeroed), "
+            f"{len(self.skipped)} skipped so far (nonfinite_max_skips {cfg.nonfinite_max_skips})"
+        )
         self.log("WARNING " + msg)
         if self.is_main:
             warnings.warn(msg, NonFiniteLossWarning, stacklevel=2)
@@ -470,8 +546,14 @@ class Trainer:
             from tqdm.auto import tqdm
 
             tty = sys.stderr.isatty()
-            self.pbar = tqdm(total=cfg.max_steps, initial=self.step, desc=cfg.run_name, dynamic_ncols=True,
-                             mininterval=0.5 if tty else 30.0, smoothing=0.1)
+            self.pbar = tqdm(
+                total=cfg.max_steps,
+                initial=self.step,
+                desc=cfg.run_name,
+                dynamic_ncols=True,
+                mininterval=0.5 if tty else 30.0,
+                smoothing=0.1,
+            )
         it = iter(self.task.batches(self.data_next, self.rank, self.world))
         t_log, s_log = time.monotonic(), self.step
         progress = Progress(self.step, cfg.max_steps)  # this attempt's rate; ETA over all attempts
@@ -495,10 +577,16 @@ class Trainer:
                     now = time.monotonic()
                     sps = (self.step - s_log) / max(now - t_log, 1e-9)
                     t_log, s_log = now, self.step
-                    rec = {"step": self.step, "loss": loss, **metrics,
-                           **{k: _float(v) for k, v in (extra or {}).items()},
-                           "lr": self.cfg.lr, "steps_per_s": sps,
-                           "elapsed_s": time.time() - self.start_time, "time": time.time()}
+                    rec = {
+                        "step": self.step,
+                        "loss": loss,
+                        **metrics,
+                        **{k: _float(v) for k, v in (extra or {}).items()},
+                        "lr": self.cfg.lr,
+                        "steps_per_s": sps,
+                        "elapsed_s": time.time() - self.start_time,
+                        "time": time.time(),
+                    }
                     self.metrics.append(rec)  # metrics.jsonl + TensorBoard / W&B, flushed
                     if self.pbar is None or not sys.stderr.isatty():
                         save_at = self._deadline_save_at()
@@ -506,8 +594,9 @@ class Trainer:
                 if want_images and (self.step % every_img == 0 or self.step == cfg.max_steps):
                     want_images = self._images()
                 if self.pbar is not None:
-                    self.pbar.set_postfix(loss=f"{loss:.4g}", sps=f"{1.0 / max(self.step_ema_s, 1e-9):.2f}",
-                                          refresh=False)
+                    self.pbar.set_postfix(
+                        loss=f"{loss:.4g}", sps=f"{1.0 / max(self.step_ema_s, 1e-9):.2f}", refresh=False
+                    )
                     self.pbar.update(1)
 
                 saved = False
@@ -548,8 +637,10 @@ class Trainer:
             self.metrics.images(self.step, imgs or {})
             return True
         except Exception as e:
-            self.log(f"WARNING pictures of step {self.step} failed ({type(e).__name__}: {e}); "
-                     f"no more pictures in this attempt, training goes on")
+            self.log(
+                f"WARNING pictures of step {self.step} failed ({type(e).__name__}: {e}); "
+                f"no more pictures in this attempt, training goes on"
+            )
             return False
         finally:
             for m, was in modes:
@@ -557,12 +648,20 @@ class Trainer:
 
     def _end_record(self, status: str, reason: str | None = None) -> None:
         if self.is_main:
-            append_jsonl(self.ckpt_dir / "attempts.jsonl",
-                          {"event": "end", "status": status, "reason": reason, "step": self.step,
-                           "skipped_nonfinite": len(self.skipped),
-                           "job_id": os.environ.get("SLURM_JOB_ID"), "pid": os.getpid(),
-                           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                           "wall_s": time.time() - self.start_time})
+            append_jsonl(
+                self.ckpt_dir / "attempts.jsonl",
+                {
+                    "event": "end",
+                    "status": status,
+                    "reason": reason,
+                    "step": self.step,
+                    "skipped_nonfinite": len(self.skipped),
+                    "job_id": os.environ.get("SLURM_JOB_ID"),
+                    "pid": os.getpid(),
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "wall_s": time.time() - self.start_time,
+                },
+            )
 
     # -- final outputs (rank 0, after the process group is gone) ----------------------------------
     def finish(self) -> None:
@@ -574,8 +673,12 @@ class Trainer:
         if final is None or not final.exists():
             raise RuntimeError(f"no final checkpoint for step {self.step} in {self.ckpt_dir}")
         history = read_attempts(self.ckpt_dir)
-        conf = {**self.resolved, "final_step": self.step, "final_checkpoint": str(final.resolve()),
-                "history": [h for h in history if h.get("event") == "start"]}
+        conf = {
+            **self.resolved,
+            "final_step": self.step,
+            "final_checkpoint": str(final.resolve()),
+            "history": [h for h in history if h.get("event") == "start"],
+        }
         write_json(self.ckpt_dir / "config.json", conf)
         if cfg.out_dir is None:
             self._end_record("done")
@@ -594,12 +697,22 @@ class Trainer:
         extra = None
         if hasattr(self.task, "final_outputs"):
             extra = self.task.final_outputs(self.raw_model, out)
-        write_json(out / "checkpoint.json", {
-            "path": str(final.resolve()), "step": self.step, "sha256": sha256_file(final),
-            "bytes": final.stat().st_size, "model_key": cfg.model_key, "run_name": cfg.run_name,
-            "config": str((self.ckpt_dir / "config.json").resolve()), "plots": [p.name for p in plots],
-            "attempts": len(conf["history"]), "skipped_nonfinite": len(self.skipped),
-            "extra": to_json_plain(extra or {})})
+        write_json(
+            out / "checkpoint.json",
+            {
+                "path": str(final.resolve()),
+                "step": self.step,
+                "sha256": sha256_file(final),
+                "bytes": final.stat().st_size,
+                "model_key": cfg.model_key,
+                "run_name": cfg.run_name,
+                "config": str((self.ckpt_dir / "config.json").resolve()),
+                "plots": [p.name for p in plots],
+                "attempts": len(conf["history"]),
+                "skipped_nonfinite": len(self.skipped),
+                "extra": to_json_plain(extra or {}),
+            },
+        )
         self._end_record("done")
         self.log(f"done at step {self.step}: {final} -> {out}/checkpoint.json")
 
@@ -648,8 +761,9 @@ def train(task: Any, cfg: EngineConfig) -> int:
             if world > 1:
                 (failed,) = run.all_reduce([1.0 if err else 0.0], op=dist.ReduceOp.MAX)
                 if failed and err is None:
-                    err = CheckpointLockError(f"rank 0 could not lock checkpoint dir {cfg.ckpt_dir} "
-                                              "(see rank 0's error)")
+                    err = CheckpointLockError(
+                        f"rank 0 could not lock checkpoint dir {cfg.ckpt_dir} (see rank 0's error)"
+                    )
             if err is not None:
                 raise err
             signals = StopSignals(run.on_stop_signal)  # SIGTERM / Ctrl-C: save at the next step, exit 75

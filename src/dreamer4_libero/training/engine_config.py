@@ -46,8 +46,11 @@ class EngineConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip: float | None = flag(None, "max global grad norm (after unscale, on the unwrapped module); 'none' = off")
-    nonfinite: str = flag("stop", "NaN/inf loss: stop (raise; the newest checkpoint is the last good one) or skip the "
-                          "update", choices=NONFINITE_POLICIES)
+    nonfinite: str = flag(
+        "stop",
+        "NaN/inf loss: stop (raise; the newest checkpoint is the last good one) or skip the update",
+        choices=NONFINITE_POLICIES,
+    )
     nonfinite_max_skips: int = flag(100, "under skip: stop after more skipped updates than this (over all attempts)")
     grad_accum: int = flag(1, "micro-batches per optimizer update")
     save_every: int = flag(1000, "checkpoint every n updates")
@@ -57,8 +60,11 @@ class EngineConfig:
     amp: str = flag("auto", "mixed precision on CUDA; CPU always runs fp32", choices=AMP_MODES)
     deterministic: bool = flag(False, "deterministic algorithms (bitwise-reproducible CPU runs)")
     num_threads: int | None = flag(None, "torch CPU threads (deterministic mode default: 1)")
-    time_limit_min: float | None = flag(None, "this attempt's time limit (Slurm runtime, minutes; the Slurm job's end "
-                                        "time, where earlier, wins: slurm_job.py); 'none' = off")
+    time_limit_min: float | None = flag(
+        None,
+        "this attempt's time limit (Slurm runtime, minutes; the Slurm job's end "
+        "time, where earlier, wins: slurm_job.py); 'none' = off",
+    )
     deadline_margin_s: float = flag(180.0, "save and exit 75 this long before the deadline")
     start_time: float | None = None  # epoch seconds the time limit counts from (default: process start)
     model_key: str = "model"  # "model" (tokenizer) or "dynamics"
@@ -70,10 +76,14 @@ class EngineConfig:
     tf32: bool = True  # CUDA TF32 matmuls (ignored in deterministic mode)
     lr_mult: dict = field(default_factory=dict)  # parameter-name prefix -> lr multiplier (longest prefix wins)
     lr_schedule: str = "constant"  # constant (upstream) | cosine (from lr at update 1 to 0 at max_steps)
-    attention: str = flag("sdpa", "attention kernel: sdpa (fused kernels) or explicit (the written-out reference; "
-                          "models/blocks.py)", choices=ATTENTION_BACKENDS)
-    fused_adamw: str = flag("auto", "fused AdamW (auto = on CUDA); CPU always uses the foreach AdamW",
-                            choices=FUSED_ADAMW_MODES)
+    attention: str = flag(
+        "sdpa",
+        "attention kernel: sdpa (fused kernels) or explicit (the written-out reference; models/blocks.py)",
+        choices=ATTENTION_BACKENDS,
+    )
+    fused_adamw: str = flag(
+        "auto", "fused AdamW (auto = on CUDA); CPU always uses the foreach AdamW", choices=FUSED_ADAMW_MODES
+    )
     compile: bool = flag(False, "torch.compile the model (checkpoints store the uncompiled state dict)")
     activation_checkpointing: bool = flag(False, "recompute each transformer layer in backward (less memory)")
     # live view (training/monitor.py; config `monitoring`): rank 0 only, never part of what a run learns
@@ -88,9 +98,14 @@ class EngineConfig:
         if self.out_dir is not None:
             self.out_dir = os.fspath(self.out_dir)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
-        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("amp", AMP_MODES), ("attention", ATTENTION_BACKENDS),
-                              ("fused_adamw", FUSED_ADAMW_MODES), ("wandb", WANDB_MODES),
-                              ("nonfinite", NONFINITE_POLICIES)):
+        for name, allowed in (
+            ("lr_schedule", LR_SCHEDULES),
+            ("amp", AMP_MODES),
+            ("attention", ATTENTION_BACKENDS),
+            ("fused_adamw", FUSED_ADAMW_MODES),
+            ("wandb", WANDB_MODES),
+            ("nonfinite", NONFINITE_POLICIES),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {'|'.join(allowed)}, got {getattr(self, name)!r}")
         if int(self.max_steps) < 0:
@@ -129,8 +144,15 @@ def optional_float(s: str) -> float:
 
 
 # annotation (as written above) -> argparse type
-_FLAG_TYPES = {"str": str, "str | None": str, "int": int, "int | None": int, "float": float,
-               "float | None": optional_float, "bool": parse_bool}
+_FLAG_TYPES = {
+    "str": str,
+    "str | None": str,
+    "int": int,
+    "int | None": int,
+    "float": float,
+    "float | None": optional_float,
+    "bool": parse_bool,
+}
 
 
 def cli_fields() -> list[dataclasses.Field]:
@@ -157,14 +179,26 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                 kw["metavar"] = "BOOL"
         g.add_argument("--" + f.name.replace("_", "-"), **kw)
     g.add_argument("--ckpt-root", help="instead of --ckpt-dir: <root>/<run>/<identity hash>/ (training/identity.py)")
-    g.add_argument("--expect-gpus", type=int, default=0,
-                   help="GPUs the job's resources give it (per node); more than torch sees stops the job at once "
-                        "(training/devices.py) unless --allow-cpu-fallback")
-    g.add_argument("--allow-cpu-fallback", type=parse_bool, metavar="BOOL",
-                   help=f"run on the CPU when the expected GPUs are missing (default: ${ALLOW_CPU_FALLBACK_ENV})")
-    g.add_argument("--num-workers", type=_opt_workers, metavar="N|auto",
-                   help="data-loader workers per rank (default: the config's num_workers); auto = from the job's "
-                        "CPUs (job_sizing.loader_workers)")
+    g.add_argument(
+        "--expect-gpus",
+        type=int,
+        default=0,
+        help="GPUs the job's resources give it (per node); more than torch sees stops the job at once "
+        "(training/devices.py) unless --allow-cpu-fallback",
+    )
+    g.add_argument(
+        "--allow-cpu-fallback",
+        type=parse_bool,
+        metavar="BOOL",
+        help=f"run on the CPU when the expected GPUs are missing (default: ${ALLOW_CPU_FALLBACK_ENV})",
+    )
+    g.add_argument(
+        "--num-workers",
+        type=_opt_workers,
+        metavar="N|auto",
+        help="data-loader workers per rank (default: the config's num_workers); auto = from the job's "
+        "CPUs (job_sizing.loader_workers)",
+    )
     return parser
 
 
@@ -184,9 +218,23 @@ def engine_config_from_args(args: argparse.Namespace, **base: Any) -> EngineConf
 
 
 #: the engine settings a trainer's config section carries (tokenizer, dynamics.defaults), same names
-SECTION_ENGINE_KEYS = ("max_steps", "lr", "weight_decay", "nonfinite", "nonfinite_max_skips", "save_every", "keep_last",
-                       "log_every", "seed", "amp", "deterministic", "attention", "fused_adamw", "compile",
-                       "activation_checkpointing")
+SECTION_ENGINE_KEYS = (
+    "max_steps",
+    "lr",
+    "weight_decay",
+    "nonfinite",
+    "nonfinite_max_skips",
+    "save_every",
+    "keep_last",
+    "log_every",
+    "seed",
+    "amp",
+    "deterministic",
+    "attention",
+    "fused_adamw",
+    "compile",
+    "activation_checkpointing",
+)
 
 
 def section_engine_config(args: argparse.Namespace, section: dict, **fixed: Any) -> EngineConfig:

@@ -31,12 +31,35 @@ from ..fileio import read_json, write_json
 from ..job_sizing import SCHEDULING_KEYS
 
 #: config keys that never change what a run learns (excluded from the identity)
-VOLATILE_KEYS = frozenset({
-    "nonfinite", "nonfinite_max_skips",  # what to do after a NaN loss: a rerun may switch it and resume
-    "max_steps", "save_every", "keep_last", "log_every", "eval", "run_name", "enabled", "note", "stand_in_for",
-    "label", "name", "runnable", "not_run_reason", "init_paths", "init_source", "init_note",
-    "attention", "fused_adamw", "compile", "activation_checkpointing",  # kernels: the same maths, not bitwise the same floats
-}) | SCHEDULING_KEYS  # where, on what and how long it runs
+VOLATILE_KEYS = (
+    frozenset(
+        {
+            "nonfinite",
+            "nonfinite_max_skips",  # what to do after a NaN loss: a rerun may switch it and resume
+            "max_steps",
+            "save_every",
+            "keep_last",
+            "log_every",
+            "eval",
+            "run_name",
+            "enabled",
+            "note",
+            "stand_in_for",
+            "label",
+            "name",
+            "runnable",
+            "not_run_reason",
+            "init_paths",
+            "init_source",
+            "init_note",
+            "attention",
+            "fused_adamw",
+            "compile",
+            "activation_checkpointing",  # kernels: the same maths, not bitwise the same floats
+        }
+    )
+    | SCHEDULING_KEYS
+)  # where, on what and how long it runs
 #: keys added after runs existed, left out of the identity while at their default (so those runs keep their folder)
 NEUTRAL_DEFAULTS = {"tokenizer_chunk": None}
 IDENTITY_VERSION = 1
@@ -60,17 +83,27 @@ def training_data_fingerprint(manifest_path: str | os.PathLike, episodes: list[s
             raise ValueError(f"{manifest_path}: training episode {e!r} is not in the manifest")
         d = demos[e]
         if "first_frame_sha256" not in d or "action_sum" not in d:
-            raise ValueError(f"{manifest_path}: demo {e!r} has no first_frame_sha256/action_sum (old manifest: "
-                             "rerun preprocessing)")
+            raise ValueError(
+                f"{manifest_path}: demo {e!r} has no first_frame_sha256/action_sum (old manifest: rerun preprocessing)"
+            )
         lines.append([e, int(d["T"]), d["first_frame_sha256"], [float(x) for x in d["action_sum"]]])
     return canonical_sha256(lines)
 
 
-def run_identity(section: dict, *, world_size: int, data_fingerprint: str, checkpoints: dict | None = None,
-                 tokenizer_choice: str | None = None) -> tuple[str, dict]:
+def run_identity(
+    section: dict,
+    *,
+    world_size: int,
+    data_fingerprint: str,
+    checkpoints: dict | None = None,
+    tokenizer_choice: str | None = None,
+) -> tuple[str, dict]:
     """(hash, identity dict) of one training run; see the module docstring for what enters it."""
-    cfg = {k: v for k, v in sorted(section.items())
-           if k not in VOLATILE_KEYS and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
+    cfg = {
+        k: v
+        for k, v in sorted(section.items())
+        if k not in VOLATILE_KEYS and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])
+    }
     ident = {
         "version": IDENTITY_VERSION,
         "config": cfg,
@@ -83,8 +116,9 @@ def run_identity(section: dict, *, world_size: int, data_fingerprint: str, check
     return canonical_sha256(ident), ident
 
 
-def identity_dir(ckpt_root: str | os.PathLike, run_name: str, identity_hash: str, identity: dict,
-                 write: bool = True) -> Path:
+def identity_dir(
+    ckpt_root: str | os.PathLike, run_name: str, identity_hash: str, identity: dict, write: bool = True
+) -> Path:
     """`<ckpt_root>/<run_name>/<hash[:16]>/`, created with identity.json (checked when it exists).
     `write=False` (every rank but global rank 0) only names the folder: one writer, on any number of nodes."""
     d = Path(ckpt_root) / run_name / identity_hash[:HASH_CHARS]
@@ -94,8 +128,10 @@ def identity_dir(ckpt_root: str | os.PathLike, run_name: str, identity_hash: str
     if path.exists():
         old = read_json(path)
         if old.get("sha256") != identity_hash:
-            raise ValueError(f"{path}: holds identity {old.get('sha256')}, expected {identity_hash} "
-                             "(hash prefix collision or an edited file)")
+            raise ValueError(
+                f"{path}: holds identity {old.get('sha256')}, expected {identity_hash} "
+                "(hash prefix collision or an edited file)"
+            )
     else:
         d.mkdir(parents=True, exist_ok=True)
         write_json(path, {"sha256": identity_hash, "identity": identity, "created": time.time()})

@@ -35,8 +35,10 @@ RDZV_PORT_BASE, RDZV_PORT_SPAN = 29500, 10000
 #: shell text, evaluated in the rule's shell (bash -euo pipefail) on the batch node, the allocation's first
 #: node; the job id comes first, so that outside Slurm the error says why
 SLURM_JOB_ID_SH = '"${SLURM_JOB_ID:?nodes > 1 starts one torchrun agent per node with srun: run it under Slurm}"'
-FIRST_NODE_SH = ('"$(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(squeue --noheader --format=%N '
-                 '--jobs="$SLURM_JOB_ID")}" | head -n 1)"')
+FIRST_NODE_SH = (
+    '"$(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(squeue --noheader --format=%N '
+    '--jobs="$SLURM_JOB_ID")}" | head -n 1)"'
+)
 PORT_SH = f"$(( {RDZV_PORT_BASE} + SLURM_JOB_ID % {RDZV_PORT_SPAN} ))"
 
 
@@ -57,14 +59,22 @@ def check_nodes(run: dict, where: str) -> None:
         raise LaunchConfigError(
             f"config key '{where}.nodes': {nodes} nodes with '{where}.gpus': {gpus}. `gpus` is GPUs per node and a "
             f"multi-node run needs at least one on each node (one torchrun agent per node); set `gpus` >= 1 or "
-            f"`nodes: 1`")
+            f"`nodes: 1`"
+        )
 
 
-def agent_args(nodes: int, nproc_per_node: int, *, rdzv_endpoint: str, rdzv_id: str,
-               launcher: tuple[str, ...] = ("torchrun",)) -> list[str]:
+def agent_args(
+    nodes: int, nproc_per_node: int, *, rdzv_endpoint: str, rdzv_id: str, launcher: tuple[str, ...] = ("torchrun",)
+) -> list[str]:
     """argv of one torchrun agent of an `nodes`-node run (c10d rendezvous at `rdzv_endpoint`)."""
-    return [*launcher, f"--nnodes={nodes}", f"--nproc_per_node={nproc_per_node}", "--rdzv-backend=c10d",
-            f"--rdzv-id={rdzv_id}", f"--rdzv-endpoint={rdzv_endpoint}"]
+    return [
+        *launcher,
+        f"--nnodes={nodes}",
+        f"--nproc_per_node={nproc_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-id={rdzv_id}",
+        f"--rdzv-endpoint={rdzv_endpoint}",
+    ]
 
 
 def launcher(gpus: int, nodes: int = 1, cpus_per_task: int | None = None) -> str:
@@ -95,6 +105,13 @@ def slurm_node_resources(gpus: int, nodes: int = 1, gpu_model: str = "") -> dict
         return {"nodes": 1, "gpu": gpus, "gpu_model": gpu_model or None, "gpus_per_node": gpus, **none}
     gres = f"gpu:{gpu_model}:{gpus}" if gpu_model else f"gpu:{gpus}"
     # tasks_per_gpu=0: the plugin would otherwise turn `tasks` into --ntasks-per-gpu for a GPU job
-    return {"nodes": nodes, "gpu": 0, "gpu_model": None, "gres": gres, "tasks": nodes, "tasks_per_gpu": 0,
-            "mpi": "srun", "gpus_per_node": gpus}
-
+    return {
+        "nodes": nodes,
+        "gpu": 0,
+        "gpu_model": None,
+        "gres": gres,
+        "tasks": nodes,
+        "tasks_per_gpu": 0,
+        "mpi": "srun",
+        "gpus_per_node": gpus,
+    }

@@ -73,8 +73,9 @@ def _dump_lines(records: Iterable[dict]) -> str:
 class MetricsLog:
     """Append-only JSONL log (+ its live-view sinks); ``enabled=False`` (ranks > 0) makes every method a no-op."""
 
-    def __init__(self, ckpt_dir: str | os.PathLike, enabled: bool = True, name: str = METRICS_NAME,
-                 sinks: Iterable = ()):
+    def __init__(
+        self, ckpt_dir: str | os.PathLike, enabled: bool = True, name: str = METRICS_NAME, sinks: Iterable = ()
+    ):
         self.path = Path(ckpt_dir) / name
         self.enabled = enabled
         self.sinks = list(sinks) if enabled else []

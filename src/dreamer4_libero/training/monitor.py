@@ -88,8 +88,11 @@ class TensorBoardSink:
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        return Event(wall_time=time.time() if wall_time is None else float(wall_time), step=int(step),
-                     summary=Summary(value=values))
+        return Event(
+            wall_time=time.time() if wall_time is None else float(wall_time),
+            step=int(step),
+            summary=Summary(value=values),
+        )
 
     def _scalar_event(self, rec: dict):
         from tensorboard.compat.proto.summary_pb2 import Summary
@@ -104,8 +107,9 @@ class TensorBoardSink:
             self.logdir.mkdir(parents=True, exist_ok=True)
             # a unique suffix: two attempts in one second (and one process) never share a file name
             self._suffix = f".{os.getpid()}.{time.time_ns()}"
-            self._writer = EventFileWriter(str(self.logdir), max_queue_size=1000, flush_secs=3600,
-                                           filename_suffix=self._suffix)
+            self._writer = EventFileWriter(
+                str(self.logdir), max_queue_size=1000, flush_secs=3600, filename_suffix=self._suffix
+            )
         return self._writer
 
     def scalars(self, rec: dict) -> None:
@@ -120,8 +124,14 @@ class TensorBoardSink:
         vals = []
         for tag, img in sorted(images.items()):
             a = to_uint8_image(img)
-            vals.append(Summary.Value(tag=tag, image=Summary.Image(height=a.shape[0], width=a.shape[1], colorspace=3,
-                                                                   encoded_image_string=_png(a))))
+            vals.append(
+                Summary.Value(
+                    tag=tag,
+                    image=Summary.Image(
+                        height=a.shape[0], width=a.shape[1], colorspace=3, encoded_image_string=_png(a)
+                    ),
+                )
+            )
         if vals:
             self._open().add_event(self._event(step, wall_time, vals))
             self.flush()
@@ -173,22 +183,39 @@ class TensorBoardSink:
 class WandbSink:
     """Weights & Biases (offline by default); the package is imported here only."""
 
-    def __init__(self, mode: str, *, project: str, entity: str | None, run_name: str, ckpt_dir: str | os.PathLike,
-                 config: dict | None = None):
+    def __init__(
+        self,
+        mode: str,
+        *,
+        project: str,
+        entity: str | None,
+        run_name: str,
+        ckpt_dir: str | os.PathLike,
+        config: dict | None = None,
+    ):
         try:
             import wandb
         except ImportError:
             raise RuntimeError(
                 f"monitoring.wandb.enabled is true (W&B mode {mode!r}) but the wandb package is not installed in "
                 f"this environment: `pip install wandb`, or set monitoring.wandb.enabled: false in the config "
-                f"(engine flag --wandb off)") from None
+                f"(engine flag --wandb off)"
+            ) from None
         self._wandb = wandb
         d = Path(ckpt_dir)
         d.mkdir(parents=True, exist_ok=True)
         # one W&B run per checkpoint dir: a resumed attempt continues it
         run_id = hashlib.sha256(str(d.resolve()).encode()).hexdigest()[:16]
-        self._run = wandb.init(project=project, entity=entity, name=run_name, id=run_id, resume="allow", mode=mode,
-                               dir=str(d), config=config or {})
+        self._run = wandb.init(
+            project=project,
+            entity=entity,
+            name=run_name,
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            dir=str(d),
+            config=config or {},
+        )
 
     def scalars(self, rec: dict) -> None:
         self._run.log(dict(scalar_items(rec)), step=int(rec["step"]))
@@ -208,8 +235,16 @@ class WandbSink:
             self._run = None
 
 
-def build_sinks(ckpt_dir: str | os.PathLike, *, tensorboard: bool, wandb: str = "off", wandb_project: str = "",
-                wandb_entity: str | None = None, run_name: str = "run", config: dict | None = None) -> list:
+def build_sinks(
+    ckpt_dir: str | os.PathLike,
+    *,
+    tensorboard: bool,
+    wandb: str = "off",
+    wandb_project: str = "",
+    wandb_entity: str | None = None,
+    run_name: str = "run",
+    config: dict | None = None,
+) -> list:
     """The sinks of rank 0 for the engine's config; raises (naming the key) where W&B is on but not installed."""
     if wandb not in WANDB_MODES:
         raise ValueError(f"wandb must be one of {WANDB_MODES}, got {wandb!r}")
@@ -217,8 +252,11 @@ def build_sinks(ckpt_dir: str | os.PathLike, *, tensorboard: bool, wandb: str = 
     if tensorboard:
         sinks.append(TensorBoardSink(Path(ckpt_dir) / TB_DIR))
     if wandb != "off":
-        sinks.append(WandbSink(wandb, project=wandb_project, entity=wandb_entity, run_name=run_name,
-                               ckpt_dir=ckpt_dir, config=config))
+        sinks.append(
+            WandbSink(
+                wandb, project=wandb_project, entity=wandb_entity, run_name=run_name, ckpt_dir=ckpt_dir, config=config
+            )
+        )
     return sinks
 
 
@@ -252,6 +290,8 @@ def read_tensorboard(logdir: str | os.PathLike) -> dict:
     acc.Reload()
     tags = acc.Tags()
     scalars = {t: [(e.step, e.value, e.wall_time) for e in acc.Scalars(t)] for t in tags.get("scalars", [])}
-    images = {t: [(e.step, np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB")))
-                  for e in acc.Images(t)] for t in tags.get("images", [])}
+    images = {
+        t: [(e.step, np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB"))) for e in acc.Images(t)]
+        for t in tags.get("images", [])
+    }
     return {"scalars": scalars, "images": images}

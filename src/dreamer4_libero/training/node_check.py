@@ -62,14 +62,24 @@ DDP_BATCH = 4  # per rank: one bootstrap row (self_fraction 0.25), so every pass
 DDP_REL_TOL = 1e-5  # max |grad_ddp - mean of per-rank grads| / max |mean|, fp32
 ROLLOUT = {"context": 8, "generated": 24, "d": 0.25}
 # tiny sizes: the same code on the CPU in seconds (models narrowed, frames 32x32)
-TINY = {"resolution": 32, "tokenizer": {"d_model": 32, "depth": 1, "n_latents": 4, "d_bottleneck": 8},
-        "tok_seq": 4, "batch": 2, "dyn_seq": 4, "dyn_batch": 4, D512_VARIANT: {"d_model": 32, "depth": 2},
-        M276_VARIANT: {"d_model": 64, "depth": 2}, "rollout": {"context": 2, "generated": 3, "d": 0.25}}
-SDPA_KINDS = (("_scaled_dot_product_flash_attention_for_cpu", "flash (CPU)"),
-              ("_scaled_dot_product_flash_attention", "flash"),
-              ("_scaled_dot_product_efficient_attention", "memory-efficient"),
-              ("_scaled_dot_product_cudnn_attention", "cudnn"),
-              ("_scaled_dot_product_attention_math", "math fallback"))
+TINY = {
+    "resolution": 32,
+    "tokenizer": {"d_model": 32, "depth": 1, "n_latents": 4, "d_bottleneck": 8},
+    "tok_seq": 4,
+    "batch": 2,
+    "dyn_seq": 4,
+    "dyn_batch": 4,
+    D512_VARIANT: {"d_model": 32, "depth": 2},
+    M276_VARIANT: {"d_model": 64, "depth": 2},
+    "rollout": {"context": 2, "generated": 3, "d": 0.25},
+}
+SDPA_KINDS = (
+    ("_scaled_dot_product_flash_attention_for_cpu", "flash (CPU)"),
+    ("_scaled_dot_product_flash_attention", "flash"),
+    ("_scaled_dot_product_efficient_attention", "memory-efficient"),
+    ("_scaled_dot_product_cudnn_attention", "cudnn"),
+    ("_scaled_dot_product_attention_math", "math fallback"),
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,8 +100,10 @@ def _lpips(cfg: dict, notes: list[str]):
         path = ensure_lpips_weights(cfg["paths"].get("lpips_cache"), allow_download=False)
         return LPIPS.from_file(path, read_sidecar(path)["file_sha256"])
     except Exception as e:
-        notes.append(f"LPIPS weights not found ({type(e).__name__}; `make fetch-lpips` on the login node): "
-                     f"the tokenizer step runs without its LPIPS term, and its plan likewise")
+        notes.append(
+            f"LPIPS weights not found ({type(e).__name__}; `make fetch-lpips` on the login node): "
+            f"the tokenizer step runs without its LPIPS term, and its plan likewise"
+        )
         return None
 
 
@@ -111,8 +123,18 @@ def cases(tiny: bool, notes: list[str]) -> list[dict]:
         lpd = copy.deepcopy(lp) if lp is not None else None  # .to(device) moves a module in place
         return perf.tokenizer_step(tok, res, batch, tok["seq_len"], device=device, lpips=lpd, dtype=dtype, seed=seed)
 
-    out.append({"name": "tokenizer", "kind": "tokenizer", "variant": None, "section": tok, "build": tok_build,
-                "batch": tok["batch_size"], "precision_batch": min(tok["batch_size"], 2), "lpips": lp is not None})
+    out.append(
+        {
+            "name": "tokenizer",
+            "kind": "tokenizer",
+            "variant": None,
+            "section": tok,
+            "build": tok_build,
+            "batch": tok["batch_size"],
+            "precision_batch": min(tok["batch_size"], 2),
+            "lpips": lp is not None,
+        }
+    )
     for label, name in (("world_model_d512", D512_VARIANT), ("world_model_276M", M276_VARIANT)):
         run = copy.deepcopy(variants[name])
         if tiny:
@@ -122,8 +144,17 @@ def cases(tiny: bool, notes: list[str]) -> list[dict]:
         def dyn_build(batch, device, dtype=torch.float32, seed=0, run=run):
             return perf.dynamics_step(run, tok, res, batch=batch, device=device, dtype=dtype, seed=seed)
 
-        out.append({"name": label, "kind": "dynamics", "variant": name, "section": run, "build": dyn_build,
-                    "batch": run["batch_size"], "precision_batch": run["batch_size"]})
+        out.append(
+            {
+                "name": label,
+                "kind": "dynamics",
+                "variant": name,
+                "section": run,
+                "build": dyn_build,
+                "batch": run["batch_size"],
+                "precision_batch": run["batch_size"],
+            }
+        )
     return out
 
 
@@ -143,8 +174,12 @@ class _Trainer:
         self.step, self.device, self.amp = step, device, amp
         self.clip = section.get("grad_clip") or None
         fused = device.type == "cuda" and section.get("fused_adamw", "auto") != "off"
-        self.opt = torch.optim.AdamW(param_groups(step.model, section["lr"], section.get("lr_mult")), lr=section["lr"],
-                                     weight_decay=section["weight_decay"], **({"fused": True} if fused else {}))
+        self.opt = torch.optim.AdamW(
+            param_groups(step.model, section["lr"], section.get("lr_mult")),
+            lr=section["lr"],
+            weight_decay=section["weight_decay"],
+            **({"fused": True} if fused else {}),
+        )
         self.fused = fused
 
     def autocast(self):
@@ -227,15 +262,25 @@ def precision_check(case: dict, device: torch.device, steps: int = PREC_STEPS) -
         del tr, step
     rel = [abs(b - f) / max(abs(f), 1e-12) for f, b in zip(losses["fp32"], losses["bf16"])]
     ok = all(math.isfinite(x) for x in losses["fp32"] + losses["bf16"])
-    out = {"batch": case["precision_batch"], "steps": steps, "loss_fp32": losses["fp32"], "loss_bf16": losses["bf16"],
-           "max_rel_diff": max(rel), "mean_rel_diff": sum(rel) / len(rel), "tol_max_rel": PREC_MAX_REL,
-           "tol_mean_rel": PREC_MEAN_REL, "autocast": f"{device.type} bf16", "fp32_tf32": False}
+    out = {
+        "batch": case["precision_batch"],
+        "steps": steps,
+        "loss_fp32": losses["fp32"],
+        "loss_bf16": losses["bf16"],
+        "max_rel_diff": max(rel),
+        "mean_rel_diff": sum(rel) / len(rel),
+        "tol_max_rel": PREC_MAX_REL,
+        "tol_mean_rel": PREC_MEAN_REL,
+        "autocast": f"{device.type} bf16",
+        "fp32_tf32": False,
+    }
     out["pass"] = ok and out["max_rel_diff"] <= PREC_MAX_REL and out["mean_rel_diff"] <= PREC_MEAN_REL
     return out
 
 
 def plan_for(case: dict) -> tuple[float, str]:
     """(the README plan's GiB per GPU for this case at its batch on one GPU, the plan key used)."""
+
     def make(batch, dtype):
         return case["build"](batch, "meta", dtype=dtype)
 
@@ -249,18 +294,34 @@ def memory_verdict(measured_gib: float, plan_gib: float, key: str) -> tuple[bool
     dev = measured_gib / plan_gib - 1
     if abs(dev) <= MEM_TOLERANCE:
         return True, None
-    return False, (f"peak memory {measured_gib:.2f} GiB vs the plan's {plan_gib:.2f} GiB ({key}): {dev:+.0%}, outside "
-                   f"±{MEM_TOLERANCE:.0%} (the plan in training/perf.py or the code is wrong)")
+    return False, (
+        f"peak memory {measured_gib:.2f} GiB vs the plan's {plan_gib:.2f} GiB ({key}): {dev:+.0%}, outside "
+        f"±{MEM_TOLERANCE:.0%} (the plan in training/perf.py or the code is wrong)"
+    )
 
 
-def run_case(case: dict, device: torch.device, steps: int, warmup: int, peak: float | None,
-             peak_reason: str | None, log: Callable[[str], None]) -> dict:
+def run_case(
+    case: dict,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    peak: float | None,
+    peak_reason: str | None,
+    log: Callable[[str], None],
+) -> dict:
     t_case = time.perf_counter()
     sec = case["section"]
     amp, _ = resolve_amp(sec.get("amp", "auto"), device)
-    row = {"case": case["name"], "kind": case["kind"], "variant": case["variant"], "batch": case["batch"],
-           "seq_len": sec["seq_len"], "amp": "bf16" if amp == torch.bfloat16 else ("fp16" if amp else "fp32"),
-           "activation_checkpointing": bool(sec.get("activation_checkpointing")), "failures": []}
+    row = {
+        "case": case["name"],
+        "kind": case["kind"],
+        "variant": case["variant"],
+        "batch": case["batch"],
+        "seq_len": sec["seq_len"],
+        "amp": "bf16" if amp == torch.bfloat16 else ("fp16" if amp else "fp32"),
+        "activation_checkpointing": bool(sec.get("activation_checkpointing")),
+        "failures": [],
+    }
     if case["kind"] == "tokenizer":
         row["lpips"] = case["lpips"]
     meta = case["build"](case["batch"], "meta")
@@ -286,8 +347,14 @@ def run_case(case: dict, device: torch.device, steps: int, warmup: int, peak: fl
     losses = [tr() for _ in range(steps)]
     _sync(device)
     dt = (time.perf_counter() - t0) / steps
-    row.update(steps=steps, warmup=warmup, steps_per_s=1 / dt, loss_last=losses[-1],
-               tokens_per_s=step.tokens / dt, achieved_tflops=row["flops_per_step"] / dt / 1e12)
+    row.update(
+        steps=steps,
+        warmup=warmup,
+        steps_per_s=1 / dt,
+        loss_last=losses[-1],
+        tokens_per_s=step.tokens / dt,
+        achieved_tflops=row["flops_per_step"] / dt / 1e12,
+    )
     if not all(math.isfinite(x) for x in losses):
         row["failures"].append(f"non-finite loss in the timed steps: {losses}")
     row["mfu"] = row["flops_per_step"] / dt / peak if peak else None
@@ -302,27 +369,36 @@ def run_case(case: dict, device: torch.device, steps: int, warmup: int, peak: fl
         if not ok:
             row["failures"].append(why)
     else:
-        row.update(peak_mem_GiB=None, mem_ratio=None, mem_pass=None,
-                   mem_null_reason="CPU: torch.cuda.max_memory_allocated measures GPU memory only")
+        row.update(
+            peak_mem_GiB=None,
+            mem_ratio=None,
+            mem_pass=None,
+            mem_null_reason="CPU: torch.cuda.max_memory_allocated measures GPU memory only",
+        )
     row["sdpa"] = sdpa_check(tr, device)
     if row["sdpa"]["pass"] is False:
-        row["failures"].append(f"SDPA: kernels {row['sdpa']['selected']}, fused-only step: "
-                               f"{row['sdpa']['fused_only_step']}")
+        row["failures"].append(
+            f"SDPA: kernels {row['sdpa']['selected']}, fused-only step: {row['sdpa']['fused_only_step']}"
+        )
     del tr, step
     if device.type == "cuda":
         torch.cuda.empty_cache()
     row["precision"] = precision_check(case, device)
     if not row["precision"]["pass"]:
         p = row["precision"]
-        row["failures"].append(f"bf16 vs fp32 loss over {p['steps']} steps: max rel diff {p['max_rel_diff']:.3g} "
-                               f"(tol {PREC_MAX_REL}), mean {p['mean_rel_diff']:.3g} (tol {PREC_MEAN_REL})")
+        row["failures"].append(
+            f"bf16 vs fp32 loss over {p['steps']} steps: max rel diff {p['max_rel_diff']:.3g} "
+            f"(tol {PREC_MAX_REL}), mean {p['mean_rel_diff']:.3g} (tol {PREC_MEAN_REL})"
+        )
     row["pass"] = not row["failures"]
     row["seconds"] = time.perf_counter() - t_case
-    log(f"  {row['case']:18s} batch {row['batch']}: {row['steps_per_s']:.3g} steps/s, MFU "
+    log(
+        f"  {row['case']:18s} batch {row['batch']}: {row['steps_per_s']:.3g} steps/s, MFU "
         f"{'n/a' if row['mfu'] is None else format(row['mfu'], '.1%')}, peak "
         f"{'n/a' if row['peak_mem_GiB'] is None else format(row['peak_mem_GiB'], '.2f')} GiB vs plan "
         f"{plan:.2f} GiB, SDPA {row['sdpa']['selected']}, bf16/fp32 max rel "
-        f"{row['precision']['max_rel_diff']:.2g}: {'ok' if row['pass'] else 'FAILED'} ({row['seconds']:.0f} s)")
+        f"{row['precision']['max_rel_diff']:.2g}: {'ok' if row['pass'] else 'FAILED'} ({row['seconds']:.0f} s)"
+    )
     return row
 
 
@@ -352,8 +428,17 @@ def rollout_check(case: dict, device: torch.device, tiny: bool, repeats: int = 2
 
     def one():
         with eval_autocast(device, case["section"].get("amp", "auto")):
-            return rollout(dyn, ctx, act, mask, H, schedule="shortcut", d=r["d"], use_cache=True,
-                           generator=torch.Generator(device=device).manual_seed(0))
+            return rollout(
+                dyn,
+                ctx,
+                act,
+                mask,
+                H,
+                schedule="shortcut",
+                d=r["d"],
+                use_cache=True,
+                generator=torch.Generator(device=device).manual_seed(0),
+            )
 
     one()  # warm-up
     _sync(device)
@@ -363,9 +448,20 @@ def rollout_check(case: dict, device: torch.device, tiny: bool, repeats: int = 2
     _sync(device)
     dt = (time.perf_counter() - t0) / repeats
     finite = bool(torch.isfinite(out.float()).all())
-    return {"case": case["name"], "variant": case["variant"], "params": sum(p.numel() for p in dyn.parameters()),
-            "batch": batch, "context": C, "generated": H, "euler_steps_K": K, "kv_cache": True,
-            "frames_per_s": batch * H / dt, "seconds_per_rollout": dt, "finite": finite, "pass": finite and dt > 0}
+    return {
+        "case": case["name"],
+        "variant": case["variant"],
+        "params": sum(p.numel() for p in dyn.parameters()),
+        "batch": batch,
+        "context": C,
+        "generated": H,
+        "euler_steps_K": K,
+        "kv_cache": True,
+        "frames_per_s": batch * H / dt,
+        "seconds_per_rollout": dt,
+        "finite": finite,
+        "pass": finite and dt > 0,
+    }
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, backend: str, tiny: bool) -> None:
@@ -403,8 +499,16 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, backend: st
         err = float((flat_ddp - mean).abs().max() / mean.abs().max().clamp_min(1e-30))
         spread = float((gathered[0] - gathered[1]).abs().max() / mean.abs().max().clamp_min(1e-30))
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
-            json.dump({"rank": rank, "max_rel_err": err, "rank_grads_rel_spread": spread,
-                       "n_params": int(flat_local.numel()), "device": str(device)}, fh)
+            json.dump(
+                {
+                    "rank": rank,
+                    "max_rel_err": err,
+                    "rank_grads_rel_spread": spread,
+                    "n_params": int(flat_local.numel()),
+                    "device": str(device),
+                },
+                fh,
+            )
     finally:
         dist.destroy_process_group()
 
@@ -414,9 +518,12 @@ def ddp_check(device: torch.device, tiny: bool, enabled: bool) -> dict:
     if not enabled:
         return {"ran": False, "skipped_reason": "--no-ddp", "pass": None}
     if device.type == "cuda" and torch.cuda.device_count() < 2:
-        return {"ran": False, "pass": None,
-                "skipped_reason": f"{torch.cuda.device_count()} GPU visible: the NCCL check needs >= 2 "
-                                  "(e.g. `srun --gpus=2 make check-gpu`)"}
+        return {
+            "ran": False,
+            "pass": None,
+            "skipped_reason": f"{torch.cuda.device_count()} GPU visible: the NCCL check needs >= 2 "
+            "(e.g. `srun --gpus=2 make check-gpu`)",
+        }
     import torch.multiprocessing as mp
 
     if device.type == "cuda":
@@ -432,19 +539,34 @@ def ddp_check(device: torch.device, tiny: bool, enabled: bool) -> dict:
             return {"ran": True, "backend": backend, "pass": False, "error": f"{type(e).__name__}: {e}"[:2000]}
     err = max(r["max_rel_err"] for r in ranks)
     spread = min(r["rank_grads_rel_spread"] for r in ranks)
-    return {"ran": True, "backend": backend, "world_size": 2, "variant": D512_VARIANT, "precision": "fp32",
-            "max_rel_err": err, "tol": DDP_REL_TOL, "rank_grads_rel_spread": spread,
-            "n_params": ranks[0]["n_params"], "seconds": time.perf_counter() - t0,
-            # the ranks' own gradients must differ, or the mean would be trivially right
-            "pass": err <= DDP_REL_TOL and spread > 10 * DDP_REL_TOL}
+    return {
+        "ran": True,
+        "backend": backend,
+        "world_size": 2,
+        "variant": D512_VARIANT,
+        "precision": "fp32",
+        "max_rel_err": err,
+        "tol": DDP_REL_TOL,
+        "rank_grads_rel_spread": spread,
+        "n_params": ranks[0]["n_params"],
+        "seconds": time.perf_counter() - t0,
+        # the ranks' own gradients must differ, or the mean would be trivially right
+        "pass": err <= DDP_REL_TOL and spread > 10 * DDP_REL_TOL,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # the whole check
 
 
-def run(device: str = "cuda", tiny: bool = False, steps: int | None = None, warmup: int | None = None,
-        ddp: bool = True, log: Callable[[str], None] = print) -> dict:
+def run(
+    device: str = "cuda",
+    tiny: bool = False,
+    steps: int | None = None,
+    warmup: int | None = None,
+    ddp: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Every check; returns the report (``report["ok"]``, ``report["failures"]``)."""
     t0 = time.perf_counter()
     dev = torch.device(device if device != "cuda" else "cuda:0")
@@ -458,16 +580,35 @@ def run(device: str = "cuda", tiny: bool = False, steps: int | None = None, warm
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # the engine's default
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
     peak = perf.gpu_bf16_peak(gpu) if gpu else None
-    peak_reason = None if peak else (f"no known dense bf16 peak for {gpu!r} (training/perf.py GPU_BF16_PEAK)" if gpu
-                                     else "CPU: MFU is defined against a GPU's dense bf16 peak")
+    peak_reason = (
+        None
+        if peak
+        else (
+            f"no known dense bf16 peak for {gpu!r} (training/perf.py GPU_BF16_PEAK)"
+            if gpu
+            else "CPU: MFU is defined against a GPU's dense bf16 peak"
+        )
+    )
     notes: list[str] = []
-    report = {"check": "gpu_check", "date": time.strftime("%Y-%m-%d %H:%M %Z"), "mode": "tiny" if tiny else "paper",
-              "device": dev.type, "gpu": gpu, "bf16_peak_tflops": peak / 1e12 if peak else None,
-              "environment": build_info(), "notes": notes,
-              "tolerances": {"memory_vs_plan": MEM_TOLERANCE, "bf16_vs_fp32_max_rel": PREC_MAX_REL,
-                             "bf16_vs_fp32_mean_rel": PREC_MEAN_REL, "ddp_grad_rel": DDP_REL_TOL},
-              "inputs": "random frames (tokenizer) / random clean latents (world models); the frozen-tokenizer "
-                        "encode is not in the world-model step", "cases": []}
+    report = {
+        "check": "gpu_check",
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "mode": "tiny" if tiny else "paper",
+        "device": dev.type,
+        "gpu": gpu,
+        "bf16_peak_tflops": peak / 1e12 if peak else None,
+        "environment": build_info(),
+        "notes": notes,
+        "tolerances": {
+            "memory_vs_plan": MEM_TOLERANCE,
+            "bf16_vs_fp32_max_rel": PREC_MAX_REL,
+            "bf16_vs_fp32_mean_rel": PREC_MEAN_REL,
+            "ddp_grad_rel": DDP_REL_TOL,
+        },
+        "inputs": "random frames (tokenizer) / random clean latents (world models); the frozen-tokenizer "
+        "encode is not in the world-model step",
+        "cases": [],
+    }
     try:
         cs = cases(tiny, notes)
         for note in notes:
@@ -476,22 +617,31 @@ def run(device: str = "cuda", tiny: bool = False, steps: int | None = None, warm
             try:
                 report["cases"].append(run_case(case, dev, steps, warmup, peak, peak_reason, log))
             except torch.cuda.OutOfMemoryError as e:
-                report["cases"].append({"case": case["name"], "pass": False,
-                                        "failures": [f"out of memory: {str(e).splitlines()[0]}"]})
+                report["cases"].append(
+                    {"case": case["name"], "pass": False, "failures": [f"out of memory: {str(e).splitlines()[0]}"]}
+                )
                 torch.cuda.empty_cache()
                 log(f"  {case['name']}: FAILED (out of memory)")
         try:
             report["rollout"] = rollout_check(cs[2], dev, tiny)
             r = report["rollout"]
-            log(f"  rollout {r['variant']}: {r['frames_per_s']:.1f} frames/s (batch {r['batch']}, K = "
-                f"{r['euler_steps_K']}, KV cache)")
+            log(
+                f"  rollout {r['variant']}: {r['frames_per_s']:.1f} frames/s (batch {r['batch']}, K = "
+                f"{r['euler_steps_K']}, KV cache)"
+            )
         except Exception as e:
             report["rollout"] = {"pass": False, "error": f"{type(e).__name__}: {e}"}
         report["ddp"] = ddp_check(dev, tiny, ddp)
         d = report["ddp"]
-        log("  DDP: " + (f"{d['backend']}, 2 ranks: max rel |grad - mean of rank grads| {d['max_rel_err']:.2g} "
-                         f"(tol {DDP_REL_TOL:g}): {'ok' if d['pass'] else 'FAILED'}" if d.get("ran") and "error" not in d
-                         else d.get("error") or f"skipped ({d['skipped_reason']})"))
+        log(
+            "  DDP: "
+            + (
+                f"{d['backend']}, 2 ranks: max rel |grad - mean of rank grads| {d['max_rel_err']:.2g} "
+                f"(tol {DDP_REL_TOL:g}): {'ok' if d['pass'] else 'FAILED'}"
+                if d.get("ran") and "error" not in d
+                else d.get("error") or f"skipped ({d['skipped_reason']})"
+            )
+        )
     finally:
         torch.set_num_threads(threads)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
@@ -513,31 +663,42 @@ def _f(x, spec: str) -> str:
 
 def table(report: dict) -> str:
     env = report["environment"]
-    lines = [f"# GPU node check ({report['mode']} sizes, {report['date']})", "",
-             f"Device: {report['gpu'] or 'CPU'}; torch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, "
-             f"NCCL {env['nccl']}; dense bf16 peak {_f(report['bf16_peak_tflops'], '.0f')} TFLOP/s. "
-             f"{'OK' if report['ok'] else 'FAILED'} in {report['seconds']:.0f} s.", "",
-             "| config | batch × seq | amp | steps/s | TFLOP/s | MFU | peak GiB | plan GiB | vs plan | SDPA kernels "
-             "| bf16 vs fp32 (max rel, 20 steps) | pass |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# GPU node check ({report['mode']} sizes, {report['date']})",
+        "",
+        f"Device: {report['gpu'] or 'CPU'}; torch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, "
+        f"NCCL {env['nccl']}; dense bf16 peak {_f(report['bf16_peak_tflops'], '.0f')} TFLOP/s. "
+        f"{'OK' if report['ok'] else 'FAILED'} in {report['seconds']:.0f} s.",
+        "",
+        "| config | batch × seq | amp | steps/s | TFLOP/s | MFU | peak GiB | plan GiB | vs plan | SDPA kernels "
+        "| bf16 vs fp32 (max rel, 20 steps) | pass |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in report["cases"]:
         if "steps_per_s" not in c:
             lines.append(f"| {c['case']} | | | {'; '.join(c['failures'])} | | | | | | | | no |")
             continue
-        lines.append(f"| {c['case']} | {c['batch']} × {c['seq_len']} | {c['amp']} | {c['steps_per_s']:.3g} | "
-                     f"{c['achieved_tflops']:.3g} | {_f(c['mfu'], '.1%')} | {_f(c['peak_mem_GiB'], '.2f')} | "
-                     f"{c['plan_GiB']:.2f} | {_f(c['mem_ratio'] - 1 if c['mem_ratio'] else None, '+.0%')} | "
-                     f"{', '.join(c['sdpa']['selected']) or 'none'} | {c['precision']['max_rel_diff']:.2g} | "
-                     f"{'yes' if c['pass'] else 'no'} |")
+        lines.append(
+            f"| {c['case']} | {c['batch']} × {c['seq_len']} | {c['amp']} | {c['steps_per_s']:.3g} | "
+            f"{c['achieved_tflops']:.3g} | {_f(c['mfu'], '.1%')} | {_f(c['peak_mem_GiB'], '.2f')} | "
+            f"{c['plan_GiB']:.2f} | {_f(c['mem_ratio'] - 1 if c['mem_ratio'] else None, '+.0%')} | "
+            f"{', '.join(c['sdpa']['selected']) or 'none'} | {c['precision']['max_rel_diff']:.2g} | "
+            f"{'yes' if c['pass'] else 'no'} |"
+        )
     r, d = report["rollout"], report["ddp"]
     lines.append("")
     if "frames_per_s" in r:
-        lines.append(f"KV-cached rollout, {r['variant']} ({r['params'] / 1e6:.0f}M params), K = {r['euler_steps_K']}, "
-                     f"batch {r['batch']}, {r['context']} → {r['generated']} frames: {r['frames_per_s']:.1f} frames/s.")
+        lines.append(
+            f"KV-cached rollout, {r['variant']} ({r['params'] / 1e6:.0f}M params), K = {r['euler_steps_K']}, "
+            f"batch {r['batch']}, {r['context']} → {r['generated']} frames: {r['frames_per_s']:.1f} frames/s."
+        )
     else:
         lines.append(f"Rollout: {r.get('error')}")
     if d.get("ran") and "error" not in d:
-        lines.append(f"DDP ({d['backend']}, 2 ranks): max relative difference between the DDP gradients and the mean "
-                     f"of the ranks' own gradients {d['max_rel_err']:.2g} (tolerance {d['tol']:g}).")
+        lines.append(
+            f"DDP ({d['backend']}, 2 ranks): max relative difference between the DDP gradients and the mean "
+            f"of the ranks' own gradients {d['max_rel_err']:.2g} (tolerance {d['tol']:g})."
+        )
     else:
         lines.append(f"DDP: {d.get('error') or 'skipped: ' + d['skipped_reason']}.")
     if report["failures"]:

@@ -8,7 +8,8 @@ FLOPs (``count_step_flops``): ``torch.utils.flop_counter.FlopCounterMode`` over 
 every forward (for the world model: the main pass, the aux head, the bootstrap's two no-grad half
 steps) and the backward. Matmuls and attention count 2 FLOPs per multiply-add; elementwise ops are
 not counted. Count on the meta device: on real CPU tensors SDPA runs a fused flash kernel the
-counter does not know, and its attention FLOPs would be missed. It is checked against the closed form (``transformer_step_flops``), per transformer
+counter does not know, and its attention FLOPs would be missed. It is checked against the closed form
+(``transformer_step_flops``), per transformer
 with D = width, S = tokens per frame, T = frames, R = rows (batch entries) through it, L layers of
 which L_t have time attention, m = mlp_ratio:
 
@@ -56,7 +57,7 @@ from ..models.blocks import Transformer, set_activation_checkpointing
 from ..models.dynamics import InverseDynamicsHead
 from ..models.tokenizer import Tokenizer
 from ..objectives.mae import tokenizer_loss
-from ..objectives.shortcut import n_self_rows, shortcut_loss
+from ..objectives.shortcut import n_self_rows
 from .dynamics_task import WorldModel, build_dynamics
 from .tokenizer_task import tokenizer_model_config
 
@@ -64,8 +65,18 @@ GiB = 2**30
 GPU_MEMORY_GB = 80  # the plan's GPU (A100 / H100 80 GB)
 USABLE_FRACTION = 0.9  # allocator fragmentation, CUDA context, workspaces
 #: dense bf16 tensor-core peak, FLOP/s, by a substring of torch.cuda.get_device_name()
-GPU_BF16_PEAK = {"H200": 989.4e12, "H100 PCIe": 756.5e12, "H100 NVL": 835.5e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362.1e12, "A10G": 70e12,
-                 "L4": 121e12, "RTX 4090": 165.2e12, "V100": 125e12}
+GPU_BF16_PEAK = {
+    "H200": 989.4e12,
+    "H100 PCIe": 756.5e12,
+    "H100 NVL": 835.5e12,
+    "H100": 989.4e12,
+    "A100": 312e12,
+    "L40S": 362.1e12,
+    "A10G": 70e12,
+    "L4": 121e12,
+    "RTX 4090": 165.2e12,
+    "V100": 125e12,
+}
 
 
 def gpu_bf16_peak(name: str | None) -> float | None:
@@ -84,8 +95,17 @@ class TrainStep:
     trained), ``loss(module=None)`` (forward of every pass through ``module``, default ``model``, e.g. its
     DDP wrapper; returns the scalar loss), ``tokens`` per step."""
 
-    def __init__(self, model: nn.Module, frozen: list[nn.Module], loss: Callable[[], torch.Tensor],
-                 tokens: int, batch: int, seq_len: int, grad_rows: int, nograd_rows: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        frozen: list[nn.Module],
+        loss: Callable[[], torch.Tensor],
+        tokens: int,
+        batch: int,
+        seq_len: int,
+        grad_rows: int,
+        nograd_rows: int,
+    ):
         self.model, self.frozen, self.loss = model, frozen, loss
         self.tokens, self.batch, self.seq_len = tokens, batch, seq_len
         self.grad_rows, self.nograd_rows = grad_rows, nograd_rows
@@ -97,8 +117,16 @@ class TrainStep:
         return sum(p.numel() for m in self.frozen for p in m.parameters())
 
 
-def tokenizer_step(tok_cfg: dict, resolution: int, batch: int, seq_len: int, device="meta",
-                   lpips: nn.Module | None = None, dtype: torch.dtype = torch.float32, seed: int = 0) -> TrainStep:
+def tokenizer_step(
+    tok_cfg: dict,
+    resolution: int,
+    batch: int,
+    seq_len: int,
+    device="meta",
+    lpips: nn.Module | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> TrainStep:
     """The tokenizer trainer's step (MAE + optional LPIPS, tokenizer_task.TokenizerTask.loss)."""
     mcfg = tokenizer_model_config(tok_cfg, resolution)
     torch.manual_seed(seed)
@@ -109,20 +137,41 @@ def tokenizer_step(tok_cfg: dict, resolution: int, batch: int, seq_len: int, dev
 
     def loss(module=None):
         out = (module or model)(x)
-        value, _ = tokenizer_loss(out["recon"], x, out["mae_mask"], lpips_fn=lp,
-                                  lpips_weight=tok_cfg["lpips_weight"] if lp is not None else 0.0,
-                                  lpips_frac=tok_cfg["lpips_frac"], keep_prob=out["keep_prob"],
-                                  visible_weight=tok_cfg.get("visible_mse_weight", 0.0))
+        value, _ = tokenizer_loss(
+            out["recon"],
+            x,
+            out["mae_mask"],
+            lpips_fn=lp,
+            lpips_weight=tok_cfg["lpips_weight"] if lp is not None else 0.0,
+            lpips_frac=tok_cfg["lpips_frac"],
+            keep_prob=out["keep_prob"],
+            visible_weight=tok_cfg.get("visible_mse_weight", 0.0),
+        )
         return value
 
-    return TrainStep(model, [lp] if lp is not None else [], loss,
-                     tokens=batch * seq_len * mcfg.n_patches, batch=batch, seq_len=seq_len, grad_rows=batch,
-                     nograd_rows=0)
+    return TrainStep(
+        model,
+        [lp] if lp is not None else [],
+        loss,
+        tokens=batch * seq_len * mcfg.n_patches,
+        batch=batch,
+        seq_len=seq_len,
+        grad_rows=batch,
+        nograd_rows=0,
+    )
 
 
-def dynamics_step(run: dict, tok_cfg: dict, resolution: int, batch: int | None = None, seq_len: int | None = None,
-                  device="meta", dtype: torch.dtype = torch.float32, bootstrap: bool = True,
-                  seed: int = 0) -> TrainStep:
+def dynamics_step(
+    run: dict,
+    tok_cfg: dict,
+    resolution: int,
+    batch: int | None = None,
+    seq_len: int | None = None,
+    device="meta",
+    dtype: torch.dtype = torch.float32,
+    bootstrap: bool = True,
+    seed: int = 0,
+) -> TrainStep:
     """A world-model variant's step (dynamics_task.WorldModel: shortcut forcing + bootstrap + aux head)
     on random clean latents; the frozen tokenizer's encode is not in the step (it is in ``frozen``)."""
     run = copy.deepcopy(run)
@@ -147,8 +196,16 @@ def dynamics_step(run: dict, tok_cfg: dict, resolution: int, batch: int | None =
 
     b_self = n_self_rows(batch, run["self_fraction"])
     extra = (batch - b_self) if (run["aux_weight"] > 0 and run["aux_input"] == "action_free") else 0
-    return TrainStep(model, [frozen], loss, tokens=batch * seq_len * c.n_tokens, batch=batch,
-                     seq_len=seq_len, grad_rows=batch + extra, nograd_rows=2 * b_self if bootstrap else 0)
+    return TrainStep(
+        model,
+        [frozen],
+        loss,
+        tokens=batch * seq_len * c.n_tokens,
+        batch=batch,
+        seq_len=seq_len,
+        grad_rows=batch + extra,
+        nograd_rows=2 * b_self if bootstrap else 0,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,8 +233,12 @@ def transformer_fwd_flops(tr: Transformer, rows: int, T: int) -> int:
     Lt = len(timed)
     St = (timed[0].time.n_slots or S) if timed else 0  # slots with time attention (tokenizer: the latents)
     n = rows * T * S
-    return int(n * L * 2 * (4 + 3 * m) * D * D + rows * T * St * Lt * 2 * 4 * D * D
-               + L * 4 * rows * T * S * S * D + Lt * 4 * rows * St * T * T * D)
+    return int(
+        n * L * 2 * (4 + 3 * m) * D * D
+        + rows * T * St * Lt * 2 * 4 * D * D
+        + L * 4 * rows * T * S * S * D
+        + Lt * 4 * rows * St * T * T * D
+    )
 
 
 def formula_step_flops(step: TrainStep) -> int:
@@ -241,8 +302,9 @@ def checkpointed_activation_bytes(step: TrainStep, full: dict, dtype_bytes: int)
     return {"outside_layers": outside["fused"], "layer_inputs": inputs, "one_layer": int(one), "fused": int(fused)}
 
 
-def memory_plan(make_step: Callable[..., TrainStep], batch: int, world_size: int = 1,
-                gpu_gb: float = GPU_MEMORY_GB) -> dict:
+def memory_plan(
+    make_step: Callable[..., TrainStep], batch: int, world_size: int = 1, gpu_gb: float = GPU_MEMORY_GB
+) -> dict:
     """The per-GPU plan of a run at ``batch`` (see the module docstring). ``make_step(batch=, dtype=)``
     builds its step on the meta device."""
     f32, b16 = make_step(batch=batch, dtype=torch.float32), make_step(batch=batch, dtype=torch.bfloat16)
@@ -262,15 +324,21 @@ def memory_plan(make_step: Callable[..., TrainStep], batch: int, world_size: int
     per16_ckpt = ckpt16["fused"] / batch
     per32 = act32["fused"] / batch
     return {
-        "batch": batch, "world_size": world_size, "params": P, "frozen_params": P_frozen,
-        "static_fp32_GiB": static32 / GiB, "static_bf16_GiB": static16 / GiB,
-        "activations_fp32_GiB": act32["fused"] / GiB, "activations_fp32_math_attention_GiB": act32["total"] / GiB,
-        "activations_bf16_GiB": act16["fused"] / GiB, "activations_bf16_ckpt_GiB": ckpt16["fused"] / GiB,
+        "batch": batch,
+        "world_size": world_size,
+        "params": P,
+        "frozen_params": P_frozen,
+        "static_fp32_GiB": static32 / GiB,
+        "static_bf16_GiB": static16 / GiB,
+        "activations_fp32_GiB": act32["fused"] / GiB,
+        "activations_fp32_math_attention_GiB": act32["total"] / GiB,
+        "activations_bf16_GiB": act16["fused"] / GiB,
+        "activations_bf16_ckpt_GiB": ckpt16["fused"] / GiB,
         "total_bf16_GiB": (static16 + act16["fused"]) / GiB,
         "total_bf16_ckpt_GiB": (static16 + ckpt16["fused"]) / GiB,
         "total_fp32_GiB": (static32 + act32["fused"]) / GiB,
-        "activation_bytes_per_batch_entry_bf16": per16, "linear_in_batch_check": abs(per16 * batch - act16["fused"])
-        / max(act16["fused"], 1),
+        "activation_bytes_per_batch_entry_bf16": per16,
+        "linear_in_batch_check": abs(per16 * batch - act16["fused"]) / max(act16["fused"], 1),
         f"largest_batch_per_{gpu_gb:g}GB_bf16": largest(static16, per16),
         f"largest_batch_per_{gpu_gb:g}GB_bf16_ckpt": largest(static16, per16_ckpt),
         f"largest_batch_per_{gpu_gb:g}GB_fp32": largest(static32, per32),
@@ -281,6 +349,10 @@ def memory_plan(make_step: Callable[..., TrainStep], batch: int, world_size: int
 def model_flops_summary(step: TrainStep) -> dict:
     counted = count_step_flops(step)
     formula = formula_step_flops(step)
-    return {"flops_per_step": counted, "formula_flops_per_step": formula,
-            "formula_over_counted": formula / counted if counted else math.nan, "tokens_per_step": step.tokens,
-            "params": step.params()}
+    return {
+        "flops_per_step": counted,
+        "formula_flops_per_step": formula,
+        "formula_over_counted": formula / counted if counted else math.nan,
+        "tokens_per_step": step.tokens,
+        "params": step.params(),
+    }

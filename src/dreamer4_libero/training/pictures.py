@@ -46,15 +46,21 @@ def fixed_windows(store: ShardStore, episodes: list[str], length: int, n: int = 
     return [ok[i] for i in idx]
 
 
-def load_fixed(manifest: str | os.PathLike, split: str | os.PathLike, length: int, resolution: int,
-               n: int = IMAGE_WINDOWS) -> dict:
+def load_fixed(
+    manifest: str | os.PathLike, split: str | os.PathLike, length: int, resolution: int, n: int = IMAGE_WINDOWS
+) -> dict:
     """{"frames" (n,L,3,r,r) in [0,1], "actions" (n,L,16), "act_mask" (n,L,16), "episodes", "split"} of the fixed
     windows (frames 0..L-1 of each)."""
     store = ShardStore(manifest)
     eps = fixed_windows(store, episode_list(split), length, n)
     parts = [load_window(store, e, 0, length, resolution) for e in eps]
-    return {"frames": torch.cat([p[0] for p in parts]), "actions": torch.cat([p[1] for p in parts]),
-            "act_mask": torch.cat([p[2] for p in parts]), "episodes": eps, "split": str(split)}
+    return {
+        "frames": torch.cat([p[0] for p in parts]),
+        "actions": torch.cat([p[1] for p in parts]),
+        "act_mask": torch.cat([p[2] for p in parts]),
+        "episodes": eps,
+        "split": str(split),
+    }
 
 
 def strip(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
@@ -74,8 +80,16 @@ def tokenizer_recon(model, frames: torch.Tensor) -> np.ndarray:
     return strip(list(zip(x, rec)))
 
 
-def world_model_rollout(tokenizer, dynamics, fixed: dict, *, packing: int, chunk: int | None,
-                        context: int = ROLLOUT_CONTEXT, d: float = 0.25) -> np.ndarray:
+def world_model_rollout(
+    tokenizer,
+    dynamics,
+    fixed: dict,
+    *,
+    packing: int,
+    chunk: int | None,
+    context: int = ROLLOUT_CONTEXT,
+    d: float = 0.25,
+) -> np.ndarray:
     """Target vs (context frames through the tokenizer, then generated frames) of the fixed windows; `fixed` as
     `load_fixed` gives it (actions / act_mask None: an action-free model)."""
     from ..models.dynamics import pack_latents, unpack_latents

@@ -32,8 +32,9 @@ def fmt_duration(seconds: float) -> str:
     return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
 
 
-def progress_line(step: int, max_steps: int, rate: float | None, loss: float | None = None,
-                  deadline_save_in_s: float | None = None) -> str:
+def progress_line(
+    step: int, max_steps: int, rate: float | None, loss: float | None = None, deadline_save_in_s: float | None = None
+) -> str:
     """The line itself (see the module docstring); `rate` in steps/s (None or 0: unknown)."""
     pct = 100.0 * step / max_steps if max_steps else 100.0
     parts = [f"step {step}/{max_steps} ({pct:.1f}%)"]

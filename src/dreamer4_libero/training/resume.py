@@ -19,18 +19,43 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .checkpoints import load_checkpoint, load_latest_valid, remove_stale_temp_files, seed_everything, set_rng_state, \
-    to_json_plain
+from .checkpoints import (
+    load_checkpoint,
+    load_latest_valid,
+    remove_stale_temp_files,
+    seed_everything,
+    set_rng_state,
+    to_json_plain,
+)
 
 # engine settings that may change between attempts without a warning (the rest is warned about on resume)
-VOLATILE_ENGINE_KEYS = {"time_limit_min", "deadline_margin_s", "start_time", "progress", "max_steps", "run_name",
-                        "ckpt_dir", "out_dir", "keep_last", "save_every", "log_every", "num_threads", "metrics_tail",
-                        "nonfinite", "nonfinite_max_skips", "tensorboard", "image_every", "wandb", "wandb_project",
-                        "wandb_entity"}
+VOLATILE_ENGINE_KEYS = {
+    "time_limit_min",
+    "deadline_margin_s",
+    "start_time",
+    "progress",
+    "max_steps",
+    "run_name",
+    "ckpt_dir",
+    "out_dir",
+    "keep_last",
+    "save_every",
+    "log_every",
+    "num_threads",
+    "metrics_tail",
+    "nonfinite",
+    "nonfinite_max_skips",
+    "tensorboard",
+    "image_every",
+    "wandb",
+    "wandb_project",
+    "wandb_entity",
+}
 
 
-def choose_checkpoint(ckpt_dir: Path, model_key: str, rank: int, world: int, device: torch.device,
-                      log: Callable[[str], None]) -> tuple[Path | None, dict | None]:
+def choose_checkpoint(
+    ckpt_dir: Path, model_key: str, rank: int, world: int, device: torch.device, log: Callable[[str], None]
+) -> tuple[Path | None, dict | None]:
     """(path, checkpoint) to resume from, the same on every rank; (None, None) for a fresh start."""
     path, ck = None, None
     if rank == 0:
@@ -51,8 +76,9 @@ def resume_position(ck: dict, path: Path, max_steps: int, grad_accum: int) -> tu
     upstream = "format" not in ck
     step = int(ck["step"]) + (1 if upstream else 0)  # upstream saves the index of the last update
     if step > max_steps:
-        raise ValueError(f"checkpoint {path} has step {step} > max_steps {max_steps}; "
-                         f"use a fresh --ckpt-dir or raise max_steps")
+        raise ValueError(
+            f"checkpoint {path} has step {step} > max_steps {max_steps}; use a fresh --ckpt-dir or raise max_steps"
+        )
     data = ck.get("data") or {}
     if data.get("grad_accum", grad_accum) == grad_accum and "next_step" in data:
         data_next = int(data["next_step"])
@@ -75,8 +101,9 @@ def config_diff(old: dict, new: dict) -> list[str]:
     return diffs
 
 
-def restore_rng(ck: dict, rank: int, world: int, device: torch.device, seed: int, step: int,
-                log: Callable[[str], None]) -> None:
+def restore_rng(
+    ck: dict, rank: int, world: int, device: torch.device, seed: int, step: int, log: Callable[[str], None]
+) -> None:
     """This rank's saved RNG state; without one for this world size, a reseed (and a warning)."""
     same_world = int(ck.get("world_size", 1)) == world
     state = None
@@ -87,8 +114,10 @@ def restore_rng(ck: dict, rank: int, world: int, device: torch.device, seed: int
     if state is not None:
         set_rng_state(state, device)
     else:
-        log(f"WARNING: checkpoint has no RNG state for world_size {world}; reseeding "
-            f"(the continuation is not bitwise that of an uninterrupted run)")
+        log(
+            f"WARNING: checkpoint has no RNG state for world_size {world}; reseeding "
+            f"(the continuation is not bitwise that of an uninterrupted run)"
+        )
         seed_everything((seed * 1_000_003 + rank * 7919 + step) % 2**31, device)
 
 

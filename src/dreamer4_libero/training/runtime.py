@@ -62,20 +62,29 @@ def dist_env() -> DistEnv:
     nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1")) if world > 1 else 1
     use_cuda = torch.cuda.is_available()
     if use_cuda and local_rank >= torch.cuda.device_count():
-        raise RuntimeError(f"LOCAL_RANK {local_rank} but this node sees {torch.cuda.device_count()} GPU(s) "
-                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): torchrun's "
-                           f"--nproc_per_node must not exceed the GPUs per node (config `gpus`)")
+        raise RuntimeError(
+            f"LOCAL_RANK {local_rank} but this node sees {torch.cuda.device_count()} GPU(s) "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): torchrun's "
+            f"--nproc_per_node must not exceed the GPUs per node (config `gpus`)"
+        )
     return DistEnv(rank, world, local_rank, nodes, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"))
 
 
 @contextlib.contextmanager
 def torch_globals(deterministic: bool, num_threads: int | None, tf32: bool, use_cuda: bool) -> Iterator[None]:
     """The run's global torch settings, restored on exit."""
-    saved = {"det": torch.are_deterministic_algorithms_enabled(),
-             "det_warn": torch.is_deterministic_algorithms_warn_only_enabled(), "threads": torch.get_num_threads()}
+    saved = {
+        "det": torch.are_deterministic_algorithms_enabled(),
+        "det_warn": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "threads": torch.get_num_threads(),
+    }
     if use_cuda:
-        saved.update(tf32=torch.backends.cuda.matmul.allow_tf32, cudnn_tf32=torch.backends.cudnn.allow_tf32,
-                     cudnn_det=torch.backends.cudnn.deterministic, cudnn_bench=torch.backends.cudnn.benchmark)
+        saved.update(
+            tf32=torch.backends.cuda.matmul.allow_tf32,
+            cudnn_tf32=torch.backends.cudnn.allow_tf32,
+            cudnn_det=torch.backends.cudnn.deterministic,
+            cudnn_bench=torch.backends.cudnn.benchmark,
+        )
     if deterministic:
         if use_cuda:
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
