@@ -686,7 +686,7 @@ def test_nonfinite_policy_is_pipeline_config_but_not_run_identity():
 
 
 def test_param_groups_lr_multipliers_longest_prefix_wins():
-    from dreamer4_libero.training.engine import param_groups
+    from dreamer4_libero.training.optim import param_groups
 
     m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     groups = param_groups(m, 1e-3, {"1": 3.0, "1.bias": 0.5})
@@ -699,7 +699,7 @@ def test_param_groups_lr_multipliers_longest_prefix_wins():
 
 
 def test_cosine_schedule_factor_and_validation():
-    from dreamer4_libero.training.engine import lr_factor
+    from dreamer4_libero.training.optim import lr_factor
 
     assert lr_factor("constant", 7, 10) == 1.0
     assert lr_factor("cosine", 0, 10) == 1.0 and lr_factor("cosine", 5, 10) == pytest.approx(0.5)

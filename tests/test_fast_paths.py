@@ -181,7 +181,7 @@ def test_compiled_training_writes_plain_checkpoints(tmp_path):
 
 
 def test_amp_resolution_bf16_where_supported_else_fp16_with_scaler(monkeypatch):
-    from dreamer4_libero.training.engine import resolve_amp
+    from dreamer4_libero.training.optim import resolve_amp
 
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

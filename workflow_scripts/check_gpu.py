@@ -32,10 +32,11 @@ def main() -> int:
     else:
         print_build_info()
     from dreamer4_libero.training import node_check
+    from dreamer4_libero.training.node_check_report import write_report
 
     print(f"[check-gpu] {'tiny' if a.tiny else 'paper-scale'} configs on {a.device} ...", flush=True)
     report = node_check.run(a.device, tiny=a.tiny, steps=a.steps, ddp=not a.no_ddp, log=lambda s: print(s, flush=True))
-    js, md = node_check.write_report(report, a.out)
+    js, md = write_report(report, a.out)
     print(f"[check-gpu] wrote {js} and {md} ({report['seconds']:.0f} s)")
     for f in report["failures"]:
         print(f"FAILED: {f}", flush=True)

@@ -49,36 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     from dreamer4_libero.data.synthetic_traps import parse_trap_spec
 
     try:
-        if args.tasks == "demo":
-            task_ids = sy.demo_task_ids(per_suite=args.per_suite)
-        else:
-            try:
-                n = int(args.tasks)
-            except ValueError:
-                raise ValueError(f"--tasks must be 'demo' or an integer, got {args.tasks!r}") from None
-            task_ids = sy.cycle_task_ids(n)
-        traps = [parse_trap_spec(t) for t in args.trap]
         summary = sy.generate(
             args.root,
-            task_ids,
+            sy.task_ids_for(args.tasks, args.per_suite),
             n_demos=args.demos,
             len_range=(args.len_min, args.len_max),
             seed=args.seed,
-            traps=traps,
+            traps=[parse_trap_spec(t) for t in args.trap],
             progress=not args.no_progress,
         )
     except ValueError as e:
         print(f"make_synthetic.py: error: {e}", file=sys.stderr)
         return 2
-    print(
-        f"wrote {len(summary['files'])} file(s) under {summary['root']}: "
-        f"{summary['n_tasks']} tasks x {summary['n_demos_per_task']} demos = {summary['n_demos']} demos, "
-        f"{summary['n_frames']} frames"
-    )
-    for t in summary["traps"]:
-        where = t["task"] + (f" demo_{t['demo']}" if "demo" in t else "")
-        print(f"  trap {t['trap']}: {where}")
-    print(f"ground truth: {summary['ground_truth']}")
+    print("\n".join(sy.summary_lines(summary)))
     return 0
 
 

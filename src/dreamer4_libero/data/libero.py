@@ -49,12 +49,11 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from .libero_discovery import LiberoFormatError, TaskFile
+from .libero_discovery import LiberoFormatError, TaskFile, open_h5
 from .libero_values import (
     attr_as_int,
     canonical_demo_name,
@@ -145,15 +144,6 @@ class FileReport:
 # --------------------------------------------------------------------------------------
 # Reader
 # --------------------------------------------------------------------------------------
-
-
-def _open_h5(path: Path) -> Any:
-    """Open read-only without HDF5 file locking (locking fails on some read-only/NFS mounts
-    and would be misreported as a corrupt file)."""
-    try:
-        return h5py.File(path, "r", locking=False)
-    except (TypeError, ValueError):  # pragma: no cover - h5py/HDF5 without the locking option
-        return h5py.File(path, "r")
 
 
 @dataclass
@@ -278,7 +268,7 @@ class TaskFileReader:
 
     def _open_and_scan(self) -> None:
         path = self.task.path
-        self._file = self._h5("", "file", lambda: _open_h5(path))
+        self._file = self._h5("", "file", lambda: open_h5(path))
         f = self._file
         has_data = self._h5("data", "group", lambda: "data" in f)
         if not has_data:

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
+
 UNKNOWN_SUITE = "unknown"
 HDF5_EXTENSIONS = (".hdf5", ".h5")
 
@@ -199,3 +201,12 @@ def discover_task_files(root: str | os.PathLike) -> tuple[list[TaskFile], list[s
         warnings.append(msg)
         log.warning(msg)
     return found, warnings
+
+
+def open_h5(path: Path) -> "h5py.File":
+    """Open read-only without HDF5 file locking (locking fails on some read-only/NFS mounts
+    and would be misreported as a corrupt file)."""
+    try:
+        return h5py.File(path, "r", locking=False)
+    except (TypeError, ValueError):  # pragma: no cover - h5py/HDF5 without the locking option
+        return h5py.File(path, "r")

@@ -213,3 +213,27 @@ def generate(
         "ground_truth": str(gt_path),
         "traps": applied,
     }
+
+
+def task_ids_for(tasks: str, per_suite: int = 4) -> list[str]:
+    """The task ids of make_synthetic.py's --tasks: "demo" (per_suite tasks of three suites) or a number N
+    (N distinct tasks cycling through the 130 real names)."""
+    if tasks == "demo":
+        return demo_task_ids(per_suite=per_suite)
+    try:
+        n = int(tasks)
+    except ValueError:
+        raise ValueError(f"--tasks must be 'demo' or an integer, got {tasks!r}") from None
+    return cycle_task_ids(n)
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """What `generate` wrote, for the console: files, tasks x demos, frames, each trap, the ground truth."""
+    lines = [
+        f"wrote {len(summary['files'])} file(s) under {summary['root']}: "
+        f"{summary['n_tasks']} tasks x {summary['n_demos_per_task']} demos = {summary['n_demos']} demos, "
+        f"{summary['n_frames']} frames"
+    ]
+    for t in summary["traps"]:
+        lines.append(f"  trap {t['trap']}: " + t["task"] + (f" demo_{t['demo']}" if "demo" in t else ""))
+    return lines + [f"ground truth: {summary['ground_truth']}"]

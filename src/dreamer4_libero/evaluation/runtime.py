@@ -21,7 +21,7 @@ import torch
 
 from ..fileio import read_json
 from ..training.devices import require_gpus
-from ..training.engine import resolve_amp
+from ..training.optim import resolve_amp
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 

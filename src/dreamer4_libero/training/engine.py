@@ -50,7 +50,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..fileio import sha256_file, write_json
 from ..models.blocks import set_activation_checkpointing, set_attention_backend
 from ..provenance import code_version
 from .checkpoints import (
@@ -64,10 +63,12 @@ from .checkpoints import (
     to_json_plain,
 )
 from .engine_config import EngineConfig
-from .metrics import MetricsLog, export_metrics
-from .monitor import TB_DIR, build_sinks, export_tensorboard
+from .metrics import MetricsLog
+from .monitor import TB_DIR, build_sinks, send_pictures
 from .progress import Progress
-from .resume import append_jsonl, choose_checkpoint, config_diff, read_attempts, restore_rng, resume_position
+from .final_outputs import write_final_outputs
+from .optim import float_metric, lr_factor, param_groups, resolve_amp, task_config, to_device
+from .resume import append_jsonl, choose_checkpoint, config_diff, restore_rng, resume_position
 from .runtime import StopSignals, dist_env, process_start_time, torch_globals
 from .slurm_job import slurm_job_end_time
 from .task import EngineContext
@@ -82,60 +83,6 @@ class NonFiniteLossWarning(RuntimeWarning):
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-def lr_factor(schedule: str, step: int, max_steps: int) -> float:
-    """lr multiplier of the update that takes `step` completed updates to step + 1."""
-    if schedule == "constant" or max_steps <= 1:
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * step / max_steps))
-
-
-def param_groups(model: nn.Module, lr: float, lr_mult: dict | None) -> list[dict]:
-    """AdamW parameter groups: one per distinct multiplier of `lr_mult` (name prefix -> factor,
-    longest matching prefix wins; unmatched parameters get 1.0). Without multipliers: one group."""
-    lr_mult = lr_mult or {}
-    groups: dict[float, list] = {}
-    for name, p in model.named_parameters():
-        hits = [k for k in lr_mult if name.startswith(k)]
-        m = float(lr_mult[max(hits, key=len)]) if hits else 1.0
-        groups.setdefault(m, []).append(p)
-    return [{"params": ps, "lr": lr * m, "lr_mult": m} for m, ps in sorted(groups.items())]
-
-
-def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use GradScaler). AMP only on CUDA; GradScaler only for fp16."""
-    if device.type != "cuda" or amp == "off":
-        return None, False
-    if amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if amp == "bf16":
-        return torch.bfloat16, False
-    return torch.float16, True
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        seq = [to_device(v, device) for v in batch]
-        return type(batch)(*seq) if hasattr(batch, "_fields") else type(batch)(seq)
-    return batch
-
-
-def _float(v: Any) -> float:
-    if isinstance(v, torch.Tensor):
-        return float(v.detach().float().mean().item())
-    return float(v)
-
-
-def _task_config(task: Any) -> dict:
-    c = getattr(task, "config", None)
-    if callable(c):
-        c = c()
-    return dict(c or {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,7 +169,7 @@ class Trainer:
             task.setup(self.ctx)
         self.resolved = {
             "engine": to_json_plain(asdict(cfg)),
-            "task": to_json_plain(_task_config(task)),
+            "task": to_json_plain(task_config(task)),
             "runtime": {
                 "world_size": self.world,
                 "nodes": self.nodes,
@@ -481,7 +428,7 @@ class Trainer:
                 self.scaler.scale(loss / cfg.grad_accum).backward()
             loss_total += lsum / self.world / cfg.grad_accum
             for k, v in (metrics or {}).items():
-                msum[k] = msum.get(k, 0.0) + _float(v) / cfg.grad_accum
+                msum[k] = msum.get(k, 0.0) + float_metric(v) / cfg.grad_accum
         if self._skip_now:
             # nonfinite=skip: no optimizer step; the slot's remaining micro-batches are used up unseen so
             # that the data stream stays aligned with the update count (and a resume)
@@ -581,7 +528,7 @@ class Trainer:
                         "step": self.step,
                         "loss": loss,
                         **metrics,
-                        **{k: _float(v) for k, v in (extra or {}).items()},
+                        **{k: float_metric(v) for k, v in (extra or {}).items()},
                         "lr": self.cfg.lr,
                         "steps_per_s": sps,
                         "elapsed_s": time.time() - self.start_time,
@@ -592,7 +539,9 @@ class Trainer:
                         save_at = self._deadline_save_at()
                         self.log(progress.line(self.step, loss, None if save_at is None else save_at - time.time()))
                 if want_images and (self.step % every_img == 0 or self.step == cfg.max_steps):
-                    want_images = self._images()
+                    want_images = send_pictures(
+                        self.task, self.raw_model, self.step, self.device, self.autocast(), self.metrics, self.log
+                    )
                 if self.pbar is not None:
                     self.pbar.set_postfix(
                         loss=f"{loss:.4g}", sps=f"{1.0 / max(self.step_ema_s, 1e-9):.2f}", refresh=False
@@ -612,7 +561,7 @@ class Trainer:
                             self.log(f"{reason}: saved step {self.step}")
                         else:
                             self.log(f"deadline reached, saved step {self.step}")
-                        self._end_record("stopped", reason)
+                        self.end_record("stopped", reason)
                         return EXIT_RESUME
         finally:
             if self.pbar is not None:
@@ -624,29 +573,7 @@ class Trainer:
             del it
         return EXIT_OK
 
-    def _images(self) -> bool:
-        """The task's pictures of this step to the live-view sinks (rank 0): eval mode, no grad, forked RNG.
-        A picture that fails never stops training: warned once, no more pictures this attempt (returns False)."""
-        model = self.raw_model
-        modes = [(m, m.training) for m in model.modules()]
-        devices = [self.device] if self.device.type == "cuda" else []
-        try:
-            model.eval()
-            with torch.random.fork_rng(devices=devices), torch.no_grad(), self.autocast():
-                imgs = self.task.images(model, self.step)
-            self.metrics.images(self.step, imgs or {})
-            return True
-        except Exception as e:
-            self.log(
-                f"WARNING pictures of step {self.step} failed ({type(e).__name__}: {e}); "
-                f"no more pictures in this attempt, training goes on"
-            )
-            return False
-        finally:
-            for m, was in modes:
-                m.training = was
-
-    def _end_record(self, status: str, reason: str | None = None) -> None:
+    def end_record(self, status: str, reason: str | None = None) -> None:
         if self.is_main:
             append_jsonl(
                 self.ckpt_dir / "attempts.jsonl",
@@ -665,56 +592,10 @@ class Trainer:
 
     # -- final outputs (rank 0, after the process group is gone) ----------------------------------
     def finish(self) -> None:
-        cfg = self.cfg
+        """Rank 0, after the process group is gone: config.json, then the declared outputs (final_outputs.py)."""
         self.metrics.close()
-        if not self.is_main:
-            return
-        final = self.last_ckpt
-        if final is None or not final.exists():
-            raise RuntimeError(f"no final checkpoint for step {self.step} in {self.ckpt_dir}")
-        history = read_attempts(self.ckpt_dir)
-        conf = {
-            **self.resolved,
-            "final_step": self.step,
-            "final_checkpoint": str(final.resolve()),
-            "history": [h for h in history if h.get("event") == "start"],
-        }
-        write_json(self.ckpt_dir / "config.json", conf)
-        if cfg.out_dir is None:
-            self._end_record("done")
-            self.log(f"done at step {self.step}: {final}")
-            return
-        out = Path(cfg.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        records = self.metrics.records()
-        export_metrics(records, out / "metrics.jsonl")
-        if cfg.tensorboard:  # the finished run's curves beside its other outputs (results/train/<run>/)
-            export_tensorboard(self.ckpt_dir / TB_DIR, out / TB_DIR)
-        from ..reporting.plots import plot_metrics  # matplotlib only once a run has finished
-
-        plots = plot_metrics(records, out, title=cfg.run_name)
-        write_json(out / "config.json", conf)
-        extra = None
-        if hasattr(self.task, "final_outputs"):
-            extra = self.task.final_outputs(self.raw_model, out)
-        write_json(
-            out / "checkpoint.json",
-            {
-                "path": str(final.resolve()),
-                "step": self.step,
-                "sha256": sha256_file(final),
-                "bytes": final.stat().st_size,
-                "model_key": cfg.model_key,
-                "run_name": cfg.run_name,
-                "config": str((self.ckpt_dir / "config.json").resolve()),
-                "plots": [p.name for p in plots],
-                "attempts": len(conf["history"]),
-                "skipped_nonfinite": len(self.skipped),
-                "extra": to_json_plain(extra or {}),
-            },
-        )
-        self._end_record("done")
-        self.log(f"done at step {self.step}: {final} -> {out}/checkpoint.json")
+        if self.is_main:
+            write_final_outputs(self)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -781,7 +662,7 @@ def train(task: Any, cfg: EngineConfig) -> int:
         except BaseException as e:
             if rank == 0 and lock.held and not isinstance(e, CheckpointLockError):
                 try:
-                    run._end_record("error", f"{type(e).__name__}: {e}")
+                    run.end_record("error", f"{type(e).__name__}: {e}")
                 except Exception:
                     pass
             raise

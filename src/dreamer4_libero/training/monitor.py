@@ -295,3 +295,28 @@ def read_tensorboard(logdir: str | os.PathLike) -> dict:
         for t in tags.get("images", [])
     }
     return {"scalars": scalars, "images": images}
+
+
+def send_pictures(task, model, step: int, device, autocast, metrics, log) -> bool:
+    """The task's pictures of this step (the unwrapped model on `device`) to the live-view sinks (rank 0;
+    training/engine.py): eval mode, no grad, a forked RNG (training is unaffected), under `autocast`. A picture
+    that fails never stops training: warned once, no more pictures this attempt (returns False)."""
+    import torch
+
+    modes = [(m, m.training) for m in model.modules()]
+    devices = [device] if device.type == "cuda" else []
+    try:
+        model.eval()
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), autocast:
+            imgs = task.images(model, step)
+        metrics.images(step, imgs or {})
+        return True
+    except Exception as e:
+        log(
+            f"WARNING pictures of step {step} failed ({type(e).__name__}: {e}); "
+            f"no more pictures in this attempt, training goes on"
+        )
+        return False
+    finally:
+        for m, was in modes:
+            m.training = was
