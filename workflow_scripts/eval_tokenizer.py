@@ -6,7 +6,7 @@ import argparse
 
 from dreamer4_libero.cli import run_main
 from dreamer4_libero.config import parse_section
-from dreamer4_libero.evaluation.runtime import AMP_CHOICES, eval_device
+from dreamer4_libero.evaluation.runtime import AMP_CHOICES, add_expect_gpus_arg, eval_device
 from dreamer4_libero.evaluation.tokenizer_run import run_tokenizer_eval
 
 
@@ -33,16 +33,8 @@ def main() -> None:
         default=None,
         help="mixed precision on CUDA (default: the run's own, from its config.json); CPU runs fp32",
     )
-    ap.add_argument(
-        "--expect-gpus",
-        type=int,
-        default=0,
-        help="GPUs the job was given: stop at once if torch "
-        "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)",
-    )
+    add_expect_gpus_arg(ap)
     a = ap.parse_args()
-    if a.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {a.batch}")
     device = eval_device(a.expect_gpus, who="tokenizer_eval")  # before any data or checkpoint is loaded
     run_tokenizer_eval(
         parse_section(a.eval, "tokenizer.eval", "--eval"),

@@ -14,7 +14,7 @@ import argparse
 from dreamer4_libero.cli import run_main
 from dreamer4_libero.config import parse_section
 from dreamer4_libero.evaluation.probe_run import run_probe
-from dreamer4_libero.evaluation.runtime import eval_device
+from dreamer4_libero.evaluation.runtime import add_expect_gpus_arg, eval_device
 
 
 def main() -> None:
@@ -30,13 +30,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=32, help="baselines: context window C of the window plan")
     ap.add_argument("--eval", required=True, help="JSON of the config's `probe_eval` section (config/schema.yaml)")
     ap.add_argument("--out-dir", required=True)
-    ap.add_argument(
-        "--expect-gpus",
-        type=int,
-        default=0,
-        help="GPUs the job was given: stop at once if torch "
-        "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)",
-    )
+    add_expect_gpus_arg(ap)
     a = ap.parse_args()
     # the GPU the job was given (checked before any data or checkpoint is loaded), else the CPU
     device = eval_device(a.expect_gpus, who="probe_baselines" if a.baselines else "probe")

@@ -12,7 +12,7 @@ import argparse
 from dreamer4_libero.cli import run_main
 from dreamer4_libero.config import parse_section
 from dreamer4_libero.evaluation.rollout_run import run_rollout_eval
-from dreamer4_libero.evaluation.runtime import eval_device
+from dreamer4_libero.evaluation.runtime import add_expect_gpus_arg, eval_device
 
 
 def main() -> None:
@@ -35,13 +35,7 @@ def main() -> None:
     )
     ap.add_argument("--out-dir", required=True, help="results/rollout/<variant>")
     ap.add_argument("--progress", default="true", choices=["true", "false"])
-    ap.add_argument(
-        "--expect-gpus",
-        type=int,
-        default=0,
-        help="GPUs the job was given: stop at once if torch "
-        "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)",
-    )
+    add_expect_gpus_arg(ap)
     a = ap.parse_args()
     device = eval_device(a.expect_gpus, who="rollout_eval")  # before any data or checkpoint is loaded
     run_rollout_eval(

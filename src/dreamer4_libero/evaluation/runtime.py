@@ -26,6 +26,17 @@ from ..training.optim import resolve_amp
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
+def add_expect_gpus_arg(parser) -> None:
+    """The evaluation scripts' --expect-gpus flag (the rule passes its job's GPUs; checked by eval_device)."""
+    parser.add_argument(
+        "--expect-gpus",
+        type=int,
+        default=0,
+        help="GPUs the job was given: stop at once if torch "
+        "cannot use them (training/devices.py; $D4L_ALLOW_CPU_FALLBACK opts out)",
+    )
+
+
 def eval_device(expect_gpus: int, who: str) -> torch.device:
     """The device of an evaluation job given ``expect_gpus`` GPUs (checked: stops at once if unusable)."""
     on_gpu = require_gpus(expect_gpus, who=who)  # False only under allow_cpu_fallback
