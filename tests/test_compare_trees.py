@@ -29,7 +29,24 @@ def test_identical_trees_and_a_json_difference_named_by_key(tmp_path):
     _tree(tmp_path / "c", rollout_step=8, extra=True)
     res = compare_trees(tmp_path / "a", tmp_path / "c")
     assert res["differs"] == {"rollout/v/rollout.json": ["step: 7 -> 8"]} and res["only_b"] == ["tables/power.md"]
-    assert report_lines(res)[0] == "3 files: 1 byte-identical, 1 differ, 0 only in A, 1 only in B"
+    assert report_lines(res)[0] == (
+        "3 files: 1 byte-identical, 0 differ only in provenance keys, 1 differ, 0 only in A, 1 only in B"
+    )
+
+
+def test_a_different_code_version_alone_is_provenance_not_content(tmp_path):
+    for name, code, step in (("a", "abc", 7), ("b", "def", 7), ("c", "def", 8)):
+        d = tmp_path / name / "probe" / "v"
+        d.mkdir(parents=True)
+        (d / "r.json").write_text(json.dumps({"r2": 0.1, "step": step, "versions": {"code": code, "torch": "2"}}))
+    res = compare_trees(tmp_path / "a", tmp_path / "b")
+    assert res["provenance_only"] == {"probe/v/r.json": ["versions.code"]} and not res["differs"]
+    assert "provenance keys that differ: versions.code" in report_lines(res)[1]
+    res = compare_trees(tmp_path / "a", tmp_path / "c")  # a content change is never hidden by a provenance change
+    assert res["differs"] == {"probe/v/r.json": ["step: 7 -> 8", "versions.code: 'abc' -> 'def'"]}
+    assert not res["provenance_only"]
+    res = compare_trees(tmp_path / "a", tmp_path / "b", provenance=())
+    assert res["differs"] == {"probe/v/r.json": ["versions.code: 'abc' -> 'def'"]}
 
 
 def test_the_script_exits_1_on_a_difference(tmp_path):

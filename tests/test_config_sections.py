@@ -7,7 +7,14 @@ import re
 
 import pytest
 
-from dreamer4_libero.config import VARIANT_DERIVED_KEYS, ConfigError, demo_config, dynamics_variants, parse_section
+from dreamer4_libero.config import (
+    VARIANT_DERIVED_KEYS,
+    ConfigError,
+    demo_config,
+    dynamics_variants,
+    parse_section,
+    validate,
+)
 from dreamer4_libero.job_sizing import science
 
 from conftest import REPO
@@ -85,3 +92,16 @@ def test_no_workflow_script_parses_a_config_section_itself():
     assert hits == []
     defined = [p.name for p in (REPO / "src").rglob("*.py") if "def parse_section" in p.read_text()]
     assert defined == ["config.py"]
+
+
+def test_unexpected_key_is_named_in_full():
+    """A key the section does not have is named as `<section>.<key>` (it read 'rollout_eval.': ... before)."""
+    with pytest.raises(ConfigError) as e:
+        parse_section(json.dumps({"gpus": 0}), "rollout_eval", "--eval")
+    assert "config key 'rollout_eval.gpus': Additional properties are not allowed ('gpus' was unexpected)" in str(
+        e.value
+    )
+    bad = demo_config()
+    bad["rollout_eval"]["n_stripes"] = 3
+    with pytest.raises(ConfigError, match=r"config key 'rollout_eval.n_stripes': Additional properties"):
+        validate(bad)

@@ -58,10 +58,7 @@ def validate(cfg: dict, schema: dict | None = None) -> dict:
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = []
-        for err in errors:
-            where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
-            lines.append(f"config key '{where}': {err.message}")
+        lines = [f"config key '{_key_path('', e) or '<top level>'}': {e.message}" for e in errors]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
     if isinstance(cfg.get("tokenizer"), dict) and "nodes" in cfg["tokenizer"]:
         check_launch(cfg["tokenizer"], "tokenizer")
@@ -199,6 +196,18 @@ def _finetune_run_name(cfg: dict) -> str:
     )
 
 
+def _key_path(where: str, err: jsonschema.ValidationError) -> str:
+    """The dotted config key of a schema error below `where`; an unexpected key is named itself
+    ('rollout_eval.gpus', not 'rollout_eval')."""
+    parts = [where] if where else []
+    parts += [str(p) for p in err.absolute_path]
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        extra = sorted(k for k in err.instance if k not in err.schema.get("properties", {}))
+        if len(extra) == 1:
+            parts.append(str(extra[0]))
+    return ".".join(parts)
+
+
 def _validated(run: dict, sub: dict, where: str) -> dict:
     """Fill the defaults of schema `sub` into `run` and validate; errors name `<where>.<key>`."""
     _fill_defaults(sub, run)
@@ -206,9 +215,7 @@ def _validated(run: dict, sub: dict, where: str) -> dict:
     if errors:
         raise ConfigError(
             "invalid configuration:\n  "
-            + "\n  ".join(
-                f"config key '{where}.{'.'.join(str(p) for p in e.absolute_path)}': {e.message}" for e in errors
-            )
+            + "\n  ".join(f"config key '{_key_path(where, e)}': {e.message}" for e in errors)
         )
     if "nodes" in run:
         check_launch(run, where)

@@ -3,7 +3,9 @@
 For a refactor that must change no output (issue 30), run the demo before and after in the same
 folder and compare `results/` trees. Each file of either tree is `same` (equal bytes), `differs` or
 missing on one side. For JSON files that differ, the differing key paths are listed with both values,
-so a difference can be explained (e.g. a commit hash in a training history) or found.
+so a difference can be explained or found. A JSON file whose every differing key matches one of
+`provenance` (default: `versions.code`, the git commit a record was written by, which a refactor
+changes by definition) counts as `provenance_only`, not as a difference of content.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ DEFAULT_PATTERNS = (
     "rollout/*/windows_*.json",
     "tokenizer_eval/*/psnr.json",
 )
+
+
+#: JSON key paths (fnmatch globs) that record which code wrote a file, not what it computed
+DEFAULT_PROVENANCE = ("versions.code",)
 
 
 def _sha(path: Path) -> str:
@@ -54,12 +60,17 @@ def selected(root: Path, patterns: tuple[str, ...]) -> set[str]:
 
 
 def compare_trees(
-    a: str | Path, b: str | Path, patterns: tuple[str, ...] = DEFAULT_PATTERNS, max_paths: int = 8
+    a: str | Path,
+    b: str | Path,
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS,
+    max_paths: int = 8,
+    provenance: tuple[str, ...] = DEFAULT_PROVENANCE,
 ) -> dict:
-    """{"same": [...], "differs": {rel: [key-path lines] or []}, "only_a": [...], "only_b": [...]}."""
+    """{"same": [...], "provenance_only": {rel: [keys]}, "differs": {rel: [key-path lines] or []},
+    "only_a": [...], "only_b": [...]}."""
     a, b = Path(a), Path(b)
     fa, fb = selected(a, patterns), selected(b, patterns)
-    out: dict = {"same": [], "differs": {}, "only_a": sorted(fa - fb), "only_b": sorted(fb - fa)}
+    out: dict = {"same": [], "provenance_only": {}, "differs": {}, "only_a": sorted(fa - fb), "only_b": sorted(fb - fa)}
     for rel in sorted(fa & fb):
         if _sha(a / rel) == _sha(b / rel):
             out["same"].append(rel)
@@ -70,6 +81,9 @@ def compare_trees(
                 diffs = list(_json_diffs(json.loads((a / rel).read_text()), json.loads((b / rel).read_text())))
             except ValueError:
                 diffs = []
+            if diffs and all(any(fnmatch.fnmatchcase(p, g) for g in provenance) for p, _, _ in diffs):
+                out["provenance_only"][rel] = sorted({p for p, _, _ in diffs})
+                continue
             lines = [f"{p}: {va!r} -> {vb!r}" for p, va, vb in diffs[:max_paths]]
             if len(diffs) > max_paths:
                 lines.append(f"... {len(diffs) - max_paths} more")
@@ -78,11 +92,15 @@ def compare_trees(
 
 
 def report_lines(res: dict) -> list[str]:
-    n = len(res["same"]) + len(res["differs"]) + len(res["only_a"]) + len(res["only_b"])
+    prov = res.get("provenance_only", {})
+    n = len(res["same"]) + len(prov) + len(res["differs"]) + len(res["only_a"]) + len(res["only_b"])
     lines = [
-        f"{n} files: {len(res['same'])} byte-identical, {len(res['differs'])} differ, "
-        f"{len(res['only_a'])} only in A, {len(res['only_b'])} only in B"
+        f"{n} files: {len(res['same'])} byte-identical, {len(prov)} differ only in provenance keys, "
+        f"{len(res['differs'])} differ, {len(res['only_a'])} only in A, {len(res['only_b'])} only in B"
     ]
+    if prov:
+        keys = sorted({k for ks in prov.values() for k in ks})
+        lines.append(f"provenance keys that differ: {', '.join(keys)} (the code version that wrote the record)")
     for rel, paths in res["differs"].items():
         lines.append(f"DIFFERS {rel}")
         lines += [f"    {p}" for p in paths]
