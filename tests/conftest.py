@@ -171,6 +171,21 @@ def dry_run_jobs(out: str) -> list[dict]:
 _NO_SLURM_BIN: Path | None = None
 
 
+def trainer_cmd(script: str, section_flag: str, section: dict, pre: Path, *args: str) -> list[str]:
+    """A trainer script's command line on a preprocessed set (train split), progress bars off:
+    `trainer_cmd("train_tokenizer.py", "--tokenizer", cfg, pre, "--resolution", "32", "--ckpt-dir", ...)`."""
+    data = ["--manifest", str(pre / "manifest.json"), "--train-split", str(pre / "splits" / "train.json")]
+    script_path = str(REPO / "workflow_scripts" / script)
+    return [sys.executable, script_path, section_flag, json.dumps(section), *data, *args, "--progress", "false"]
+
+
+def step_state(ckpt_dir: Path, step: int) -> dict:
+    """The checkpoint of `step` in a trainer's checkpoint folder."""
+    import torch
+
+    return torch.load(ckpt_dir / f"step_{step:07d}.pt", weights_only=True)
+
+
 def venv_env(slurm: bool = False) -> dict:
     """The environment for a Snakemake (or `make`) subprocess: the venv's bin first on PATH.
 

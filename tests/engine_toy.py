@@ -16,9 +16,30 @@ import torch
 import torch.nn as nn
 
 from dreamer4_libero.training.engine import train
-from dreamer4_libero.training.engine_config import add_engine_args, engine_config_from_args, require_job_gpus
+from dreamer4_libero.training.engine_config import (
+    EngineConfig,
+    add_engine_args,
+    engine_config_from_args,
+    require_job_gpus,
+)
 
 D_IN, D_HID, D_OUT, BATCH = 8, 32, 4, 16
+
+
+def toy_config(ckpt_dir, **kw) -> EngineConfig:
+    """An EngineConfig for the toy task: 20 steps, a checkpoint every 5, every metric kept, deterministic."""
+    base = dict(
+        ckpt_dir=str(ckpt_dir),
+        max_steps=20,
+        save_every=5,
+        keep_last=0,
+        log_every=1,
+        seed=0,
+        deterministic=True,
+        progress=False,
+        run_name="toy",
+    )
+    return EngineConfig(**{**base, **kw})
 
 
 def make_model() -> nn.Module:

@@ -3,7 +3,6 @@ checkpoint writes, tests/faults.py) and after deadline stops (bitwise), a corrup
 with 1 and 2 processes (bootstrap on), checkpoint layout, init_from."""
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -12,13 +11,11 @@ import pytest
 import torch
 
 import faults
+from conftest import step_state, trainer_cmd
 from dreamer4_libero.config import demo_config, dynamics_variants
 from dreamer4_libero.fileio import read_json
 from dreamer4_libero.models.dynamics import Dynamics, DynamicsConfig
 from dreamer4_libero.models.upstream import add_prefix, load_dynamics_checkpoint, upstream_dynamics_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "workflow_scripts" / "train_dynamics.py"
 
 
 def _run_cfg(name="dynamics_aux_phase6_leakfree", **over) -> dict:
@@ -42,29 +39,19 @@ def _run_cfg(name="dynamics_aux_phase6_leakfree", **over) -> dict:
 def _cmd(pre: Path, tok: Path, run: dict, ckpt: Path, out: Path, *extra) -> list[str]:
     tok_json = ckpt.parent / f"{ckpt.name}_tok.json"
     tok_json.write_text(json.dumps({"path": str(tok)}))
-    return [
-        sys.executable,
-        str(SCRIPT),
+    return trainer_cmd(
+        "train_dynamics.py",
         "--variant",
-        json.dumps(run),
-        "--manifest",
-        str(pre / "manifest.json"),
-        "--train-split",
-        str(pre / "splits" / "train.json"),
+        run,
+        pre,
         "--tokenizer-checkpoint-json",
         str(tok_json),
         "--ckpt-dir",
         str(ckpt),
         "--out-dir",
         str(out),
-        "--progress",
-        "false",
         *extra,
-    ]
-
-
-def _state(ckpt_dir: Path, step: int) -> dict:
-    return torch.load(ckpt_dir / f"step_{step:07d}.pt", weights_only=True)
+    )
 
 
 def _same(a: dict, b: dict):
@@ -117,7 +104,7 @@ def test_sigterm_then_sigkill_at_random_steps_resume_bitwise(
     ck = tmp_path / "ck"
     cmd = _cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(), ck, tmp_path / "out")
     faults.interrupt_at_random_steps(trainer_cli, cmd, ck, tmp_path, max_steps=10, log_every=1, seed=3)
-    _same(_state(reference / "ck", 10), _state(ck, 10))
+    _same(step_state(reference / "ck", 10), step_state(ck, 10))
 
 
 @pytest.mark.fault(
@@ -130,7 +117,7 @@ def test_sigterm_and_sigkill_during_checkpoint_writes_resume_bitwise(
     ck = tmp_path / "ck"
     cmd = _cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(), ck, tmp_path / "out")
     faults.interrupt_during_checkpoint_writes(trainer_cli, cmd, ck, tmp_path, save_every=2, max_steps=10, seed=4)
-    _same(_state(reference / "ck", 10), _state(ck, 10))
+    _same(step_state(reference / "ck", 10), step_state(ck, 10))
 
 
 def test_deadline_stops_resume_bitwise(trainer_cli, reference, preprocessed, tiny_tokenizer_ckpt, tmp_path):
@@ -158,7 +145,7 @@ def test_deadline_stops_resume_bitwise(trainer_cli, reference, preprocessed, tin
         _cmd(preprocessed, tiny_tokenizer_ckpt, _run_cfg(max_steps=6), tmp_path / "ref", tmp_path / "ref_out")
     )
     assert ref.returncode == 0
-    _same(_state(tmp_path / "ref", 6), _state(ck, 6))
+    _same(step_state(tmp_path / "ref", 6), step_state(ck, 6))
 
 
 @pytest.mark.fault(

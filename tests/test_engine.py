@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # engine_toy, whatever pytest's import mode
 
 import engine_toy  # noqa: E402
-from engine_toy import ToyTask, make_batch, make_model, toy_loss  # noqa: E402
+from engine_toy import ToyTask, make_batch, make_model, toy_config, toy_loss  # noqa: E402
 from dreamer4_libero.training.checkpoints import (
     CheckpointLock,
     CheckpointLockError,
@@ -49,19 +49,7 @@ N = 30  # steps of the determinism runs
 
 
 def cfg(ckpt_dir, **kw) -> EngineConfig:
-    base = dict(
-        ckpt_dir=str(ckpt_dir),
-        max_steps=N,
-        save_every=5,
-        keep_last=0,
-        log_every=1,
-        seed=0,
-        deterministic=True,
-        progress=False,
-        run_name="toy",
-    )
-    base.update(kw)
-    return EngineConfig(**base)
+    return toy_config(ckpt_dir, **{"max_steps": N, **kw})
 
 
 def load(path) -> dict:

@@ -3,19 +3,15 @@
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import snakemake_cmd, venv_env
+from conftest import snakemake_cmd, trainer_cmd, venv_env
 
 from dreamer4_libero.config import demo_config
 from dreamer4_libero.data.loader import episode_list
 from dreamer4_libero.training.identity import identity_dir, run_identity, training_data_fingerprint
-
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "workflow_scripts" / "train_tokenizer.py"
 
 
 def _ident(section, **kw):
@@ -106,24 +102,18 @@ def test_data_fingerprint_sees_regenerated_data(tmp_path, preprocessed):
 
 
 def _train(trainer_cli, pre, t, root, out):
-    cmd = [
-        sys.executable,
-        str(SCRIPT),
+    cmd = trainer_cmd(
+        "train_tokenizer.py",
         "--tokenizer",
-        json.dumps(t),
-        "--manifest",
-        str(pre / "manifest.json"),
-        "--train-split",
-        str(pre / "splits" / "train.json"),
+        t,
+        pre,
         "--resolution",
         "32",
         "--ckpt-root",
         str(root),
         "--out-dir",
         str(out),
-        "--progress",
-        "false",
-    ]
+    )
     r = trainer_cli.run(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout + r.stderr

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # engine_toy, whatever pytest's import mode
 
 from conftest import venv_env  # noqa: E402
-from engine_toy import ToyTask  # noqa: E402
+from engine_toy import ToyTask, toy_config  # noqa: E402
 from dreamer4_libero.config import demo_config, dynamics_variants, load_schema  # noqa: E402
 from dreamer4_libero.training.checkpoints import list_checkpoints  # noqa: E402
 from dreamer4_libero.training.engine import EXIT_OK, EXIT_RESUME, train  # noqa: E402
@@ -31,19 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cfg(ckpt_dir, **kw) -> EngineConfig:
-    base = dict(
-        ckpt_dir=str(ckpt_dir),
-        max_steps=20,
-        save_every=5,
-        keep_last=0,
-        log_every=1,
-        seed=0,
-        deterministic=True,
-        progress=False,
-        run_name="toy",
-    )
-    base.update(kw)
-    return EngineConfig(**base)
+    return toy_config(ckpt_dir, **kw)
 
 
 def assert_tb_equals_metrics(ckpt_dir: Path) -> dict:

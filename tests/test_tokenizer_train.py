@@ -1,14 +1,13 @@
 """The tokenizer trainer end to end on the engine: resume after SIGTERM and SIGKILL (at random steps and
 inside checkpoint writes, tests/faults.py), checkpoint contents, init_from."""
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import faults
+from conftest import step_state, trainer_cmd
 from test_monitor import assert_tb_equals_metrics
 
 from dreamer4_libero.cli import ConfigError
@@ -16,8 +15,6 @@ from dreamer4_libero.config import demo_config
 from dreamer4_libero.fileio import read_json
 from dreamer4_libero.models.upstream import load_tokenizer_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "workflow_scripts" / "train_tokenizer.py"
 # the trainers use LPIPS (lpips_weight 0.2) and never fetch it: the machine cache is filled first
 pytestmark = pytest.mark.usefixtures("lpips_weights")
 
@@ -40,28 +37,18 @@ def _tiny_cfg(**over) -> dict:
 
 
 def _cmd(pre: Path, t: dict, ckpt: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        str(SCRIPT),
+    return trainer_cmd(
+        "train_tokenizer.py",
         "--tokenizer",
-        json.dumps(t),
-        "--manifest",
-        str(pre / "manifest.json"),
-        "--train-split",
-        str(pre / "splits" / "train.json"),
+        t,
+        pre,
         "--resolution",
         "32",
         "--ckpt-dir",
         str(ckpt),
         "--out-dir",
         str(out),
-        "--progress",
-        "false",
-    ]
-
-
-def _final_state(ckpt_dir: Path, step: int) -> dict:
-    return torch.load(ckpt_dir / f"step_{step:07d}.pt", weights_only=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +61,7 @@ def reference(trainer_cli, preprocessed, tmp_path_factory) -> Path:
 
 
 def _assert_same_final(reference: Path, ck: Path) -> None:
-    a, b = _final_state(reference / "ck", 12), _final_state(ck, 12)
+    a, b = step_state(reference / "ck", 12), step_state(ck, 12)
     assert a["step"] == b["step"] == 12
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
@@ -208,7 +195,7 @@ def test_init_from_an_upstream_tokenizer_is_weights_only(trainer_cli, preprocess
     assert res.returncode == 0, res.stderr[-3000:]
     assert "fresh start at step 0" in res.stdout
     src = torch.load(tiny_tokenizer_ckpt, weights_only=True)["model"]
-    final = _final_state(tmp_path / "ck", 2)
+    final = step_state(tmp_path / "ck", 2)
     assert final["step"] == 2 and final["model"].keys() == src.keys()  # the file's architecture (4 latents)
     assert final["args"]["init_from"] == str(tiny_tokenizer_ckpt) and final["args"]["init_sha256"]
     drift = max(float((final["model"][k].float() - v.float()).abs().max()) for k, v in src.items())
@@ -244,5 +231,5 @@ def test_grad_accum_and_a_larger_max_steps_flag_get_enough_batches(trainer_cli, 
         _cmd(preprocessed, t, tmp_path / "ck", tmp_path / "out") + ["--grad-accum", "2", "--max-steps", "4"]
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    ck = _final_state(tmp_path / "ck", 4)
+    ck = step_state(tmp_path / "ck", 4)
     assert ck["step"] == 4 and ck["data"] == {"next_step": 8, "grad_accum": 2}

@@ -9,8 +9,7 @@ dynamics variant that was run, and results/archive/README.md with the tables and
 import argparse
 
 from dreamer4_libero.cli import run_main
-from dreamer4_libero.config import parse_section
-from dreamer4_libero.reporting.results import add_result_args
+from dreamer4_libero.reporting.results import add_result_args, result_args
 
 
 def main() -> None:
@@ -28,17 +27,14 @@ def main() -> None:
     ap.add_argument("--out-dir", required=True, help="e.g. results/archive")
     ap.add_argument("--no-verify", action="store_true", help="skip the strict reload of each written checkpoint")
     a = ap.parse_args()
-    cfg = parse_section(a.tables_config, "$defs.tables_config", "--tables-config")
+    cfg, inputs = result_args(a)
 
     from dreamer4_libero.reporting.archive import make_archive
 
     paths = make_archive(
         cfg,
         a.out_dir,
-        probe_summaries=a.probe_summaries,
-        rollout=a.rollout,
-        tokenizer_eval=a.tokenizer_eval,
-        train_dirs=a.train_dirs,
+        **inputs,
         tables_dir=a.tables_dir,
         rollout_dirs=a.rollout_dirs,
         splits_dir=a.splits_dir,

@@ -9,8 +9,7 @@ plots/*.png under --out-dir, byte-identical on a rerun. A malformed input exits 
 import argparse
 
 from dreamer4_libero.cli import run_main
-from dreamer4_libero.config import parse_section
-from dreamer4_libero.reporting.results import add_result_args
+from dreamer4_libero.reporting.results import add_result_args, result_args
 
 
 def main() -> None:
@@ -19,17 +18,14 @@ def main() -> None:
     ap.add_argument("--out-dir", required=True, help="e.g. results/tables")
     ap.add_argument("--no-plots", action="store_true", help="tables only")
     a = ap.parse_args()
-    cfg = parse_section(a.tables_config, "$defs.tables_config", "--tables-config")
+    cfg, inputs = result_args(a)
 
     from dreamer4_libero.reporting.tables import make_tables
 
     paths = make_tables(
         cfg,
         a.out_dir,
-        probe_summaries=a.probe_summaries,
-        rollout=a.rollout,
-        tokenizer_eval=a.tokenizer_eval,
-        train_dirs=a.train_dirs,
+        **inputs,
         plots=not a.no_plots,
     )
     print(f"wrote {len(paths)} files under {a.out_dir}")

@@ -111,6 +111,13 @@ def _flags(idm: Agg, pol: Agg) -> tuple:
     return ("text", "; ".join(p for p in parts if p))
 
 
+def _probe_extra(ok: bool, variant: str, feat: str, extraction: str, idm: Agg, pol: Agg) -> list:
+    """The CSV columns of one power row from status to the policy-mode seeds."""
+    status = "ok" if ok else "missing"
+    idm_cols = [idm.mean, *idm.ci, idm.n_seeds]
+    return [status, variant, feat, extraction, POWER_H, POWER_SCORING, *idm_cols, pol.mean, *pol.ci, pol.n_seeds]
+
+
 def _is_degenerate(agg: Agg) -> bool:
     return any((r.get("flags") or {}).get("DEGENERATE") for r in agg.records)
 
@@ -210,18 +217,7 @@ def build_power(inp: Inputs, pv: ProbeView) -> Table:
                 _flags(idm, pol),
             ]
             extra = [
-                "ok" if (idm.records and rec) else "missing",
-                name,
-                feat,
-                POWER_EXTRACTION,
-                POWER_H,
-                POWER_SCORING,
-                idm.mean,
-                *idm.ci,
-                idm.n_seeds,
-                pol.mean,
-                *pol.ci,
-                pol.n_seeds,
+                *_probe_extra(bool(idm.records and rec), name, feat, POWER_EXTRACTION, idm, pol),
                 dcl.get("mean"),
                 *(dcl.get("ci") or [None, None]),
                 dact.get("mean"),
@@ -246,20 +242,7 @@ def build_power(inp: Inputs, pv: ProbeView) -> Table:
             _flags(idm, pol),
         ]
         extra = (
-            [
-                "ok" if idm.records else "missing",
-                BASELINES,
-                feat,
-                "none",
-                POWER_H,
-                POWER_SCORING,
-                idm.mean,
-                *idm.ci,
-                idm.n_seeds,
-                pol.mean,
-                *pol.ci,
-                pol.n_seeds,
-            ]
+            _probe_extra(bool(idm.records), BASELINES, feat, "none", idm, pol)
             + [None] * 9
             + [bar if feat == BAR_BASELINE else None]
         )

@@ -225,6 +225,16 @@ def add_result_args(ap) -> None:
     ap.add_argument("--train-dirs", nargs="*", default=[], help="results/train/<run> folders")
 
 
+def result_args(a) -> tuple[dict, dict]:
+    """What add_result_args parsed: (the checked tables config, the result-file keyword arguments of
+    make_tables / make_archive)."""
+    from ..config import parse_section
+
+    cfg = parse_section(a.tables_config, "$defs.tables_config", "--tables-config")
+    files = {"probe_summaries": a.probe_summaries, "rollout": a.rollout, "tokenizer_eval": a.tokenizer_eval}
+    return cfg, {**files, "train_dirs": a.train_dirs}
+
+
 def normalise_config(cfg: dict) -> dict:
     """The tables config (`--tables-config`) checked and filled against config/schema.yaml `$defs.tables_config`
     (the one config helper, config.validate_section); a malformed one raises TablesError."""
