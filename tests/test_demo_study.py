@@ -182,43 +182,28 @@ def test_tables_only_rerun_plans_one_job_and_is_byte_identical(demo_study):
     tables = demo_study / "results" / "tables"
     before = {p.relative_to(tables): p.read_bytes() for p in sorted(tables.rglob("*")) if p.is_file()}
     assert any(p.suffix == ".tex" for p in before) and any(p.suffix == ".csv" for p in before)
-    dry = subprocess.run(
-        snakemake_cmd(
-            "-n",
-            "--profile",
-            "profiles/local",
-            "--configfile",
-            "config/demo.yaml",
-            "--forcerun",
-            "tables",
-            "--until",
-            "tables",
-        ),
-        cwd=demo_study,
-        env=venv_env(),
-        capture_output=True,
-        text=True,
+    args = (
+        "--profile",
+        "profiles/local",
+        "--configfile",
+        "config/demo.yaml",
+        "--forcerun",
+        "tables",
+        "--until",
+        "tables",
     )
+
+    def smk(*extra):
+        return subprocess.run(
+            snakemake_cmd(*extra, *args), cwd=demo_study, env=venv_env(), capture_output=True, text=True
+        )
+
+    dry = smk("-n")
     assert dry.returncode == 0, dry.stderr[-2000:]
     jobs = planned_jobs(dry.stdout + dry.stderr)
     assert jobs == {"tables": 1, "total": 1}, jobs
     shutil.rmtree(tables)
-    r = subprocess.run(
-        snakemake_cmd(
-            "--profile",
-            "profiles/local",
-            "--configfile",
-            "config/demo.yaml",
-            "--forcerun",
-            "tables",
-            "--until",
-            "tables",
-        ),
-        cwd=demo_study,
-        env=venv_env(),
-        capture_output=True,
-        text=True,
-    )
+    r = smk()
     assert r.returncode == 0, r.stderr[-2000:]
     after = {p.relative_to(tables): p.read_bytes() for p in sorted(tables.rglob("*")) if p.is_file()}
     assert after.keys() == before.keys()

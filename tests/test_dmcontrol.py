@@ -93,16 +93,9 @@ def test_resize_is_the_release_preprocessing():
 
 def test_collection_writes_shards_the_loader_reads(tmp_path):
     out = tmp_path / "dmc"
-    m = collect(
-        out,
-        ["cartpole-swingup", "reacher-easy"],
-        episodes=2,
-        steps=33,
-        seed=0,
-        policy="smooth",
-        policy_per_task={"reacher-easy": "sine"},
-        progress=False,
-    )
+    tasks = ["cartpole-swingup", "reacher-easy"]
+    kw = dict(episodes=2, steps=33, policy="smooth", policy_per_task={"reacher-easy": "sine"}, progress=False)
+    m = collect(out, tasks, seed=0, **kw)
     assert m["totals"] == {"tasks": 2, "demos_kept": 4, "frames": 4 * 34}
     assert [f["action_dim"] for f in m["files"]] == [1, 2] and m["files"][1]["options"]["policy"] == "sine"
     split = json.loads((out / "splits" / "train.json").read_text())
@@ -121,27 +114,9 @@ def test_collection_writes_shards_the_loader_reads(tmp_path):
     fp = training_data_fingerprint(out / "manifest.json", split["episodes"])
     # a rerun reuses finished tasks; another seed is new data
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")}
-    collect(
-        out,
-        ["cartpole-swingup", "reacher-easy"],
-        episodes=2,
-        steps=33,
-        seed=0,
-        policy="smooth",
-        policy_per_task={"reacher-easy": "sine"},
-        progress=False,
-    )
+    collect(out, tasks, seed=0, **kw)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")} == mtimes
-    collect(
-        out,
-        ["cartpole-swingup", "reacher-easy"],
-        episodes=2,
-        steps=33,
-        seed=1,
-        policy="smooth",
-        policy_per_task={"reacher-easy": "sine"},
-        progress=False,
-    )
+    collect(out, tasks, seed=1, **kw)
     assert training_data_fingerprint(out / "manifest.json", split["episodes"]) != fp
 
 

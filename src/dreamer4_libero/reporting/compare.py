@@ -3,9 +3,17 @@
 For a refactor that must change no output (issue 30), run the demo before and after in the same
 folder and compare `results/` trees. Each file of either tree is `same` (equal bytes), `differs` or
 missing on one side. For JSON files that differ, the differing key paths are listed with both values,
-so a difference can be explained or found. A JSON file whose every differing key matches one of
-`provenance` (default: `versions.code`, the git commit a record was written by, which a refactor
-changes by definition) counts as `provenance_only`, not as a difference of content.
+so a difference can be explained or found.
+
+A file that differs only in provenance counts as `provenance_only`, not as a difference of content.
+Provenance is what names the code and the files a result came from, not what it computed:
+- JSON keys matching `provenance` (default: `versions.code`, the commit that wrote a record; any
+  `*sha256`, the hash of a checkpoint or record file, whose bytes hold the run's timings and so
+  differ between any two runs; `wall_s`, the job's wall time);
+- inside any string or text file, 64-hex file hashes, 40-hex commits and the 16-hex run-identity
+  folder of a checkpoint path (`.../<run>/<identity>/step_...`, which follows from the tokenizer
+  file's hash), each compared as a placeholder. Tables list their inputs' sha256 in a footer.
+Numbers, labels and every other byte must match.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,8 +37,21 @@ DEFAULT_PATTERNS = (
 )
 
 
-#: JSON key paths (fnmatch globs) that record which code wrote a file, not what it computed
-DEFAULT_PROVENANCE = ("versions.code",)
+#: JSON key paths (fnmatch globs) that record which code and files made a result, not what it computed
+DEFAULT_PROVENANCE = ("versions.code", "*sha256", "wall_s", "*.wall_s")
+#: hashes inside strings and text: (pattern, placeholder)
+_HASHES = (
+    (re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])"), "<sha256>"),
+    (re.compile(r"(?<![0-9a-f])[0-9a-f]{40}(?![0-9a-f])"), "<commit>"),
+    (re.compile(r"/[0-9a-f]{16}/(?=step_)"), "/<identity>/"),
+)
+
+
+def without_hashes(text: str) -> str:
+    """`text` with file hashes, commits and run-identity folders replaced by placeholders."""
+    for pat, placeholder in _HASHES:
+        text = pat.sub(placeholder, text)
+    return text
 
 
 def _sha(path: Path) -> str:
@@ -49,6 +71,21 @@ def _json_diffs(a: Any, b: Any, path: str = "") -> Iterator[tuple[str, Any, Any]
             yield from _json_diffs(x, y, f"{path}[{i}]")
     elif a != b:
         yield path, a, b
+
+
+def _is_provenance(path: str, va: Any, vb: Any, provenance: tuple[str, ...]) -> bool:
+    if not provenance:
+        return False
+    if any(fnmatch.fnmatchcase(path, g) for g in provenance):
+        return True
+    return isinstance(va, str) and isinstance(vb, str) and without_hashes(va) == without_hashes(vb)
+
+
+def _text_without_hashes(path: Path) -> str | None:
+    try:
+        return without_hashes(path.read_text())
+    except UnicodeDecodeError:  # a picture: bytes only
+        return None
 
 
 def selected(root: Path, patterns: tuple[str, ...]) -> set[str]:
@@ -81,12 +118,17 @@ def compare_trees(
                 diffs = list(_json_diffs(json.loads((a / rel).read_text()), json.loads((b / rel).read_text())))
             except ValueError:
                 diffs = []
-            if diffs and all(any(fnmatch.fnmatchcase(p, g) for g in provenance) for p, _, _ in diffs):
-                out["provenance_only"][rel] = sorted({p for p, _, _ in diffs})
+            if diffs and all(_is_provenance(p, va, vb, provenance) for p, va, vb in diffs):
+                out["provenance_only"][rel] = sorted({re.sub(r"\[\d+\]", "[]", p) for p, _, _ in diffs})
                 continue
             lines = [f"{p}: {va!r} -> {vb!r}" for p, va, vb in diffs[:max_paths]]
             if len(diffs) > max_paths:
                 lines.append(f"... {len(diffs) - max_paths} more")
+        elif provenance:
+            ta = _text_without_hashes(a / rel)
+            if ta is not None and ta == _text_without_hashes(b / rel):
+                out["provenance_only"][rel] = ["hashes in the text"]
+                continue
         out["differs"][rel] = lines
     return out
 
@@ -95,12 +137,12 @@ def report_lines(res: dict) -> list[str]:
     prov = res.get("provenance_only", {})
     n = len(res["same"]) + len(prov) + len(res["differs"]) + len(res["only_a"]) + len(res["only_b"])
     lines = [
-        f"{n} files: {len(res['same'])} byte-identical, {len(prov)} differ only in provenance keys, "
+        f"{n} files: {len(res['same'])} byte-identical, {len(prov)} differ only in provenance, "
         f"{len(res['differs'])} differ, {len(res['only_a'])} only in A, {len(res['only_b'])} only in B"
     ]
     if prov:
         keys = sorted({k for ks in prov.values() for k in ks})
-        lines.append(f"provenance keys that differ: {', '.join(keys)} (the code version that wrote the record)")
+        lines.append(f"what differs in those: {', '.join(keys)} (code version, file hashes, wall time)")
     for rel, paths in res["differs"].items():
         lines.append(f"DIFFERS {rel}")
         lines += [f"    {p}" for p in paths]
