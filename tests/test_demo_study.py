@@ -140,9 +140,9 @@ def test_tokenizer_quality_on_demo_data(demo_study):
 
 def test_positive_control_world_models_use_their_actions(demo_study):
     """issue 27: on held-out tasks the tokenizer ceiling of the encoding the world models use is >= copy-last
-    + 1 dB, and the POSITIVE variants' rollouts get worse with shuffled actions (paired CI above 0). Not met
-    yet, so printed and not asserted: a variant beating copy-last over the last third of the horizon (measured
-    -0.44 [-0.86, -0.02] dB for dynamics_phase3, docs/positive_control.md)."""
+    + 1 dB, the POSITIVE variants' rollouts get worse with shuffled actions (paired CI above 0), and at least
+    one of them beats copy-last over the last third of the horizon (paired CI above 0; dynamics_phase3 with
+    the demo's cosine recipe, docs/positive_control.md)."""
     beats = []
     for v in POSITIVE:
         rec = json.loads((demo_study / "results" / "rollout" / v / "rollout.json").read_text())
@@ -161,6 +161,7 @@ def test_positive_control_world_models_use_their_actions(demo_study):
         assert last["ci"][0] <= last["mean"] <= last["ci"][1] and last["frames"] == [17, 24]
         beats.append(last["ci"][0] > 0)
     print(f"[positive control] beats copy-last over frames 17-24 (CI above 0): {dict(zip(POSITIVE, beats))}")
+    assert any(beats), dict(zip(POSITIVE, beats))
     # the probe finds what the world model carries: wm_spatial (idm, video_only, H=1, held-out, mean of the
     # seeds) above the tokenizer latents' bar (target of issue 27: >= 0.2; measured +0.13 vs +0.04)
     wm = [
@@ -174,6 +175,13 @@ def test_positive_control_world_models_use_their_actions(demo_study):
         if (r["feature"], r["probe_mode"], r["H"]) == ("tok_latent", "idm", 1)
     ]
     print(f"[positive control] {POSITIVE[0]} wm_spatial idm R2 {np.mean(wm):+.3f} vs tok_latent {np.mean(tok):+.3f}")
+    for v in POSITIVE[1:]:  # the target of issue 27 (>= 0.2) for the variant that beats copy-last: printed
+        r2 = [
+            _held_out(r, scoring="all_valid")
+            for r in _records(demo_study, v)
+            if (r["feature"], r["extraction"], r["probe_mode"], r["H"]) == ("wm_spatial", "video_only", "idm", 1)
+        ]
+        print(f"[positive control] {v} wm_spatial idm R2 {np.mean(r2):+.3f}")
     assert len(wm) == len(tok) == len(CFG["probe"]["seeds"])
     assert np.mean(wm) > 0.05 and np.mean(wm) > np.mean(tok) + 0.03
 

@@ -252,13 +252,16 @@ def test_demo_variants_are_tiny_and_the_paper_ones_are_not():
         "dynamics_dmcontrol_pretrained",
         "dynamics_phase3",
     ]
-    long = {"dynamics_phase3", "dynamics_aux_agent_reads_leakfree"}  # issue 27: the positive-control runs
+    long = {"dynamics_phase3": 3000, "dynamics_aux_agent_reads_leakfree": 1500}  # issue 27: positive controls
     assert all(
-        r["max_steps"] <= (1500 if n in long else 300) and r["seq_len"] == 32 and r["model"]["d_model"] <= 96
+        r["max_steps"] <= long.get(n, 300) and r["seq_len"] == 32 and r["model"]["d_model"] <= 96
         for n, r in demo.items()
         if r["enabled"] and r["model"]["d_model"] != 1024
     )
     assert all(r["tokenizer_chunk"] == "train" for r in demo.values())
+    # only the demo's dynamics_phase3 decays its lr; the paper variants keep upstream's constant lr
+    assert [n for n, r in demo.items() if r["lr_schedule"] != "constant"] == ["dynamics_phase3"]
+    assert all(r["lr_schedule"] == "constant" for r in dynamics_variants(load_config()).values())
     assert all(r["tokenizer_chunk"] is None for r in dynamics_variants(load_config()).values())  # published
     assert demo["dynamics_aux_param_matched_276M"]["stand_in_for"]
     assert demo["dynamics_aux_phase6"]["bootstrap_start"] == 20 and demo["dynamics_phase3"]["batch_size"] >= 4

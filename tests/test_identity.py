@@ -289,3 +289,18 @@ def test_tokenizer_chunk_config_key_is_validated():
     for bad in ("whole", 0):
         with pytest.raises(ConfigError, match="dynamics_phase3.tokenizer_chunk"):
             variant(bad)
+
+
+def test_lr_schedule_constant_keeps_a_dynamics_runs_folder_but_not_a_tokenizers():
+    """lr_schedule came to the dynamics runs after they existed: at `constant` it is left out of their identity
+    (the DynamicsTask's neutral_defaults), so finished runs keep their checkpoint folder; cosine is a new run.
+    The tokenizer had it from the start, so its identity keeps it."""
+    from dreamer4_libero.config import dynamics_variants
+
+    run = {k: v for k, v in dynamics_variants(demo_config())["dynamics_phase3"].items() if k != "lr_schedule"}
+    neutral = {"neutral_defaults": {"lr_schedule": "constant"}}
+    before = _ident(run, **neutral)  # a variant as it was before the key existed
+    assert _ident({**run, "lr_schedule": "constant"}, **neutral) == before
+    assert _ident({**run, "lr_schedule": "cosine"}, **neutral) != before
+    tok = dict(demo_config()["tokenizer"], lr_schedule="constant")
+    assert _ident(tok) != _ident({k: v for k, v in tok.items() if k != "lr_schedule"})

@@ -51,7 +51,6 @@ def main() -> int:
             extra_args=task.upstream_args(),
             grad_clip=None,
             lr_mult=dict(t["lr_mult"]),
-            lr_schedule=t["lr_schedule"],
         )
         return train_run(task, cfg, t, a.ckpt_root)
 

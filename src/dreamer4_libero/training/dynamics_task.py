@@ -142,6 +142,8 @@ class DynamicsTask:
             "data_fingerprint": training_data_fingerprint(self.dataset.store.manifest_path, self.dataset.episode_ids),
             "checkpoints": cks,
             "tokenizer_choice": self.tok_origin,
+            # added after dynamics runs existed: a constant-lr run keeps its checkpoint folder
+            "neutral_defaults": {"lr_schedule": "constant"},
         }
 
     # -- engine protocol --------------------------------------------------------------------
@@ -193,6 +195,7 @@ class DynamicsTask:
             "self_fraction": r["self_fraction"],
             "use_actions": r["use_actions"],
             "lr": r["lr"],
+            **({"lr_schedule": r["lr_schedule"]} if r.get("lr_schedule", "constant") != "constant" else {}),  # ours
             "weight_decay": r["weight_decay"],
             "max_steps": r["max_steps"],
             "grad_clip": r["grad_clip"],

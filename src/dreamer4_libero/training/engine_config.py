@@ -221,6 +221,7 @@ def engine_config_from_args(args: argparse.Namespace, **base: Any) -> EngineConf
 SECTION_ENGINE_KEYS = (
     "max_steps",
     "lr",
+    "lr_schedule",
     "weight_decay",
     "nonfinite",
     "nonfinite_max_skips",

@@ -6,7 +6,8 @@ The hash is sha256 of the canonical JSON of everything that changes what the run
 
 - the run's config section without the keys that only say how long, how often or where it runs
   (`VOLATILE_KEYS`: max_steps, save_every, logging, resources, workers, retries, ...), and without
-  later-added keys at their default (`NEUTRAL_DEFAULTS`: tokenizer_chunk null);
+  later-added keys at their default (`NEUTRAL_DEFAULTS`: tokenizer_chunk null; a task may add its own,
+  as the dynamics runs do for lr_schedule constant, which the tokenizer had from the start);
 - the global batch (per-process batch × world size);
 - a fingerprint of its own training data: sha256 over its sorted training episodes' ids with their
   manifest fingerprints (T, first-frame sha256, raw action sums), so regenerated or real data with
@@ -97,12 +98,13 @@ def run_identity(
     data_fingerprint: str,
     checkpoints: dict | None = None,
     tokenizer_choice: str | None = None,
+    neutral_defaults: dict | None = None,
 ) -> tuple[str, dict]:
-    """(hash, identity dict) of one training run; see the module docstring for what enters it."""
+    """(hash, identity dict) of one training run; see the module docstring for what enters it.
+    `neutral_defaults`: the task's own later-added keys, left out while at these values."""
+    neutral = {**NEUTRAL_DEFAULTS, **(neutral_defaults or {})}
     cfg = {
-        k: v
-        for k, v in sorted(section.items())
-        if k not in VOLATILE_KEYS and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])
+        k: v for k, v in sorted(section.items()) if k not in VOLATILE_KEYS and not (k in neutral and v == neutral[k])
     }
     ident = {
         "version": IDENTITY_VERSION,
