@@ -7,13 +7,16 @@ has saved its step-30 checkpoint, the run is interrupted:
 * ``ctrl_c``: SIGINT to Snakemake's whole process group, as a terminal's Ctrl-C does. torchrun
   passes it on to its ranks (they run in their own sessions), which save a checkpoint of the step
   they are at and exit 75, as on SIGTERM.
+* ``sigterm``: SIGTERM to the same process group (``kill -TERM -<pgid>``). Snakemake stops scheduling
+  (it exits once its running jobs have ended), the ranks save and exit 75 as above, and the job is not
+  restarted although the rule has retries.
 * ``sigkill``: every process of the run (Snakemake, the job shell, torchrun and both ranks, found
   through /proc, frozen first) is SIGKILLed, as when the machine dies. Snakemake's directory lock
   is then stale: a plain rerun refuses to start and names ``--unlock``.
 
 The rerun (``--rerun-incomplete``) must run only the training job, leave every output that was
 complete before untouched, and the training job must resume from its newest checkpoint (the one
-saved on SIGINT; step 30 after the SIGKILL).
+saved on SIGINT or SIGTERM; step 30 after the SIGKILL).
 """
 
 from __future__ import annotations
@@ -34,10 +37,25 @@ from dreamer4_libero.training.resume import read_attempts
 
 CONFIGS = ("config/demo.yaml", "config/ci_slurm.yaml")
 TARGET = "results/train/tokenizer_ci/checkpoint.json"
+SIGNALS = {"ctrl_c": signal.SIGINT, "sigterm": signal.SIGTERM}  # sent to Snakemake's process group
 
 
 def _snakemake(*extra: str) -> list[str]:
     return snakemake_cmd(TARGET, "--profile", "profiles/local", *extra, "--configfile", *CONFIGS)
+
+
+def _sigint_default() -> None:
+    """Run in the child before exec: SIGINT at its default, as for a terminal's foreground job. A shell's
+    background job (``cmd &`` without job control, as a CI runner may start the test suite) inherits
+    SIGINT ignored; Snakemake would then never see the Ctrl-C and would restart the job the ranks left
+    (its retry) instead of stopping."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _ignores_sigint(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as fh:
+        mask = next(int(ln.split()[1], 16) for ln in fh if ln.startswith("SigIgn:"))
+    return bool(mask >> (signal.SIGINT - 1) & 1)
 
 
 def _children() -> dict[int, list[int]]:
@@ -102,6 +120,14 @@ def _outputs(work: Path) -> dict[str, int]:
             ),
         ),
         pytest.param(
+            "sigterm",
+            marks=pytest.mark.fault(
+                fault="SIGTERM to the process group of a local Snakemake run while the tokenizer trains",
+                guarantee="Snakemake exits without restarting the job; the ranks save; --rerun-incomplete "
+                "reruns only that job from it; finished outputs untouched",
+            ),
+        ),
+        pytest.param(
             "sigkill",
             marks=pytest.mark.fault(
                 fault="SIGKILL of the whole local Snakemake run (every process) while the tokenizer trains",
@@ -117,8 +143,15 @@ def test_interrupted_dag_resumes_without_rerunning_finished_jobs(dag_repo, how):
     log1 = work / "run1.log"
     with open(log1, "w") as fh:
         p = subprocess.Popen(
-            _snakemake(), cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            _snakemake(),
+            cwd=work,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_sigint_default,
         )
+    assert not _ignores_sigint(p.pid), "Snakemake would not see the Ctrl-C"
     ckpts = str(work / "checkpoints" / "tokenizer_ci" / "*" / "step_0000030.pt")
     t0 = time.time()
     try:
@@ -131,8 +164,8 @@ def test_interrupted_dag_resumes_without_rerunning_finished_jobs(dag_repo, how):
                 pytest.fail(f"no step-30 checkpoint after 300 s:\n{log1.read_text()[-4000:]}")
             time.sleep(0.05)
         before = _outputs(work)  # make_synthetic, preprocess, splits: complete
-        if how == "ctrl_c":
-            os.killpg(p.pid, signal.SIGINT)
+        if how in SIGNALS:
+            os.killpg(p.pid, SIGNALS[how])
             rc1 = p.wait(timeout=120)
         else:
             killed = _kill_tree(p.pid)
@@ -154,10 +187,15 @@ def test_interrupted_dag_resumes_without_rerunning_finished_jobs(dag_repo, how):
             if time.time() > deadline:
                 raise
             time.sleep(0.5)
-    assert any(
-        name.startswith("cmVzdWx0cy90cmFpbi90b2tlbml6ZXJfY2kv")  # base64 of results/train/tokenizer_ci/
-        for name in os.listdir(work / ".snakemake" / "incomplete")
-    ), "the training job is not marked incomplete"
+    if how == "sigterm":  # Snakemake, stopping, saw the job fail and did not start it again: a failed job
+        log = log1.read_text()
+        assert log.count("localrule train_tokenizer:") == 1 and "Will exit after finishing" in log, log[-3000:]
+        assert not (work / TARGET).exists()
+    else:  # Snakemake died (SIGKILL) or stopped at once (KeyboardInterrupt): the job stays marked incomplete
+        assert any(
+            name.startswith("cmVzdWx0cy90cmFpbi90b2tlbml6ZXJfY2kv")  # base64 of results/train/tokenizer_ci/
+            for name in os.listdir(work / ".snakemake" / "incomplete")
+        ), "the training job is not marked incomplete"
 
     if how == "sigkill":
         r = subprocess.run(_snakemake("--rerun-incomplete"), cwd=work, env=env, capture_output=True, text=True)
@@ -178,8 +216,8 @@ def test_interrupted_dag_resumes_without_rerunning_finished_jobs(dag_repo, how):
     attempts = read_attempts(ckpt_dir)
     starts = [a for a in attempts if a["event"] == "start"]
     ends = [a for a in attempts if a["event"] == "end"]
-    if how == "ctrl_c":  # torchrun passed the SIGINT on: the ranks saved the step they were at and exited 75
-        assert (ends[0]["status"], ends[0]["reason"]) == ("stopped", "SIGINT"), ends
+    if how in SIGNALS:  # torchrun passed the signal on: the ranks saved the step they were at and exited 75
+        assert (ends[0]["status"], ends[0]["reason"]) == ("stopped", SIGNALS[how].name), ends
         saved = ends[0]["step"]
         assert 30 <= saved < 60 and ends[-1]["status"] == "done", ends
     else:  # a SIGKILLed attempt writes no end line
