@@ -66,6 +66,25 @@ def test_inert_agent_token_is_flagged_degenerate(demo_study):
                 assert r["degeneracy"]["episode_specificity"] < 1e-3
 
 
+def test_cross_mode_leak_rule_compares_frames_subsampled_alike(demo_study):
+    """demo.yaml subsamples idm `past_actions` targets 16-fold (one model pass per target): every policy record
+    of that extraction carries its probe refit at that stride, and the idm < policy rule uses it."""
+    stride = CFG["probe_eval"]["frame_stride"]["idm_past_actions"]
+    assert stride > 1
+    for v in RUN:
+        recs = _records(demo_study, v)
+        by = {(r["feature"], r["extraction"], r["probe_mode"], r["H"], r["seed"]): r for r in recs}
+        for (feat, ext, mode, H, seed), r in by.items():
+            if mode != "policy" or ext != "past_actions":
+                assert "policy_at_idm_stride" not in r
+                continue
+            sub = r["policy_at_idm_stride"]
+            assert sub["frame_stride"] == stride == by[(feat, ext, "idm", H, seed)]["frame_stride"]
+            assert r["frame_stride"] == 1 and sub["probe_train_frames"] < r["n"]["probe_train"]["frames"] / 8
+            why = r["flag_reasons"].get("LEAK?", "")
+            assert "idm R²" not in why or f"policy refit at frame stride {stride}" in why, why
+
+
 def test_controls_and_baselines_on_synthetic_data(demo_study):
     recs = _records(demo_study, "baselines")
     by = {(r["feature"], r["probe_mode"], r["H"], r["seed"]): r for r in recs}

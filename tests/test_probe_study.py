@@ -737,6 +737,7 @@ def _fake(feature, mode, H, r2, ci, seed=0):
         "probe_mode": mode,
         "H": H,
         "seed": seed,
+        "frame_stride": 1,
         "scorings": {"common_Hmax": {"probe_eval_test": {"probe": {"r2_uniform": r2, "ci": list(ci)}}}},
         "flags": {"DEGENERATE": False, "NO-SIGNAL": False, "LEAK?": False},
         "flag_reasons": {},
@@ -762,6 +763,35 @@ def test_cross_record_flags_idm_below_policy():
     quiet[0]["flags"]["NO-SIGNAL"] = True
     cross_record_flags(quiet)
     assert not any(r["flags"]["LEAK?"] for r in quiet)
+
+
+def test_cross_record_flags_compare_idm_with_policy_at_the_idm_frame_stride():
+    """idm mode subsampled (frame_stride 16, for cost), policy mode on every frame: the comparison uses the
+    policy probe refit at the idm stride, since R² falls with fewer probe-train frames (the demo's
+    `past_actions` rows were flagged LEAK? from this alone: policy +0.137 on every frame, +0.005 at stride 16,
+    idm −0.006 at stride 16; idm +0.154 on every frame)."""
+
+    def pair(feature, refit):
+        pol, idm = _fake(feature, "policy", 1, 0.137, (0.1, 0.2)), _fake(feature, "idm", 1, -0.006, (-0.05, 0.0))
+        idm["frame_stride"] = 16
+        if refit is not None:
+            pol["policy_at_idm_stride"] = {"frame_stride": 16, "r2": refit[0], "train_mean_r2": refit[1]}
+        return [pol, idm]
+
+    no_signal_there, signal_there, other_stride, none = (
+        pair("a", (0.005, -0.02)),  # policy at stride 16 is itself NO-SIGNAL: no comparison
+        pair("b", (0.10, -0.02)),  # policy keeps its signal at stride 16 and idm falls below it: flagged
+        pair("c", (0.10, -0.02)),
+        pair("d", None),  # no refit on record: not comparable, no flag
+    )
+    other_stride[0]["policy_at_idm_stride"]["frame_stride"] = 8
+    recs = no_signal_there + signal_there + other_stride + none
+    cross_record_flags(recs)
+    assert [r["flags"]["LEAK?"] for r in recs] == [False, False, True, True, False, False, False, False]
+    assert (
+        "idm R² -0.006 < policy R² +0.100 − 0.02 (H=1, seed 0, policy refit at frame stride 16)"
+        in (signal_there[1]["flag_reasons"]["LEAK?"])
+    )
 
 
 def test_cross_record_flags_H2_above_H1_ci():

@@ -327,13 +327,18 @@ def headline(rec: dict, predictor: str = "probe", scoring: str = "common_Hmax") 
     return rec["scorings"][scoring]["probe_eval_test"][predictor]["r2_uniform"]
 
 
+def no_signal(r2: float | None, train_mean_r2: float | None) -> bool:
+    """The NO-SIGNAL rule (evaluation.md §1.9): no held-out R², or one within the margin of train_mean's."""
+    return r2 is None or (train_mean_r2 is not None and r2 <= train_mean_r2 + NO_SIGNAL_MARGIN)
+
+
 def local_flags(rec: dict) -> None:
     """DEGENERATE, NO-SIGNAL and the leak-test part of LEAK? from the record alone."""
     reasons = {}
     if rec["degeneracy"]["reasons"]:
         reasons["DEGENERATE"] = "; ".join(rec["degeneracy"]["reasons"])
     r2, base = headline(rec), headline(rec, "train_mean")
-    if r2 is None or (base is not None and r2 <= base + NO_SIGNAL_MARGIN):
+    if no_signal(r2, base):
         reasons["NO-SIGNAL"] = (
             f"held-out R² {r2 if r2 is None else f'{r2:+.3f}'} <= train_mean "
             f"{base if base is None else f'{base:+.3f}'} + {NO_SIGNAL_MARGIN} (common_Hmax frames)"
@@ -353,18 +358,32 @@ def _add_leak(rec: dict, why: str) -> None:
     rec["flag_reasons"]["LEAK?"] = why if not old else f"{old}; {why}"
 
 
+def policy_at_stride(pol: dict, stride: int) -> tuple[float | None, bool, str]:
+    """A policy-mode record's held-out R² on frames subsampled by `stride` (an idm record's), whether it has a
+    signal there (not NO-SIGNAL), and a note; (None, False, "") where it has none. R² falls with the number of
+    probe-train frames, so a policy probe fit on every frame is not compared with an idm probe fit on every
+    16th: the policy record carries a refit at the idm stride (`policy_at_idm_stride`, run_study)."""
+    if pol["frame_stride"] == stride:
+        return headline(pol), not pol["flags"]["NO-SIGNAL"], ""
+    sub = pol.get("policy_at_idm_stride")
+    if sub and sub["frame_stride"] == stride:
+        return sub["r2"], not no_signal(sub["r2"], sub["train_mean_r2"]), f", policy refit at frame stride {stride}"
+    return None, False, ""
+
+
 def cross_record_flags(records: list[dict]) -> None:
-    """LEAK? from comparisons across records of the same features: idm < policy − 0.02 (where the policy-mode
-    record is not NO-SIGNAL); R²(H=2) above the upper end of H=1's episode-level CI (where the H=2 record is
-    not NO-SIGNAL)."""
+    """LEAK? from comparisons across records of the same features: idm < policy − 0.02 on frames subsampled
+    alike (where policy mode is not NO-SIGNAL there); R²(H=2) above the upper end of H=1's episode-level CI
+    (where the H=2 record is not NO-SIGNAL)."""
     idx = {(r["feature"], r["extraction"], r["probe_mode"], r["H"], r["seed"]): r for r in records}
     for (feat, ext, mode, H, seed), r in idx.items():
         if mode == "idm" and (feat, ext, "policy", H, seed) in idx:
             pol = idx[(feat, ext, "policy", H, seed)]
-            a, b = headline(r), headline(pol)
+            a = headline(r)
+            b, signal, how = policy_at_stride(pol, r["frame_stride"])
             # only where policy mode has a signal: two no-signal numbers differ by noise alone
-            if a is not None and b is not None and not pol["flags"]["NO-SIGNAL"] and a < b - IDM_POLICY_MARGIN:
-                why = f"idm R² {a:+.3f} < policy R² {b:+.3f} − {IDM_POLICY_MARGIN} (H={H}, seed {seed})"
+            if a is not None and signal and a < b - IDM_POLICY_MARGIN:
+                why = f"idm R² {a:+.3f} < policy R² {b:+.3f} − {IDM_POLICY_MARGIN} (H={H}, seed {seed}{how})"
                 _add_leak(r, why)
                 _add_leak(pol, why)
         if H == 2 and (feat, ext, mode, 1, seed) in idx:
@@ -422,9 +441,13 @@ def run_study(
     episodes = lists.all_episodes()
     raws = {e: np.asarray(store.episode(e)[1], np.float64) for e in episodes}
     leak_eps = [store.episode(e) for e in sorted(lists.lists[seeds[0]]["probe_eval_test"])[:leak_episodes]]
+    # policy mode on every frame, idm mode subsampled (one pass per target): the policy probe is refit at the
+    # idm stride too, so that the cross-mode LEAK? rule compares like with like (cross_record_flags)
+    idm_stride = {g.extraction: g.stride for g in groups if g.mode == "idm"}
     records = []
     for g in groups:
         offsets = {stride_offset(s, g.stride) for s in seeds}
+        refit = idm_stride.get(g.extraction, 1) if g.mode == "policy" and g.stride == 1 else 1
         bar = progress(total=len(episodes), desc=f"features {g.extraction}/{g.mode}", unit="ep") if progress else None
         tables = extract_tables(
             g.extract,
@@ -450,6 +473,7 @@ def run_study(
                 else None
             )
             pca_cache: dict = {}
+            refit_pca_cache: dict = {}
             for seed in seeds:
                 for H in H_list:
                     rec = {
@@ -466,23 +490,23 @@ def run_study(
                         "split_hashes": lists.hashes[seed],
                         "bootstrap_B": B,
                     }
-                    rec.update(
-                        probe_record(
-                            tables[name],
-                            raws,
-                            lists.lists[seed],
-                            feature=name,
-                            pca=fs.pca,
-                            H=H,
-                            H_max=H_max,
-                            seed=seed,
-                            stride=g.stride,
-                            B=B,
-                            window=window,
-                            n_splits=n_splits,
-                            pca_cache=pca_cache,
-                        )
+                    fit = dict(
+                        feature=name, pca=fs.pca, H=H, H_max=H_max, seed=seed, B=B, window=window, n_splits=n_splits
                     )
+                    rec.update(
+                        probe_record(tables[name], raws, lists.lists[seed], stride=g.stride, pca_cache=pca_cache, **fit)
+                    )
+                    if refit > 1:
+                        sub = probe_record(
+                            tables[name], raws, lists.lists[seed], stride=refit, pca_cache=refit_pca_cache, **fit
+                        )
+                        rec["policy_at_idm_stride"] = {
+                            "frame_stride": refit,
+                            "stride_offset": sub["stride_offset"],
+                            "probe_train_frames": sub["n"]["probe_train"]["frames"],
+                            "r2": headline(sub),
+                            "train_mean_r2": headline(sub, "train_mean"),
+                        }
                     rec["leak_tests"] = leaks
                     local_flags(rec)
                     records.append(rec)
